@@ -1,0 +1,162 @@
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+use crate::{ActiveSession, SessionManager};
+
+/// Why a session extractor refused a request. Each variant has one fixed status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionRejection {
+    /// `401`: no valid session.
+    Unauthenticated,
+    /// `503`: the store could not be asked. Never treated as "no session" or as "valid".
+    StoreUnavailable,
+    /// `500`: the app forgot `.layer(manager.layer())`.
+    MissingManager,
+}
+
+impl SessionRejection {
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::MissingManager => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for SessionRejection {
+    fn into_response(self) -> Response {
+        let msg = match self {
+            Self::Unauthenticated => "no valid session",
+            Self::StoreUnavailable => "session store unavailable",
+            Self::MissingManager => "session manager missing",
+        };
+        (self.status(), msg).into_response()
+    }
+}
+
+/// The outcome kept in the request's extensions so a request verifies once.
+#[derive(Clone)]
+struct Verified(Result<Option<ActiveSession>, SessionRejection>);
+
+async fn verify(parts: &mut Parts) -> Result<Option<ActiveSession>, SessionRejection> {
+    if let Some(Verified(r)) = parts.extensions.get::<Verified>() {
+        return r.clone();
+    }
+    let manager = parts
+        .extensions
+        .get::<SessionManager>()
+        .cloned()
+        .ok_or(SessionRejection::MissingManager)?;
+    let out = manager.verify(&parts.headers).await.map_err(|e| {
+        tracing::error!(error = %e, "session store unavailable during verification");
+        SessionRejection::StoreUnavailable
+    });
+    parts.extensions.insert(Verified(out.clone()));
+    out
+}
+
+/// The request's session, if it has a valid one.
+#[derive(Debug, Clone)]
+pub struct MaybeSession(pub Option<ActiveSession>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybeSession {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        verify(parts).await.map(MaybeSession)
+    }
+}
+
+/// The request's session; refuses the request without one.
+#[derive(Debug, Clone)]
+pub struct RequireSession(pub ActiveSession);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequireSession {
+    type Rejection = SessionRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        verify(parts)
+            .await?
+            .map(RequireSession)
+            .ok_or(SessionRejection::Unauthenticated)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{header, Request};
+    use axum::routing::get;
+    use axum::Router;
+    use sessiond_core::{ExpiryPolicy, NewSession, UserId};
+    use sessiond_store_memory::MemoryStore;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::CookieConfig;
+
+    #[tokio::test]
+    async fn extractors_verify_the_cookie() {
+        let manager = SessionManager::new(
+            Arc::new(MemoryStore::new()),
+            CookieConfig::default(),
+            ExpiryPolicy::default(),
+        );
+        let app =
+            Router::new()
+                .route(
+                    "/me",
+                    get(|RequireSession(s): RequireSession| async move {
+                        s.record().user_id.0.to_string()
+                    }),
+                )
+                .route(
+                    "/maybe",
+                    get(|MaybeSession(s): MaybeSession| async move { s.is_some().to_string() }),
+                )
+                .layer(manager.layer());
+        let (token, _) = manager
+            .begin(
+                NewSession {
+                    user_id: UserId(7),
+                    remember: false,
+                    ip: None,
+                    user_agent: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+
+        let req = |path: &str, cookie: Option<String>| {
+            let mut b = Request::get(path);
+            if let Some(c) = cookie {
+                b = b.header(header::COOKIE, c);
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        let good = Some(format!("__Host-sessiond={}", token.expose()));
+        let res = app.clone().oneshot(req("/me", good.clone())).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"7");
+
+        let res = app.clone().oneshot(req("/me", None)).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = app
+            .clone()
+            .oneshot(req("/me", Some("__Host-sessiond=nope".into())))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+        let res = app.clone().oneshot(req("/maybe", None)).await.unwrap();
+        let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+        assert_eq!(&body[..], b"false");
+    }
+}

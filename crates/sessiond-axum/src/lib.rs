@@ -1,0 +1,28 @@
+//! # sessiond-axum
+//!
+//! sessiond sessions in any axum app: a [`SessionManager`] that verifies the session cookie,
+//! starts and ends sessions and writes the cookies, and extractors that hand handlers the
+//! verified session.
+//!
+//! ```ignore
+//! let manager = SessionManager::new(store, CookieConfig::default(), ExpiryPolicy::default());
+//! let app = Router::new()
+//!     .route("/me", get(|RequireSession(s): RequireSession| async move { s.record().user_id.0.to_string() }))
+//!     .layer(manager.layer());
+//! ```
+//!
+//! Verification is lazy: a route whose handler takes no session extractor costs nothing, and a
+//! request whose handler takes several verifies once (the result is kept in the request's
+//! extensions).
+//!
+//! The verify path is one cookie parse, one SHA-256, one store lookup and a pure expiry
+//! decision; the activity write happens at most once per [`ExpiryPolicy::touch_interval`] and
+//! off the request's path.
+
+mod cookies;
+mod extract;
+mod manager;
+
+pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
+pub use extract::{MaybeSession, RequireSession, SessionRejection};
+pub use manager::{ActiveSession, SessionManager};

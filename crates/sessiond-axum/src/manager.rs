@@ -1,0 +1,196 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, HeaderValue};
+use sessiond_core::{
+    ExpiryPolicy, NewSession, SessionRecord, SessionStore, SessionToken, StoreError, Timestamp,
+    Verdict,
+};
+
+use crate::cookies::{find_cookie, CookieConfig, CookieLookup};
+
+type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Verifies, starts and ends sessions on one store. Cheap to clone.
+#[derive(Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    cookie: CookieConfig,
+    policy: ExpiryPolicy,
+    clock: Clock,
+}
+
+impl fmt::Debug for SessionManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionManager")
+            .field("store", &self.inner.store)
+            .field("cookie", &self.inner.cookie)
+            .field("policy", &self.inner.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A verified session: the record, and the secret it was presented with (kept so values such
+/// as a CSRF token can be bound to it; never logged).
+#[derive(Clone, Debug)]
+pub struct ActiveSession {
+    token: SessionToken,
+    record: SessionRecord,
+}
+
+impl ActiveSession {
+    pub fn record(&self) -> &SessionRecord {
+        &self.record
+    }
+
+    pub fn token(&self) -> &SessionToken {
+        &self.token
+    }
+}
+
+impl SessionManager {
+    pub fn new(store: Arc<dyn SessionStore>, cookie: CookieConfig, policy: ExpiryPolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                cookie,
+                policy,
+                clock: Arc::new(|| Timestamp::from_system_time(SystemTime::now())),
+            }),
+        }
+    }
+
+    /// Replaces the wall clock (tests that move time).
+    pub fn with_clock(self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        let inner = &self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                store: Arc::clone(&inner.store),
+                cookie: inner.cookie.clone(),
+                policy: inner.policy,
+                clock: Arc::new(clock),
+            }),
+        }
+    }
+
+    /// A layer that makes this manager available to the extractors.
+    pub fn layer(&self) -> axum::Extension<SessionManager> {
+        axum::Extension(self.clone())
+    }
+
+    pub fn now(&self) -> Timestamp {
+        (self.inner.clock)()
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.inner.store
+    }
+
+    pub fn policy(&self) -> &ExpiryPolicy {
+        &self.inner.policy
+    }
+
+    pub fn cookie_config(&self) -> &CookieConfig {
+        &self.inner.cookie
+    }
+
+    /// The session the request's cookie names, if it is valid now.
+    ///
+    /// An absent, duplicated, malformed, unknown or expired cookie is "no session" and creates
+    /// nothing. A store error is returned, never mistaken for "no session" or for a session:
+    /// callers fail closed.
+    #[tracing::instrument(level = "debug", skip_all)]
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Option<ActiveSession>, StoreError> {
+        let CookieLookup::One(value) = find_cookie(headers, self.inner.cookie.name()) else {
+            return Ok(None);
+        };
+        let Some(token) = SessionToken::parse(value) else {
+            return Ok(None);
+        };
+        let hash = token.hash();
+        let Some(record) = self.inner.store.load(&hash).await? else {
+            return Ok(None);
+        };
+        // The store found the row by this hash; compare again in constant time so a store
+        // that matched loosely (a prefix, a collation) can never hand out someone's session.
+        if record.token_hash != hash {
+            return Ok(None);
+        }
+        let now = self.now();
+        match self.inner.policy.evaluate(&record, now) {
+            Verdict::Expired(_) => Ok(None),
+            Verdict::Valid { touch } => {
+                if touch {
+                    self.touch_later(&record, now);
+                }
+                Ok(Some(ActiveSession { token, record }))
+            }
+        }
+    }
+
+    /// The coalesced activity write, off the request's path. A failure only costs a little
+    /// accuracy in "last seen", so it is logged, not surfaced.
+    fn touch_later(&self, record: &SessionRecord, now: Timestamp) {
+        let store = Arc::clone(&self.inner.store);
+        let hash = record.token_hash;
+        let expires_at = self.inner.policy.deadline(record, now);
+        tokio::spawn(async move {
+            if let Err(e) = store.touch(&hash, now, expires_at).await {
+                tracing::warn!(error = %e, "session activity write failed");
+            }
+        });
+    }
+
+    /// Starts a session with a fresh secret. A session the request presented (`replacing`)
+    /// ends in the same atomic step: every login gets a new token, and an id planted before
+    /// login is never adopted.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = new.user_id.0))]
+    pub async fn begin(
+        &self,
+        new: NewSession,
+        replacing: Option<&ActiveSession>,
+    ) -> Result<(SessionToken, SessionRecord), StoreError> {
+        let token = SessionToken::generate();
+        let record = self.inner.policy.start(new, token.hash(), self.now());
+        match replacing {
+            Some(old) => {
+                self.inner
+                    .store
+                    .rotate(&old.record.token_hash, &record)
+                    .await?
+            }
+            None => self.inner.store.create(&record).await?,
+        }
+        Ok((token, record))
+    }
+
+    /// Ends a session on the server.
+    pub async fn end(&self, session: &ActiveSession) -> Result<(), StoreError> {
+        self.inner
+            .store
+            .delete(&session.record.token_hash)
+            .await
+            .map(|_| ())
+    }
+
+    /// The `Set-Cookie` for a new session: persistent until the session's hard limit when
+    /// "stay logged in" was chosen, else a browser-session cookie.
+    pub fn session_cookie(&self, token: &SessionToken, record: &SessionRecord) -> HeaderValue {
+        let max_age = record
+            .remember
+            .then(|| record.absolute_expires_at.since(self.now()));
+        self.inner
+            .cookie
+            .build(self.inner.cookie.name(), token.expose(), max_age)
+    }
+
+    /// The `Set-Cookie` that removes the session cookie.
+    pub fn removal_cookie(&self) -> HeaderValue {
+        self.inner.cookie.removal(self.inner.cookie.name())
+    }
+}

@@ -1,0 +1,32 @@
+/// A storage backend failed. Carries its cause for the log; callers decide the status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The backend could not be reached or answered with an error. Callers fail closed.
+    #[error("session store unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A uniqueness constraint was violated (e.g. a username that already exists).
+    #[error("already exists")]
+    Conflict,
+    /// Stored data could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::Unavailable(Box::new(e))
+    }
+}
+
+/// User input that breaks a rule of SPEC §3; the message is safe to show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    #[error("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@'")]
+    Username,
+    #[error("password must be at least 8 bytes long")]
+    PasswordTooShort,
+    #[error("password must be at most 1024 bytes long")]
+    PasswordTooLong,
+}

@@ -1,0 +1,96 @@
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::{
+    NewUser, SessionId, SessionRecord, StoreError, Timestamp, TokenHash, User, UserCredentials,
+    UserId, Username,
+};
+
+/// Where sessions live. Implementations: memory, SQLite (and later PostgreSQL, Redis).
+///
+/// Every method takes a [`TokenHash`], never a secret. Every behaviour here is pinned by the
+/// conformance suite in `sessiond-store-tests`; a store is done when that suite passes against
+/// the real service.
+///
+/// Stores do not judge expiry: [`SessionStore::load`] may return a session whose deadline
+/// passed but that was not swept yet, and the caller applies [`crate::ExpiryPolicy`].
+#[async_trait]
+pub trait SessionStore: Send + Sync + Debug + 'static {
+    /// Inserts a new session.
+    async fn create(&self, session: &SessionRecord) -> Result<(), StoreError>;
+
+    /// The session with this hash, if any.
+    async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Records activity. Must be a no-op when the session is gone, so a coalesced write racing
+    /// with a logout can never bring the session back.
+    async fn touch(
+        &self,
+        hash: &TokenHash,
+        last_seen_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes one session; `true` if it existed.
+    async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError>;
+
+    /// Atomically inserts `new` and deletes `old` (if it still exists): no moment where both or
+    /// neither are valid.
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError>;
+
+    /// A user's sessions, oldest first.
+    async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Every session, oldest first (admin listing).
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Deletes the session with this public id, only if it belongs to `owner` when given.
+    async fn delete_by_id(&self, id: &SessionId, owner: Option<UserId>)
+        -> Result<bool, StoreError>;
+
+    /// Deletes every session of `user` except `keep`; returns how many went.
+    async fn delete_for_user(
+        &self,
+        user: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes every session; returns how many went.
+    async fn delete_all(&self) -> Result<u64, StoreError>;
+
+    /// Deletes up to `limit` sessions whose `expires_at` is at or before `now`. Bounded so a
+    /// sweep never holds the store for long; call again while it returns `limit`.
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError>;
+
+    /// Cheap reachability check for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Where users live (SQLite or PostgreSQL; never Redis).
+#[async_trait]
+pub trait UserStore: Send + Sync + Debug + 'static {
+    /// Creates a user; [`StoreError::Conflict`] if the username (case-insensitively) exists.
+    async fn create_user(&self, new: &NewUser) -> Result<User, StoreError>;
+
+    /// Creates `new` only if there are no users at all, atomically, so several instances
+    /// starting at once create the first admin exactly once.
+    async fn create_user_if_none(&self, new: &NewUser) -> Result<Option<User>, StoreError>;
+
+    /// Looks a user up by name, case-insensitively, with the password hash.
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError>;
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
+
+    /// All users, by username.
+    async fn list_users(&self) -> Result<Vec<User>, StoreError>;
+
+    /// Replaces the password hash; `false` if no such user.
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError>;
+
+    /// `false` if no such user.
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError>;
+
+    /// `false` if no such user.
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
+}

@@ -1,0 +1,243 @@
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Bytes of entropy in a session secret: 256 bits, well past the 64 bits OWASP asks for, so
+/// guessing a live session is hopeless even with billions of them.
+pub const TOKEN_BYTES: usize = 32;
+/// Length of the secret's URL-safe base64 text (no padding).
+pub const TOKEN_LEN: usize = 43;
+
+/// The session secret a browser holds in its cookie. Never stored, never logged.
+#[derive(Clone)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// A fresh secret from the OS CSPRNG (`getrandom`), the only source fit for secrets:
+    /// a userspace PRNG seeded once could be predicted after a fork or a state leak.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        // If the kernel cannot give us entropy nothing safe can be done: abort loudly rather
+        // than hand out a guessable secret.
+        getrandom::fill(&mut bytes).expect("the OS CSPRNG is unavailable");
+        Self::from_entropy(bytes)
+    }
+
+    /// Builds a token from caller-supplied entropy (tests, or a caller with its own CSPRNG).
+    pub fn from_entropy(bytes: [u8; TOKEN_BYTES]) -> Self {
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Parses a cookie value. Anything but exactly 43 URL-safe base64 characters is refused
+    /// before it reaches a hash or a store, so malformed input costs nothing.
+    pub fn parse(value: &str) -> Option<Self> {
+        if value.len() != TOKEN_LEN || !value.bytes().all(is_url_safe) {
+            return None;
+        }
+        // The last character of 43 carries 2 padding bits that must be zero; rejecting
+        // non-canonical encodings keeps one secret = one cookie value.
+        let mut out = [0u8; TOKEN_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(value, &mut out) {
+            Ok(TOKEN_BYTES) => Some(Self(value.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// The cookie value. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 of the secret, the only form stores ever see. A fast hash is right here
+    /// (unlike for passwords): the input has 256 bits of entropy, so there is nothing to
+    /// brute-force.
+    pub fn hash(&self) -> TokenHash {
+        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+    }
+
+    /// A value derived from the secret for binding a CSRF form token to this session. It is a
+    /// different hash (domain-separated) from [`Self::hash`], so a database dump, which holds
+    /// only `hash()`, does not reveal it.
+    pub fn derive(&self, purpose: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(b"sessiond-derive\0");
+        h.update(purpose.as_bytes());
+        h.update(b"\0");
+        h.update(self.0.as_bytes());
+        URL_SAFE_NO_PAD.encode(h.finalize())
+    }
+}
+
+fn is_url_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// Compares two secrets in constant time.
+impl PartialEq for SessionToken {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+    }
+}
+impl Eq for SessionToken {}
+
+/// SHA-256 of a session secret: the key stores use.
+#[derive(Clone, Copy)]
+pub struct TokenHash([u8; 32]);
+
+impl TokenHash {
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        Self(b)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        <[u8; 32]>::try_from(b).ok().map(Self)
+    }
+
+    /// Lowercase hex, for stores that key by text (e.g. Redis).
+    pub fn to_hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
+            s.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
+        }
+        s
+    }
+}
+
+/// Constant-time, so a lookup that compares hashes in memory leaks no prefix timing. (Stores
+/// index by the hash; an attacker would also need a SHA-256 preimage to exploit a timing
+/// leak there, but equality of secrets-derived values is always compared this way.)
+impl PartialEq for TokenHash {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+impl Eq for TokenHash {}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only a prefix: enough to correlate in a debugger, useless to an attacker.
+        write!(f, "TokenHash({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// The public identifier of a session, shown in APIs and admin tools. Random and unrelated to
+/// the secret: knowing it never lets anyone use the session.
+#[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS CSPRNG is unavailable");
+        Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Accepts ids as the API shows them (22 URL-safe characters); anything else is no id.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s.len() == 22 && s.bytes().all(is_url_safe)).then(|| Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({})", self.0)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn tokens_are_43_url_safe_chars_carrying_256_bits() {
+        let t = SessionToken::generate();
+        assert_eq!(t.expose().len(), TOKEN_LEN);
+        assert!(t.expose().bytes().all(is_url_safe));
+        let mut raw = [0u8; 64];
+        assert_eq!(
+            URL_SAFE_NO_PAD.decode_slice(t.expose(), &mut raw).unwrap(),
+            32
+        );
+    }
+
+    #[test]
+    fn tokens_are_unique() {
+        let set: HashSet<String> = (0..10_000)
+            .map(|_| SessionToken::generate().expose().to_owned())
+            .collect();
+        assert_eq!(set.len(), 10_000);
+    }
+
+    #[test]
+    fn tokens_use_the_whole_alphabet() {
+        // 2,000 tokens × 43 chars: every one of the 64 symbols shows up unless the encoding
+        // or the entropy is broken.
+        let seen: HashSet<u8> = (0..2_000)
+            .flat_map(|_| SessionToken::generate().expose().as_bytes().to_vec())
+            .collect();
+        assert_eq!(seen.len(), 64);
+    }
+
+    #[test]
+    fn parse_round_trips_and_rejects_malformed_values() {
+        let t = SessionToken::generate();
+        assert_eq!(SessionToken::parse(t.expose()), Some(t.clone()));
+        let s = t.expose();
+        for bad in [
+            "",
+            &s[..42],
+            &format!("{s}A"),
+            &format!("{}+", &s[..42]),
+            &format!("{}=", &s[..42]),
+            &format!("{}é", &s[..41]),
+            // non-canonical: the last char's spare bits set
+            &format!("{}B", &URL_SAFE_NO_PAD.encode([0u8; 32])[..42]),
+        ] {
+            assert!(SessionToken::parse(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn hash_is_sha256_of_the_cookie_value_and_debug_redacts() {
+        let t = SessionToken::from_entropy([7; 32]);
+        let expected: [u8; 32] = Sha256::digest(t.expose().as_bytes()).into();
+        assert_eq!(t.hash().as_bytes(), &expected);
+        assert!(!format!("{t:?}").contains(t.expose()));
+        assert_ne!(t.derive("csrf"), t.hash().to_hex());
+        assert_ne!(t.derive("csrf"), t.derive("other"));
+    }
+
+    #[test]
+    fn session_ids_are_independent_of_tokens() {
+        let id = SessionId::generate();
+        assert_eq!(id.as_str().len(), 22);
+        assert!(SessionId::parse(id.as_str()).is_some());
+        assert!(SessionId::parse("../../etc/passwd").is_none());
+    }
+}

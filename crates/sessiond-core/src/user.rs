@@ -1,0 +1,185 @@
+use std::fmt;
+
+use crate::{Timestamp, ValidationError};
+
+/// Database id of a user.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
+pub struct UserId(pub i64);
+
+/// A validated username: 1–64 ASCII letters, digits, `.`, `_`, `-` or `@`.
+///
+/// ASCII only on purpose: Unicode letters bring look-alikes (`аdmin` with a Cyrillic `а`) and
+/// locale-dependent case folding, both of which break "unique, matched case-insensitively".
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Username(String);
+
+impl Username {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ValidationError::Username)
+        }
+    }
+
+    /// As the user typed it at creation.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The case-folded form stores match and enforce uniqueness on.
+    pub fn key(&self) -> String {
+        self.0.to_ascii_lowercase()
+    }
+}
+
+impl fmt::Debug for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Username({})", self.0)
+    }
+}
+
+impl fmt::Display for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A plaintext password, 8 to 1,024 bytes of UTF-8. Redacted in `Debug`.
+///
+/// The upper bound is a cap, never a truncation: a longer input is refused, because silently
+/// hashing a prefix would make two different passwords equal, and an unbounded input would let
+/// one request buy unbounded hashing work.
+#[derive(Clone)]
+pub struct Password(String);
+
+impl Password {
+    pub const MIN_BYTES: usize = 8;
+    pub const MAX_BYTES: usize = 1024;
+
+    /// A password that a user is choosing: the length rules apply.
+    pub fn new(s: String) -> Result<Self, ValidationError> {
+        if s.len() < Self::MIN_BYTES {
+            Err(ValidationError::PasswordTooShort)
+        } else if s.len() > Self::MAX_BYTES {
+            Err(ValidationError::PasswordTooLong)
+        } else {
+            Ok(Self(s))
+        }
+    }
+
+    /// A password presented at login: only the cap applies (a short one simply won't match).
+    pub fn presented(s: String) -> Result<Self, ValidationError> {
+        if s.len() > Self::MAX_BYTES {
+            Err(ValidationError::PasswordTooLong)
+        } else {
+            Ok(Self(s))
+        }
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Password(<redacted>)")
+    }
+}
+
+/// A user as the rest of the system sees it (no password hash).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub id: UserId,
+    pub username: Username,
+    pub name: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    pub disabled: bool,
+    pub created_at: Timestamp,
+}
+
+/// A user together with the PHC string of its password hash, for login only.
+#[derive(Clone)]
+pub struct UserCredentials {
+    pub user: User,
+    pub password_hash: String,
+}
+
+impl fmt::Debug for UserCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserCredentials")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What it takes to create a user.
+#[derive(Clone)]
+pub struct NewUser {
+    pub username: Username,
+    pub name: String,
+    pub email: String,
+    pub groups: Vec<String>,
+    pub admin: bool,
+    /// PHC string (argon2id).
+    pub password_hash: String,
+    pub created_at: Timestamp,
+}
+
+impl fmt::Debug for NewUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewUser")
+            .field("username", &self.username)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_rules() {
+        for ok in ["a", "alice", "a.b_c-d@e", "ALICE", &"x".repeat(64)] {
+            assert!(Username::parse(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["", " ", "a b", "a/b", "é", "аdmin", &"x".repeat(65), "a\0"] {
+            assert_eq!(
+                Username::parse(bad),
+                Err(ValidationError::Username),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
+    }
+
+    #[test]
+    fn password_rules() {
+        assert_eq!(
+            Password::new("short".into()).unwrap_err(),
+            ValidationError::PasswordTooShort
+        );
+        assert!(Password::new("12345678".into()).is_ok());
+        assert!(Password::new("é".repeat(512)).is_ok());
+        assert_eq!(
+            Password::new("x".repeat(1025)).unwrap_err(),
+            ValidationError::PasswordTooLong
+        );
+        assert!(Password::presented("x".into()).is_ok());
+        assert!(Password::presented("x".repeat(1025)).is_err());
+        assert_eq!(
+            format!("{:?}", Password::new("hunter2hunter2".into()).unwrap()),
+            "Password(<redacted>)"
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! # sessiond-store-memory
+//!
+//! The reference implementation of [`SessionStore`] and [`UserStore`]: plain maps behind a
+//! mutex. It is the simplest thing that passes the conformance suite, which makes it the
+//! executable documentation of the store contract, and a handy store for unit tests of code
+//! built on sessiond. Nothing survives a restart.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use sessiond_core::{
+    NewUser, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, User,
+    UserCredentials, UserId, UserStore, Username,
+};
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Keyed by the token hash's bytes.
+    sessions: HashMap<[u8; 32], SessionRecord>,
+    users: Vec<UserCredentials>,
+    next_user_id: i64,
+}
+
+/// Sessions and users in process memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind, still consistent for maps
+        // we only insert into and remove from, so recover instead of poisoning every caller.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn sorted(mut v: Vec<SessionRecord>) -> Vec<SessionRecord> {
+    v.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+    v
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn create(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.sessions.contains_key(session.token_hash.as_bytes()) {
+            return Err(StoreError::Conflict);
+        }
+        g.sessions
+            .insert(*session.token_hash.as_bytes(), session.clone());
+        Ok(())
+    }
+
+    async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        Ok(self.lock().sessions.get(hash.as_bytes()).cloned())
+    }
+
+    async fn touch(
+        &self,
+        hash: &TokenHash,
+        last_seen_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        if let Some(s) = self.lock().sessions.get_mut(hash.as_bytes()) {
+            s.last_seen_at = s.last_seen_at.max(last_seen_at);
+            s.expires_at = s.expires_at.max(expires_at);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        Ok(self.lock().sessions.remove(hash.as_bytes()).is_some())
+    }
+
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        if g.sessions.contains_key(new.token_hash.as_bytes()) {
+            return Err(StoreError::Conflict);
+        }
+        g.sessions.remove(old.as_bytes());
+        g.sessions.insert(*new.token_hash.as_bytes(), new.clone());
+        Ok(())
+    }
+
+    async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        let g = self.lock();
+        Ok(sorted(
+            g.sessions
+                .values()
+                .filter(|s| s.user_id == user)
+                .cloned()
+                .collect(),
+        ))
+    }
+
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        Ok(sorted(self.lock().sessions.values().cloned().collect()))
+    }
+
+    async fn delete_by_id(
+        &self,
+        id: &SessionId,
+        owner: Option<UserId>,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let before = g.sessions.len();
+        g.sessions
+            .retain(|_, s| !(&s.id == id && owner.is_none_or(|o| o == s.user_id)));
+        Ok(g.sessions.len() < before)
+    }
+
+    async fn delete_for_user(
+        &self,
+        user: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let before = g.sessions.len();
+        g.sessions
+            .retain(|_, s| s.user_id != user || keep.is_some_and(|k| k == &s.id));
+        Ok((before - g.sessions.len()) as u64)
+    }
+
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let n = g.sessions.len() as u64;
+        g.sessions.clear();
+        Ok(n)
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        let mut g = self.lock();
+        let doomed: Vec<[u8; 32]> = g
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.expires_at <= now)
+            .map(|(k, _)| *k)
+            .take(limit)
+            .collect();
+        for k in &doomed {
+            g.sessions.remove(k);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl UserStore for MemoryStore {
+    async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
+        let mut g = self.lock();
+        insert_user(&mut g, new)
+    }
+
+    async fn create_user_if_none(&self, new: &NewUser) -> Result<Option<User>, StoreError> {
+        let mut g = self.lock();
+        if !g.users.is_empty() {
+            return Ok(None);
+        }
+        insert_user(&mut g, new).map(Some)
+    }
+
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        let key = name.key();
+        Ok(self
+            .lock()
+            .users
+            .iter()
+            .find(|u| u.user.username.key() == key)
+            .cloned())
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        Ok(self
+            .lock()
+            .users
+            .iter()
+            .find(|u| u.user.id == id)
+            .map(|u| u.user.clone()))
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let mut v: Vec<User> = self.lock().users.iter().map(|u| u.user.clone()).collect();
+        v.sort_by_key(|u| u.username.key());
+        Ok(v)
+    }
+
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(match g.users.iter_mut().find(|u| u.user.id == id) {
+            Some(u) => {
+                u.password_hash = phc.to_owned();
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(match g.users.iter_mut().find(|u| u.user.id == id) {
+            Some(u) => {
+                u.user.disabled = disabled;
+                true
+            }
+            None => false,
+        })
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let before = g.users.len();
+        g.users.retain(|u| u.user.id != id);
+        Ok(g.users.len() < before)
+    }
+}
+
+fn insert_user(g: &mut Inner, new: &NewUser) -> Result<User, StoreError> {
+    let key = new.username.key();
+    if g.users.iter().any(|u| u.user.username.key() == key) {
+        return Err(StoreError::Conflict);
+    }
+    g.next_user_id += 1;
+    let user = User {
+        id: UserId(g.next_user_id),
+        username: new.username.clone(),
+        name: new.name.clone(),
+        email: new.email.clone(),
+        groups: new.groups.clone(),
+        admin: new.admin,
+        disabled: false,
+        created_at: new.created_at,
+    };
+    g.users.push(UserCredentials {
+        user: user.clone(),
+        password_hash: new.password_hash.clone(),
+    });
+    Ok(user)
+}
+
+#[cfg(test)]
+mod conformance {
+    sessiond_store_tests::conformance_tests!(async { crate::MemoryStore::new() });
+}

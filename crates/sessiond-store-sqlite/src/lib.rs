@@ -1,0 +1,547 @@
+//! # sessiond-store-sqlite
+//!
+//! The embedded default store: users and sessions in one SQLite file.
+//!
+//! * **WAL mode** so readers never wait for the writer and the writer never waits for readers;
+//!   `busy_timeout` so several processes (the server and the CLI) can share the file.
+//! * **Versioned migrations** ([`migrations`]) applied at open inside an `IMMEDIATE`
+//!   transaction, so several processes opening a fresh file at once apply each step once.
+//! * **Reads run inline** on a small pool of read-only connections: a point lookup by primary
+//!   key takes microseconds, far less than a hop to a blocking thread would. **Writes go to one
+//!   writer connection on tokio's blocking pool**, since they may wait for the file lock or an
+//!   fsync.
+//! * Sessions live in a `WITHOUT ROWID` table keyed by the token hash, with indexes on the user
+//!   (per-user listing and revocation) and on the expiry (bounded sweeps).
+
+mod migrations;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
+};
+use sessiond_core::{
+    NewUser, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, User,
+    UserCredentials, UserId, UserStore, Username,
+};
+
+pub use migrations::MIGRATIONS;
+
+/// How long a connection waits for another process's lock before reporting the store busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle read connections kept for reuse.
+const MAX_IDLE_READERS: usize = 16;
+
+/// Users and sessions in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        _ => StoreError::unavailable(e),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic mid-query leaves the connection usable (SQLite rolls back open transactions on
+    // the next statement), so recover the guard instead of poisoning the store for good.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies pending migrations.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = Connection::open(&path).map_err(unavailable)?;
+        configure(&writer).map_err(unavailable)?;
+        // WAL is a property of the file: set once by the writer, every later connection sees it.
+        writer
+            .query_row("PRAGMA journal_mode = WAL", [], |_| Ok(()))
+            .map_err(unavailable)?;
+        migrations::apply(&mut writer).map_err(unavailable)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                writer: Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Opens `sqlite://PATH` (also `sqlite:PATH`).
+    pub fn open_url(url: &str) -> Result<Self, StoreError> {
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+            .ok_or_else(|| StoreError::Corrupt(format!("not a sqlite URL: {url}")))?;
+        Self::open(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The schema version the file is at.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT max(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+
+    /// Runs `f` on a pooled read connection, on the calling thread.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        let conn = lock(&self.inner.readers).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.inner.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(unavailable)?;
+                configure(&c).map_err(unavailable)?;
+                c
+            }
+        };
+        let out = f(&conn).map_err(unavailable);
+        let mut pool = lock(&self.inner.readers);
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` on the writer connection, on tokio's blocking pool (it may wait on a lock or an
+    /// fsync, which must not stall the async threads).
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)).map_err(unavailable))
+            .await
+            .map_err(StoreError::unavailable)?
+    }
+}
+
+fn configure(c: &Connection) -> rusqlite::Result<()> {
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    // FULL: a commit survives power loss, not only a crash of the process. Login rates are
+    // bounded by argon2 and activity writes are coalesced, so the fsync is affordable.
+    c.pragma_update(None, "synchronous", "FULL")?;
+    c.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+const SESSION_COLUMNS: &str = "token_hash, id, user_id, created_at, last_seen_at, \
+     absolute_expires_at, expires_at, remember, ip, user_agent";
+
+fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
+    let hash: Vec<u8> = r.get(0)?;
+    let id: String = r.get(1)?;
+    let bad = |what: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Blob,
+            format!("bad {what}").into(),
+        )
+    };
+    Ok(SessionRecord {
+        token_hash: TokenHash::from_slice(&hash).ok_or_else(|| bad("token hash"))?,
+        id: SessionId::parse(&id).ok_or_else(|| bad("session id"))?,
+        user_id: UserId(r.get(2)?),
+        created_at: Timestamp::from_millis(r.get(3)?),
+        last_seen_at: Timestamp::from_millis(r.get(4)?),
+        absolute_expires_at: Timestamp::from_millis(r.get(5)?),
+        expires_at: Timestamp::from_millis(r.get(6)?),
+        remember: r.get(7)?,
+        ip: r.get(8)?,
+        user_agent: r.get(9)?,
+    })
+}
+
+fn insert_session(c: &Connection, s: &SessionRecord) -> rusqlite::Result<()> {
+    c.prepare_cached(&format!(
+        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+    ))?
+    .execute(params![
+        s.token_hash.as_bytes().as_slice(),
+        s.id.as_str(),
+        s.user_id.0,
+        s.created_at.as_millis(),
+        s.last_seen_at.as_millis(),
+        s.absolute_expires_at.as_millis(),
+        s.expires_at.as_millis(),
+        s.remember,
+        s.ip,
+        s.user_agent,
+    ])?;
+    Ok(())
+}
+
+fn collect_sessions(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<SessionRecord>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let rows = stmt.query_map(p, session_from_row)?;
+    rows.collect()
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let s = session.clone();
+        self.write(move |c| insert_session(c, &s)).await
+    }
+
+    async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {SESSION_COLUMNS} FROM sessions WHERE token_hash = ?1"
+            ))?
+            .query_row([hash.as_bytes().as_slice()], session_from_row)
+            .optional()
+        })
+    }
+
+    async fn touch(
+        &self,
+        hash: &TokenHash,
+        last_seen_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let hash = *hash;
+        // An UPDATE of a row that is gone changes nothing: a touch can never resurrect a
+        // session that a logout or revoke deleted. `max` keeps a late write from an older
+        // request from moving activity backwards.
+        self.write(move |c| {
+            c.prepare_cached(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?2), expires_at = max(expires_at, ?3) \
+                 WHERE token_hash = ?1",
+            )?
+            .execute(params![hash.as_bytes().as_slice(), last_seen_at.as_millis(), expires_at.as_millis()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let hash = *hash;
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                    .execute([hash.as_bytes().as_slice()])?
+                    > 0,
+            )
+        })
+        .await
+    }
+
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+        let old = *old;
+        let new = new.clone();
+        // One transaction: another reader sees either the old session or the new one, never
+        // both, never neither.
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            insert_session(&tx, &new)?;
+            tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute([old.as_bytes().as_slice()])?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        self.read(|c| {
+            collect_sessions(
+                c,
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE user_id = ?1 ORDER BY created_at, id"),
+                [user.0],
+            )
+        })
+    }
+
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.read(|c| {
+            collect_sessions(
+                c,
+                &format!("SELECT {SESSION_COLUMNS} FROM sessions ORDER BY created_at, id"),
+                [],
+            )
+        })
+    }
+
+    async fn delete_by_id(
+        &self,
+        id: &SessionId,
+        owner: Option<UserId>,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.write(move |c| {
+            let n = match owner {
+                Some(o) => c
+                    .prepare_cached("DELETE FROM sessions WHERE id = ?1 AND user_id = ?2")?
+                    .execute(params![id.as_str(), o.0])?,
+                None => c
+                    .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                    .execute([id.as_str()])?,
+            };
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn delete_for_user(
+        &self,
+        user: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let keep = keep.map(|k| k.as_str().to_owned());
+        self.write(move |c| {
+            let n = c
+                .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND id IS NOT ?2")?
+                .execute(params![user.0, keep])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        self.write(|c| Ok(c.execute("DELETE FROM sessions", [])? as u64))
+            .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The sub-select walks the expiry index, so each batch costs O(limit), however many
+        // live sessions there are; the writer lock is held for one batch only.
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE token_hash IN \
+                     (SELECT token_hash FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+                )?
+                .execute(params![now.as_millis(), limit])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+}
+
+const USER_COLUMNS: &str =
+    "id, username, name, email, groups, admin, disabled, created_at, password_hash";
+
+fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserCredentials> {
+    let username: String = r.get(1)?;
+    let groups: String = r.get(4)?;
+    let conv = |e: Box<dyn std::error::Error + Send + Sync>| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e)
+    };
+    Ok(UserCredentials {
+        user: User {
+            id: UserId(r.get(0)?),
+            username: Username::parse(&username).map_err(|e| conv(Box::new(e)))?,
+            name: r.get(2)?,
+            email: r.get(3)?,
+            groups: serde_json::from_str(&groups).map_err(|e| conv(Box::new(e)))?,
+            admin: r.get(5)?,
+            disabled: r.get(6)?,
+            created_at: Timestamp::from_millis(r.get(7)?),
+        },
+        password_hash: r.get(8)?,
+    })
+}
+
+fn insert_user(c: &Connection, new: &NewUser) -> rusqlite::Result<User> {
+    let groups = serde_json::to_string(&new.groups).expect("a list of strings serialises");
+    let id = c
+        .prepare_cached(
+            "INSERT INTO users (username, username_key, name, email, groups, admin, disabled, created_at, password_hash) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?8) RETURNING id",
+        )?
+        .query_row(
+            params![
+                new.username.as_str(),
+                new.username.key(),
+                new.name,
+                new.email,
+                groups,
+                new.admin,
+                new.created_at.as_millis(),
+                new.password_hash,
+            ],
+            |r| r.get(0),
+        )?;
+    Ok(User {
+        id: UserId(id),
+        username: new.username.clone(),
+        name: new.name.clone(),
+        email: new.email.clone(),
+        groups: new.groups.clone(),
+        admin: new.admin,
+        disabled: false,
+        created_at: new.created_at,
+    })
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
+        let new = new.clone();
+        self.write(move |c| insert_user(c, &new)).await
+    }
+
+    async fn create_user_if_none(&self, new: &NewUser) -> Result<Option<User>, StoreError> {
+        let new = new.clone();
+        // IMMEDIATE takes the write lock before the check, so of several processes starting
+        // on an empty database exactly one sees it empty.
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: bool =
+                tx.query_row("SELECT EXISTS (SELECT 1 FROM users)", [], |r| r.get(0))?;
+            let created = if exists {
+                None
+            } else {
+                Some(insert_user(&tx, &new)?)
+            };
+            tx.commit()?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        let key = name.key();
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users WHERE username_key = ?1"
+            ))?
+            .query_row([key], user_from_row)
+            .optional()
+        })
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
+                .query_row([id.0], user_from_row)
+                .optional()
+        })
+        .map(|u| u.map(|u| u.user))
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users ORDER BY username_key"
+            ))?;
+            let rows = stmt.query_map([], |r| user_from_row(r).map(|u| u.user))?;
+            rows.collect()
+        })
+    }
+
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError> {
+        let phc = phc.to_owned();
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE users SET password_hash = ?2 WHERE id = ?1",
+                params![id.0, phc],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE users SET disabled = ?2 WHERE id = ?1",
+                params![id.0, disabled],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.write(move |c| Ok(c.execute("DELETE FROM users WHERE id = ?1", [id.0])? > 0))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    sessiond_store_tests::conformance_tests!(async {
+        // Leaked on purpose: the directory must outlive the store inside the test.
+        let dir = Box::leak(Box::new(tempfile::tempdir().unwrap()));
+        crate::SqliteStore::open(dir.path().join("test.db")).unwrap()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_versioned_and_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let a = SqliteStore::open(&path).unwrap();
+        let latest = MIGRATIONS.last().unwrap().0;
+        assert_eq!(a.schema_version().unwrap(), latest);
+        drop(a);
+        let b = SqliteStore::open(&path).unwrap();
+        assert_eq!(b.schema_version().unwrap(), latest);
+        let rows: i64 = b
+            .read(|c| c.query_row("SELECT count(*) FROM schema_migrations", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(rows, MIGRATIONS.len() as i64);
+    }
+
+    #[test]
+    fn concurrent_opens_of_a_fresh_file_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race.db");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let p = path.clone();
+                std::thread::spawn(move || SqliteStore::open(p).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
+        assert_eq!(
+            SqliteStore::open(&path).unwrap().schema_version().unwrap(),
+            MIGRATIONS.last().unwrap().0
+        );
+    }
+
+    #[test]
+    fn sqlite_urls() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("u.db");
+        assert!(SqliteStore::open_url(&format!("sqlite://{}", p.display())).is_ok());
+        assert!(SqliteStore::open_url("postgres://x").is_err());
+    }
+}

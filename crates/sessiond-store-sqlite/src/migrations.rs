@@ -1,0 +1,66 @@
+//! Versioned schema migrations. Append only: a released step is never edited, a change is a
+//! new step.
+
+use rusqlite::{params, Connection, TransactionBehavior};
+
+/// `(version, SQL)`, in order.
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "
+    CREATE TABLE users (
+        -- AUTOINCREMENT: ids of deleted users are never reused, so a stale reference can
+        -- never point at a newer user.
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        username      TEXT NOT NULL,
+        username_key  TEXT NOT NULL UNIQUE,       -- lowercase: unique case-insensitively
+        name          TEXT NOT NULL DEFAULT '',
+        email         TEXT NOT NULL DEFAULT '',
+        groups        TEXT NOT NULL DEFAULT '[]', -- JSON array of strings
+        admin         INTEGER NOT NULL DEFAULT 0,
+        disabled      INTEGER NOT NULL DEFAULT 0,
+        created_at    INTEGER NOT NULL,           -- ms since the Unix epoch
+        password_hash TEXT NOT NULL               -- argon2id PHC string
+    );
+    CREATE TABLE sessions (
+        token_hash          BLOB PRIMARY KEY,     -- SHA-256 of the cookie secret
+        id                  TEXT NOT NULL UNIQUE, -- public id
+        user_id             INTEGER NOT NULL,
+        created_at          INTEGER NOT NULL,
+        last_seen_at        INTEGER NOT NULL,
+        absolute_expires_at INTEGER NOT NULL,
+        expires_at          INTEGER NOT NULL,
+        remember            INTEGER NOT NULL,
+        ip                  TEXT,
+        user_agent          TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    ",
+)];
+
+/// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction
+/// (taken before reading the version, so concurrent openers serialise and none applies a step
+/// twice).
+pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL DEFAULT (CAST(unixepoch('subsec') * 1000 AS INTEGER))
+         )",
+    )?;
+    let current: i64 = tx.query_row(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+        [],
+        |r| r.get(0),
+    )?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tracing::info!(version, "applying schema migration");
+        tx.execute_batch(sql)?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES (?1)",
+            params![version],
+        )?;
+    }
+    tx.commit()
+}

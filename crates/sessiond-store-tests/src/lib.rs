@@ -1,0 +1,79 @@
+//! # sessiond-store-tests
+//!
+//! The store contract, executable. Each behaviour of [`SessionStore`] and [`UserStore`] is one
+//! async function here, written once; a store crate runs all of them against its real backend
+//! with one macro line in its tests:
+//!
+//! ```ignore
+//! sessiond_store_tests::conformance_tests!(async { MyStore::connect(...).await.unwrap() });
+//! ```
+//!
+//! A store that holds only sessions (Redis) uses [`session_store_tests!`]; one that holds only
+//! users would use [`user_store_tests!`]. The calling crate needs `tokio` as a dev-dependency.
+
+pub mod sessions;
+pub mod users;
+
+#[doc(hidden)]
+pub use tokio as __tokio;
+
+/// Runs the session and the user suites against the store built by `$make` (an async block).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::session_store_tests!($make);
+        $crate::user_store_tests!($make);
+    };
+}
+
+/// Runs every [`sessiond_core::SessionStore`] behaviour against the store built by `$make`.
+#[macro_export]
+macro_rules! session_store_tests {
+    ($make:expr) => {
+        $crate::__gen!(sessions; $make;
+            create_then_load_round_trips,
+            load_of_unknown_hash_is_none,
+            duplicate_hash_is_a_conflict,
+            touch_records_activity_and_never_goes_back,
+            touch_after_delete_does_not_resurrect,
+            delete_reports_whether_it_existed,
+            rotate_swaps_old_for_new,
+            rotate_when_old_is_gone_still_inserts,
+            list_for_user_is_per_user_and_oldest_first,
+            delete_by_id_respects_the_owner,
+            delete_for_user_can_keep_one,
+            delete_all_empties_the_store,
+            purge_removes_only_expired_in_bounded_batches,
+            racing_touches_never_undo_a_delete,
+            ping_answers,
+        );
+    };
+}
+
+/// Runs every [`sessiond_core::UserStore`] behaviour against the store built by `$make`.
+#[macro_export]
+macro_rules! user_store_tests {
+    ($make:expr) => {
+        $crate::__gen!(users; $make;
+            create_and_find_case_insensitively,
+            duplicate_username_is_a_conflict_whatever_the_case,
+            first_user_is_created_once_under_a_race,
+            password_disable_and_delete,
+            list_users_sorted_by_name,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __gen {
+    ($module:ident; $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let store = $make.await;
+                $crate::$module::$name(store).await;
+            }
+        )*
+    };
+}

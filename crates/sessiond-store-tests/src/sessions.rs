@@ -1,0 +1,294 @@
+//! [`SessionStore`] behaviours.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sessiond_core::{
+    ExpiryPolicy, NewSession, SessionId, SessionRecord, SessionStore, SessionToken, StoreError,
+    Timestamp, UserId,
+};
+
+/// A fixed, arbitrary "now" (2026-01-01) so tests never read a clock.
+pub const T0: Timestamp = Timestamp::from_millis(1_767_225_600_000);
+
+pub fn policy() -> ExpiryPolicy {
+    ExpiryPolicy {
+        idle: Duration::from_secs(1800),
+        absolute: Duration::from_secs(12 * 3600),
+        remember: Duration::from_secs(30 * 86400),
+    }
+}
+
+/// A session for `user` starting at `at`, with its secret.
+pub fn session_at(user: i64, at: Timestamp) -> (SessionToken, SessionRecord) {
+    let token = SessionToken::generate();
+    let rec = policy().start(
+        NewSession {
+            user_id: UserId(user),
+            remember: false,
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into()),
+        },
+        token.hash(),
+        at,
+    );
+    (token, rec)
+}
+
+fn session(user: i64) -> (SessionToken, SessionRecord) {
+    session_at(user, T0)
+}
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp::from_millis(T0.as_millis() + ms)
+}
+
+fn ids(v: &[SessionRecord]) -> Vec<SessionId> {
+    v.iter().map(|s| s.id.clone()).collect()
+}
+
+pub async fn create_then_load_round_trips<S: SessionStore>(store: S) {
+    let (t, mut rec) = session(1);
+    rec.remember = true;
+    store.create(&rec).await.unwrap();
+    assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec));
+
+    // Optional fields round-trip as absent.
+    let (t2, mut rec2) = session(1);
+    rec2.ip = None;
+    rec2.user_agent = None;
+    store.create(&rec2).await.unwrap();
+    assert_eq!(store.load(&t2.hash()).await.unwrap(), Some(rec2));
+}
+
+pub async fn load_of_unknown_hash_is_none<S: SessionStore>(store: S) {
+    let (_, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    assert_eq!(
+        store.load(&SessionToken::generate().hash()).await.unwrap(),
+        None
+    );
+}
+
+pub async fn duplicate_hash_is_a_conflict<S: SessionStore>(store: S) {
+    let (_, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    let mut again = rec.clone();
+    again.id = SessionId::generate();
+    assert!(matches!(
+        store.create(&again).await,
+        Err(StoreError::Conflict)
+    ));
+}
+
+pub async fn touch_records_activity_and_never_goes_back<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    store
+        .touch(&t.hash(), at(60_000), at(1_860_000))
+        .await
+        .unwrap();
+    let got = store.load(&t.hash()).await.unwrap().unwrap();
+    assert_eq!(got.last_seen_at, at(60_000));
+    assert_eq!(got.expires_at, at(1_860_000));
+    // A late, older write (two instances, coalesced) must not move activity backwards.
+    store
+        .touch(&t.hash(), at(30_000), at(1_830_000))
+        .await
+        .unwrap();
+    let got = store.load(&t.hash()).await.unwrap().unwrap();
+    assert_eq!(got.last_seen_at, at(60_000));
+    assert_eq!(got.expires_at, at(1_860_000));
+    // Nothing else changed.
+    assert_eq!(got.created_at, rec.created_at);
+    assert_eq!(got.absolute_expires_at, rec.absolute_expires_at);
+}
+
+pub async fn touch_after_delete_does_not_resurrect<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    assert!(store.delete(&t.hash()).await.unwrap());
+    store
+        .touch(&t.hash(), at(60_000), at(1_860_000))
+        .await
+        .unwrap();
+    assert_eq!(store.load(&t.hash()).await.unwrap(), None);
+    assert!(store.list_for_user(UserId(1)).await.unwrap().is_empty());
+}
+
+pub async fn delete_reports_whether_it_existed<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    let (t2, rec2) = session(1);
+    store.create(&rec).await.unwrap();
+    store.create(&rec2).await.unwrap();
+    assert!(store.delete(&t.hash()).await.unwrap());
+    assert!(!store.delete(&t.hash()).await.unwrap());
+    assert_eq!(store.load(&t.hash()).await.unwrap(), None);
+    assert_eq!(store.load(&t2.hash()).await.unwrap(), Some(rec2));
+}
+
+pub async fn rotate_swaps_old_for_new<S: SessionStore>(store: S) {
+    let (old_t, old) = session(1);
+    store.create(&old).await.unwrap();
+    let (new_t, new) = session_at(1, at(1_000));
+    store.rotate(&old_t.hash(), &new).await.unwrap();
+    assert_eq!(store.load(&old_t.hash()).await.unwrap(), None);
+    assert_eq!(store.load(&new_t.hash()).await.unwrap(), Some(new.clone()));
+    assert_eq!(
+        ids(&store.list_for_user(UserId(1)).await.unwrap()),
+        vec![new.id]
+    );
+}
+
+pub async fn rotate_when_old_is_gone_still_inserts<S: SessionStore>(store: S) {
+    let (new_t, new) = session(1);
+    store
+        .rotate(&SessionToken::generate().hash(), &new)
+        .await
+        .unwrap();
+    assert_eq!(store.load(&new_t.hash()).await.unwrap(), Some(new));
+}
+
+pub async fn list_for_user_is_per_user_and_oldest_first<S: SessionStore>(store: S) {
+    let (_, b) = session_at(1, at(2_000));
+    let (_, a) = session_at(1, at(1_000));
+    let (_, other) = session_at(2, at(500));
+    for r in [&b, &a, &other] {
+        store.create(r).await.unwrap();
+    }
+    assert_eq!(
+        ids(&store.list_for_user(UserId(1)).await.unwrap()),
+        vec![a.id.clone(), b.id.clone()]
+    );
+    assert_eq!(
+        ids(&store.list_for_user(UserId(2)).await.unwrap()),
+        vec![other.id.clone()]
+    );
+    assert!(store.list_for_user(UserId(3)).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&store.list_all().await.unwrap()),
+        vec![other.id, a.id, b.id]
+    );
+}
+
+pub async fn delete_by_id_respects_the_owner<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    // Another user cannot delete it...
+    assert!(!store.delete_by_id(&rec.id, Some(UserId(2))).await.unwrap());
+    assert!(store.load(&t.hash()).await.unwrap().is_some());
+    // ...its owner can...
+    assert!(store.delete_by_id(&rec.id, Some(UserId(1))).await.unwrap());
+    assert!(store.load(&t.hash()).await.unwrap().is_none());
+    // ...and an admin (no owner filter) can.
+    let (t2, rec2) = session(1);
+    store.create(&rec2).await.unwrap();
+    assert!(store.delete_by_id(&rec2.id, None).await.unwrap());
+    assert!(store.load(&t2.hash()).await.unwrap().is_none());
+    assert!(!store
+        .delete_by_id(&SessionId::generate(), None)
+        .await
+        .unwrap());
+}
+
+pub async fn delete_for_user_can_keep_one<S: SessionStore>(store: S) {
+    let recs: Vec<_> = (0..3).map(|i| session_at(1, at(i))).collect();
+    let (ot, other) = session(2);
+    for (_, r) in &recs {
+        store.create(r).await.unwrap();
+    }
+    store.create(&other).await.unwrap();
+    let keep = &recs[1].1;
+    assert_eq!(
+        store
+            .delete_for_user(UserId(1), Some(&keep.id))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        ids(&store.list_for_user(UserId(1)).await.unwrap()),
+        vec![keep.id.clone()]
+    );
+    assert_eq!(store.delete_for_user(UserId(1), None).await.unwrap(), 1);
+    assert!(store.list_for_user(UserId(1)).await.unwrap().is_empty());
+    for (t, _) in &recs {
+        assert!(store.load(&t.hash()).await.unwrap().is_none());
+    }
+    assert!(
+        store.load(&ot.hash()).await.unwrap().is_some(),
+        "other users keep theirs"
+    );
+}
+
+pub async fn delete_all_empties_the_store<S: SessionStore>(store: S) {
+    let (t1, a) = session(1);
+    let (t2, b) = session(2);
+    store.create(&a).await.unwrap();
+    store.create(&b).await.unwrap();
+    assert_eq!(store.delete_all().await.unwrap(), 2);
+    assert!(store.load(&t1.hash()).await.unwrap().is_none());
+    assert!(store.load(&t2.hash()).await.unwrap().is_none());
+    assert!(store.list_all().await.unwrap().is_empty());
+}
+
+pub async fn purge_removes_only_expired_in_bounded_batches<S: SessionStore>(store: S) {
+    // Five sessions expired (deadline 30 min after T0), one still live.
+    let mut expired = Vec::new();
+    for i in 0..5 {
+        let (t, r) = session_at(1, at(i));
+        store.create(&r).await.unwrap();
+        expired.push(t);
+    }
+    let (live_t, live) = session(1);
+    let live = SessionRecord {
+        expires_at: at(10 * 3_600_000),
+        ..live
+    };
+    store.create(&live).await.unwrap();
+    let now = at(3_600_000);
+    assert_eq!(store.purge_expired(now, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_expired(now, 2).await.unwrap(), 2);
+    assert_eq!(store.purge_expired(now, 2).await.unwrap(), 1);
+    assert_eq!(store.purge_expired(now, 2).await.unwrap(), 0);
+    for t in &expired {
+        assert!(store.load(&t.hash()).await.unwrap().is_none());
+    }
+    assert!(store.load(&live_t.hash()).await.unwrap().is_some());
+    // A deadline exactly at `now` counts as expired.
+    assert_eq!(store.purge_expired(live.expires_at, 10).await.unwrap(), 1);
+}
+
+pub async fn racing_touches_never_undo_a_delete<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    for round in 0..10 {
+        let (t, rec) = session(1);
+        store.create(&rec).await.unwrap();
+        let hash = t.hash();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let s = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                for j in 0..5 {
+                    let ms = (round * 100 + i * 10 + j) * 1_000;
+                    s.touch(&hash, at(ms), at(ms + 1_800_000)).await.unwrap();
+                }
+            }));
+        }
+        let s = Arc::clone(&store);
+        let deleter = tokio::spawn(async move { s.delete(&hash).await.unwrap() });
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(deleter.await.unwrap());
+        assert_eq!(
+            store.load(&hash).await.unwrap(),
+            None,
+            "round {round}: a touch resurrected the session"
+        );
+    }
+}
+
+pub async fn ping_answers<S: SessionStore>(store: S) {
+    store.ping().await.unwrap();
+}

@@ -1,0 +1,186 @@
+//! The command line (SPEC §3): one module per subcommand.
+//!
+//! Exit codes: 0 ok, 1 runtime failure, 2 usage error; every error is one line on stderr.
+
+mod hash_password;
+mod serve;
+mod session;
+mod user;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sessiond_core::Password;
+
+use crate::config::{Config, Overrides};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sessiond",
+    version,
+    about = "Cookie-based user sessions done right"
+)]
+pub struct Cli {
+    /// Database URL: sqlite://PATH
+    #[arg(long, global = true, env = "SESSIOND_DATABASE", value_name = "URL")]
+    database: Option<String>,
+    /// Session store URL (default: the database)
+    #[arg(
+        long,
+        global = true,
+        env = "SESSIOND_SESSION_STORE",
+        value_name = "URL"
+    )]
+    session_store: Option<String>,
+    /// TOML config file
+    #[arg(long, global = true, env = "SESSIOND_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server
+    Serve(serve::Args),
+    /// Manage users
+    #[command(subcommand)]
+    User(user::Command),
+    /// Manage sessions
+    #[command(subcommand)]
+    Session(session::Command),
+    /// Print the argon2id PHC hash of a password
+    HashPassword(hash_password::Args),
+}
+
+/// A CLI failure, with the exit code it maps to.
+#[derive(Debug)]
+pub enum CliError {
+    /// Bad input: exit code 2.
+    Usage(String),
+    /// Something failed while doing the work: exit code 1.
+    Runtime(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for CliError {
+    fn from(e: E) -> Self {
+        Self::Runtime(e.into())
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+pub fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let default_log = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(default_log);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(CliError::Usage(msg)) => {
+            eprintln!("sessiond: error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(CliError::Runtime(e)) => {
+            eprintln!("sessiond: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+fn run(cli: Cli) -> CliResult {
+    let mut over = Overrides {
+        database: cli.database,
+        session_store: cli.session_store,
+        public_url: env("SESSIOND_PUBLIC_URL"),
+        admin_password: env("SESSIOND_ADMIN_PASSWORD"),
+        ..Overrides::default()
+    };
+    match cli.command {
+        Command::Serve(args) => {
+            args.apply(&mut over);
+            let config = load_config(cli.config.as_ref(), over)?;
+            serve::run(config)
+        }
+        Command::User(cmd) => user::run(load_config(cli.config.as_ref(), over)?, cmd),
+        Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
+        Command::HashPassword(args) => hash_password::run(args),
+    }
+}
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+fn load_config(file: Option<&PathBuf>, over: Overrides) -> Result<Config, CliError> {
+    Config::load(file, over).map_err(|e| usage(e.0))
+}
+
+/// A runtime for the short-lived admin commands.
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Reads a password: one line from stdin with `--password-stdin` (the trailing newline is not
+/// part of it), else a no-echo prompt on the terminal, twice when `confirm`. Never from argv.
+fn read_password(from_stdin: bool, prompt: &str, confirm: bool) -> Result<String, CliError> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if line.ends_with('\n') {
+            line.pop();
+            if line.ends_with('\r') {
+                line.pop();
+            }
+        }
+        return Ok(line);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(usage(
+            "no terminal to prompt for a password on; use --password-stdin",
+        ));
+    }
+    let first = rpassword::prompt_password(prompt)?;
+    if confirm {
+        let second = rpassword::prompt_password("Repeat password: ")?;
+        if first != second {
+            return Err(usage("the passwords do not match"));
+        }
+    }
+    Ok(first)
+}
+
+/// A new password, checked against the rules of SPEC §3.
+fn read_new_password(from_stdin: bool) -> Result<Password, CliError> {
+    let raw = read_password(from_stdin, "New password: ", true)?;
+    Password::new(raw).map_err(|e| usage(e.to_string()))
+}

@@ -1,0 +1,58 @@
+//! `sessiond serve`
+
+use anyhow::Context as _;
+
+use super::CliResult;
+use crate::config::{Config, Overrides};
+use crate::server;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Address to listen on [default: 127.0.0.1:7444]
+    #[arg(long, env = "SESSIOND_LISTEN", value_name = "ADDR")]
+    listen: Option<String>,
+    /// Public URL of this server (login page and redirects) [default: http://<listen>]
+    #[arg(long, env = "SESSIOND_PUBLIC_URL", value_name = "URL")]
+    public_url: Option<String>,
+    /// Sliding inactivity limit, e.g. 30m [default: 30m]
+    #[arg(long, env = "SESSIOND_IDLE_TIMEOUT", value_name = "DUR")]
+    idle_timeout: Option<String>,
+    /// Hard limit from login, e.g. 12h [default: 12h]
+    #[arg(long, env = "SESSIOND_ABSOLUTE_TIMEOUT", value_name = "DUR")]
+    absolute_timeout: Option<String>,
+    /// Lifetime of "stay logged in" sessions, e.g. 30d [default: 30d]
+    #[arg(long, env = "SESSIOND_REMEMBER_ME_TIMEOUT", value_name = "DUR")]
+    remember_me_timeout: Option<String>,
+}
+
+impl Args {
+    pub fn apply(self, over: &mut Overrides) {
+        over.listen = self.listen;
+        over.public_url = self.public_url.or(over.public_url.take());
+        over.idle_timeout = self.idle_timeout;
+        over.absolute_timeout = self.absolute_timeout;
+        over.remember_me_timeout = self.remember_me_timeout;
+    }
+}
+
+pub fn run(config: Config) -> CliResult {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if !config.cookie.secure() {
+            tracing::warn!("cookie.secure = false: session cookies will travel over plain HTTP; development only");
+        }
+        let listen = config.listen;
+        let public = config.public_url.clone();
+        let state = server::build_state(config)?;
+        server::ensure_admin(&state).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        tracing::info!(%listen, public_url = %public, "sessiond listening");
+        eprintln!("sessiond: listening on http://{listen} (open {public})");
+        server::run(listener, state, server::shutdown_signal()).await?;
+        Ok(())
+    })
+}

@@ -1,0 +1,211 @@
+//! `sessiond user add|passwd|list|disable|enable|delete`
+
+use serde::Serialize;
+use sessiond_core::{NewUser, StoreError, User, Username};
+
+use super::{read_new_password, runtime, usage, CliError, CliResult};
+use crate::accounts;
+use crate::config::Config;
+use crate::password::hash_blocking;
+use crate::server::{now, open_stores, Stores};
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Create a user
+    Add {
+        name: String,
+        /// Read the password from the first line of standard input
+        #[arg(long)]
+        password_stdin: bool,
+        #[arg(long, value_name = "E", default_value = "")]
+        email: String,
+        /// Display name
+        #[arg(long = "name", value_name = "N", default_value = "")]
+        display_name: String,
+        /// Comma-separated groups
+        #[arg(long, value_name = "a,b", default_value = "")]
+        groups: String,
+        /// Grant access to the admin pages
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Set a user's password (ends all their sessions)
+    Passwd {
+        name: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List users
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disable a user (ends all their sessions)
+    Disable { name: String },
+    /// Enable a disabled user
+    Enable { name: String },
+    /// Delete a user (ends all their sessions)
+    Delete { name: String },
+}
+
+fn username(name: &str) -> Result<Username, CliError> {
+    Username::parse(name).map_err(|e| usage(format!("{name:?}: {e}")))
+}
+
+async fn find(stores: &Stores, name: &str) -> Result<User, CliError> {
+    let u = username(name)?;
+    stores
+        .users
+        .user_by_name(&u)
+        .await?
+        .map(|c| c.user)
+        .ok_or_else(|| CliError::Runtime(anyhow::anyhow!("no user named {name:?}")))
+}
+
+fn parse_groups(s: &str) -> Result<Vec<String>, CliError> {
+    let groups: Vec<String> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = groups
+        .iter()
+        .find(|g| g.len() > 64 || g.chars().any(|c| c.is_control()))
+    {
+        return Err(usage(format!(
+            "group {bad:?}: at most 64 characters, no control characters"
+        )));
+    }
+    Ok(groups)
+}
+
+#[derive(Serialize)]
+struct UserRow<'a> {
+    username: &'a str,
+    name: &'a str,
+    email: &'a str,
+    groups: &'a [String],
+    admin: bool,
+    disabled: bool,
+    created_at: String,
+}
+
+pub fn run(config: Config, cmd: Command) -> CliResult {
+    let stores = open_stores(&config)?;
+    let rt = runtime()?;
+    match cmd {
+        Command::Add {
+            name,
+            password_stdin,
+            email,
+            display_name,
+            groups,
+            admin,
+        } => {
+            let username = username(&name)?;
+            let groups = parse_groups(&groups)?;
+            let password = read_new_password(password_stdin)?;
+            eprintln!("hashing password (argon2id, m=19 MiB)…");
+            let phc = hash_blocking(&password)?;
+            let new = NewUser {
+                username,
+                name: display_name,
+                email,
+                groups,
+                admin,
+                password_hash: phc,
+                created_at: now(),
+            };
+            match rt.block_on(stores.users.create_user(&new)) {
+                Ok(u) => println!(
+                    "created user {}{}",
+                    u.username,
+                    if u.admin { " (admin)" } else { "" }
+                ),
+                Err(StoreError::Conflict) => {
+                    return Err(CliError::Runtime(anyhow::anyhow!(
+                        "user {name:?} already exists"
+                    )))
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let user = rt.block_on(find(&stores, &name))?;
+            let password = read_new_password(password_stdin)?;
+            let phc = hash_blocking(&password)?;
+            let n = rt.block_on(accounts::set_password(
+                stores.users.as_ref(),
+                stores.sessions.as_ref(),
+                user.id,
+                &phc,
+            ))?;
+            println!(
+                "password of {} changed; {n} session(s) ended",
+                user.username
+            );
+        }
+        Command::List { json } => {
+            let users = rt.block_on(stores.users.list_users())?;
+            let rows: Vec<UserRow<'_>> = users
+                .iter()
+                .map(|u| UserRow {
+                    username: u.username.as_str(),
+                    name: &u.name,
+                    email: &u.email,
+                    groups: &u.groups,
+                    admin: u.admin,
+                    disabled: u.disabled,
+                    created_at: crate::routes::rfc3339(u.created_at),
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24} {:<20} {:<28} {:<20} {:<5} {:<8}",
+                    "USERNAME", "NAME", "EMAIL", "GROUPS", "ADMIN", "DISABLED"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<20} {:<28} {:<20} {:<5} {:<8}",
+                        r.username,
+                        r.name,
+                        r.email,
+                        r.groups.join(","),
+                        if r.admin { "yes" } else { "no" },
+                        if r.disabled { "yes" } else { "no" }
+                    );
+                }
+            }
+        }
+        Command::Disable { name } => {
+            let user = rt.block_on(find(&stores, &name))?;
+            let n = rt.block_on(accounts::disable(
+                stores.users.as_ref(),
+                stores.sessions.as_ref(),
+                user.id,
+            ))?;
+            println!("disabled {}; {n} session(s) ended", user.username);
+        }
+        Command::Enable { name } => {
+            let user = rt.block_on(find(&stores, &name))?;
+            rt.block_on(stores.users.set_disabled(user.id, false))?;
+            println!("enabled {}", user.username);
+        }
+        Command::Delete { name } => {
+            let user = rt.block_on(find(&stores, &name))?;
+            let n = rt.block_on(accounts::delete(
+                stores.users.as_ref(),
+                stores.sessions.as_ref(),
+                user.id,
+            ))?;
+            println!("deleted {}; {n} session(s) ended", user.username);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,366 @@
+//! Configuration: defaults < TOML file < `SESSIOND_*` environment < command-line flags.
+//!
+//! Raw inputs ([`FileConfig`], [`Overrides`]) are turned into a validated [`Config`] in one
+//! place, [`Config::resolve`]; nothing else reads files or the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sessiond_axum::{CookieConfig, SameSite};
+use sessiond_core::ExpiryPolicy;
+use url::Url;
+
+/// A configuration error: the message names the key and says what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// The TOML file; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub session_store: Option<String>,
+    pub public_url: Option<String>,
+    #[serde(default)]
+    pub session: FileSession,
+    #[serde(default)]
+    pub cookie: FileCookie,
+    #[serde(default)]
+    pub proxy: FileProxy,
+    #[serde(default)]
+    pub access: FileAccess,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSession {
+    pub idle_timeout: Option<String>,
+    pub absolute_timeout: Option<String>,
+    pub remember_me_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCookie {
+    pub name: Option<String>,
+    pub domain: Option<String>,
+    pub secure: Option<bool>,
+    pub same_site: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxy {
+    pub trusted: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAccess {
+    #[serde(default)]
+    pub rules: Vec<toml::Table>,
+}
+
+/// Values from the environment or flags (flags win; clap merges the two).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub database: Option<String>,
+    pub session_store: Option<String>,
+    pub public_url: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub absolute_timeout: Option<String>,
+    pub remember_me_timeout: Option<String>,
+    pub admin_password: Option<String>,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub database: String,
+    pub session_store: String,
+    pub public_url: Url,
+    pub policy: ExpiryPolicy,
+    pub cookie: CookieConfig,
+    /// The login form's CSRF cookie: same attributes as the session cookie, but always
+    /// host-only (it never needs to reach other subdomains).
+    pub csrf_cookie: CookieConfig,
+    /// Password for the first `admin` user, when the user table is empty at start.
+    pub admin_password: Option<String>,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
+pub const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
+
+impl Config {
+    /// Reads `file` (if any) and applies `over` on top.
+    pub fn load(file: Option<&PathBuf>, over: Overrides) -> Result<Self, ConfigError> {
+        let file_cfg = match file {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .or_else(|e| err(format!("cannot read config file {}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .or_else(|e| err(format!("config file {}: {}", path.display(), e.message())))?
+            }
+        };
+        Self::resolve(file_cfg, over)
+    }
+
+    pub fn resolve(f: FileConfig, o: Overrides) -> Result<Self, ConfigError> {
+        let listen_text = o
+            .listen
+            .or(f.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_text.parse().or_else(|_| {
+            err(format!(
+                "listen: {listen_text:?} is not an address like 127.0.0.1:7444"
+            ))
+        })?;
+
+        let database = o
+            .database
+            .or(f.database)
+            .unwrap_or_else(|| DEFAULT_DATABASE.into());
+        check_database_url(&database)?;
+        let session_store = o
+            .session_store
+            .or(f.session_store)
+            .unwrap_or_else(|| database.clone());
+        if session_store != database {
+            return err(format!(
+                "session_store: {session_store:?} is not supported yet; sessions are kept in the database ({database})"
+            ));
+        }
+
+        let public_url = match o.public_url.or(f.public_url) {
+            Some(u) => {
+                let url = Url::parse(&u).or_else(|e| err(format!("public_url: {u:?}: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                    return err(format!("public_url: {u:?} must be an http:// or https:// URL with a host"));
+                }
+                if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+                    return err(format!("public_url: {u:?} must be an origin (no path, query or fragment)"));
+                }
+                url
+            }
+            None if listen.ip().is_unspecified() => {
+                return err(format!(
+                    "public_url is required when listening on {listen} (browsers must be sent to a real host)"
+                ))
+            }
+            None => Url::parse(&format!("http://{listen}")).or_else(|e| err(format!("listen: {e}")))?,
+        };
+
+        let duration =
+            |key: &str, v: Option<String>, default: Duration| -> Result<Duration, ConfigError> {
+                match v {
+                    None => Ok(default),
+                    Some(s) => {
+                        let d = humantime::parse_duration(s.trim()).or_else(|e| {
+                            err(format!(
+                                "{key}: {s:?} is not a duration like 30m or 12h: {e}"
+                            ))
+                        })?;
+                        if d < Duration::from_secs(1) {
+                            return err(format!("{key}: {s:?} must be at least 1s"));
+                        }
+                        Ok(d)
+                    }
+                }
+            };
+        let defaults = ExpiryPolicy::default();
+        let policy = ExpiryPolicy {
+            idle: duration(
+                "idle_timeout",
+                o.idle_timeout.or(f.session.idle_timeout),
+                defaults.idle,
+            )?,
+            absolute: duration(
+                "absolute_timeout",
+                o.absolute_timeout.or(f.session.absolute_timeout),
+                defaults.absolute,
+            )?,
+            remember: duration(
+                "remember_me_timeout",
+                o.remember_me_timeout.or(f.session.remember_me_timeout),
+                defaults.remember,
+            )?,
+        };
+
+        let base = f.cookie.name.unwrap_or_else(|| "sessiond".into());
+        if base.is_empty()
+            || !base
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return err(format!(
+                "cookie.name: {base:?} must be letters, digits, '_' or '-'"
+            ));
+        }
+        let secure = f.cookie.secure.unwrap_or(true);
+        let domain = match f.cookie.domain {
+            None => None,
+            Some(d) => {
+                let d = d.trim_start_matches('.').to_ascii_lowercase();
+                if d.is_empty()
+                    || !d.contains('.')
+                    || !d
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+                {
+                    return err(format!(
+                        "cookie.domain: {d:?} must be a domain name such as example.com"
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let same_site = match f
+            .cookie
+            .same_site
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None | Some("lax") => SameSite::Lax,
+            Some("strict") => SameSite::Strict,
+            Some(other) => {
+                return err(format!(
+                    "cookie.same_site: {other:?} must be \"lax\" or \"strict\""
+                ))
+            }
+        };
+        let cookie = CookieConfig::new(&base, secure, domain.clone(), same_site);
+        let csrf_cookie = CookieConfig::new(&format!("{base}_csrf"), secure, None, same_site);
+
+        if let Some(t) = f.proxy.trusted {
+            if !t.is_empty() {
+                tracing::warn!("[proxy] trusted is read but forwarded headers are not used yet");
+            }
+        }
+        if !f.access.rules.is_empty() {
+            return err("access.rules: forward-auth access rules are not supported yet");
+        }
+
+        Ok(Self {
+            listen,
+            database,
+            session_store,
+            public_url,
+            policy,
+            cookie,
+            csrf_cookie,
+            admin_password: o.admin_password.filter(|p| !p.is_empty()),
+        })
+    }
+
+    /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+}
+
+fn check_database_url(url: &str) -> Result<(), ConfigError> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    {
+        if path.is_empty() {
+            return err("database: sqlite URL needs a path, e.g. sqlite://sessiond.db");
+        }
+        return Ok(());
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return err("database: PostgreSQL is not supported yet; use sqlite://PATH");
+    }
+    err(format!("database: {url:?} must be sqlite://PATH"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(file: &str, over: Overrides) -> Result<Config, String> {
+        let f: FileConfig = toml::from_str(file).map_err(|e| e.to_string())?;
+        Config::resolve(f, over).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check("", Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7444");
+        assert_eq!(c.database, "sqlite://sessiond.db");
+        assert_eq!(c.session_store, c.database);
+        assert_eq!(c.public_origin(), "http://127.0.0.1:7444");
+        assert_eq!(c.policy, ExpiryPolicy::default());
+        assert_eq!(c.cookie.name(), "__Host-sessiond");
+        assert_eq!(c.csrf_cookie.name(), "__Host-sessiond_csrf");
+    }
+
+    #[test]
+    fn layering_file_then_overrides() {
+        let file = r#"
+            listen = "127.0.0.1:9000"
+            public_url = "https://auth.example.com"
+            [session]
+            idle_timeout = "10m"
+            absolute_timeout = "1h"
+            [cookie]
+            domain = "example.com"
+            same_site = "strict"
+        "#;
+        let c = check(file, Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.policy.idle, Duration::from_secs(600));
+        assert_eq!(c.cookie.name(), "__Secure-sessiond");
+        let c = check(
+            file,
+            Overrides {
+                idle_timeout: Some("2s".into()),
+                listen: Some("127.0.0.1:9001".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.policy.idle, Duration::from_secs(2));
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.policy.absolute, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn clear_errors() {
+        let cases = [
+            ("listen = \"nope\"", "listen"),
+            ("[session]\nidle_timeout = \"soon\"", "idle_timeout"),
+            ("listen = \"0.0.0.0:80\"", "public_url is required"),
+            ("public_url = \"ftp://x\"", "public_url"),
+            ("public_url = \"https://x.example/path\"", "origin"),
+            ("[cookie]\nsame_site = \"none\"", "same_site"),
+            ("database = \"mysql://x\"", "database"),
+        ];
+        for (file, needle) in cases {
+            let e = check(file, Overrides::default()).unwrap_err();
+            assert!(e.contains(needle), "{file:?}: {e}");
+        }
+        assert!(check("bogus = 1", Overrides::default())
+            .unwrap_err()
+            .contains("bogus"));
+    }
+
+    #[test]
+    fn insecure_cookie_drops_the_prefix() {
+        let c = check("[cookie]\nsecure = false", Overrides::default()).unwrap();
+        assert_eq!(c.cookie.name(), "sessiond");
+        assert!(!c.cookie.secure());
+    }
+}

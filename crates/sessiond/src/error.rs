@@ -1,0 +1,185 @@
+//! The server's one error type. Every HTTP status the app chooses is chosen here, in
+//! [`ApiError::status`]; causes go to the log, never to the client.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use sessiond_axum::SessionRejection;
+use sessiond_core::StoreError;
+
+use crate::password::HashError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    #[error("authentication required")]
+    Unauthenticated,
+    #[error("forbidden")]
+    Forbidden,
+    #[error("cross-site request rejected")]
+    CsrfRejected,
+    #[error("not found")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("request body too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(&'static str),
+    #[error("request URI too long")]
+    UriTooLong,
+    #[error("request headers too large")]
+    HeadersTooLarge,
+    #[error("server busy, try again shortly")]
+    Overloaded { retry_after: u64 },
+    #[error("session store unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidCredentials | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden | Self::CsrfRejected => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Overloaded { .. } | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::CsrfRejected => "csrf_rejected",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType(_) => "unsupported_media_type",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::Overloaded { .. } => "overloaded",
+            Self::StoreUnavailable(_) => "store_unavailable",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::Overloaded { retry_after } => Some(*retry_after),
+            Self::StoreUnavailable(_) => Some(1),
+            _ => None,
+        }
+    }
+
+    fn log(&self) {
+        match self {
+            Self::StoreUnavailable(e) => {
+                tracing::error!(error = %e, cause = ?std::error::Error::source(e), "store unavailable")
+            }
+            Self::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            _ => {}
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::StoreUnavailable(e)
+    }
+}
+
+impl From<HashError> for ApiError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded => Self::Overloaded { retry_after: 1 },
+            HashError::Failed(msg) => Self::Internal(anyhow::anyhow!(msg)),
+        }
+    }
+}
+
+impl From<SessionRejection> for ApiError {
+    fn from(r: SessionRejection) -> Self {
+        match r {
+            SessionRejection::Unauthenticated => Self::Unauthenticated,
+            SessionRejection::StoreUnavailable => {
+                Self::StoreUnavailable(StoreError::Unavailable("verification failed".into()))
+            }
+            _ => Self::Internal(anyhow::anyhow!("session extractor: {r:?}")),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Body<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let message = match &self {
+            // Opaque: the cause is in the log only.
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        let mut res = (
+            self.status(),
+            Json(Body {
+                code: self.code(),
+                message,
+            }),
+        )
+            .into_response();
+        let h = res.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// The same error as an HTML page, for browser routes. Status and message are the ones
+    /// [`IntoResponse`] would give.
+    pub fn into_html(self, templates: &crate::templates::Templates) -> Response {
+        self.log();
+        let status = self.status();
+        let message = match &self {
+            Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
+        let ctx = serde_json::json!({ "status": status.as_u16(), "message": message });
+        let mut res = match templates.render("error.html", ctx) {
+            Ok(html) => (status, axum::response::Html(html)).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "error page failed to render");
+                (status, message).into_response()
+            }
+        };
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(secs) = self.retry_after() {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}

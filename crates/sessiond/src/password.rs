@@ -1,0 +1,282 @@
+//! Password hashing: argon2id on a bounded pool of dedicated threads.
+//!
+//! * **argon2id, m = 19 MiB, t = 2, p = 1**: OWASP's recommended floor; memory-hard, so GPUs
+//!   and ASICs gain little over our CPU.
+//! * **Dedicated threads, bounded queue**: a hash takes ~46 ms of CPU and 19 MiB of memory.
+//!   Running it on tokio's worker threads would stall every other request; an unbounded queue
+//!   would let a login flood exhaust memory. Work past the queue is refused at once
+//!   ([`HashError::Overloaded`], a `503` with `Retry-After`).
+//! * **Unknown users cost the same**: [`Hasher::verify_dummy`] verifies against a real hash of
+//!   a random password, so response time does not reveal whether a username exists.
+//! * **Parameters from stored hashes are bounded** ([`MAX_M_KIB`] …): a tampered or hostile
+//!   hash in the database cannot make one login allocate gigabytes.
+
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher as _, PasswordVerifier as _, SaltString};
+use argon2::{Algorithm, Argon2, Params, Version};
+use sessiond_core::Password;
+use tokio::sync::oneshot;
+
+pub const M_KIB: u32 = 19 * 1024;
+pub const T_COST: u32 = 2;
+pub const P_COST: u32 = 1;
+
+/// Limits on parameters read from stored hashes.
+pub const MAX_M_KIB: u32 = 256 * 1024;
+pub const MAX_T_COST: u32 = 16;
+pub const MAX_P_COST: u32 = 8;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HashError {
+    #[error("password hashing queue is full")]
+    Overloaded,
+    #[error("password hashing failed: {0}")]
+    Failed(String),
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    pub matches: bool,
+    /// The stored hash uses other parameters than ours: re-hash it now that we know the
+    /// password.
+    pub needs_rehash: bool,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A pool of hashing threads with a bounded queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Hasher {
+    tx: SyncSender<Job>,
+    dummy: Arc<String>,
+}
+
+impl std::fmt::Debug for Hasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hasher")
+    }
+}
+
+fn argon2() -> Argon2<'static> {
+    Argon2::new(
+        Algorithm::Argon2id,
+        Version::V0x13,
+        Params::new(M_KIB, T_COST, P_COST, None).expect("static argon2 parameters are valid"),
+    )
+}
+
+/// Hashes on the calling thread. For the CLI and for the pool's workers.
+pub fn hash_blocking(password: &Password) -> Result<String, HashError> {
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| HashError::Failed(e.to_string()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| HashError::Failed(e.to_string()))?;
+    argon2()
+        .hash_password(password.expose().as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| HashError::Failed(e.to_string()))
+}
+
+/// Verifies on the calling thread. A malformed, non-argon2id or out-of-bounds stored hash
+/// never matches (and is logged, without the hash).
+pub fn verify_blocking(password: &Password, phc: &str) -> Verified {
+    let no = Verified {
+        matches: false,
+        needs_rehash: false,
+    };
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        tracing::warn!("stored password hash is not a PHC string");
+        return no;
+    };
+    if parsed.algorithm != argon2::ARGON2ID_IDENT {
+        tracing::warn!(algorithm = %parsed.algorithm, "stored password hash is not argon2id");
+        return no;
+    }
+    let Ok(params) = Params::try_from(&parsed) else {
+        tracing::warn!("stored password hash has invalid parameters");
+        return no;
+    };
+    if params.m_cost() > MAX_M_KIB || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST {
+        tracing::warn!(
+            m = params.m_cost(),
+            t = params.t_cost(),
+            p = params.p_cost(),
+            "stored password hash parameters out of bounds"
+        );
+        return no;
+    }
+    // The hash's own parameters drive the verification (that is what the PHC string is for);
+    // the comparison inside is constant-time.
+    let matches = Argon2::default()
+        .verify_password(password.expose().as_bytes(), &parsed)
+        .is_ok();
+    let needs_rehash = matches
+        && (params.m_cost() != M_KIB
+            || params.t_cost() != T_COST
+            || params.p_cost() != P_COST
+            || parsed.version != Some(Version::V0x13.into()));
+    Verified {
+        matches,
+        needs_rehash,
+    }
+}
+
+impl Hasher {
+    /// Starts `threads` workers with room for `queue` waiting jobs, and computes the dummy
+    /// hash (one real hash, ~50 ms).
+    pub fn start(threads: usize, queue: usize) -> Result<Self, HashError> {
+        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let rx = Arc::clone(&rx);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || loop {
+                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // every sender dropped: shut down
+                    };
+                    job();
+                })
+                .map_err(|e| HashError::Failed(e.to_string()))?;
+        }
+        let mut random = [0u8; 24];
+        getrandom::fill(&mut random).map_err(|e| HashError::Failed(e.to_string()))?;
+        let dummy_pw = Password::new(base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            random,
+        ))
+        .expect("32 characters is a valid password");
+        let dummy = hash_blocking(&dummy_pw)?;
+        Ok(Self {
+            tx,
+            dummy: Arc::new(dummy),
+        })
+    }
+
+    /// A pool sized for this machine: one thread per core, a queue of 16 per thread.
+    pub fn for_this_machine() -> Result<Self, HashError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self::start(cores, cores * 16)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let (done, result) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let _ = done.send(f());
+        });
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(HashError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => {
+                return Err(HashError::Failed("hashing pool stopped".into()))
+            }
+        }
+        result
+            .await
+            .map_err(|_| HashError::Failed("hashing worker died".into()))
+    }
+
+    pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        self.run(move || hash_blocking(&password)).await?
+    }
+
+    pub async fn verify(&self, password: Password, phc: String) -> Result<Verified, HashError> {
+        self.run(move || verify_blocking(&password, &phc)).await
+    }
+
+    /// Spends the same work as a real verification, for a user that does not exist; always
+    /// "no match".
+    pub async fn verify_dummy(&self, password: Password) -> Result<(), HashError> {
+        let dummy = Arc::clone(&self.dummy);
+        self.run(move || {
+            verify_blocking(&password, &dummy);
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pw(s: &str) -> Password {
+        Password::new(s.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn hashes_are_argon2id_with_our_parameters() {
+        let h = hash_blocking(&pw("correct horse")).unwrap();
+        assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
+        assert_eq!(
+            verify_blocking(&pw("correct horse"), &h),
+            Verified {
+                matches: true,
+                needs_rehash: false
+            }
+        );
+        assert!(!verify_blocking(&pw("wrong horse!"), &h).matches);
+        assert_ne!(h, hash_blocking(&pw("correct horse")).unwrap(), "salted");
+    }
+
+    #[test]
+    fn outdated_parameters_ask_for_a_rehash() {
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        );
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let h = weak
+            .hash_password(b"correct horse", &salt)
+            .unwrap()
+            .to_string();
+        assert_eq!(
+            verify_blocking(&pw("correct horse"), &h),
+            Verified {
+                matches: true,
+                needs_rehash: true
+            }
+        );
+    }
+
+    #[test]
+    fn hostile_stored_hashes_never_match() {
+        for h in [
+            "",
+            "plain",
+            "$argon2i$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+            "$argon2id$v=19$m=19456,t=1000,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA",
+        ] {
+            assert!(!verify_blocking(&pw("whatever1"), h).matches, "{h}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let hasher = Hasher::start(1, 1).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..6 {
+            let h = hasher.clone();
+            tasks.push(tokio::spawn(
+                async move { h.hash(pw("correct horse")).await },
+            ));
+        }
+        let mut overloaded = 0;
+        for t in tasks {
+            if let Err(HashError::Overloaded) = t.await.unwrap() {
+                overloaded += 1;
+            }
+        }
+        assert!(
+            overloaded >= 1,
+            "six jobs on one worker with a queue of one must overflow"
+        );
+    }
+}

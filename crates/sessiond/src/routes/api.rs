@@ -1,0 +1,175 @@
+//! The JSON API (SPEC §4).
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sessiond_axum::ActiveSession;
+use sessiond_core::{NewSession, SessionRecord, SessionToken, Timestamp, User};
+
+use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
+use crate::accounts;
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    username: String,
+    password: String,
+    #[serde(default)]
+    remember: bool,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize)]
+pub struct UserView<'a> {
+    username: &'a str,
+    name: &'a str,
+    email: &'a str,
+    groups: &'a [String],
+    admin: bool,
+}
+
+impl<'a> UserView<'a> {
+    pub fn of(u: &'a User) -> Self {
+        Self {
+            username: u.username.as_str(),
+            name: &u.name,
+            email: &u.email,
+            groups: &u.groups,
+            admin: u.admin,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct SessionView<'a> {
+    id: &'a str,
+    created_at: String,
+    last_seen_at: String,
+    expires_at: String,
+    remember: bool,
+}
+
+pub fn rfc3339(t: Timestamp) -> String {
+    humantime::format_rfc3339_seconds(t.to_system_time()).to_string()
+}
+
+impl<'a> SessionView<'a> {
+    pub fn of(state: &AppState, s: &'a SessionRecord) -> Self {
+        Self {
+            id: s.id.as_str(),
+            created_at: rfc3339(s.created_at),
+            last_seen_at: rfc3339(s.last_seen_at),
+            // When the session ends if it sees no more activity (as of its last write).
+            expires_at: rfc3339(state.sessions.policy().deadline(s, s.last_seen_at)),
+            remember: s.remember,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Whoami<'a> {
+    user: UserView<'a>,
+    session: SessionView<'a>,
+}
+
+/// A successful login: the user and the new session with its secret.
+pub(super) struct LoggedIn {
+    pub user: User,
+    pub token: SessionToken,
+    pub record: SessionRecord,
+}
+
+/// Checks the credentials and starts a session with a fresh secret. A valid session the
+/// request presented ends in the same atomic step (rotation), whoever it belonged to.
+pub(super) async fn log_in(
+    state: &AppState,
+    client: ClientInfo,
+    presented: Option<ActiveSession>,
+    username: &str,
+    password: String,
+    remember: bool,
+) -> ApiResult<LoggedIn> {
+    let user = accounts::authenticate(state, username, password).await?;
+    let new = NewSession {
+        user_id: user.id,
+        remember,
+        ip: client.ip,
+        user_agent: client.user_agent,
+    };
+    let (token, record) = state.sessions.begin(new, presented.as_ref()).await?;
+    tracing::info!(target: "sessiond::audit", event = "login", user = %user.username, session = %record.id, ip = ?record.ip);
+    Ok(LoggedIn {
+        user,
+        token,
+        record,
+    })
+}
+
+/// Headers of a response that sets (or clears) the session cookie.
+pub(super) fn cookie_headers(cookie: HeaderValue) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::SET_COOKIE, cookie);
+    // A response carrying a secret must never be stored by a cache.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h
+}
+
+pub async fn login(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    Presented(presented): Presented,
+    JsonBody(req): JsonBody<LoginRequest>,
+) -> ApiResult<Response> {
+    let done = log_in(
+        &state,
+        client,
+        presented,
+        &req.username,
+        req.password,
+        req.remember,
+    )
+    .await?;
+    let cookie = state.sessions.session_cookie(&done.token, &done.record);
+    let body = Whoami {
+        user: UserView::of(&done.user),
+        session: SessionView::of(&state, &done.record),
+    };
+    Ok((cookie_headers(cookie), Json(body)).into_response())
+}
+
+pub async fn logout(
+    State(state): State<AppState>,
+    Presented(presented): Presented,
+) -> ApiResult<Response> {
+    if let Some(s) = presented {
+        state.sessions.end(&s).await?;
+        tracing::info!(target: "sessiond::audit", event = "logout", session = %s.record().id);
+    }
+    Ok((
+        StatusCode::NO_CONTENT,
+        cookie_headers(state.sessions.removal_cookie()),
+    )
+        .into_response())
+}
+
+pub async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResult<Response> {
+    let body = Whoami {
+        user: UserView::of(&me.user),
+        session: SessionView::of(&state, me.session.record()),
+    };
+    let mut res = Json(body).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}

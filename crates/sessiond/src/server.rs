@@ -1,0 +1,172 @@
+//! Turning a [`Config`] into a running server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use sessiond_axum::SessionManager;
+use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
+use sessiond_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::password::Hasher;
+use crate::routes;
+use crate::state::AppState;
+
+/// Sessions removed per sweep batch: small enough that one batch holds the writer for a few
+/// milliseconds, so requests never stall behind a sweep.
+pub const SWEEP_BATCH: usize = 1_000;
+/// How often the background sweep runs.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The stores a configuration names.
+#[derive(Debug, Clone)]
+pub struct Stores {
+    pub users: Arc<dyn UserStore>,
+    pub sessions: Arc<dyn SessionStore>,
+}
+
+/// Opens (and migrates) the stores of `config`.
+pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+    let sqlite = Arc::new(
+        SqliteStore::open_url(&config.database)
+            .with_context(|| format!("cannot open database {}", config.database))?,
+    );
+    Ok(Stores {
+        users: sqlite.clone(),
+        sessions: sqlite,
+    })
+}
+
+pub fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+/// Opens the stores and starts the hashing pool.
+pub fn build_state(config: Config) -> anyhow::Result<AppState> {
+    let stores = open_stores(&config)?;
+    let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
+    let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy);
+    Ok(AppState::new(config, stores.users, sessions, hasher))
+}
+
+/// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a
+/// random one printed once to stderr). Atomic in the store, so several instances starting at
+/// once create it once.
+pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
+    if !state.users.list_users().await?.is_empty() {
+        return Ok(());
+    }
+    let (password, generated) = match &state.config.admin_password {
+        Some(p) => (
+            Password::new(p.clone())
+                .map_err(|e| anyhow::anyhow!("SESSIOND_ADMIN_PASSWORD: {e}"))?,
+            false,
+        ),
+        None => {
+            let mut raw = [0u8; 18];
+            getrandom::fill(&mut raw)
+                .map_err(|e| anyhow::anyhow!("the OS CSPRNG is unavailable: {e}"))?;
+            let p = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            (
+                Password::new(p).expect("24 characters is a valid password"),
+                true,
+            )
+        }
+    };
+    let shown = password.clone();
+    let phc = state.hasher.hash(password).await?;
+    let new = NewUser {
+        username: Username::parse("admin").expect("valid"),
+        name: "Administrator".into(),
+        email: String::new(),
+        groups: vec!["admins".into()],
+        admin: true,
+        password_hash: phc,
+        created_at: now(),
+    };
+    if state.users.create_user_if_none(&new).await?.is_some() {
+        if generated {
+            // Printed once, to stderr only, never logged through tracing.
+            eprintln!(
+                "sessiond: created user 'admin' with password: {}\n\
+                 sessiond: change it after logging in (or: sessiond user passwd admin)",
+                shown.expose()
+            );
+        } else {
+            eprintln!(
+                "sessiond: created user 'admin' with the password from SESSIOND_ADMIN_PASSWORD"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Deletes expired sessions in bounded batches until none are left; returns how many.
+pub async fn purge_expired(sessions: &dyn SessionStore) -> Result<u64, sessiond_core::StoreError> {
+    let mut total = 0;
+    loop {
+        let n = sessions.purge_expired(now(), SWEEP_BATCH).await?;
+        total += n;
+        if n < SWEEP_BATCH as u64 {
+            return Ok(total);
+        }
+        // Let requests queued behind the writer go first.
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Serves the app on `listener` until `shutdown` resolves, then finishes in-flight requests.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let sweeper = {
+        let sessions = Arc::clone(state.sessions.store());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                match purge_expired(sessions.as_ref()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
+                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                }
+            }
+        })
+    };
+    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    sweeper.abort();
+    result
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}

@@ -1,0 +1,50 @@
+use std::ops::Deref;
+use std::sync::Arc;
+
+use sessiond_axum::SessionManager;
+use sessiond_core::UserStore;
+
+use crate::config::Config;
+use crate::password::Hasher;
+use crate::templates::Templates;
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Inner>);
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub users: Arc<dyn UserStore>,
+    pub sessions: SessionManager,
+    pub hasher: Hasher,
+    pub templates: Templates,
+    /// `Origin` value of the public URL, precomputed for the CSRF check.
+    pub public_origin: String,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        users: Arc<dyn UserStore>,
+        sessions: SessionManager,
+        hasher: Hasher,
+    ) -> Self {
+        let public_origin = config.public_origin();
+        Self(Arc::new(Inner {
+            config,
+            users,
+            sessions,
+            hasher,
+            templates: Templates::new(),
+            public_origin,
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}

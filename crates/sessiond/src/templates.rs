@@ -1,0 +1,40 @@
+//! Server-rendered HTML (minijinja, auto-escaped because every template name ends in `.html`).
+//! The pages work without JavaScript; none is served.
+
+use minijinja::Environment;
+use serde::Serialize;
+
+#[derive(Debug)]
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Templates {
+    pub fn new() -> Self {
+        let mut env = Environment::new();
+        for (name, src) in [
+            ("base.html", include_str!("templates/base.html")),
+            ("login.html", include_str!("templates/login.html")),
+            ("account.html", include_str!("templates/account.html")),
+            ("error.html", include_str!("templates/error.html")),
+        ] {
+            env.add_template(name, src)
+                .expect("built-in templates parse");
+        }
+        Self { env }
+    }
+
+    /// Renders a built-in template. The templates are part of the binary and tested, so a
+    /// failure here is a bug; it is logged and the caller answers `500`.
+    pub fn render(&self, name: &str, ctx: impl Serialize) -> Result<String, minijinja::Error> {
+        self.env.get_template(name)?.render(ctx)
+    }
+}
+
+pub const STYLE_CSS: &str = include_str!("templates/style.css");
