@@ -80,10 +80,14 @@ pub fn usage(msg: impl Into<String>) -> CliError {
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(e) => {
-            // clap prints help/version to stdout (exit 0) and usage errors to stderr (exit 2).
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: clap prints them to stdout.
             let _ = e.print();
-            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("sessiond: {}", one_line(&e.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     let default_log = if matches!(cli.command, Command::Serve(_)) {
@@ -103,6 +107,14 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// clap's usage errors span several lines (message, usage, tip); we promise one line. Keep
+/// the message, folded, and point at `--help`.
+fn one_line(rendered: &str) -> String {
+    let message = rendered.split("\n\n").next().unwrap_or(rendered);
+    let folded: Vec<&str> = message.split_whitespace().collect();
+    format!("{} (see --help)", folded.join(" "))
 }
 
 fn init_tracing(default: &str) {

@@ -105,8 +105,14 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
         } => {
             let username = username(&name)?;
             let groups = parse_groups(&groups)?;
+            // Checked first so nobody types a password for nothing; the store's unique index
+            // still decides if two `add`s race.
+            if rt.block_on(stores.users.user_by_name(&username))?.is_some() {
+                return Err(CliError::Runtime(anyhow::anyhow!(
+                    "user {name:?} already exists"
+                )));
+            }
             let password = read_new_password(password_stdin)?;
-            eprintln!("hashing password (argon2id, m=19 MiB)…");
             let phc = hash_blocking(&password)?;
             let new = NewUser {
                 username,

@@ -1,0 +1,157 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reqwest::header::{HeaderMap, HeaderValue};
+use sessiond::config::{Config, FileConfig, Overrides};
+use sessiond::password::hash_blocking;
+use sessiond::server;
+use sessiond::state::AppState;
+use sessiond_core::{NewUser, Password, User, Username};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running server on a random port with its own database directory.
+pub struct TestApp {
+    pub base: String,
+    pub dir: Arc<tempfile::TempDir>,
+    pub state: AppState,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn db_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("sessiond.db").display())
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(Arc::new(tempfile::tempdir().unwrap()), Overrides::default()).await
+}
+
+/// Starts a server on the database in `dir` (reuse `dir` to simulate a restart).
+pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let over = Overrides {
+        listen: Some(addr.to_string()),
+        database: Some(db_url(dir.path())),
+        ..over
+    };
+    let config = Config::resolve(FileConfig::default(), over).expect("test config is valid");
+    let state = server::build_state(config).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(server::run(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        base: format!("http://{addr}"),
+        dir,
+        state,
+        shutdown: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("sessiond.db")
+    }
+
+    /// A client with its own cookie jar that does not follow redirects (so tests see them).
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    /// A client without a cookie jar: cookies are sent by hand.
+    pub fn bare_client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    }
+
+    pub async fn add_user(&self, name: &str) -> User {
+        self.add_user_with(name, PASSWORD, false).await
+    }
+
+    pub async fn add_user_with(&self, name: &str, password: &str, admin: bool) -> User {
+        let phc = hash_blocking(&Password::new(password.into()).unwrap()).unwrap();
+        self.state
+            .users
+            .create_user(&NewUser {
+                username: Username::parse(name).unwrap(),
+                name: format!("{name} Example"),
+                email: format!("{name}@example.com"),
+                groups: vec!["dev".into()],
+                admin,
+                password_hash: phc,
+                created_at: server::now(),
+            })
+            .await
+            .unwrap()
+    }
+
+    pub async fn api_login(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        client
+            .post(self.url("/api/login"))
+            .json(&serde_json::json!({ "username": name, "password": password }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn whoami(&self, client: &reqwest::Client) -> reqwest::Response {
+        client.get(self.url("/api/session")).send().await.unwrap()
+    }
+
+    /// Stops the server and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.unwrap().unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// The session cookie's value from a response's `Set-Cookie` headers.
+pub fn session_cookie(res: &reqwest::Response) -> Option<String> {
+    set_cookies(res.headers()).into_iter().find_map(|c| {
+        c.strip_prefix("__Host-sessiond=")
+            .map(|v| v.split(';').next().unwrap_or("").to_owned())
+    })
+}
+
+pub fn set_cookies(h: &HeaderMap) -> Vec<String> {
+    h.get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .map(|v: &HeaderValue| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+pub async fn json(res: reqwest::Response) -> serde_json::Value {
+    res.json().await.unwrap()
+}
