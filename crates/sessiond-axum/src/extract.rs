@@ -15,6 +15,8 @@ pub enum SessionRejection {
     StoreUnavailable,
     /// `500`: the app forgot `.layer(manager.layer())`.
     MissingManager,
+    /// `500`: a value given to [`crate::SessionMap::insert`] cannot be serialised.
+    InvalidData,
 }
 
 impl SessionRejection {
@@ -22,7 +24,7 @@ impl SessionRejection {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Self::MissingManager => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::MissingManager | Self::InvalidData => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -33,6 +35,7 @@ impl IntoResponse for SessionRejection {
             Self::Unauthenticated => "no valid session",
             Self::StoreUnavailable => "session store unavailable",
             Self::MissingManager => "session manager missing",
+            Self::InvalidData => "session data not serialisable",
         };
         (self.status(), msg).into_response()
     }
@@ -94,7 +97,7 @@ mod tests {
     use axum::http::{header, Request};
     use axum::routing::get;
     use axum::Router;
-    use sessiond_core::{ExpiryPolicy, NewSession, UserId};
+    use sessiond_core::{ExpiryPolicy, NewSession, SessionStore, UserId};
     use sessiond_store_memory::MemoryStore;
     use tower::ServiceExt;
 
@@ -158,5 +161,75 @@ mod tests {
         let res = app.clone().oneshot(req("/maybe", None)).await.unwrap();
         let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], b"false");
+    }
+
+    #[tokio::test]
+    async fn session_map_is_saved_after_the_response_only_when_changed() {
+        use crate::SessionMap;
+        let store = Arc::new(MemoryStore::new());
+        let manager = SessionManager::new(
+            store.clone(),
+            CookieConfig::default(),
+            ExpiryPolicy::default(),
+        );
+        let app = Router::new()
+            .route(
+                "/inc",
+                get(|data: SessionMap| async move {
+                    let n: u32 = data.get("n").await.unwrap().unwrap_or(0) + 1;
+                    data.insert("n", n).await.unwrap();
+                    n.to_string()
+                }),
+            )
+            .route(
+                "/peek",
+                get(|data: SessionMap| async move {
+                    format!("{:?}", data.get::<u32>("n").await.unwrap())
+                }),
+            )
+            .layer(manager.layer());
+        let (token, _) = manager
+            .begin(
+                NewSession {
+                    user_id: UserId(1),
+                    remember: false,
+                    ip: None,
+                    user_agent: None,
+                },
+                None,
+            )
+            .await
+            .unwrap();
+        let call = |path: &'static str| {
+            let app = app.clone();
+            let cookie = format!("__Host-sessiond={}", token.expose());
+            async move {
+                let res = app
+                    .oneshot(
+                        Request::get(path)
+                            .header(header::COOKIE, cookie)
+                            .body(Body::empty())
+                            .unwrap(),
+                    )
+                    .await
+                    .unwrap();
+                let status = res.status();
+                let body = axum::body::to_bytes(res.into_body(), 1024).await.unwrap();
+                (status, String::from_utf8(body.to_vec()).unwrap())
+            }
+        };
+        assert_eq!(call("/peek").await.1, "None");
+        assert_eq!(call("/inc").await.1, "1");
+        assert_eq!(call("/inc").await.1, "2");
+        assert_eq!(call("/peek").await.1, "Some(2)");
+        let stored = store.load_data(&token.hash()).await.unwrap().unwrap();
+        assert_eq!(stored["n"], 2);
+        // Without a session the extractor refuses.
+        let res = app
+            .clone()
+            .oneshot(Request::get("/inc").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
 }

@@ -11,6 +11,9 @@
 //!     .layer(manager.layer());
 //! ```
 //!
+//! Handlers that keep per-session data take a [`SessionMap`] (Django's `request.session`):
+//! loaded on first use, saved after the response only if modified.
+//!
 //! Verification is lazy: a route whose handler takes no session extractor costs nothing, and a
 //! request whose handler takes several verifies once (the result is kept in the request's
 //! extensions).
@@ -20,9 +23,13 @@
 //! off the request's path.
 
 mod cookies;
+mod data;
 mod extract;
+mod layer;
 mod manager;
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
+pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
+pub use layer::{SessionLayer, SessionService};
 pub use manager::{ActiveSession, SessionManager};

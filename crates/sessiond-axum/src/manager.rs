@@ -78,9 +78,9 @@ impl SessionManager {
         }
     }
 
-    /// A layer that makes this manager available to the extractors.
-    pub fn layer(&self) -> axum::Extension<SessionManager> {
-        axum::Extension(self.clone())
+    /// The layer that makes this manager available to the extractors and saves session data.
+    pub fn layer(&self) -> crate::SessionLayer {
+        crate::SessionLayer::new(self.clone())
     }
 
     pub fn now(&self) -> Timestamp {
@@ -181,9 +181,10 @@ impl SessionManager {
     /// The `Set-Cookie` for a new session: persistent until the session's hard limit when
     /// "stay logged in" was chosen, else a browser-session cookie.
     pub fn session_cookie(&self, token: &SessionToken, record: &SessionRecord) -> HeaderValue {
+        // The lifetime from the session's start (cookies are set as the session begins).
         let max_age = record
             .remember
-            .then(|| record.absolute_expires_at.since(self.now()));
+            .then(|| record.absolute_expires_at.since(record.created_at));
         self.inner
             .cookie
             .build(self.inner.cookie.name(), token.expose(), max_age)

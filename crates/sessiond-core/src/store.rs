@@ -3,8 +3,8 @@ use std::fmt::Debug;
 use async_trait::async_trait;
 
 use crate::{
-    NewUser, SessionId, SessionRecord, StoreError, Timestamp, TokenHash, User, UserCredentials,
-    UserId, Username,
+    NewUser, SessionData, SessionId, SessionRecord, StoreError, Timestamp, TokenHash, User,
+    UserCredentials, UserId, Username,
 };
 
 /// Where sessions live. Implementations: memory, SQLite (and later PostgreSQL, Redis).
@@ -62,6 +62,14 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Deletes up to `limit` sessions whose `expires_at` is at or before `now`. Bounded so a
     /// sweep never holds the store for long; call again while it returns `limit`.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError>;
+
+    /// The session's key-value data (empty if never saved); `None` if the session is gone.
+    /// Kept apart from [`SessionRecord`] so verification never pays for it.
+    async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError>;
+
+    /// Replaces the session's data. A no-op returning `false` when the session is gone: like
+    /// [`SessionStore::touch`], a late save never resurrects a revoked session.
+    async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError>;
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;

@@ -10,14 +10,16 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    NewUser, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, User,
-    UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
+    User, UserCredentials, UserId, UserStore, Username,
 };
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Keyed by the token hash's bytes.
     sessions: HashMap<[u8; 32], SessionRecord>,
+    /// Session data, same keys; removed with the session (see `Inner::forget_orphans`).
+    data: HashMap<[u8; 32], SessionData>,
     users: Vec<UserCredentials>,
     next_user_id: i64,
 }
@@ -26,6 +28,15 @@ struct Inner {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+}
+
+impl Inner {
+    /// Drops data whose session is gone; called after every removal so no path can leave
+    /// data behind.
+    fn forget_orphans(&mut self) {
+        let sessions = &self.sessions;
+        self.data.retain(|k, _| sessions.contains_key(k));
+    }
 }
 
 impl MemoryStore {
@@ -75,7 +86,10 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
-        Ok(self.lock().sessions.remove(hash.as_bytes()).is_some())
+        let mut g = self.lock();
+        let existed = g.sessions.remove(hash.as_bytes()).is_some();
+        g.forget_orphans();
+        Ok(existed)
     }
 
     async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
@@ -85,6 +99,7 @@ impl SessionStore for MemoryStore {
         }
         g.sessions.remove(old.as_bytes());
         g.sessions.insert(*new.token_hash.as_bytes(), new.clone());
+        g.forget_orphans();
         Ok(())
     }
 
@@ -112,6 +127,7 @@ impl SessionStore for MemoryStore {
         let before = g.sessions.len();
         g.sessions
             .retain(|_, s| !(&s.id == id && owner.is_none_or(|o| o == s.user_id)));
+        g.forget_orphans();
         Ok(g.sessions.len() < before)
     }
 
@@ -124,6 +140,7 @@ impl SessionStore for MemoryStore {
         let before = g.sessions.len();
         g.sessions
             .retain(|_, s| s.user_id != user || keep.is_some_and(|k| k == &s.id));
+        g.forget_orphans();
         Ok((before - g.sessions.len()) as u64)
     }
 
@@ -131,6 +148,7 @@ impl SessionStore for MemoryStore {
         let mut g = self.lock();
         let n = g.sessions.len() as u64;
         g.sessions.clear();
+        g.data.clear();
         Ok(n)
     }
 
@@ -145,8 +163,28 @@ impl SessionStore for MemoryStore {
             .collect();
         for k in &doomed {
             g.sessions.remove(k);
+            g.data.remove(k);
         }
         Ok(doomed.len() as u64)
+    }
+
+    async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+        let g = self.lock();
+        if !g.sessions.contains_key(hash.as_bytes()) {
+            return Ok(None);
+        }
+        Ok(Some(
+            g.data.get(hash.as_bytes()).cloned().unwrap_or_default(),
+        ))
+    }
+
+    async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if !g.sessions.contains_key(hash.as_bytes()) {
+            return Ok(false);
+        }
+        g.data.insert(*hash.as_bytes(), data.clone());
+        Ok(true)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -24,8 +24,8 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    NewUser, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, User,
-    UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
+    User, UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -341,6 +341,34 @@ impl SessionStore for SqliteStore {
                 )?
                 .execute(params![now.as_millis(), limit])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+        let raw: Option<Option<String>> = self.read(|c| {
+            c.prepare_cached("SELECT data FROM sessions WHERE token_hash = ?1")?
+                .query_row([hash.as_bytes().as_slice()], |r| r.get(0))
+                .optional()
+        })?;
+        match raw {
+            None => Ok(None),
+            Some(None) => Ok(Some(SessionData::new())),
+            Some(Some(text)) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("session data: {e}"))),
+        }
+    }
+
+    async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError> {
+        let hash = *hash;
+        let text = serde_json::Value::Object(data.clone()).to_string();
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("UPDATE sessions SET data = ?2 WHERE token_hash = ?1")?
+                    .execute(params![hash.as_bytes().as_slice(), text])?
+                    > 0,
+            )
         })
         .await
     }

@@ -4,9 +4,10 @@
 use rusqlite::{params, Connection, TransactionBehavior};
 
 /// `(version, SQL)`, in order.
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    "
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "
     CREATE TABLE users (
         -- AUTOINCREMENT: ids of deleted users are never reused, so a stale reference can
         -- never point at a newer user.
@@ -36,7 +37,15 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     ",
-)];
+    ),
+    (
+        2,
+        "
+    -- Key-value data of library users (JSON object); NULL = empty. Read only on demand.
+    ALTER TABLE sessions ADD COLUMN data TEXT;
+    ",
+    ),
+];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction
 /// (taken before reading the version, so concurrent openers serialise and none applies a step

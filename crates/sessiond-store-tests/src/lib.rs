@@ -45,6 +45,8 @@ macro_rules! session_store_tests {
             delete_all_empties_the_store,
             purge_removes_only_expired_in_bounded_batches,
             racing_touches_never_undo_a_delete,
+            data_round_trips_and_goes_with_the_session,
+            rotation_starts_with_empty_data,
             ping_answers,
         );
     };

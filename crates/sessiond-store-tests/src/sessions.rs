@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiond_core::{
-    ExpiryPolicy, NewSession, SessionId, SessionRecord, SessionStore, SessionToken, StoreError,
-    Timestamp, UserId,
+    ExpiryPolicy, NewSession, SessionData, SessionId, SessionRecord, SessionStore, SessionToken,
+    StoreError, Timestamp, UserId,
 };
 
 /// A fixed, arbitrary "now" (2026-01-01) so tests never read a clock.
@@ -291,4 +291,78 @@ pub async fn racing_touches_never_undo_a_delete<S: SessionStore>(store: S) {
 
 pub async fn ping_answers<S: SessionStore>(store: S) {
     store.ping().await.unwrap();
+}
+
+fn sample_data() -> SessionData {
+    let mut d = SessionData::new();
+    d.insert("cart".into(), serde_json::json!([1, 2, 3]));
+    d.insert("theme".into(), serde_json::json!("dark"));
+    d.insert(
+        "nested".into(),
+        serde_json::json!({ "a": { "b": null }, "n": 1.5 }),
+    );
+    d
+}
+
+pub async fn data_round_trips_and_goes_with_the_session<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    let (other_t, other) = session(1);
+    store.create(&rec).await.unwrap();
+    store.create(&other).await.unwrap();
+    assert_eq!(
+        store.load_data(&t.hash()).await.unwrap(),
+        Some(SessionData::new()),
+        "empty until saved"
+    );
+    assert!(store.save_data(&t.hash(), &sample_data()).await.unwrap());
+    assert_eq!(
+        store.load_data(&t.hash()).await.unwrap(),
+        Some(sample_data())
+    );
+    assert_eq!(
+        store.load_data(&other_t.hash()).await.unwrap(),
+        Some(SessionData::new()),
+        "per session"
+    );
+    // Saving data changes nothing else about the session.
+    assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec));
+    // Replaced whole, not merged.
+    let mut small = SessionData::new();
+    small.insert("theme".into(), serde_json::json!("light"));
+    assert!(store.save_data(&t.hash(), &small).await.unwrap());
+    assert_eq!(
+        store.load_data(&t.hash()).await.unwrap(),
+        Some(small.clone())
+    );
+
+    assert!(store.delete(&t.hash()).await.unwrap());
+    assert_eq!(store.load_data(&t.hash()).await.unwrap(), None);
+    assert!(
+        !store.save_data(&t.hash(), &small).await.unwrap(),
+        "a late save must not resurrect"
+    );
+    assert_eq!(store.load(&t.hash()).await.unwrap(), None);
+    assert_eq!(
+        store
+            .load_data(&SessionToken::generate().hash())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+pub async fn rotation_starts_with_empty_data<S: SessionStore>(store: S) {
+    let (old_t, old) = session(1);
+    store.create(&old).await.unwrap();
+    store
+        .save_data(&old_t.hash(), &sample_data())
+        .await
+        .unwrap();
+    let (new_t, new) = session(1);
+    store.rotate(&old_t.hash(), &new).await.unwrap();
+    assert_eq!(
+        store.load_data(&new_t.hash()).await.unwrap(),
+        Some(SessionData::new())
+    );
+    assert_eq!(store.load_data(&old_t.hash()).await.unwrap(), None);
 }

@@ -86,3 +86,52 @@ pub async fn delete(
     users.delete_user(id).await?;
     Ok(n)
 }
+
+/// Changes the caller's own password (SPEC §4 `POST /api/password`).
+///
+/// Order matters: the new hash is computed first (pure work), then stored, so from that
+/// instant the old password logs nobody in; then every other session of the user ends, and
+/// finally the caller's session is rotated (a new secret, the old one ended atomically). A
+/// crash part-way leaves at worst sessions that an admin can still revoke, never an old
+/// password that works.
+pub async fn change_password(
+    state: &AppState,
+    me: &crate::routes::CurrentUser,
+    current: String,
+    new: String,
+    client: crate::routes::ClientInfo,
+) -> ApiResult<(sessiond_core::SessionToken, sessiond_core::SessionRecord)> {
+    let new = Password::new(new).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let current = Password::presented(current).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let creds = state
+        .users
+        .user_by_name(&me.user.username)
+        .await?
+        .filter(|c| c.user.id == me.user.id)
+        .ok_or(ApiError::Unauthenticated)?;
+    if !state
+        .hasher
+        .verify(current, creds.password_hash)
+        .await?
+        .matches
+    {
+        tracing::info!(target: "sessiond::audit", event = "password_change_failed", user = %me.user.username);
+        return Err(ApiError::InvalidCredentials);
+    }
+    let phc = state.hasher.hash(new).await?;
+    state.users.set_password_hash(me.user.id, &phc).await?;
+    let store = state.sessions.store();
+    store
+        .delete_for_user(me.user.id, Some(&me.session.record().id))
+        .await?;
+    let rec = me.session.record();
+    let fresh = sessiond_core::NewSession {
+        user_id: me.user.id,
+        remember: rec.remember,
+        ip: client.ip,
+        user_agent: client.user_agent,
+    };
+    let (token, record) = state.sessions.begin(fresh, Some(&me.session)).await?;
+    tracing::info!(target: "sessiond::audit", event = "password_changed", user = %me.user.username, session = %record.id);
+    Ok((token, record))
+}

@@ -156,30 +156,48 @@ impl IntoResponse for ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-impl ApiError {
-    /// The same error as an HTML page, for browser routes. Status and message are the ones
-    /// [`IntoResponse`] would give.
-    pub fn into_html(self, templates: &crate::templates::Templates) -> Response {
-        self.log();
-        let status = self.status();
-        let message = match &self {
-            Self::Internal(_) => "internal error".to_owned(),
+/// An [`ApiError`] on a browser route: the same status and message as an HTML page, except
+/// that "not logged in" sends the browser to the login form.
+#[derive(Debug)]
+pub struct HtmlError(pub ApiError);
+
+impl<E: Into<ApiError>> From<E> for HtmlError {
+    fn from(e: E) -> Self {
+        Self(e.into())
+    }
+}
+
+impl IntoResponse for HtmlError {
+    fn into_response(self) -> Response {
+        let e = self.0;
+        if matches!(e, ApiError::Unauthenticated) {
+            let mut res = StatusCode::SEE_OTHER.into_response();
+            res.headers_mut()
+                .insert(header::LOCATION, HeaderValue::from_static("/login"));
+            return res;
+        }
+        e.log();
+        let status = e.status();
+        let message = match &e {
+            ApiError::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         };
         let ctx = serde_json::json!({ "status": status.as_u16(), "message": message });
-        let mut res = match templates.render("error.html", ctx) {
+        let mut res = match crate::templates::templates().render("error.html", ctx) {
             Ok(html) => (status, axum::response::Html(html)).into_response(),
-            Err(e) => {
-                tracing::error!(error = %e, "error page failed to render");
+            Err(err) => {
+                tracing::error!(error = %err, "error page failed to render");
                 (status, message).into_response()
             }
         };
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(secs) = self.retry_after() {
+        if let Some(secs) = e.retry_after() {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
     }
 }
+
+pub type HtmlResult<T> = Result<T, HtmlError>;

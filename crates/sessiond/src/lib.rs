@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod password;
 pub mod redirect;

@@ -48,9 +48,18 @@ pub fn now() -> Timestamp {
 
 /// Opens the stores and starts the hashing pool.
 pub fn build_state(config: Config) -> anyhow::Result<AppState> {
+    build_state_with_clock(config, now)
+}
+
+/// [`build_state`] with another clock for session decisions (tests that move time).
+pub fn build_state_with_clock(
+    config: Config,
+    clock: impl Fn() -> Timestamp + Send + Sync + 'static,
+) -> anyhow::Result<AppState> {
     let stores = open_stores(&config)?;
     let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
-    let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy);
+    let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
+        .with_clock(clock);
     Ok(AppState::new(config, stores.users, sessions, hasher))
 }
 
@@ -107,10 +116,13 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Deletes expired sessions in bounded batches until none are left; returns how many.
-pub async fn purge_expired(sessions: &dyn SessionStore) -> Result<u64, sessiond_core::StoreError> {
+pub async fn purge_expired(
+    sessions: &dyn SessionStore,
+    now: Timestamp,
+) -> Result<u64, sessiond_core::StoreError> {
     let mut total = 0;
     loop {
-        let n = sessions.purge_expired(now(), SWEEP_BATCH).await?;
+        let n = sessions.purge_expired(now, SWEEP_BATCH).await?;
         total += n;
         if n < SWEEP_BATCH as u64 {
             return Ok(total);
@@ -127,12 +139,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let sweeper = {
-        let sessions = Arc::clone(state.sessions.store());
+        let manager = state.sessions.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             loop {
                 tick.tick().await;
-                match purge_expired(sessions.as_ref()).await {
+                match purge_expired(manager.store().as_ref(), manager.now()).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(removed = n, "swept expired sessions"),
                     Err(e) => tracing::warn!(error = %e, "session sweep failed"),

@@ -6,7 +6,6 @@ use sessiond_core::UserStore;
 
 use crate::config::Config;
 use crate::password::Hasher;
-use crate::templates::Templates;
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -18,7 +17,6 @@ pub struct Inner {
     pub users: Arc<dyn UserStore>,
     pub sessions: SessionManager,
     pub hasher: Hasher,
-    pub templates: Templates,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub public_origin: String,
 }
@@ -36,7 +34,6 @@ impl AppState {
             users,
             sessions,
             hasher,
-            templates: Templates::new(),
             public_origin,
         }))
     }

@@ -1,8 +1,16 @@
 //! Server-rendered HTML (minijinja, auto-escaped because every template name ends in `.html`).
 //! The pages work without JavaScript; none is served.
 
+use std::sync::LazyLock;
+
 use minijinja::Environment;
 use serde::Serialize;
+
+/// The built-in templates, parsed once.
+pub fn templates() -> &'static Templates {
+    static T: LazyLock<Templates> = LazyLock::new(Templates::new);
+    &T
+}
 
 #[derive(Debug)]
 pub struct Templates {
@@ -23,6 +31,7 @@ impl Templates {
             ("login.html", include_str!("templates/login.html")),
             ("account.html", include_str!("templates/account.html")),
             ("error.html", include_str!("templates/error.html")),
+            ("admin.html", include_str!("templates/admin.html")),
         ] {
             env.add_template(name, src)
                 .expect("built-in templates parse");

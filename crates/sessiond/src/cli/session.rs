@@ -8,7 +8,7 @@ use sessiond_core::{SessionId, UserId, Username};
 use super::{runtime, usage, CliError, CliResult};
 use crate::config::Config;
 use crate::routes::rfc3339;
-use crate::server::{open_stores, purge_expired};
+use crate::server::{now, open_stores, purge_expired};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -123,7 +123,7 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
         }
         Command::Purge => {
             let started = std::time::Instant::now();
-            let n = rt.block_on(purge_expired(stores.sessions.as_ref()))?;
+            let n = rt.block_on(purge_expired(stores.sessions.as_ref(), now()))?;
             println!(
                 "removed {n} expired session(s) in {:.2?}",
                 started.elapsed()

@@ -10,7 +10,7 @@ use sessiond_core::{NewSession, SessionRecord, SessionToken, Timestamp, User};
 
 use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
 use crate::accounts;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -172,4 +172,147 @@ pub async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResul
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)
+}
+
+#[derive(Serialize)]
+pub struct SessionListItem {
+    pub id: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+    pub expires_at: String,
+    pub remember: bool,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub device: String,
+    pub current: bool,
+}
+
+/// The caller's sessions, oldest first, without any secret.
+pub(super) async fn list_own(
+    state: &AppState,
+    me: &CurrentUser,
+) -> ApiResult<Vec<SessionListItem>> {
+    let policy = state.sessions.policy();
+    let now = state.sessions.now();
+    let current = &me.session.record().id;
+    let mut out = Vec::new();
+    for s in state.sessions.store().list_for_user(me.user.id).await? {
+        // Expired but not swept yet: not a session any more.
+        if matches!(policy.evaluate(&s, now), sessiond_core::Verdict::Expired(_)) {
+            continue;
+        }
+        out.push(SessionListItem {
+            id: s.id.to_string(),
+            created_at: rfc3339(s.created_at),
+            last_seen_at: rfc3339(s.last_seen_at),
+            expires_at: rfc3339(policy.deadline(&s, s.last_seen_at)),
+            remember: s.remember,
+            device: crate::device::label(s.user_agent.as_deref()),
+            current: &s.id == current,
+            ip: s.ip,
+            user_agent: s.user_agent,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn sessions(State(state): State<AppState>, me: CurrentUser) -> ApiResult<Response> {
+    let list = list_own(&state, &me).await?;
+    let mut res = Json(serde_json::json!({ "sessions": list })).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// Ends one of the caller's sessions. Someone else's id is `404`, exactly like an unknown
+/// one: the API never confirms that another user's session exists.
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> ApiResult<Response> {
+    let id = sessiond_core::SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    if !state
+        .sessions
+        .store()
+        .delete_by_id(&id, Some(me.user.id))
+        .await?
+    {
+        return Err(ApiError::NotFound);
+    }
+    tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, session = %id);
+    if id == me.session.record().id {
+        return Ok((
+            StatusCode::NO_CONTENT,
+            cookie_headers(state.sessions.removal_cookie()),
+        )
+            .into_response());
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+pub struct RevokeQuery {
+    #[serde(default)]
+    others: bool,
+}
+
+/// `?others=true`: every session of the caller but this one. Without it: all of them,
+/// this one included (and the cookie is cleared).
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    query: Result<axum::extract::Query<RevokeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let keep = q.others.then(|| me.session.record().id.clone());
+    let n = state
+        .sessions
+        .store()
+        .delete_for_user(me.user.id, keep.as_ref())
+        .await?;
+    tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, others_only = q.others, count = n);
+    if q.others {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Ok((
+            StatusCode::NO_CONTENT,
+            cookie_headers(state.sessions.removal_cookie()),
+        )
+            .into_response())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PasswordRequest {
+    current_password: String,
+    new_password: String,
+}
+
+impl std::fmt::Debug for PasswordRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordRequest(<redacted>)")
+    }
+}
+
+/// Changes the caller's password: rotates their session, ends all their others.
+pub async fn password(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    me: CurrentUser,
+    JsonBody(req): JsonBody<PasswordRequest>,
+) -> ApiResult<Response> {
+    let (token, record) =
+        accounts::change_password(&state, &me, req.current_password, req.new_password, client)
+            .await?;
+    let body = Whoami {
+        user: UserView::of(&me.user),
+        session: SessionView::of(&state, &record),
+    };
+    Ok((
+        cookie_headers(state.sessions.session_cookie(&token, &record)),
+        Json(body),
+    )
+        .into_response())
 }

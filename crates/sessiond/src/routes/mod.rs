@@ -1,5 +1,7 @@
 //! The HTTP surface: one module per area, and the guards every request passes.
 
+mod account;
+mod admin;
 mod api;
 mod extract;
 mod guards;
@@ -8,7 +10,7 @@ mod pages;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 
 use crate::error::ApiError;
@@ -23,13 +25,27 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// The whole application router.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(pages::account))
+        .route("/", get(account::account))
+        .route("/sessions/revoke-others", post(account::revoke_others))
+        .route("/sessions/{id}/revoke", post(account::revoke_one))
+        .route("/password", post(account::change_password))
+        .route("/admin", get(admin::index))
+        .route("/admin/users", post(admin::create_user))
+        .route("/admin/users/{name}/{action}", post(admin::user_action))
+        .route("/admin/sessions/revoke-all", post(admin::revoke_all))
+        .route("/admin/sessions/{id}/revoke", post(admin::revoke_session))
         .route("/login", get(pages::login_form).post(pages::login_submit))
         .route("/logout", post(pages::logout))
         .route("/static/style.css", get(pages::style))
         .route("/api/login", post(api::login))
         .route("/api/logout", post(api::logout))
         .route("/api/session", get(api::session))
+        .route(
+            "/api/sessions",
+            get(api::sessions).delete(api::revoke_sessions),
+        )
+        .route("/api/sessions/{id}", delete(api::revoke_session))
+        .route("/api/password", post(api::password))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .fallback(|| async { ApiError::NotFound })

@@ -1,4 +1,4 @@
-//! Server-rendered pages: login, account, logout. Usable without JavaScript.
+//! Server-rendered login and logout. Usable without JavaScript.
 //!
 //! Forms carry a CSRF token on top of the origin check in `guards`: before login a
 //! double-submit token (a random value in an HttpOnly cookie and in the form, compared in
@@ -9,16 +9,31 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sessiond_axum::{find_cookie, CookieLookup};
+use sessiond_axum::{find_cookie, ActiveSession, CookieLookup};
 use sessiond_core::SessionToken;
 
-use super::api::{cookie_headers, log_in, rfc3339};
-use super::extract::{ClientInfo, CurrentUser, FormBody, Presented};
-use crate::error::ApiError;
+use super::api::{cookie_headers, log_in};
+use super::extract::{ClientInfo, FormBody, Presented};
+use crate::error::{ApiError, HtmlResult};
 use crate::redirect::safe_redirect;
 use crate::state::AppState;
+use crate::templates::templates;
 
 const CSRF_PURPOSE: &str = "csrf-form";
+
+/// The form token bound to a session (see the module docs).
+pub(super) fn form_token(session: &ActiveSession) -> String {
+    session.token().derive(CSRF_PURPOSE)
+}
+
+/// Checks a posted form token against the session's, in constant time (`==` on tokens).
+pub(super) fn check_form_token(session: &ActiveSession, sent: &str) -> Result<(), ApiError> {
+    let expected = SessionToken::parse(&form_token(session));
+    match (expected, SessionToken::parse(sent)) {
+        (Some(e), Some(s)) if e == s => Ok(()),
+        _ => Err(ApiError::CsrfRejected),
+    }
+}
 
 #[derive(Deserialize, Default)]
 pub struct LoginQuery {
@@ -38,10 +53,11 @@ pub struct LoginForm {
     csrf_token: String,
 }
 
+/// A form whose only field is the CSRF token.
 #[derive(Deserialize)]
-pub struct LogoutForm {
+pub struct TokenForm {
     #[serde(default)]
-    csrf_token: String,
+    pub csrf_token: String,
 }
 
 #[derive(Serialize)]
@@ -52,39 +68,34 @@ struct LoginPage<'a> {
     error: Option<&'a str>,
 }
 
-fn see_other(location: &str) -> Response {
+pub(super) fn see_other(location: &str) -> Response {
     let mut res = StatusCode::SEE_OTHER.into_response();
-    match HeaderValue::from_str(location) {
-        Ok(v) => res.headers_mut().insert(header::LOCATION, v),
-        Err(_) => res
-            .headers_mut()
-            .insert(header::LOCATION, HeaderValue::from_static("/")),
-    };
+    let value = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
+    res.headers_mut().insert(header::LOCATION, value);
     res
 }
 
-fn page(state: &AppState, status: StatusCode, name: &str, ctx: impl Serialize) -> Response {
-    match state.templates.render(name, ctx) {
-        Ok(html) => {
-            let mut res = (status, Html(html)).into_response();
-            res.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            res
-        }
-        Err(e) => ApiError::Internal(e.into()).into_html(&state.templates),
-    }
+/// A rendered page, never cached (pages show session state).
+pub(super) fn page(status: StatusCode, name: &str, ctx: impl Serialize) -> HtmlResult<Response> {
+    let html = templates()
+        .render(name, ctx)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut res = (status, Html(html)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
 }
 
 /// The login form's double-submit token: the one in the browser's cookie if it has a
 /// well-formed one (several tabs keep working), else a fresh one to set.
 fn csrf_for_form(state: &AppState, headers: &HeaderMap) -> (SessionToken, Option<HeaderValue>) {
-    if let CookieLookup::One(v) = find_cookie(headers, state.config.csrf_cookie.name()) {
+    let csrf = &state.config.csrf_cookie;
+    if let CookieLookup::One(v) = find_cookie(headers, csrf.name()) {
         if let Some(t) = SessionToken::parse(v) {
             return (t, None);
         }
     }
     let t = SessionToken::generate();
-    let csrf = &state.config.csrf_cookie;
     let cookie = csrf.build(csrf.name(), t.expose(), None);
     (t, Some(cookie))
 }
@@ -96,10 +107,9 @@ fn render_login(
     rd: &str,
     username: &str,
     error: Option<&str>,
-) -> Response {
+) -> HtmlResult<Response> {
     let (csrf, set) = csrf_for_form(state, headers);
     let mut res = page(
-        state,
         status,
         "login.html",
         LoginPage {
@@ -108,21 +118,19 @@ fn render_login(
             username,
             error,
         },
-    );
+    )?;
     if let Some(c) = set {
         res.headers_mut().append(header::SET_COOKIE, c);
     }
-    res
+    Ok(res)
 }
 
 pub async fn login_form(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let Ok(Query(q)) = query else {
-        return ApiError::BadRequest("malformed query string".into()).into_html(&state.templates);
-    };
+) -> HtmlResult<Response> {
+    let Query(q) = query.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
     let rd = q.rd.or(q.next).unwrap_or_default();
     render_login(&state, &headers, StatusCode::OK, &rd, "", None)
 }
@@ -133,14 +141,12 @@ pub async fn login_submit(
     client: ClientInfo,
     presented: Result<Presented, ApiError>,
     form: Result<FormBody<LoginForm>, ApiError>,
-) -> Response {
-    let form = match form {
-        Ok(FormBody(f)) => f,
-        Err(e) => return e.into_html(&state.templates),
-    };
+) -> HtmlResult<Response> {
+    let FormBody(form) = form?;
     let rd = form.rd.as_deref().unwrap_or("");
+    let csrf = state.config.csrf_cookie.name();
     let token_ok = match (
-        find_cookie(&headers, state.config.csrf_cookie.name()),
+        find_cookie(&headers, csrf),
         SessionToken::parse(&form.csrf_token),
     ) {
         // `==` on tokens is constant-time.
@@ -148,19 +154,17 @@ pub async fn login_submit(
         _ => false,
     };
     if !token_ok {
+        let msg = "This form expired. Please sign in again.";
         return render_login(
             &state,
             &headers,
             StatusCode::FORBIDDEN,
             rd,
             &form.username,
-            Some("This form expired. Please sign in again."),
+            Some(msg),
         );
     }
-    let presented = match presented {
-        Ok(Presented(p)) => p,
-        Err(e) => return e.into_html(&state.templates),
-    };
+    let Presented(presented) = presented?;
     let remember = form.remember.is_some_and(|v| !v.is_empty());
     match log_in(
         &state,
@@ -179,86 +183,45 @@ pub async fn login_submit(
             res.headers_mut().extend(cookie_headers(
                 state.sessions.session_cookie(&done.token, &done.record),
             ));
-            res
+            Ok(res)
         }
         Err(e @ (ApiError::InvalidCredentials | ApiError::BadRequest(_))) => {
             let msg = match &e {
                 ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
-                other => format!("{}.", capitalise(&other.to_string())),
+                other => sentence(&other.to_string()),
             };
             render_login(&state, &headers, e.status(), rd, &form.username, Some(&msg))
         }
-        Err(e) => e.into_html(&state.templates),
+        Err(e) => Err(e.into()),
     }
 }
 
-fn capitalise(s: &str) -> String {
+/// "password must be …" → "Password must be …."
+pub(super) fn sentence(s: &str) -> String {
     let mut c = s.chars();
-    c.next()
+    let first: String = c
+        .next()
         .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default()
-}
-
-#[derive(Serialize)]
-struct AccountPage<'a> {
-    user: super::api::UserView<'a>,
-    session: AccountSession,
-    csrf_token: String,
-}
-
-#[derive(Serialize)]
-struct AccountSession {
-    created_at: String,
-    expires_at: String,
-    remember: bool,
-}
-
-pub async fn account(State(state): State<AppState>, me: Result<CurrentUser, ApiError>) -> Response {
-    let me = match me {
-        Ok(me) => me,
-        Err(ApiError::Unauthenticated) => return see_other("/login"),
-        Err(e) => return e.into_html(&state.templates),
-    };
-    let rec = me.session.record();
-    let ctx = AccountPage {
-        user: super::api::UserView::of(&me.user),
-        session: AccountSession {
-            created_at: rfc3339(rec.created_at),
-            expires_at: rfc3339(state.sessions.policy().deadline(rec, rec.last_seen_at)),
-            remember: rec.remember,
-        },
-        csrf_token: me.session.token().derive(CSRF_PURPOSE),
-    };
-    page(&state, StatusCode::OK, "account.html", ctx)
+        .unwrap_or_default();
+    format!("{first}.")
 }
 
 pub async fn logout(
     State(state): State<AppState>,
     presented: Result<Presented, ApiError>,
-    form: Result<FormBody<LogoutForm>, ApiError>,
-) -> Response {
-    let form = match form {
-        Ok(FormBody(f)) => f,
-        Err(e) => return e.into_html(&state.templates),
-    };
-    let session = match presented {
-        Ok(Presented(s)) => s,
-        Err(e) => return e.into_html(&state.templates),
-    };
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let FormBody(form) = form?;
+    let Presented(session) = presented?;
     if let Some(s) = session {
-        let expected = SessionToken::parse(&s.token().derive(CSRF_PURPOSE));
-        if expected.is_none() || expected != SessionToken::parse(&form.csrf_token) {
-            return ApiError::CsrfRejected.into_html(&state.templates);
-        }
-        if let Err(e) = state.sessions.end(&s).await {
-            return ApiError::from(e).into_html(&state.templates);
-        }
+        check_form_token(&s, &form.csrf_token)?;
+        state.sessions.end(&s).await?;
         tracing::info!(target: "sessiond::audit", event = "logout", session = %s.record().id);
     }
     let mut res = see_other("/login");
     res.headers_mut()
         .extend(cookie_headers(state.sessions.removal_cookie()));
-    res
+    Ok(res)
 }
 
 pub async fn style() -> Response {

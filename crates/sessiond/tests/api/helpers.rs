@@ -1,5 +1,7 @@
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
 use sessiond::config::{Config, FileConfig, Overrides};
@@ -17,6 +19,8 @@ pub struct TestApp {
     pub base: String,
     pub dir: Arc<tempfile::TempDir>,
     pub state: AppState,
+    /// Milliseconds added to the wall clock for session decisions (see [`TestApp::advance`]).
+    offset: Arc<AtomicI64>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -39,7 +43,14 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestA
         ..over
     };
     let config = Config::resolve(FileConfig::default(), over).expect("test config is valid");
-    let state = server::build_state(config).unwrap();
+    let offset = Arc::new(AtomicI64::new(0));
+    let clock_offset = Arc::clone(&offset);
+    let state = server::build_state_with_clock(config, move || {
+        sessiond_core::Timestamp::from_millis(
+            server::now().as_millis() + clock_offset.load(Ordering::SeqCst),
+        )
+    })
+    .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, state.clone(), async {
         let _ = rx.await;
@@ -48,12 +59,19 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestA
         base: format!("http://{addr}"),
         dir,
         state,
+        offset,
         shutdown: Some(tx),
         handle: Some(handle),
     }
 }
 
 impl TestApp {
+    /// Moves the server's session clock forward (the wall clock is left alone).
+    pub fn advance(&self, d: Duration) {
+        self.offset
+            .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -152,6 +170,73 @@ pub fn set_cookies(h: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+/// Waits (bounded) until the store shows `user`'s only session last seen at or after `t`:
+/// activity writes happen off the request path.
+pub async fn wait_for_activity_write(app: &TestApp, at_least: sessiond_core::Timestamp) {
+    for _ in 0..200 {
+        let all = app.state.sessions.store().list_all().await.unwrap();
+        if all.iter().all(|s| s.last_seen_at >= at_least) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("activity write did not land within 2 s");
+}
+
 pub async fn json(res: reqwest::Response) -> serde_json::Value {
     res.json().await.unwrap()
+}
+
+/// Pulls the (first) hidden csrf_token value out of a page.
+pub fn csrf_from(html: &str) -> String {
+    let marker = "name=\"csrf_token\" value=\"";
+    let i = html.find(marker).expect("form has a csrf token") + marker.len();
+    html[i..].split('"').next().unwrap().to_owned()
+}
+
+impl TestApp {
+    /// Logs `client` in through the HTML form.
+    pub async fn form_login(
+        &self,
+        client: &reqwest::Client,
+        name: &str,
+        password: &str,
+    ) -> reqwest::Response {
+        let html = client
+            .get(self.url("/login"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let csrf = csrf_from(&html);
+        client
+            .post(self.url("/login"))
+            .form(&[
+                ("username", name),
+                ("password", password),
+                ("csrf_token", &csrf),
+            ])
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs a page and returns its body and form token.
+    pub async fn page(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+    ) -> (reqwest::StatusCode, String, String) {
+        let res = client.get(self.url(path)).send().await.unwrap();
+        let status = res.status();
+        let html = res.text().await.unwrap();
+        let csrf = if html.contains("csrf_token") {
+            csrf_from(&html)
+        } else {
+            String::new()
+        };
+        (status, html, csrf)
+    }
 }

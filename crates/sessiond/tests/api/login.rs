@@ -258,13 +258,6 @@ async fn the_database_never_holds_a_raw_cookie_value() {
     }
 }
 
-/// Pulls the hidden csrf_token value out of a page.
-fn csrf_from(html: &str) -> String {
-    let marker = "name=\"csrf_token\" value=\"";
-    let i = html.find(marker).expect("form has a csrf token") + marker.len();
-    html[i..].split('"').next().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn html_login_account_and_logout() {
     let app = spawn_app().await;

@@ -4,4 +4,6 @@
 mod cli;
 mod cookies;
 mod helpers;
+mod lifecycle;
 mod login;
+mod pages;

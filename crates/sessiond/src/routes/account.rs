@@ -1,0 +1,183 @@
+//! The account page: who you are, your sessions with revoke buttons, "log out other
+//! sessions", change password, logout.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sessiond_core::SessionId;
+
+use super::api::{cookie_headers, list_own, rfc3339, SessionListItem, UserView};
+use super::extract::{ClientInfo, CurrentUser, FormBody};
+use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use crate::accounts;
+use crate::error::{ApiError, HtmlResult};
+use crate::state::AppState;
+
+#[derive(Deserialize, Default)]
+pub struct Done {
+    done: Option<String>,
+}
+
+#[derive(Serialize)]
+struct AccountPage<'a> {
+    user: UserView<'a>,
+    session: ThisSession,
+    sessions: Vec<SessionListItem>,
+    csrf_token: String,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ThisSession {
+    created_at: String,
+    expires_at: String,
+    remember: bool,
+}
+
+/// Messages after a redirect, chosen from a fixed list (never echoed from the URL).
+fn notice(done: Option<&str>) -> Option<&'static str> {
+    match done? {
+        "password" => Some("Password changed. Your other sessions were logged out."),
+        "revoked" => Some("Session logged out."),
+        "others" => Some("All your other sessions were logged out."),
+        _ => None,
+    }
+}
+
+async fn render(
+    state: &AppState,
+    me: &CurrentUser,
+    status: StatusCode,
+    notice: Option<&'static str>,
+    error: Option<String>,
+) -> HtmlResult<Response> {
+    let rec = me.session.record();
+    let ctx = AccountPage {
+        user: UserView::of(&me.user),
+        session: ThisSession {
+            created_at: rfc3339(rec.created_at),
+            expires_at: rfc3339(state.sessions.policy().deadline(rec, rec.last_seen_at)),
+            remember: rec.remember,
+        },
+        sessions: list_own(state, me).await?,
+        csrf_token: form_token(&me.session),
+        notice,
+        error,
+    };
+    page(status, "account.html", ctx)
+}
+
+pub async fn account(
+    State(state): State<AppState>,
+    me: Result<CurrentUser, ApiError>,
+    Query(q): Query<Done>,
+) -> HtmlResult<Response> {
+    let me = me?;
+    render(&state, &me, StatusCode::OK, notice(q.done.as_deref()), None).await
+}
+
+pub async fn revoke_one(
+    State(state): State<AppState>,
+    me: Result<CurrentUser, ApiError>,
+    Path(id): Path<String>,
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let me = me?;
+    let FormBody(form) = form?;
+    check_form_token(&me.session, &form.csrf_token)?;
+    let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    if !state
+        .sessions
+        .store()
+        .delete_by_id(&id, Some(me.user.id))
+        .await?
+    {
+        return Err(ApiError::NotFound.into());
+    }
+    tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, session = %id);
+    if id == me.session.record().id {
+        let mut res = see_other("/login");
+        res.headers_mut()
+            .extend(cookie_headers(state.sessions.removal_cookie()));
+        return Ok(res);
+    }
+    Ok(see_other("/?done=revoked"))
+}
+
+pub async fn revoke_others(
+    State(state): State<AppState>,
+    me: Result<CurrentUser, ApiError>,
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let me = me?;
+    let FormBody(form) = form?;
+    check_form_token(&me.session, &form.csrf_token)?;
+    let n = state
+        .sessions
+        .store()
+        .delete_for_user(me.user.id, Some(&me.session.record().id))
+        .await?;
+    tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, others_only = true, count = n);
+    Ok(see_other("/?done=others"))
+}
+
+#[derive(Deserialize)]
+pub struct PasswordForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    current_password: String,
+    #[serde(default)]
+    new_password: String,
+    #[serde(default)]
+    confirm_password: String,
+}
+
+pub async fn change_password(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    me: Result<CurrentUser, ApiError>,
+    form: Result<FormBody<PasswordForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let me = me?;
+    let FormBody(form) = form?;
+    check_form_token(&me.session, &form.csrf_token)?;
+    if form.new_password != form.confirm_password {
+        let msg = Some("The new passwords do not match.".to_owned());
+        return render(&state, &me, StatusCode::BAD_REQUEST, None, msg).await;
+    }
+    match accounts::change_password(
+        &state,
+        &me,
+        form.current_password,
+        form.new_password,
+        client,
+    )
+    .await
+    {
+        Ok((token, record)) => {
+            let mut res = see_other("/?done=password");
+            res.headers_mut().extend(cookie_headers(
+                state.sessions.session_cookie(&token, &record),
+            ));
+            Ok(res)
+        }
+        Err(ApiError::InvalidCredentials) => {
+            let msg = Some("The current password is not right.".to_owned());
+            render(&state, &me, StatusCode::UNAUTHORIZED, None, msg).await
+        }
+        Err(e @ ApiError::BadRequest(_)) => {
+            render(
+                &state,
+                &me,
+                e.status(),
+                None,
+                Some(sentence(&e.to_string())),
+            )
+            .await
+        }
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,315 @@
+//! `/admin`: users (create, disable, enable, reset password) and sessions (list, revoke one,
+//! one user's, or all), for users with the admin flag. Every change that must end sessions
+//! goes through `accounts`, like the CLI's.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use sessiond_core::{NewUser, Password, SessionId, StoreError, User, UserId, Username};
+
+use super::api::{cookie_headers, rfc3339};
+use super::extract::{CurrentUser, FormBody};
+use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use crate::accounts;
+use crate::error::{ApiError, HtmlResult};
+use crate::state::AppState;
+
+/// A logged-in admin, or `403` (`401` → the login page when not logged in).
+pub struct Admin(pub CurrentUser);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = crate::error::HtmlError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let me = CurrentUser::from_request_parts(parts, state).await?;
+        if !me.user.admin {
+            return Err(ApiError::Forbidden.into());
+        }
+        Ok(Self(me))
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct Done {
+    done: Option<String>,
+}
+
+fn notice(done: Option<&str>) -> Option<&'static str> {
+    match done? {
+        "created" => Some("User created."),
+        "disabled" => Some("User disabled and logged out everywhere."),
+        "enabled" => Some("User enabled."),
+        "password" => Some("Password reset; the user was logged out everywhere."),
+        "revoked" => Some("Sessions logged out."),
+        _ => None,
+    }
+}
+
+#[derive(Serialize)]
+struct UserRow<'a> {
+    username: &'a str,
+    name: &'a str,
+    email: &'a str,
+    groups: String,
+    admin: bool,
+    disabled: bool,
+    sessions: usize,
+}
+
+#[derive(Serialize)]
+struct SessionRow {
+    id: String,
+    user: String,
+    device: String,
+    ip: Option<String>,
+    created_at: String,
+    last_seen_at: String,
+    remember: bool,
+    current: bool,
+}
+
+#[derive(Serialize)]
+struct AdminPage<'a> {
+    me: &'a str,
+    users: Vec<UserRow<'a>>,
+    sessions: Vec<SessionRow>,
+    csrf_token: String,
+    notice: Option<&'static str>,
+    error: Option<String>,
+}
+
+async fn render(
+    state: &AppState,
+    me: &CurrentUser,
+    status: StatusCode,
+    notice: Option<&'static str>,
+    error: Option<String>,
+) -> HtmlResult<Response> {
+    let users: Vec<User> = state.users.list_users().await?;
+    let names: HashMap<UserId, &str> = users.iter().map(|u| (u.id, u.username.as_str())).collect();
+    let all = state.sessions.store().list_all().await?;
+    let mut counts: HashMap<UserId, usize> = HashMap::new();
+    for s in &all {
+        *counts.entry(s.user_id).or_default() += 1;
+    }
+    let sessions = all
+        .iter()
+        .map(|s| SessionRow {
+            id: s.id.to_string(),
+            user: names
+                .get(&s.user_id)
+                .map_or_else(|| format!("#{}", s.user_id.0), |n| (*n).to_owned()),
+            device: crate::device::label(s.user_agent.as_deref()),
+            ip: s.ip.clone(),
+            created_at: rfc3339(s.created_at),
+            last_seen_at: rfc3339(s.last_seen_at),
+            remember: s.remember,
+            current: s.id == me.session.record().id,
+        })
+        .collect();
+    let users = users
+        .iter()
+        .map(|u| UserRow {
+            username: u.username.as_str(),
+            name: &u.name,
+            email: &u.email,
+            groups: u.groups.join(", "),
+            admin: u.admin,
+            disabled: u.disabled,
+            sessions: counts.get(&u.id).copied().unwrap_or(0),
+        })
+        .collect();
+    let ctx = AdminPage {
+        me: me.user.username.as_str(),
+        users,
+        sessions,
+        csrf_token: form_token(&me.session),
+        notice,
+        error,
+    };
+    page(status, "admin.html", ctx)
+}
+
+pub async fn index(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    Query(q): Query<Done>,
+) -> HtmlResult<Response> {
+    render(&state, &me, StatusCode::OK, notice(q.done.as_deref()), None).await
+}
+
+#[derive(Deserialize)]
+pub struct CreateForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    username: String,
+    #[serde(default)]
+    password: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    email: String,
+    #[serde(default)]
+    groups: String,
+    admin: Option<String>,
+}
+
+pub async fn create_user(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    form: Result<FormBody<CreateForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let FormBody(f) = form?;
+    check_form_token(&me.session, &f.csrf_token)?;
+    let invalid = |msg: String| render(&state, &me, StatusCode::BAD_REQUEST, None, Some(msg));
+    let username = match Username::parse(f.username.trim()) {
+        Ok(u) => u,
+        Err(e) => return invalid(sentence(&e.to_string())).await,
+    };
+    let password = match Password::new(f.password) {
+        Ok(p) => p,
+        Err(e) => return invalid(sentence(&e.to_string())).await,
+    };
+    let groups = f
+        .groups
+        .split(',')
+        .map(str::trim)
+        .filter(|g| !g.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let phc = state.hasher.hash(password).await?;
+    let new = NewUser {
+        username,
+        name: f.name.trim().to_owned(),
+        email: f.email.trim().to_owned(),
+        groups,
+        admin: f.admin.is_some_and(|v| !v.is_empty()),
+        password_hash: phc,
+        created_at: state.sessions.now(),
+    };
+    match state.users.create_user(&new).await {
+        Ok(u) => {
+            tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, by = %me.user.username);
+            Ok(see_other("/admin?done=created"))
+        }
+        Err(StoreError::Conflict) => {
+            invalid(format!("A user named {} already exists.", new.username)).await
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn target(state: &AppState, name: &str) -> HtmlResult<User> {
+    let name = Username::parse(name).map_err(|_| ApiError::NotFound)?;
+    Ok(state
+        .users
+        .user_by_name(&name)
+        .await?
+        .ok_or(ApiError::NotFound)?
+        .user)
+}
+
+/// After a change that may have ended the admin's own session.
+fn after(me: &CurrentUser, affected: UserId, done: &str, state: &AppState) -> Response {
+    if me.user.id == affected {
+        let mut res = see_other("/login");
+        res.headers_mut()
+            .extend(cookie_headers(state.sessions.removal_cookie()));
+        return res;
+    }
+    see_other(&format!("/admin?done={done}"))
+}
+
+pub async fn user_action(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    Path((name, action)): Path<(String, String)>,
+    form: Result<FormBody<ActionForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let FormBody(f) = form?;
+    check_form_token(&me.session, &f.csrf_token)?;
+    let user = target(&state, &name).await?;
+    let (users, sessions) = (state.users.as_ref(), state.sessions.store().as_ref());
+    let done = match action.as_str() {
+        "disable" => {
+            accounts::disable(users, sessions, user.id).await?;
+            "disabled"
+        }
+        "enable" => {
+            users.set_disabled(user.id, false).await?;
+            return Ok(see_other("/admin?done=enabled"));
+        }
+        "password" => {
+            let password = match Password::new(f.new_password) {
+                Ok(p) => p,
+                Err(e) => {
+                    return render(
+                        &state,
+                        &me,
+                        StatusCode::BAD_REQUEST,
+                        None,
+                        Some(sentence(&e.to_string())),
+                    )
+                    .await
+                }
+            };
+            let phc = state.hasher.hash(password).await?;
+            accounts::set_password(users, sessions, user.id, &phc).await?;
+            "password"
+        }
+        "revoke" => {
+            sessions.delete_for_user(user.id, None).await?;
+            "revoked"
+        }
+        _ => return Err(ApiError::NotFound.into()),
+    };
+    tracing::info!(target: "sessiond::audit", event = "admin_action", action = %action, user = %user.username, by = %me.user.username);
+    Ok(after(&me, user.id, done, &state))
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf_token: String,
+    #[serde(default)]
+    new_password: String,
+}
+
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    Path(id): Path<String>,
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let FormBody(f) = form?;
+    check_form_token(&me.session, &f.csrf_token)?;
+    let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
+    if !state.sessions.store().delete_by_id(&id, None).await? {
+        return Err(ApiError::NotFound.into());
+    }
+    tracing::info!(target: "sessiond::audit", event = "revoke", session = %id, by = %me.user.username);
+    if id == me.session.record().id {
+        return Ok(after(&me, me.user.id, "revoked", &state));
+    }
+    Ok(see_other("/admin?done=revoked"))
+}
+
+pub async fn revoke_all(
+    State(state): State<AppState>,
+    Admin(me): Admin,
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let FormBody(f) = form?;
+    check_form_token(&me.session, &f.csrf_token)?;
+    let n = state.sessions.store().delete_all().await?;
+    tracing::info!(target: "sessiond::audit", event = "revoke_all", count = n, by = %me.user.username);
+    Ok(after(&me, me.user.id, "revoked", &state))
+}
