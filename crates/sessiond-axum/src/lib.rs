@@ -32,4 +32,4 @@ pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
 pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
 pub use layer::{SessionLayer, SessionService};
-pub use manager::{ActiveSession, SessionManager};
+pub use manager::{ActiveSession, Counters, SessionManager};

@@ -1,5 +1,7 @@
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use axum::http::{HeaderMap, HeaderValue};
@@ -23,6 +25,22 @@ struct Inner {
     cookie: CookieConfig,
     policy: ExpiryPolicy,
     clock: Clock,
+    counters: Arc<Counters>,
+    /// Sessions whose activity write is on its way. Until it lands, every concurrent request
+    /// still reads the old `last_seen_at` and would ask for a write too; this set turns that
+    /// herd into one write. Bounded by the writes in flight.
+    touching: Arc<Mutex<HashSet<[u8; 32]>>>,
+}
+
+/// What the manager has done since it started (for metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Requests whose cookie was checked against the store.
+    pub verifications: AtomicU64,
+    /// Coalesced activity writes issued.
+    pub activity_writes: AtomicU64,
+    /// Sessions started.
+    pub sessions_started: AtomicU64,
 }
 
 impl fmt::Debug for SessionManager {
@@ -61,6 +79,8 @@ impl SessionManager {
                 cookie,
                 policy,
                 clock: Arc::new(|| Timestamp::from_system_time(SystemTime::now())),
+                counters: Arc::default(),
+                touching: Arc::default(),
             }),
         }
     }
@@ -74,6 +94,8 @@ impl SessionManager {
                 cookie: inner.cookie.clone(),
                 policy: inner.policy,
                 clock: Arc::new(clock),
+                counters: Arc::clone(&inner.counters),
+                touching: Arc::clone(&inner.touching),
             }),
         }
     }
@@ -99,6 +121,10 @@ impl SessionManager {
         &self.inner.cookie
     }
 
+    pub fn counters(&self) -> &Counters {
+        &self.inner.counters
+    }
+
     /// The session the request's cookie names, if it is valid now.
     ///
     /// An absent, duplicated, malformed, unknown or expired cookie is "no session" and creates
@@ -113,6 +139,10 @@ impl SessionManager {
             return Ok(None);
         };
         let hash = token.hash();
+        self.inner
+            .counters
+            .verifications
+            .fetch_add(1, Ordering::Relaxed);
         let Some(record) = self.inner.store.load(&hash).await? else {
             return Ok(None);
         };
@@ -136,13 +166,29 @@ impl SessionManager {
     /// The coalesced activity write, off the request's path. A failure only costs a little
     /// accuracy in "last seen", so it is logged, not surfaced.
     fn touch_later(&self, record: &SessionRecord, now: Timestamp) {
-        let store = Arc::clone(&self.inner.store);
         let hash = record.token_hash;
+        let touching = Arc::clone(&self.inner.touching);
+        if !touching
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*hash.as_bytes())
+        {
+            return; // another request's write for this session is already on its way
+        }
+        self.inner
+            .counters
+            .activity_writes
+            .fetch_add(1, Ordering::Relaxed);
+        let store = Arc::clone(&self.inner.store);
         let expires_at = self.inner.policy.deadline(record, now);
         tokio::spawn(async move {
             if let Err(e) = store.touch(&hash, now, expires_at).await {
                 tracing::warn!(error = %e, "session activity write failed");
             }
+            touching
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(hash.as_bytes());
         });
     }
 
@@ -166,6 +212,10 @@ impl SessionManager {
             }
             None => self.inner.store.create(&record).await?,
         }
+        self.inner
+            .counters
+            .sessions_started
+            .fetch_add(1, Ordering::Relaxed);
         Ok((token, record))
     }
 

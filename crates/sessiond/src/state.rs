@@ -1,4 +1,5 @@
 use std::ops::Deref;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use sessiond_axum::SessionManager;
@@ -19,6 +20,15 @@ pub struct Inner {
     pub hasher: Hasher,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub public_origin: String,
+    pub metrics: Metrics,
+}
+
+/// Server-level counters (the session manager keeps its own).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub logins_succeeded: AtomicU64,
+    pub logins_failed: AtomicU64,
+    pub hash_overloaded: AtomicU64,
 }
 
 impl AppState {
@@ -35,6 +45,7 @@ impl AppState {
             sessions,
             hasher,
             public_origin,
+            metrics: Metrics::default(),
         }))
     }
 }

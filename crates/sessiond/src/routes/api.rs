@@ -100,7 +100,22 @@ pub(super) async fn log_in(
     password: String,
     remember: bool,
 ) -> ApiResult<LoggedIn> {
-    let user = accounts::authenticate(state, username, password).await?;
+    let user = match accounts::authenticate(state, username, password).await {
+        Ok(u) => u,
+        Err(e) => {
+            let counter = match e {
+                ApiError::InvalidCredentials => &state.metrics.logins_failed,
+                ApiError::Overloaded { .. } => &state.metrics.hash_overloaded,
+                _ => return Err(e),
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(e);
+        }
+    };
+    state
+        .metrics
+        .logins_succeeded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let new = NewSession {
         user_id: user.id,
         remember,

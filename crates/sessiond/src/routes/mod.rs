@@ -6,6 +6,7 @@ mod api;
 mod extract;
 mod guards;
 mod health;
+mod metrics;
 mod pages;
 
 use axum::extract::DefaultBodyLimit;
@@ -48,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/password", post(api::password))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
