@@ -17,9 +17,36 @@ pub mod users;
 #[doc(hidden)]
 pub use tokio as __tokio;
 
-/// Runs the session and the user suites against the store built by `$make` (an async block).
+/// Whether a missing service (PostgreSQL, Redis, a browser) fails the run
+/// (`SESSIOND_REQUIRE_SERVICES=1`, as in CI) instead of skipping with a notice.
+pub fn services_required() -> bool {
+    std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+/// For store factories that need a running service: `Ok(store)` passes through; an error
+/// skips the test with a printed notice, or fails it when [`services_required`].
+pub fn service_or_skip<S, E: std::fmt::Display>(service: &str, made: Result<S, E>) -> Option<S> {
+    match made {
+        Ok(s) => Some(s),
+        Err(e) if services_required() => {
+            panic!("{service} is required (SESSIOND_REQUIRE_SERVICES=1) but unavailable: {e}")
+        }
+        Err(e) => {
+            eprintln!("SKIP: {service} unavailable: {e}");
+            None
+        }
+    }
+}
+
+/// Runs the session and the user suites against the store built by `$make` (an async block
+/// giving the store). With `optional`, the block gives an `Option` of a store (see
+/// [`service_or_skip`]) and `None` skips.
 #[macro_export]
 macro_rules! conformance_tests {
+    (optional $make:expr) => {
+        $crate::session_store_tests!(optional $make);
+        $crate::user_store_tests!(optional $make);
+    };
     ($make:expr) => {
         $crate::session_store_tests!($make);
         $crate::user_store_tests!($make);
@@ -29,8 +56,14 @@ macro_rules! conformance_tests {
 /// Runs every [`sessiond_core::SessionStore`] behaviour against the store built by `$make`.
 #[macro_export]
 macro_rules! session_store_tests {
+    (optional $make:expr) => {
+        $crate::session_store_tests!(@ optional $make);
+    };
     ($make:expr) => {
-        $crate::__gen!(sessions; $make;
+        $crate::session_store_tests!(@ plain $make);
+    };
+    (@ $kind:ident $make:expr) => {
+        $crate::__gen!($kind sessions; $make;
             create_then_load_round_trips,
             load_of_unknown_hash_is_none,
             duplicate_hash_is_a_conflict,
@@ -55,8 +88,14 @@ macro_rules! session_store_tests {
 /// Runs every [`sessiond_core::UserStore`] behaviour against the store built by `$make`.
 #[macro_export]
 macro_rules! user_store_tests {
+    (optional $make:expr) => {
+        $crate::user_store_tests!(@ optional $make);
+    };
     ($make:expr) => {
-        $crate::__gen!(users; $make;
+        $crate::user_store_tests!(@ plain $make);
+    };
+    (@ $kind:ident $make:expr) => {
+        $crate::__gen!($kind users; $make;
             create_and_find_case_insensitively,
             duplicate_username_is_a_conflict_whatever_the_case,
             first_user_is_created_once_under_a_race,
@@ -69,11 +108,20 @@ macro_rules! user_store_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __gen {
-    ($module:ident; $make:expr; $($name:ident),* $(,)?) => {
+    (plain $module:ident; $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let store = $make.await;
+                $crate::$module::$name(store).await;
+            }
+        )*
+    };
+    (optional $module:ident; $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(store) = $make.await else { return };
                 $crate::$module::$name(store).await;
             }
         )*

@@ -23,7 +23,12 @@ pub enum Command {
     /// End sessions: one by id, all of a user's, or all
     Revoke {
         /// Public session id (as `session list` shows)
-        #[arg(conflicts_with_all = ["user", "all"], required_unless_present_any = ["user", "all"])]
+        // Ids are URL-safe base64 and may begin with '-': never mistake one for a flag.
+        #[arg(
+            allow_hyphen_values = true,
+            conflicts_with_all = ["user", "all"],
+            required_unless_present_any = ["user", "all"]
+        )]
         id: Option<String>,
         #[arg(long, value_name = "NAME", conflicts_with = "all")]
         user: Option<String>,
