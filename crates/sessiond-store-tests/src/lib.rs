@@ -11,11 +11,50 @@
 //! A store that holds only sessions (Redis) uses [`session_store_tests!`]; one that holds only
 //! users would use [`user_store_tests!`]. The calling crate needs `tokio` as a dev-dependency.
 
+pub mod services;
 pub mod sessions;
 pub mod users;
 
 #[doc(hidden)]
 pub use tokio as __tokio;
+
+/// Runs every session behaviour in turn, each on a fresh store from `make`: for a backend
+/// that one test must set up and tear down around the whole suite (a Redis Cluster started
+/// for the test). Keep this list and the one in [`session_store_tests!`] the same.
+pub async fn run_session_suite<S, F, Fut>(make: F)
+where
+    S: sessiond_core::SessionStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    macro_rules! each {
+        ($($name:ident),* $(,)?) => {
+            $(
+                eprintln!("conformance: {}", stringify!($name));
+                sessions::$name(make().await).await;
+            )*
+        };
+    }
+    each!(
+        create_then_load_round_trips,
+        load_of_unknown_hash_is_none,
+        duplicate_hash_is_a_conflict,
+        touch_records_activity_and_never_goes_back,
+        touch_after_delete_does_not_resurrect,
+        delete_reports_whether_it_existed,
+        rotate_swaps_old_for_new,
+        rotate_when_old_is_gone_still_inserts,
+        list_for_user_is_per_user_and_oldest_first,
+        delete_by_id_respects_the_owner,
+        delete_for_user_can_keep_one,
+        delete_all_empties_the_store,
+        purge_removes_only_expired_in_bounded_batches,
+        racing_touches_never_undo_a_delete,
+        data_round_trips_and_goes_with_the_session,
+        rotation_starts_with_empty_data,
+        ping_answers,
+    );
+}
 
 /// Whether a missing service (PostgreSQL, Redis, a browser) fails the run
 /// (`SESSIOND_REQUIRE_SERVICES=1`, as in CI) instead of skipping with a notice.

@@ -136,9 +136,12 @@ impl Config {
             .session_store
             .or(f.session_store)
             .unwrap_or_else(|| database.clone());
-        if session_store != database {
+        const REDIS: [&str; 3] = ["redis://", "redis+sentinel://", "redis+cluster://"];
+        if session_store != database && !REDIS.iter().any(|s| session_store.starts_with(s)) {
             return err(format!(
-                "session_store: {session_store:?} is not supported yet; sessions are kept in the database ({database})"
+                "session_store: must be the database URL or a redis://, redis+sentinel:// or \
+                 redis+cluster:// URL (got {})",
+                crate::server::redact(&session_store)
             ));
         }
 

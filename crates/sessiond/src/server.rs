@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use sessiond_axum::SessionManager;
 use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
+use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
 
@@ -30,16 +31,43 @@ pub struct Stores {
     pub sessions: Arc<dyn SessionStore>,
 }
 
-/// Opens (and migrates) the stores of `config`.
-pub fn open_stores(config: &Config) -> anyhow::Result<Stores> {
+/// Opens (and migrates) the stores of `config`: users in the database; sessions there too,
+/// or in Redis when `session_store` names it.
+pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
     let sqlite = Arc::new(
         SqliteStore::open_url(&config.database)
-            .with_context(|| format!("cannot open database {}", config.database))?,
+            .with_context(|| format!("cannot open database {}", redact(&config.database)))?,
     );
-    Ok(Stores {
-        users: sqlite.clone(),
-        sessions: sqlite,
-    })
+    let users: Arc<dyn UserStore> = sqlite.clone();
+    let sessions: Arc<dyn SessionStore> = if config.session_store == config.database {
+        sqlite
+    } else {
+        Arc::new(
+            RedisStore::connect(&config.session_store)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot open session store {}",
+                        redact(&config.session_store)
+                    )
+                })?,
+        )
+    };
+    Ok(Stores { users, sessions })
+}
+
+/// A store URL fit for messages: the password, if any, replaced.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => format!("{}***{}", &url[..s + 3], &url[at..]),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 pub fn now() -> Timestamp {
@@ -47,16 +75,16 @@ pub fn now() -> Timestamp {
 }
 
 /// Opens the stores and starts the hashing pool.
-pub fn build_state(config: Config) -> anyhow::Result<AppState> {
-    build_state_with_clock(config, now)
+pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
+    build_state_with_clock(config, now).await
 }
 
 /// [`build_state`] with another clock for session decisions (tests that move time).
-pub fn build_state_with_clock(
+pub async fn build_state_with_clock(
     config: Config,
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
 ) -> anyhow::Result<AppState> {
-    let stores = open_stores(&config)?;
+    let stores = open_stores(&config).await?;
     let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock);

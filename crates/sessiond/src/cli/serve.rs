@@ -45,7 +45,7 @@ pub fn run(config: Config) -> CliResult {
         }
         let listen = config.listen;
         let public = config.public_url.clone();
-        let state = server::build_state(config)?;
+        let state = server::build_state(config).await?;
         server::ensure_admin(&state).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await

@@ -52,8 +52,8 @@ struct SessionRow {
 }
 
 pub fn run(config: Config, cmd: Command) -> CliResult {
-    let stores = open_stores(&config)?;
     let rt = runtime()?;
+    let stores = rt.block_on(open_stores(&config))?;
     let user_id = |name: &str| -> Result<UserId, CliError> {
         let u = Username::parse(name).map_err(|e| usage(format!("{name:?}: {e}")))?;
         rt.block_on(stores.users.user_by_name(&u))?

@@ -92,8 +92,8 @@ struct UserRow<'a> {
 }
 
 pub fn run(config: Config, cmd: Command) -> CliResult {
-    let stores = open_stores(&config)?;
     let rt = runtime()?;
+    let stores = rt.block_on(open_stores(&config))?;
     match cmd {
         Command::Add {
             name,

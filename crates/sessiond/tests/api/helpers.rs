@@ -50,6 +50,7 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestA
             server::now().as_millis() + clock_offset.load(Ordering::SeqCst),
         )
     })
+    .await
     .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(server::run(listener, state.clone(), async {

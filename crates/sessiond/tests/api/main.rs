@@ -7,3 +7,4 @@ mod helpers;
 mod lifecycle;
 mod login;
 mod pages;
+mod shared;

@@ -1,0 +1,710 @@
+//! # sessiond-store-redis
+//!
+//! Sessions in Redis (standalone, Sentinel or Cluster), shared by any number of `sessiond`
+//! instances. Users stay in the database; this store implements [`SessionStore`] only.
+//!
+//! ## Keys
+//!
+//! Every key of one deployment carries the same hash tag, `{prefix}`:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret |
+//! | `{p}:i:<id>` | string | public id → hash, for revoking by id |
+//! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time |
+//! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps |
+//!
+//! One hash tag puts all of a deployment's keys in one Cluster slot. That is what lets every
+//! change be one Lua script, atomic on Cluster exactly as on a single server: a rotation
+//! inserts the new session and deletes the old one in one step, a revocation removes the
+//! session and its index entries together, and an activity write (`touch`) checks that the
+//! session still exists in the same step that updates it, so it can never resurrect a
+//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 400
+//! bytes each, so a million sessions need roughly 0.5 GB), while Cluster still brings
+//! failover. Separate deployments (prefixes) land on separate slots.
+//!
+//! ## Expiry
+//!
+//! Each session key has a TTL equal to its remaining life as of its last write
+//! (`expires_at - last_seen_at`: the idle deadline, capped by the absolute one), so Redis drops
+//! abandoned sessions by itself; the TTL is relative, so clocks of Redis and sessiond need not
+//! agree. `{p}:exp` lets [`SessionStore::purge_expired`] clean index entries in bounded
+//! batches.
+//!
+//! ## Failure
+//!
+//! Every call is bounded by [`OP_TIMEOUT`]; a Redis that is down or hangs (SIGSTOP) gives
+//! [`StoreError::Unavailable`] within it, never a hang, and callers fail closed. Connections
+//! are re-established by themselves when Redis comes back.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{
+    ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
+};
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelServerType};
+use redis::{Cmd, RedisFuture, Script, Value};
+use sessiond_core::{
+    SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, UserId,
+};
+
+/// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
+/// seconds, so a `503` reaches the client in time even with the request's other work.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
+/// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).
+const BATCH: usize = 1000;
+
+/// Sessions in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    /// `{prefix}`: the hash tag every key starts with.
+    tag: Arc<str>,
+    scripts: Arc<Scripts>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match &self.conn {
+            Conn::Single(_) => "standalone",
+            Conn::Cluster(_) => "cluster",
+            Conn::Sentinel(_) => "sentinel",
+        };
+        f.debug_struct("RedisStore")
+            .field("kind", &kind)
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::unavailable(e)
+}
+
+fn bad_url(url: &str, why: &str) -> StoreError {
+    // The URL may hold a password: show only its scheme.
+    let scheme = url.split("://").next().unwrap_or("");
+    StoreError::Corrupt(format!("session store URL ({scheme}://…): {why}"))
+}
+
+/// A store call that took longer than [`OP_TIMEOUT`].
+#[derive(Debug)]
+struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis did not answer within {OP_TIMEOUT:?}")
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+async fn bounded<T>(fut: impl Future<Output = redis::RedisResult<T>>) -> Result<T, StoreError> {
+    match tokio::time::timeout(OP_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(unavailable(e)),
+        Err(_) => Err(unavailable(TimedOut)),
+    }
+}
+
+impl RedisStore {
+    /// Connects to `redis://[user:password@]host:port[/db]`,
+    /// `redis+sentinel://[password@]host:port[,host:port…]/master-name[/db]` or
+    /// `redis+cluster://[password@]host:port[,host:port…]`, each optionally followed by
+    /// `?prefix=NAME` (default `sessiond`).
+    ///
+    /// A standalone or Sentinel store connects lazily: it can start while Redis is down and
+    /// answers `Unavailable` until it is back.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let (base, prefix) = match url.split_once('?') {
+            None => (url, "sessiond".to_owned()),
+            Some((base, query)) => {
+                let mut prefix = None;
+                for pair in query.split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("prefix", v)) if valid_prefix(v) => prefix = Some(v.to_owned()),
+                        Some(("prefix", _)) => {
+                            return Err(bad_url(
+                                url,
+                                "prefix must be 1-64 letters, digits, '_', '-', '.' or ':'",
+                            ))
+                        }
+                        _ => return Err(bad_url(url, "the only query parameter is prefix")),
+                    }
+                }
+                (base, prefix.unwrap_or_else(|| "sessiond".to_owned()))
+            }
+        };
+        let conn = if let Some(rest) = base.strip_prefix("redis+cluster://") {
+            let (auth, hosts) = split_auth(rest);
+            let nodes: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{auth}{h}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err(bad_url(
+                    url,
+                    "redis+cluster:// needs host:port[,host:port…]",
+                ));
+            }
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(OP_TIMEOUT)
+                .retries(2)
+                .build()
+                .map_err(|e| bad_url(url, &e.to_string()))?;
+            let conn = bounded(client.get_async_connection()).await?;
+            Conn::Cluster(conn)
+        } else if let Some(rest) = base.strip_prefix("redis+sentinel://") {
+            let (auth, rest) = split_auth(rest);
+            let (hosts, path) = rest
+                .split_once('/')
+                .ok_or_else(|| bad_url(url, "redis+sentinel:// needs /master-name"))?;
+            let (service, db) = match path.split_once('/') {
+                Some((s, db)) => (s, Some(db)),
+                None => (path, None),
+            };
+            if service.is_empty() {
+                return Err(bad_url(url, "redis+sentinel:// needs /master-name"));
+            }
+            let sentinels: Vec<String> = hosts.split(',').map(|h| format!("redis://{h}")).collect();
+            let mut node = redis::sentinel::SentinelNodeConnectionInfo::default();
+            let mut info = redis::RedisConnectionInfo::default();
+            if let Some(db) = db.filter(|d| !d.is_empty()) {
+                info = info.set_db(
+                    db.parse()
+                        .map_err(|_| bad_url(url, "db must be a number"))?,
+                );
+            }
+            if let Some(pw) = auth.strip_suffix('@').filter(|a| !a.is_empty()) {
+                let pw = pw.rsplit(':').next().unwrap_or(pw);
+                info = info.set_password(pw);
+            }
+            node = node.set_redis_connection_info(info);
+            let client = SentinelClient::build(
+                sentinels,
+                service.to_owned(),
+                Some(node),
+                SentinelServerType::Master,
+            )
+            .map_err(|e| bad_url(url, &e.to_string()))?;
+            Conn::Sentinel(Arc::new(SentinelConn {
+                client: tokio::sync::Mutex::new(client),
+                current: tokio::sync::RwLock::new(None),
+            }))
+        } else if base.starts_with("redis://") {
+            let client = redis::Client::open(base).map_err(|e| bad_url(url, &e.to_string()))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                .set_response_timeout(Some(OP_TIMEOUT))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500));
+            Conn::Single(
+                ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| bad_url(url, &e.to_string()))?,
+            )
+        } else if base.starts_with("rediss://") {
+            return Err(bad_url(
+                url,
+                "TLS (rediss://) is not built in; use a local TLS proxy such as stunnel",
+            ));
+        } else {
+            return Err(bad_url(
+                url,
+                "expected redis://, redis+sentinel:// or redis+cluster://",
+            ));
+        };
+        Ok(Self {
+            conn,
+            tag: format!("{{{prefix}}}").into(),
+            scripts: Arc::new(Scripts::new()),
+        })
+    }
+
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}:{kind}:{name}", self.tag)
+    }
+
+    /// The deadline index (also the routing key of scripts that span the deployment).
+    fn exp_key(&self) -> String {
+        format!("{}:exp", self.tag)
+    }
+
+    fn session_key(&self, hash: &TokenHash) -> String {
+        self.key("s", &hash.to_hex())
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &Cmd) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(cmd.query_async(&mut conn)).await
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        inv: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        bounded(inv.invoke_async(&mut conn)).await
+    }
+
+    /// Fetches the records of `hashes` (hex), skipping those that are gone.
+    async fn records(&self, hashes: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out = Vec::with_capacity(hashes.len());
+        for chunk in hashes.chunks(500) {
+            let mut pipe = redis::pipe();
+            for h in chunk {
+                pipe.cmd("HGETALL").arg(self.key("s", h));
+            }
+            let mut conn = self.conn.clone();
+            let maps: Vec<HashMap<String, String>> = bounded(pipe.query_async(&mut conn)).await?;
+            for (h, map) in chunk.iter().zip(maps) {
+                if map.is_empty() {
+                    continue;
+                }
+                let hash = hex_to_hash(h)
+                    .ok_or_else(|| StoreError::Corrupt(format!("bad hash key {h}")))?;
+                out.push(record_from(hash, &map)?);
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+        Ok(out)
+    }
+}
+
+fn valid_prefix(p: &str) -> bool {
+    (1..=64).contains(&p.len())
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:".contains(&b))
+}
+
+/// `user:pw@rest` → (`user:pw@`, `rest`).
+fn split_auth(s: &str) -> (&str, &str) {
+    match s.rfind('@') {
+        Some(i) => (&s[..=i], &s[i + 1..]),
+        None => ("", s),
+    }
+}
+
+fn hex_to_hash(h: &str) -> Option<TokenHash> {
+    if h.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(TokenHash::from_bytes(out))
+}
+
+fn record_from(hash: TokenHash, m: &HashMap<String, String>) -> Result<SessionRecord, StoreError> {
+    let corrupt = |f: &str| StoreError::Corrupt(format!("session field {f}"));
+    let int = |f: &str| -> Result<i64, StoreError> {
+        m.get(f)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(f))
+    };
+    Ok(SessionRecord {
+        id: m
+            .get("id")
+            .and_then(|v| SessionId::parse(v))
+            .ok_or_else(|| corrupt("id"))?,
+        token_hash: hash,
+        user_id: UserId(int("uid")?),
+        created_at: Timestamp::from_millis(int("c")?),
+        last_seen_at: Timestamp::from_millis(int("l")?),
+        absolute_expires_at: Timestamp::from_millis(int("a")?),
+        expires_at: Timestamp::from_millis(int("e")?),
+        remember: int("r")? == 1,
+        ip: m.get("ip").cloned(),
+        user_agent: m.get("ua").cloned(),
+    })
+}
+
+/// Remaining life as of the last activity, used as a relative TTL (at least 1 ms: Redis
+/// refuses 0).
+fn ttl_ms(s: &SessionRecord) -> i64 {
+    (s.expires_at.as_millis() - s.last_seen_at.as_millis()).max(1)
+}
+
+/// Lua shared by the scripts. Every key is built from the `{prefix}` tag (ARGV[1]), so all
+/// of them live in the same Cluster slot as the key passed in KEYS[1].
+const PRELUDE: &str = r#"
+local tag = ARGV[1]
+local function del(h)
+  local sk = tag .. ':s:' .. h
+  local f = redis.call('HMGET', sk, 'id', 'uid')
+  redis.call('ZREM', tag .. ':exp', h)
+  if not f[1] then return 0 end
+  redis.call('DEL', sk, tag .. ':i:' .. f[1])
+  redis.call('ZREM', tag .. ':u:' .. f[2], h)
+  return 1
+end
+-- ARGV from `at`: hash, id, uid, c, l, a, e, r, ttl, ip or '', has_ip, ua or '', has_ua
+local function create(at)
+  local h, id, uid = ARGV[at], ARGV[at + 1], ARGV[at + 2]
+  local sk = tag .. ':s:' .. h
+  if redis.call('EXISTS', sk) == 1 or redis.call('EXISTS', tag .. ':i:' .. id) == 1 then
+    return 0
+  end
+  redis.call('HSET', sk, 'id', id, 'uid', uid, 'c', ARGV[at + 3], 'l', ARGV[at + 4],
+    'a', ARGV[at + 5], 'e', ARGV[at + 6], 'r', ARGV[at + 7])
+  if ARGV[at + 10] == '1' then redis.call('HSET', sk, 'ip', ARGV[at + 9]) end
+  if ARGV[at + 12] == '1' then redis.call('HSET', sk, 'ua', ARGV[at + 11]) end
+  local ttl = tonumber(ARGV[at + 8])
+  redis.call('PEXPIRE', sk, ttl)
+  redis.call('SET', tag .. ':i:' .. id, h, 'PX', ttl)
+  redis.call('ZADD', tag .. ':u:' .. uid, ARGV[at + 3], h)
+  redis.call('ZADD', tag .. ':exp', ARGV[at + 6], h)
+  return 1
+end
+"#;
+
+struct Scripts {
+    create: Script,
+    rotate: Script,
+    touch: Script,
+    delete: Script,
+    delete_by_id: Script,
+    delete_for_user: Script,
+    purge: Script,
+    save_data: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Self {
+            create: with("return create(2)"),
+            // Insert first: if the new session cannot be created, the old one stays.
+            rotate: with("if create(3) == 0 then return 0 end del(ARGV[2]) return 1"),
+            // ARGV: tag, hash, l, e, ttl. Never recreates a session that is gone; never moves
+            // activity backwards.
+            touch: with(
+                r#"
+                local sk = tag .. ':s:' .. ARGV[2]
+                local f = redis.call('HMGET', sk, 'l', 'e', 'id')
+                if not f[1] then return 0 end
+                local l, e = tonumber(ARGV[3]), tonumber(ARGV[4])
+                if l > tonumber(f[1]) then redis.call('HSET', sk, 'l', ARGV[3]) end
+                if e > tonumber(f[2]) then
+                  redis.call('HSET', sk, 'e', ARGV[4])
+                  redis.call('PEXPIRE', sk, ARGV[5])
+                  redis.call('PEXPIRE', tag .. ':i:' .. f[3], ARGV[5])
+                  redis.call('ZADD', tag .. ':exp', ARGV[4], ARGV[2])
+                end
+                return 1
+                "#,
+            ),
+            delete: with("return del(ARGV[2])"),
+            // ARGV: tag, id, owner or ''.
+            delete_by_id: with(
+                r#"
+                local h = redis.call('GET', tag .. ':i:' .. ARGV[2])
+                if not h then return 0 end
+                if ARGV[3] ~= '' and redis.call('HGET', tag .. ':s:' .. h, 'uid') ~= ARGV[3] then
+                  return 0
+                end
+                return del(h)
+                "#,
+            ),
+            // ARGV: tag, uid, keep id or ''.
+            delete_for_user: with(
+                r#"
+                local n = 0
+                for _, h in ipairs(redis.call('ZRANGE', tag .. ':u:' .. ARGV[2], 0, -1)) do
+                  if ARGV[3] == '' or redis.call('HGET', tag .. ':s:' .. h, 'id') ~= ARGV[3] then
+                    n = n + del(h)
+                  end
+                end
+                return n
+                "#,
+            ),
+            // ARGV: tag, now, limit. Counts every expired entry it clears (Redis may have
+            // dropped the session key itself already, by TTL).
+            purge: with(
+                r#"
+                local hs = redis.call('ZRANGEBYSCORE', tag .. ':exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+                for _, h in ipairs(hs) do del(h) end
+                return #hs
+                "#,
+            ),
+            // ARGV: tag, hash, json.
+            save_data: with(
+                r#"
+                local sk = tag .. ':s:' .. ARGV[2]
+                if redis.call('EXISTS', sk) == 0 then return 0 end
+                redis.call('HSET', sk, 'd', ARGV[3])
+                return 1
+                "#,
+            ),
+        }
+    }
+}
+
+fn create_args(inv: &mut redis::ScriptInvocation<'_>, s: &SessionRecord) {
+    inv.arg(s.token_hash.to_hex())
+        .arg(s.id.as_str())
+        .arg(s.user_id.0)
+        .arg(s.created_at.as_millis())
+        .arg(s.last_seen_at.as_millis())
+        .arg(s.absolute_expires_at.as_millis())
+        .arg(s.expires_at.as_millis())
+        .arg(i64::from(s.remember))
+        .arg(ttl_ms(s))
+        .arg(s.ip.as_deref().unwrap_or(""))
+        .arg(if s.ip.is_some() { "1" } else { "0" })
+        .arg(s.user_agent.as_deref().unwrap_or(""))
+        .arg(if s.user_agent.is_some() { "1" } else { "0" });
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        let mut inv = self
+            .scripts
+            .create
+            .key(self.session_key(&session.token_hash));
+        inv.arg(&*self.tag);
+        create_args(&mut inv, session);
+        match self.run::<i64>(inv).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        let map: HashMap<String, String> = self
+            .query(redis::cmd("HGETALL").arg(self.session_key(hash)))
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        record_from(*hash, &map).map(Some)
+    }
+
+    async fn touch(
+        &self,
+        hash: &TokenHash,
+        last_seen_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let ttl = (expires_at.as_millis() - last_seen_at.as_millis()).max(1);
+        let mut inv = self.scripts.touch.key(self.session_key(hash));
+        inv.arg(&*self.tag)
+            .arg(hash.to_hex())
+            .arg(last_seen_at.as_millis())
+            .arg(expires_at.as_millis())
+            .arg(ttl);
+        self.run::<i64>(inv).await.map(|_| ())
+    }
+
+    async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.delete.key(self.session_key(hash));
+        inv.arg(&*self.tag).arg(hash.to_hex());
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+        let mut inv = self.scripts.rotate.key(self.session_key(&new.token_hash));
+        inv.arg(&*self.tag).arg(old.to_hex());
+        create_args(&mut inv, new);
+        match self.run::<i64>(inv).await? {
+            1 => Ok(()),
+            _ => Err(StoreError::Conflict),
+        }
+    }
+
+    async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        let hashes: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(self.key("u", &user.0.to_string()))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
+        self.records(&hashes).await
+    }
+
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        let hashes: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(self.exp_key()).arg(0).arg(-1))
+            .await?;
+        self.records(&hashes).await
+    }
+
+    async fn delete_by_id(
+        &self,
+        id: &SessionId,
+        owner: Option<UserId>,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.scripts.delete_by_id.key(self.key("i", id.as_str()));
+        inv.arg(&*self.tag)
+            .arg(id.as_str())
+            .arg(owner.map(|o| o.0.to_string()).unwrap_or_default());
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn delete_for_user(
+        &self,
+        user: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let mut inv = self
+            .scripts
+            .delete_for_user
+            .key(self.key("u", &user.0.to_string()));
+        inv.arg(&*self.tag)
+            .arg(user.0)
+            .arg(keep.map(|k| k.as_str()).unwrap_or(""));
+        Ok(self.run::<i64>(inv).await?.max(0) as u64)
+    }
+
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        // Batches by deadline, each one script: Redis stays responsive meanwhile.
+        let mut total = 0;
+        loop {
+            let mut inv = self.scripts.purge.key(self.exp_key());
+            inv.arg(&*self.tag).arg("+inf").arg(BATCH);
+            let n = self.run::<i64>(inv).await?.max(0) as u64;
+            total += n;
+            if n < BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        let mut inv = self.scripts.purge.key(self.exp_key());
+        inv.arg(&*self.tag).arg(now.as_millis()).arg(limit);
+        Ok(self.run::<i64>(inv).await?.max(0) as u64)
+    }
+
+    async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+        let (id, data): (Option<String>, Option<String>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.session_key(hash))
+                    .arg("id")
+                    .arg("d"),
+            )
+            .await?;
+        match (id, data) {
+            (None, _) => Ok(None),
+            (Some(_), None) => Ok(Some(SessionData::new())),
+            (Some(_), Some(text)) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StoreError::Corrupt(format!("session data: {e}"))),
+        }
+    }
+
+    async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError> {
+        let text = serde_json::Value::Object(data.clone()).to_string();
+        let mut inv = self.scripts.save_data.key(self.session_key(hash));
+        inv.arg(&*self.tag).arg(hash.to_hex()).arg(text);
+        Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!("PING answered {pong:?}")))
+        }
+    }
+}
+
+/// The three ways to reach Redis, behind one `ConnectionLike`.
+#[derive(Clone)]
+enum Conn {
+    /// Reconnects by itself.
+    Single(ConnectionManager),
+    /// Follows slot moves and reconnects by itself.
+    Cluster(ClusterConnection),
+    /// Asks the sentinels for the master; asks again after any error (a failover).
+    Sentinel(Arc<SentinelConn>),
+}
+
+struct SentinelConn {
+    client: tokio::sync::Mutex<SentinelClient>,
+    current: tokio::sync::RwLock<Option<MultiplexedConnection>>,
+}
+
+impl SentinelConn {
+    async fn connection(&self) -> redis::RedisResult<MultiplexedConnection> {
+        if let Some(c) = self.current.read().await.as_ref() {
+            return Ok(c.clone());
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT));
+        let c = self
+            .client
+            .lock()
+            .await
+            .get_async_connection_with_config(&config)
+            .await?;
+        *self.current.write().await = Some(c.clone());
+        Ok(c)
+    }
+
+    async fn forget(&self) {
+        *self.current.write().await = None;
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let out = c.req_packed_command(cmd).await;
+                if out.is_err() {
+                    s.forget().await;
+                }
+                out
+            }),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(s) => Box::pin(async move {
+                let mut c = s.connection().await?;
+                let out = c.req_packed_commands(cmd, offset, count).await;
+                if out.is_err() {
+                    s.forget().await;
+                }
+                out
+            }),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(_) => 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

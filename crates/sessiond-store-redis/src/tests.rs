@@ -1,0 +1,206 @@
+//! The conformance suite against the real Redis on this machine, a real three-master Cluster
+//! started for the test, and real failures (a killed and a frozen `redis-server`).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use sessiond_core::{SessionStore, StoreError};
+use sessiond_store_tests::service_or_skip;
+use sessiond_store_tests::services::{
+    fresh_prefix, redis_server_available, spare_port, RedisServer as Server,
+};
+
+use crate::RedisStore;
+
+fn redis_url() -> String {
+    std::env::var("SESSIOND_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The standalone store, or why it is unavailable.
+async fn standalone() -> Result<RedisStore, StoreError> {
+    let store = RedisStore::connect(&format!("{}?prefix={}", redis_url(), fresh_prefix())).await?;
+    store.ping().await?;
+    Ok(store)
+}
+
+mod conformance {
+    sessiond_store_tests::session_store_tests!(optional async {
+        sessiond_store_tests::service_or_skip("Redis", super::standalone().await)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_real_three_master_cluster() {
+    if !redis_server_available() {
+        return;
+    }
+    let ports: Vec<u16> = (0..3).map(|_| spare_port()).collect();
+    let _servers: Vec<Server> = ports
+        .iter()
+        .map(|p| {
+            Server::start(
+                *p,
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+            )
+        })
+        .collect();
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let out = Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&hosts)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli runs");
+    assert!(
+        out.status.success(),
+        "cluster create: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Wait until every node agrees the cluster is up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ok = ports.iter().all(|p| {
+            Command::new("redis-cli")
+                .args(["-p", &p.to_string(), "cluster", "info"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        });
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster did not become ok");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("redis+cluster://{}", hosts.join(","));
+    // Several prefixes: their slots spread over the three masters.
+    sessiond_store_tests::run_session_suite(|| {
+        let url = url.clone();
+        async move {
+            let store = RedisStore::connect(&format!("{url}?prefix={}", fresh_prefix()))
+                .await
+                .unwrap();
+            store.ping().await.unwrap();
+            store
+        }
+    })
+    .await;
+}
+
+async fn session_on(store: &RedisStore) -> sessiond_core::TokenHash {
+    let (t, rec) =
+        sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+    store.create(&rec).await.unwrap();
+    t.hash()
+}
+
+/// Polls `f` until it succeeds, for at most `limit`; returns how long it took.
+async fn until_ok(limit: Duration, store: &RedisStore) -> Duration {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if store.ping().await.is_ok() {
+            return start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("store did not recover within {limit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_redis_fails_fast_and_heals_by_itself() {
+    if !redis_server_available() {
+        return;
+    }
+    let port = spare_port();
+    let mut server = Server::start(port, &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let hash = session_on(&store).await;
+    assert!(store.load(&hash).await.unwrap().is_some());
+
+    server.kill();
+    let start = Instant::now();
+    let err = store.load(&hash).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    server.restart();
+    let healed = until_ok(Duration::from_secs(10), &store).await;
+    eprintln!("redis restarted: store answered again after {healed:?}");
+    // Nothing persisted (--save ""): the session is gone, and the store says so.
+    assert!(store.load(&hash).await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_out_instead_of_hanging() {
+    if !redis_server_available() {
+        return;
+    }
+    let port = spare_port();
+    let server = Server::start(port, &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let hash = session_on(&store).await;
+
+    server.signal("-STOP");
+    let start = Instant::now();
+    let err = store.load(&hash).await.unwrap_err();
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        start.elapsed()
+    );
+
+    server.signal("-CONT");
+    let healed = until_ok(Duration::from_secs(10), &store).await;
+    eprintln!("redis resumed: store answered again after {healed:?}");
+    assert!(
+        store.load(&hash).await.unwrap().is_some(),
+        "the session survived the pause"
+    );
+}
+
+#[tokio::test]
+async fn urls_are_checked_without_leaking_passwords() {
+    for (url, needle) in [
+        ("mysql://x", "expected redis://"),
+        ("rediss://127.0.0.1", "TLS"),
+        ("redis://127.0.0.1:6379/0?prefix=", "prefix"),
+        ("redis://127.0.0.1:6379/0?db=2", "only query parameter"),
+        ("redis+sentinel://127.0.0.1:26379", "master-name"),
+        ("redis+cluster://", "host:port"),
+    ] {
+        let Err(e) = RedisStore::connect(url).await else {
+            panic!("{url} accepted")
+        };
+        assert!(e.to_string().contains(needle), "{url}: {e}");
+    }
+    let Err(e) = RedisStore::connect("rediss://user:hunter2@127.0.0.1").await else {
+        panic!()
+    };
+    assert!(!e.to_string().contains("hunter2"));
+    // A store on a closed port still constructs (lazily) and reports unavailable.
+    let port = spare_port();
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}/0"))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
+    let _ = service_or_skip::<(), &str>("nothing", Ok(()));
+}

@@ -1,0 +1,130 @@
+//! Real services for tests: a `redis-server` of the test's own on a spare port, ports, and
+//! names that no other test uses.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A prefix no other test (or run) uses.
+pub fn fresh_prefix() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    format!(
+        "sessiond_t_{}",
+        b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+    )
+}
+
+pub fn redis_server_available() -> bool {
+    let found = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found && crate::services_required() {
+        panic!("redis-server is required (SESSIOND_REQUIRE_SERVICES=1) but not installed");
+    }
+    if !found {
+        eprintln!("SKIP: redis-server not installed");
+    }
+    found
+}
+
+/// A port that is free now, and whose Cluster bus port (+10000) is free too.
+pub fn spare_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        if port < 55_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A `redis-server` child on its own port and directory, killed when dropped.
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Child,
+    pub port: u16,
+    dir: std::path::PathBuf,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start(port: u16, extra: &[&str]) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("sessiond-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(port, &dir, &extra);
+        let s = Self {
+            child,
+            port,
+            dir,
+            extra,
+        };
+        s.wait_up();
+        s
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path, extra: &[String]) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts")
+    }
+
+    fn wait_up(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let ok = Command::new("redis-cli")
+                .args(["-p", &self.port.to_string(), "ping"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG");
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on {} did not come up", self.port);
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.child = Self::spawn(self.port, &self.dir, &self.extra);
+        self.wait_up();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
