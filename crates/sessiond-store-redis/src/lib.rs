@@ -19,9 +19,9 @@
 //! inserts the new session and deletes the old one in one step, a revocation removes the
 //! session and its index entries together, and an activity write (`touch`) checks that the
 //! session still exists in the same step that updates it, so it can never resurrect a
-//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 400
-//! bytes each, so a million sessions need roughly 0.5 GB), while Cluster still brings
-//! failover. Separate deployments (prefixes) land on separate slots.
+//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 1.6 KB
+//! each with their index entries, so a million sessions need roughly 1.6 GB), while Cluster
+//! still brings failover. Separate deployments (prefixes) land on separate slots.
 //!
 //! ## Expiry
 //!

@@ -204,3 +204,28 @@ async fn urls_are_checked_without_leaking_passwords() {
     assert!(start.elapsed() < Duration::from_secs(2));
     let _ = service_or_skip::<(), &str>("nothing", Ok(()));
 }
+
+/// Memory per session, for the sizing guide: `cargo test -p sessiond-store-redis --lib
+/// memory_per_session -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn memory_per_session() {
+    let Ok(store) = standalone().await else { return };
+    let used = || async {
+        let info: String = store.query(&redis::cmd("INFO").arg("memory").clone()).await.unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .unwrap()
+    };
+    let before = used().await;
+    let n = 20_000;
+    for i in 0..n {
+        let (_, mut rec) = sessiond_store_tests::sessions::session_at(i % 500, sessiond_store_tests::sessions::T0);
+        rec.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0".into());
+        store.create(&rec).await.unwrap();
+    }
+    let after = used().await;
+    eprintln!("{} bytes per session ({n} sessions, 500 users)", (after - before) / n);
+    store.delete_all().await.unwrap();
+}

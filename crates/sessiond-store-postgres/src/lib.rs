@@ -1,0 +1,799 @@
+//! # sessiond-store-postgres
+//!
+//! Users and sessions in PostgreSQL: the store for several sessiond instances behind one load
+//! balancer, or for a deployment that runs PostgreSQL anyway. Every instance reads and writes
+//! the same rows, so a logout, a revoke or a disabled account holds on all of them at once.
+//!
+//! * **A bounded pool** of [`POOL_SIZE`] connections (`deadpool-postgres`), each statement
+//!   prepared once per connection (`prepare_cached`) so a lookup is one round trip. Pooled
+//!   connections are reused without a test query: a dead one fails its next query, that one
+//!   call reports the store unavailable, and the pool drops the connection for good.
+//! * **Nothing waits forever.** Opening a TCP connection is bounded by [`CONNECT_TIMEOUT`];
+//!   every store call, *including* waiting for a pooled connection and opening a new one
+//!   (`tokio-postgres`' own connect timeout ends at the TCP handshake, not at the startup
+//!   exchange after it), by [`OP_TIMEOUT`]. Past it the call fails with
+//!   [`StoreError::Unavailable`], so a hung server turns into fast `503`s (fail closed), never
+//!   into requests that hang. A connection whose call timed out is discarded rather than
+//!   pooled: it may still have a request in flight or a transaction open, and the next caller
+//!   must not queue behind it. The pool runs without a runtime feature for the same reason:
+//!   our deadline covers every wait, so deadpool's optional timeouts would only duplicate it.
+//! * **Versioned migrations** ([`MIGRATIONS`]) at connect, in one transaction that first takes
+//!   a fixed `pg_advisory_xact_lock`: of several instances starting on an empty database, one
+//!   migrates and the rest find nothing to do. The lock is released by the commit, or by the
+//!   server if the process dies. The connect-time migration has a longer bound,
+//!   [`MIGRATION_TIMEOUT`], since it may wait out another instance's migration.
+//! * **One schema per store, optionally.** [`PostgresStore::connect_in_schema`] puts the
+//!   tables in a dedicated schema (created if needed) by setting `search_path` in the startup
+//!   options of every pooled connection, so no query names a schema and no connection can
+//!   miss the setting. The tests use it to give each test its own empty store in one database.
+//! * **The same contract as SQLite**, statement by statement: a touch is an `UPDATE` with
+//!   `GREATEST` (never resurrects, never moves activity back); a rotation inserts and deletes
+//!   in one transaction; the first admin is created under `LOCK TABLE users IN EXCLUSIVE
+//!   MODE`, which orders it against every other write to `users` while leaving reads (logins)
+//!   alone; sweeps delete a bounded batch found through the expiry index. Session data is a
+//!   `JSONB` column read only by [`SessionStore::load_data`]. User ids come from an identity
+//!   column, so a deleted user's id is never reused; usernames and session ids compare in the
+//!   `"C"` collation, so listings come back in byte order as in every other store.
+//! * **Errors:** a unique violation (SQLSTATE `23505`) is [`StoreError::Conflict`]; a row that
+//!   does not decode is [`StoreError::Corrupt`]; anything else, [`StoreError::Unavailable`]
+//!   with the driver's error as its source.
+//!
+//! ## Known limitations
+//!
+//! * **No TLS yet.** Connections are made with `NoTls`: `sslmode=disable` and the default
+//!   `prefer` connect in plain text, and `sslmode=require` fails at connect (never a silent
+//!   downgrade). Until TLS lands, reach PostgreSQL over loopback, a Unix socket or a private
+//!   network.
+
+mod migrations;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use sessiond_core::{
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
+    User, UserCredentials, UserId, UserStore, Username,
+};
+use tokio::time::{timeout_at, Instant};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, Json, ToSql};
+use tokio_postgres::{NoTls, Row};
+
+pub use migrations::MIGRATIONS;
+
+/// Connections per store. Queries are point lookups of a millisecond or less, so a few
+/// connections serve thousands of requests a second; the bound keeps many instances from
+/// exhausting the server's `max_connections` (100 by default).
+pub const POOL_SIZE: usize = 16;
+/// Bound on opening a TCP connection to the server.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one store call, from asking for a connection to the last row.
+pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Bound on the migration at connect, which may wait for another instance's.
+pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Users and sessions in a PostgreSQL database. Cheap to clone: clones share the pool.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    schema: Option<String>,
+}
+
+impl fmt::Debug for PostgresStore {
+    // By hand: the pool's own `Debug` prints the whole connection config.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStore")
+            .field("schema", &self.schema)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// What a store call returns to [`PostgresStore::run`]: a boxed future borrowing the
+/// connection, since a closure cannot otherwise return a future that borrows its argument.
+type OpFuture<'c, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'c>>;
+
+/// The server did not answer within a deadline; the source of [`StoreError::Unavailable`].
+#[derive(Debug)]
+struct TimedOut(Duration);
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "PostgreSQL did not answer within {} ms",
+            self.0.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict
+    } else {
+        StoreError::unavailable(e)
+    }
+}
+
+/// `schema` as a plain lowercase identifier: it is spliced into the startup options and into
+/// `CREATE SCHEMA`, so it must need no quoting or escaping anywhere. `pg_` names are reserved
+/// for the system.
+fn check_schema(schema: &str) -> Result<(), StoreError> {
+    let ok = (1..=63).contains(&schema.len())
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "invalid schema name {schema:?}: use 1 to 63 of a-z, 0-9 and '_', not starting \
+             with a digit or 'pg_'"
+        )))
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user[:password]@host[:port]/database`, or the
+    /// `key=value` form) and applies pending migrations to the tables in the connection's
+    /// default schema (normally `public`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, None).await
+    }
+
+    /// Like [`PostgresStore::connect`], with every table in `schema` (a lowercase identifier),
+    /// which is created if it does not exist.
+    pub async fn connect_in_schema(url: &str, schema: &str) -> Result<Self, StoreError> {
+        check_schema(schema)?;
+        Self::open(url, Some(schema)).await
+    }
+
+    async fn open(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        // The parser names the option at fault, never its value: no password reaches a log.
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("invalid PostgreSQL URL: {e}")))?;
+        config.connect_timeout(CONNECT_TIMEOUT);
+        if config.get_application_name().is_none() {
+            // Names our connections in `pg_stat_activity`.
+            config.application_name("sessiond");
+        }
+        if let Some(schema) = schema {
+            // In the startup packet, so it holds from the connection's first statement and
+            // survives anything short of an explicit `SET`; kept after any options of the URL.
+            let set = format!("-c search_path={schema}");
+            let options = match config.get_options() {
+                Some(o) if !o.is_empty() => format!("{o} {set}"),
+                _ => set,
+            };
+            config.options(options);
+        }
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(StoreError::unavailable)?;
+        let store = Self {
+            pool,
+            schema: schema.map(str::to_owned),
+        };
+        let schema = store.schema.clone();
+        store
+            .run_within(
+                OP_TIMEOUT.max(CONNECT_TIMEOUT),
+                MIGRATION_TIMEOUT,
+                move |c| {
+                    Box::pin(async move {
+                        if let Some(schema) = &schema {
+                            migrations::create_schema(c, schema).await.map_err(pg)?;
+                        }
+                        migrations::apply(c).await.map_err(pg)
+                    })
+                },
+            )
+            .await?;
+        Ok(store)
+    }
+
+    /// The schema given to [`PostgresStore::connect_in_schema`], if any.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.run(|c| {
+            Box::pin(async move {
+                col(
+                    &query_one(
+                        &*c,
+                        "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                        &[],
+                    )
+                    .await?,
+                    0,
+                )
+            })
+        })
+        .await
+    }
+
+    /// Runs `op` on a pooled connection within [`OP_TIMEOUT`].
+    async fn run<T, F>(&self, op: F) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'c> FnOnce(&'c mut Object) -> OpFuture<'c, T> + Send,
+    {
+        self.run_within(OP_TIMEOUT, OP_TIMEOUT, op).await
+    }
+
+    /// Runs `op` on a pooled connection obtained within `connect` of the start, finishing
+    /// within `total` of it.
+    async fn run_within<T, F>(
+        &self,
+        connect: Duration,
+        total: Duration,
+        op: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send,
+        F: for<'c> FnOnce(&'c mut Object) -> OpFuture<'c, T> + Send,
+    {
+        let start = Instant::now();
+        let mut conn = match timeout_at(start + connect, self.pool.get()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(StoreError::unavailable(e)),
+            Err(_) => return Err(StoreError::unavailable(TimedOut(connect))),
+        };
+        match timeout_at(start + total, op(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The connection may have a request in flight (or a transaction open) that
+                // nobody will wait for. Take it out of the pool and close it: the server rolls
+                // back what was open, and the next caller gets a connection of its own.
+                drop(Object::take(conn));
+                Err(StoreError::unavailable(TimedOut(total)))
+            }
+        }
+    }
+}
+
+/// Prepares (once per connection) and runs `sql`; the number of rows it changed.
+async fn exec<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<u64, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.execute(&stmt, params).await.map_err(pg)
+}
+
+async fn query<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query(&stmt, params).await.map_err(pg)
+}
+
+async fn query_opt<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Option<Row>, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query_opt(&stmt, params).await.map_err(pg)
+}
+
+async fn query_one<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Row, StoreError> {
+    let stmt = c.prepare_cached(sql).await.map_err(pg)?;
+    c.query_one(&stmt, params).await.map_err(pg)
+}
+
+/// Column `i` of `row`; a value of the wrong type or an unexpected NULL means the table is not
+/// what the migrations made.
+fn col<'r, T: FromSql<'r>>(row: &'r Row, i: usize) -> Result<T, StoreError> {
+    row.try_get(i).map_err(|e| {
+        let name = row.columns().get(i).map_or("?", |c| c.name());
+        StoreError::Corrupt(format!("column {name}: {e}"))
+    })
+}
+
+// Columns and statements as literals, so each statement text is a `&'static str`, built once
+// at compile time and used as the key of the per-connection statement cache.
+macro_rules! session_columns {
+    () => {
+        "token_hash, id, user_id, created_at, last_seen_at, absolute_expires_at, expires_at, \
+         remember, ip, user_agent"
+    };
+}
+macro_rules! user_columns {
+    () => {
+        "id, username, name, email, groups, admin, disabled, created_at, password_hash"
+    };
+}
+
+const INSERT_SESSION: &str = concat!(
+    "INSERT INTO sessions (",
+    session_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+);
+const LOAD_SESSION: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE token_hash = $1"
+);
+const DELETE_SESSION: &str = "DELETE FROM sessions WHERE token_hash = $1";
+const LIST_FOR_USER: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE user_id = $1 ORDER BY created_at, id"
+);
+const LIST_ALL: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions ORDER BY created_at, id"
+);
+const USER_BY_NAME: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users WHERE username_key = $1"
+);
+const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users WHERE id = $1");
+const LIST_USERS: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users ORDER BY username_key"
+);
+const INSERT_USER: &str = "INSERT INTO users \
+     (username, username_key, name, email, groups, admin, created_at, password_hash) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
+
+fn session_from_row(r: &Row) -> Result<SessionRecord, StoreError> {
+    let hash: &[u8] = col(r, 0)?;
+    let id: &str = col(r, 1)?;
+    Ok(SessionRecord {
+        token_hash: TokenHash::from_slice(hash)
+            .ok_or_else(|| StoreError::Corrupt("bad token hash".into()))?,
+        id: SessionId::parse(id).ok_or_else(|| StoreError::Corrupt("bad session id".into()))?,
+        user_id: UserId(col(r, 2)?),
+        created_at: Timestamp::from_millis(col(r, 3)?),
+        last_seen_at: Timestamp::from_millis(col(r, 4)?),
+        absolute_expires_at: Timestamp::from_millis(col(r, 5)?),
+        expires_at: Timestamp::from_millis(col(r, 6)?),
+        remember: col(r, 7)?,
+        ip: col(r, 8)?,
+        user_agent: col(r, 9)?,
+    })
+}
+
+fn sessions_from_rows(rows: &[Row]) -> Result<Vec<SessionRecord>, StoreError> {
+    rows.iter().map(session_from_row).collect()
+}
+
+async fn insert_session<C: GenericClient>(c: &C, s: &SessionRecord) -> Result<(), StoreError> {
+    exec(
+        c,
+        INSERT_SESSION,
+        &[
+            &s.token_hash.as_bytes().as_slice(),
+            &s.id.as_str(),
+            &s.user_id.0,
+            &s.created_at.as_millis(),
+            &s.last_seen_at.as_millis(),
+            &s.absolute_expires_at.as_millis(),
+            &s.expires_at.as_millis(),
+            &s.remember,
+            &s.ip,
+            &s.user_agent,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl SessionStore for PostgresStore {
+    async fn create(&self, session: &SessionRecord) -> Result<(), StoreError> {
+        // Owned copies here and below: the operation's future must not borrow the caller's
+        // arguments (see `OpFuture`).
+        let s = session.clone();
+        self.run(move |c| Box::pin(async move { insert_session(&*c, &s).await }))
+            .await
+    }
+
+    async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        let hash = *hash;
+        self.run(move |c| {
+            Box::pin(async move {
+                query_opt(&*c, LOAD_SESSION, &[&hash.as_bytes().as_slice()])
+                    .await?
+                    .map(|r| session_from_row(&r))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn touch(
+        &self,
+        hash: &TokenHash,
+        last_seen_at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let hash = *hash;
+        // An UPDATE of a row that is gone changes nothing: a touch can never resurrect a
+        // session that a logout or revoke deleted. GREATEST keeps a late write from an older
+        // request (or another instance) from moving activity backwards; the row lock orders
+        // racing touches, and each sees the value the previous one committed.
+        self.run(move |c| {
+            Box::pin(async move {
+                exec(
+                    &*c,
+                    "UPDATE sessions SET last_seen_at = GREATEST(last_seen_at, $2), \
+                     expires_at = GREATEST(expires_at, $3) WHERE token_hash = $1",
+                    &[
+                        &hash.as_bytes().as_slice(),
+                        &last_seen_at.as_millis(),
+                        &expires_at.as_millis(),
+                    ],
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
+        let hash = *hash;
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(&*c, DELETE_SESSION, &[&hash.as_bytes().as_slice()]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+        let old = *old;
+        let new = new.clone();
+        // One transaction: another reader sees either the old session or the new one, never
+        // both, never neither. On an error the dropped transaction rolls back.
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                insert_session(&tx, &new).await?;
+                exec(&tx, DELETE_SESSION, &[&old.as_bytes().as_slice()]).await?;
+                tx.commit().await.map_err(pg)
+            })
+        })
+        .await
+    }
+
+    async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        self.run(move |c| {
+            Box::pin(
+                async move { sessions_from_rows(&query(&*c, LIST_FOR_USER, &[&user.0]).await?) },
+            )
+        })
+        .await
+    }
+
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.run(|c| Box::pin(async move { sessions_from_rows(&query(&*c, LIST_ALL, &[]).await?) }))
+            .await
+    }
+
+    async fn delete_by_id(
+        &self,
+        id: &SessionId,
+        owner: Option<UserId>,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.run(move |c| {
+            Box::pin(async move {
+                let n = match owner {
+                    Some(o) => {
+                        exec(
+                            &*c,
+                            "DELETE FROM sessions WHERE id = $1 AND user_id = $2",
+                            &[&id.as_str(), &o.0],
+                        )
+                        .await?
+                    }
+                    None => {
+                        exec(&*c, "DELETE FROM sessions WHERE id = $1", &[&id.as_str()]).await?
+                    }
+                };
+                Ok(n > 0)
+            })
+        })
+        .await
+    }
+
+    async fn delete_for_user(
+        &self,
+        user: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        let keep = keep.map(|k| k.as_str().to_owned());
+        self.run(move |c| {
+            Box::pin(async move {
+                exec(
+                    &*c,
+                    "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2",
+                    &[&user.0, &keep],
+                )
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        self.run(|c| Box::pin(async move { exec(&*c, "DELETE FROM sessions", &[]).await }))
+            .await
+    }
+
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // The sub-select walks the expiry index, so each batch costs O(limit) however many
+        // live sessions there are, and locks only the rows it deletes.
+        self.run(move |c| {
+            Box::pin(async move {
+                exec(
+                    &*c,
+                    "DELETE FROM sessions WHERE token_hash IN \
+                     (SELECT token_hash FROM sessions WHERE expires_at <= $1 \
+                      ORDER BY expires_at LIMIT $2)",
+                    &[&now.as_millis(), &limit],
+                )
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+        let hash = *hash;
+        self.run(move |c| {
+            Box::pin(async move {
+                let Some(row) = query_opt(
+                    &*c,
+                    "SELECT data FROM sessions WHERE token_hash = $1",
+                    &[&hash.as_bytes().as_slice()],
+                )
+                .await?
+                else {
+                    return Ok(None);
+                };
+                match col::<Option<serde_json::Value>>(&row, 0)? {
+                    None => Ok(Some(SessionData::new())),
+                    Some(serde_json::Value::Object(map)) => Ok(Some(map)),
+                    Some(_) => Err(StoreError::Corrupt(
+                        "session data: not a JSON object".into(),
+                    )),
+                }
+            })
+        })
+        .await
+    }
+
+    async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError> {
+        let hash = *hash;
+        let data = data.clone();
+        // An UPDATE, like `touch`: a late save of a revoked session changes nothing.
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE sessions SET data = $2 WHERE token_hash = $1",
+                    &[&hash.as_bytes().as_slice(), &Json(&data)],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        // A round trip, not just a pool checkout: a pooled connection is not proof of a
+        // reachable server.
+        self.run(|c| Box::pin(async move { exec(&*c, "SELECT 1", &[]).await.map(drop) }))
+            .await
+    }
+}
+
+fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
+    let username: &str = col(r, 1)?;
+    Ok(UserCredentials {
+        user: User {
+            id: UserId(col(r, 0)?),
+            username: Username::parse(username)
+                .map_err(|e| StoreError::Corrupt(format!("username {username:?}: {e}")))?,
+            name: col(r, 2)?,
+            email: col(r, 3)?,
+            groups: col(r, 4)?,
+            admin: col(r, 5)?,
+            disabled: col(r, 6)?,
+            created_at: Timestamp::from_millis(col(r, 7)?),
+        },
+        password_hash: col(r, 8)?,
+    })
+}
+
+async fn insert_user<C: GenericClient>(c: &C, new: &NewUser) -> Result<User, StoreError> {
+    let row = query_one(
+        c,
+        INSERT_USER,
+        &[
+            &new.username.as_str(),
+            &new.username.key(),
+            &new.name,
+            &new.email,
+            &new.groups,
+            &new.admin,
+            &new.created_at.as_millis(),
+            &new.password_hash,
+        ],
+    )
+    .await?;
+    Ok(User {
+        id: UserId(col(&row, 0)?),
+        username: new.username.clone(),
+        name: new.name.clone(),
+        email: new.email.clone(),
+        groups: new.groups.clone(),
+        admin: new.admin,
+        disabled: false,
+        created_at: new.created_at,
+    })
+}
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
+        let new = new.clone();
+        self.run(move |c| Box::pin(async move { insert_user(&*c, &new).await }))
+            .await
+    }
+
+    async fn create_user_if_none(&self, new: &NewUser) -> Result<Option<User>, StoreError> {
+        let new = new.clone();
+        // EXCLUSIVE conflicts with itself and with every INSERT, UPDATE and DELETE on `users`,
+        // but not with plain reads. Taken before the check, it makes "no users yet" true until
+        // we commit: of several instances starting at once exactly one creates the first
+        // admin, and no `create_user` can slip in between the check and the insert. (In READ
+        // COMMITTED the check's snapshot is taken after the lock is granted, so it sees what
+        // the previous holder committed.)
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                tx.batch_execute("LOCK TABLE users IN EXCLUSIVE MODE")
+                    .await
+                    .map_err(pg)?;
+                let exists: bool = col(
+                    &query_one(&tx, "SELECT EXISTS (SELECT 1 FROM users)", &[]).await?,
+                    0,
+                )?;
+                let created = if exists {
+                    None
+                } else {
+                    Some(insert_user(&tx, &new).await?)
+                };
+                tx.commit().await.map_err(pg)?;
+                Ok(created)
+            })
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        let key = name.key();
+        self.run(move |c| {
+            Box::pin(async move {
+                query_opt(&*c, USER_BY_NAME, &[&key])
+                    .await?
+                    .map(|r| user_from_row(&r))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                query_opt(&*c, USER_BY_ID, &[&id.0])
+                    .await?
+                    .map(|r| user_from_row(&r).map(|u| u.user))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.run(|c| {
+            Box::pin(async move {
+                query(&*c, LIST_USERS, &[])
+                    .await?
+                    .iter()
+                    .map(|r| user_from_row(r).map(|u| u.user))
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError> {
+        let phc = phc.to_owned();
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE users SET password_hash = $2 WHERE id = $1",
+                    &[&id.0, &phc],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE users SET disabled = $2 WHERE id = $1",
+                    &[&id.0, &disabled],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(&*c, "DELETE FROM users WHERE id = $1", &[&id.0]).await? > 0)
+            })
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    sessiond_store_tests::conformance_tests!(optional async {
+        sessiond_store_tests::service_or_skip("PostgreSQL", crate::tests::fresh_store().await)
+    });
+}
+
+#[cfg(test)]
+mod tests;

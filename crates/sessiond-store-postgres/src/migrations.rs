@@ -1,0 +1,108 @@
+//! Versioned schema migrations. Append only: a released step is never edited, a change is a
+//! new step.
+
+use deadpool_postgres::Object;
+use tokio_postgres::Error;
+
+/// `(version, SQL)`, in order. Unqualified names: the tables land in the connection's
+/// `search_path` (the store's schema, or the database default).
+pub const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    r#"
+    CREATE TABLE users (
+        -- An identity is a sequence: ids of deleted users are never handed out again, so a
+        -- stale reference can never point at a newer user. ALWAYS: only the sequence assigns.
+        id            BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        username      TEXT NOT NULL,
+        -- Lowercase, unique case-insensitively. "C" collation: byte order, like SQLite and the
+        -- memory store, so every store lists users in the same order whatever the locale.
+        username_key  TEXT COLLATE "C" NOT NULL UNIQUE,
+        name          TEXT NOT NULL DEFAULT '',
+        email         TEXT NOT NULL DEFAULT '',
+        groups        TEXT[] NOT NULL DEFAULT '{}',
+        admin         BOOLEAN NOT NULL DEFAULT false,
+        disabled      BOOLEAN NOT NULL DEFAULT false,
+        created_at    BIGINT NOT NULL,                -- ms since the Unix epoch
+        password_hash TEXT NOT NULL                   -- argon2id PHC string
+    );
+    CREATE TABLE sessions (
+        token_hash          BYTEA PRIMARY KEY CHECK (octet_length(token_hash) = 32), -- SHA-256
+        id                  TEXT COLLATE "C" NOT NULL UNIQUE,  -- public id; "C": byte order
+        user_id             BIGINT NOT NULL,
+        created_at          BIGINT NOT NULL,
+        last_seen_at        BIGINT NOT NULL,
+        absolute_expires_at BIGINT NOT NULL,
+        expires_at          BIGINT NOT NULL,
+        remember            BOOLEAN NOT NULL,
+        ip                  TEXT,
+        user_agent          TEXT,
+        data                JSONB                       -- a JSON object; NULL = empty
+    );
+    CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    "#,
+)];
+
+/// Key of the advisory lock that serialises migrations (and schema creation) across every
+/// process connecting to the database. Arbitrary, fixed forever: `b"sessiond"` as an integer.
+const MIGRATION_LOCK: i64 = 0x7365_7373_696f_6e64;
+
+/// Creates `schema` if it does not exist, under the migration lock.
+///
+/// Its own transaction on purpose: PostgreSQL resolves a connection's `search_path` through
+/// its catalog cache, which it refreshes at the start of a transaction but not when an
+/// advisory lock is granted (on 15, `current_schemas()` still came back empty right after
+/// waiting out another connection that created the schema). Committed here first, the schema
+/// exists before the migration transaction starts on any connection, so name resolution in
+/// that transaction never depends on when the cache happens to catch up.
+pub async fn create_schema(conn: &mut Object, schema: &str) -> Result<(), Error> {
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    // A plain catalog query reads a fresh snapshot, where `CREATE SCHEMA IF NOT EXISTS` would
+    // ask the cache described above.
+    let exists = tx
+        .query_opt("SELECT 1 FROM pg_namespace WHERE nspname = $1", &[&schema])
+        .await?
+        .is_some();
+    if !exists {
+        // `schema` was checked to be a plain lowercase identifier, so quoting cannot break.
+        tx.batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Applies the steps the database lacks, each with its version row, in one transaction that
+/// first takes the migration advisory lock: of several instances starting at once, one applies
+/// the steps and the others, once it commits, find nothing left to do.
+pub async fn apply(conn: &mut Object) -> Result<(), Error> {
+    let tx = conn.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             applied_at BIGINT NOT NULL
+                 DEFAULT (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+         )",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tracing::info!(version, "applying schema migration");
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+    }
+    tx.commit().await
+}

@@ -1,0 +1,324 @@
+//! Tests beyond the conformance suite: concurrent migration, and deadlines against a closed
+//! port, a server that never speaks, and a server that hangs mid-session.
+//!
+//! Every test that needs PostgreSQL gets an empty schema of its own, `sessiond_t_` + 16
+//! random hex digits. Nothing drops a schema when its test ends (a `Drop` cannot await, and a
+//! failed test's data is worth a look); instead the first store each test process makes drops
+//! the `sessiond_t_` schemas whose first migration is more than an hour old, so they never
+//! pile up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sessiond_core::{SessionStore, StoreError, UserId};
+use sessiond_store_tests::service_or_skip;
+use sessiond_store_tests::sessions::{session_at, T0};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::{PostgresStore, MIGRATIONS};
+
+const SCHEMA_PREFIX: &str = "sessiond_t_";
+/// Test schemas older than this are dropped.
+const SCHEMA_MAX_AGE: Duration = Duration::from_secs(3600);
+
+pub fn url() -> String {
+    std::env::var("SESSIOND_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn fresh_schema() -> String {
+    let mut random = [0u8; 8];
+    getrandom::fill(&mut random).expect("the OS has randomness");
+    format!("{SCHEMA_PREFIX}{:016x}", u64::from_be_bytes(random))
+}
+
+/// A store on an empty schema of its own (for the conformance suite).
+pub async fn fresh_store() -> Result<PostgresStore, StoreError> {
+    sweep_old_schemas().await;
+    PostgresStore::connect_in_schema(&url(), &fresh_schema()).await
+}
+
+/// Once per test process, drops the test schemas migrated more than [`SCHEMA_MAX_AGE`] ago.
+///
+/// The age comes from the schema's own `schema_migrations`, not from its name, so a schema
+/// another test (or crate) is using right now is never dropped, whatever it is called. A
+/// schema without that table (being created right now, or left by a test killed in between)
+/// is left alone. Best effort: any failure (no server, a schema another process drops at the
+/// same time) is ignored, and the next run tries again.
+async fn sweep_old_schemas() {
+    static SWEPT: AtomicBool = AtomicBool::new(false);
+    if SWEPT.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let sweep = async {
+        let (client, connection) = tokio_postgres::connect(&url(), tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let rows = client
+            .query(
+                "SELECT n.nspname::text FROM pg_namespace n \
+                 JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'schema_migrations' \
+                 WHERE starts_with(n.nspname, $1)",
+                &[&SCHEMA_PREFIX],
+            )
+            .await?;
+        for row in rows {
+            let name: String = row.get(0);
+            let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+            let old = client
+                .query_one(
+                    &format!(
+                        "SELECT coalesce(min(applied_at) < \
+                         (extract(epoch FROM now()) * 1000)::bigint - $1, false) \
+                         FROM {quoted}.schema_migrations"
+                    ),
+                    &[&(SCHEMA_MAX_AGE.as_millis() as i64)],
+                )
+                .await
+                .is_ok_and(|r| r.try_get::<_, bool>(0).unwrap_or(false));
+            if old {
+                let _ = client
+                    .batch_execute(&format!("DROP SCHEMA IF EXISTS {quoted} CASCADE"))
+                    .await;
+            }
+        }
+        drop(client);
+        let _ = driver.await;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), sweep).await;
+}
+
+#[test]
+fn schema_names_are_checked() {
+    for ok in [
+        "s",
+        "_s",
+        "sessiond",
+        "tenant_42",
+        &fresh_schema(),
+        &"a".repeat(63),
+    ] {
+        assert!(crate::check_schema(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        "4x",
+        "Upper",
+        "a-b",
+        "a b",
+        "a\"b",
+        "pg_temp",
+        &"a".repeat(64),
+    ] {
+        assert!(
+            matches!(crate::check_schema(bad), Err(StoreError::Corrupt(_))),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_connects_on_a_fresh_schema_migrate_once() {
+    let schema = fresh_schema();
+    sweep_old_schemas().await;
+    let url = url();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (url, schema) = (url.clone(), schema.clone());
+            tokio::spawn(async move { PostgresStore::connect_in_schema(&url, &schema).await })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for t in tasks {
+        let Some(store) = service_or_skip("PostgreSQL", t.await.unwrap()) else {
+            return;
+        };
+        stores.push(store);
+    }
+    let latest = MIGRATIONS.last().unwrap().0;
+    for s in &stores {
+        assert_eq!(s.schema(), Some(schema.as_str()));
+        assert_eq!(s.schema_version().await.unwrap(), latest);
+    }
+    let rows: i64 = stores[0]
+        .run(|c| {
+            Box::pin(async move {
+                crate::col(
+                    &crate::query_one(&*c, "SELECT count(*) FROM schema_migrations", &[]).await?,
+                    0,
+                )
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(rows, MIGRATIONS.len() as i64, "each step recorded once");
+
+    // All of them are one store: what one writes, the others read.
+    let (t, rec) = session_at(1, T0);
+    stores[0].create(&rec).await.unwrap();
+    assert_eq!(stores[7].load(&t.hash()).await.unwrap(), Some(rec));
+
+    // And connecting again later applies nothing.
+    let again = PostgresStore::connect_in_schema(&url, &schema)
+        .await
+        .unwrap();
+    assert_eq!(again.schema_version().await.unwrap(), latest);
+}
+
+/// Awaits `fut` and reports how long it took; panics if it takes 3 s (a hang).
+async fn within_3s<T>(fut: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let start = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(3), fut)
+        .await
+        .expect("must fail fast, not hang");
+    (out, start.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_port_is_unavailable_at_once() {
+    let (made, took) = within_3s(PostgresStore::connect(
+        "postgres://postgres@127.0.0.1:1/test",
+    ))
+    .await;
+    assert!(matches!(made, Err(StoreError::Unavailable(_))), "{made:?}");
+    assert!(took < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_unavailable_within_the_deadline() {
+    // Accepts TCP connections and never says a word: the TCP connect succeeds, so only our
+    // own deadline (not tokio-postgres' connect timeout) can end the startup exchange.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = listener.accept().await {
+            held.push(sock);
+        }
+    });
+    let (made, took) = within_3s(PostgresStore::connect(&format!(
+        "postgres://postgres@{addr}/test"
+    )))
+    .await;
+    silent.abort();
+    match made {
+        Err(StoreError::Unavailable(e)) => {
+            assert!(e.to_string().contains("did not answer"), "{e}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+}
+
+/// A TCP proxy in front of PostgreSQL that can freeze: while frozen it forwards nothing in
+/// either direction and keeps every connection open, like a server that hangs.
+async fn freezable_proxy(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<AtomicBool>,
+    ) {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            // Swallowed, not delayed: a connection that was frozen mid-request is broken for
+            // good, so a store that pooled it again would hang on it.
+            if frozen.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&frozen);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(upstream).await else {
+                continue;
+            };
+            let (cr, cw) = client.into_split();
+            let (sr, sw) = server.into_split();
+            tokio::spawn(pump(cr, sw, Arc::clone(&flag)));
+            tokio::spawn(pump(sr, cw, Arc::clone(&flag)));
+        }
+    });
+    (addr, frozen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_hangs_mid_session_fails_calls_fast_and_the_store_recovers() {
+    // Reach the test server through the proxy, keeping the rest of the test URL's config.
+    let config: tokio_postgres::Config = url().parse().unwrap();
+    let (Some(tokio_postgres::config::Host::Tcp(host)), Some(&port)) =
+        (config.get_hosts().first(), config.get_ports().first())
+    else {
+        eprintln!("SKIP: the test URL is not a TCP address");
+        return;
+    };
+    let Some(upstream) = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+    else {
+        let _ = service_or_skip::<(), _>("PostgreSQL", Err(format!("cannot resolve {host}")));
+        return;
+    };
+    let (proxy, frozen) = freezable_proxy(upstream).await;
+    let proxied = key_value_url(&config, proxy);
+
+    let made = PostgresStore::connect_in_schema(&proxied, &fresh_schema()).await;
+    let Some(store) = service_or_skip("PostgreSQL", made) else {
+        return;
+    };
+    let (t, rec) = session_at(1, T0);
+    store.create(&rec).await.unwrap();
+
+    frozen.store(true, Ordering::SeqCst);
+    let (loaded, took) = within_3s(store.load(&t.hash())).await;
+    assert!(
+        matches!(loaded, Err(StoreError::Unavailable(_))),
+        "{loaded:?}"
+    );
+    assert!(took >= Duration::from_millis(1400), "{took:?}");
+    let (pinged, _) = within_3s(store.ping()).await;
+    assert!(matches!(pinged, Err(StoreError::Unavailable(_))));
+
+    // Once the server answers again, so does the store: the connections that timed out were
+    // dropped, not handed to the next caller.
+    frozen.store(false, Ordering::SeqCst);
+    assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec));
+    store.ping().await.unwrap();
+    assert_eq!(store.list_for_user(UserId(1)).await.unwrap().len(), 1);
+}
+
+/// A `key=value` connection string to `addr` with the credentials and database of `config`
+/// (values quoted, so any password survives).
+fn key_value_url(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
+    fn quote(v: &str) -> String {
+        format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+    }
+    let mut parts = vec![
+        format!("host={}", addr.ip()),
+        format!("port={}", addr.port()),
+    ];
+    if let Some(u) = config.get_user() {
+        parts.push(format!("user={}", quote(u)));
+    }
+    if let Some(pw) = config.get_password() {
+        parts.push(format!("password={}", quote(&String::from_utf8_lossy(pw))));
+    }
+    if let Some(db) = config.get_dbname() {
+        parts.push(format!("dbname={}", quote(db)));
+    }
+    parts.join(" ")
+}
