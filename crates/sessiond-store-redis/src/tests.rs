@@ -210,9 +210,14 @@ async fn urls_are_checked_without_leaking_passwords() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
 async fn memory_per_session() {
-    let Ok(store) = standalone().await else { return };
+    let Ok(store) = standalone().await else {
+        return;
+    };
     let used = || async {
-        let info: String = store.query(&redis::cmd("INFO").arg("memory").clone()).await.unwrap();
+        let info: String = store
+            .query(&redis::cmd("INFO").arg("memory").clone())
+            .await
+            .unwrap();
         info.lines()
             .find_map(|l| l.strip_prefix("used_memory:"))
             .and_then(|v| v.trim().parse::<i64>().ok())
@@ -221,11 +226,16 @@ async fn memory_per_session() {
     let before = used().await;
     let n = 20_000;
     for i in 0..n {
-        let (_, mut rec) = sessiond_store_tests::sessions::session_at(i % 500, sessiond_store_tests::sessions::T0);
-        rec.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0".into());
+        let (_, mut rec) =
+            sessiond_store_tests::sessions::session_at(i % 500, sessiond_store_tests::sessions::T0);
+        rec.user_agent =
+            Some("Mozilla/5.0 (X11; Linux x86_64; rv:140.0) Gecko/20100101 Firefox/140.0".into());
         store.create(&rec).await.unwrap();
     }
     let after = used().await;
-    eprintln!("{} bytes per session ({n} sessions, 500 users)", (after - before) / n);
+    eprintln!(
+        "{} bytes per session ({n} sessions, 500 users)",
+        (after - before) / n
+    );
     store.delete_all().await.unwrap();
 }

@@ -284,9 +284,12 @@ fn check_database_url(url: &str) -> Result<(), ConfigError> {
         return Ok(());
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return err("database: PostgreSQL is not supported yet; use sqlite://PATH");
+        return Ok(());
     }
-    err(format!("database: {url:?} must be sqlite://PATH"))
+    err(format!(
+        "database: must be sqlite://PATH or postgres://… (got {})",
+        crate::server::redact(url)
+    ))
 }
 
 #[cfg(test)]
@@ -350,6 +353,7 @@ mod tests {
             ("public_url = \"https://x.example/path\"", "origin"),
             ("[cookie]\nsame_site = \"none\"", "same_site"),
             ("database = \"mysql://x\"", "database"),
+            ("session_store = \"memcached://x\"", "session_store"),
         ];
         for (file, needle) in cases {
             let e = check(file, Overrides::default()).unwrap_err();

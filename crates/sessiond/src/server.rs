@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use sessiond_axum::SessionManager;
 use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
+use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
@@ -34,13 +35,24 @@ pub struct Stores {
 /// Opens (and migrates) the stores of `config`: users in the database; sessions there too,
 /// or in Redis when `session_store` names it.
 pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
-    let sqlite = Arc::new(
-        SqliteStore::open_url(&config.database)
-            .with_context(|| format!("cannot open database {}", redact(&config.database)))?,
-    );
-    let users: Arc<dyn UserStore> = sqlite.clone();
+    let db = &config.database;
+    let (users, db_sessions): (Arc<dyn UserStore>, Arc<dyn SessionStore>) =
+        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
+            let pg = Arc::new(
+                PostgresStore::connect(db)
+                    .await
+                    .with_context(|| format!("cannot open database {}", redact(db)))?,
+            );
+            (pg.clone(), pg)
+        } else {
+            let sqlite = Arc::new(
+                SqliteStore::open_url(db)
+                    .with_context(|| format!("cannot open database {}", redact(db)))?,
+            );
+            (sqlite.clone(), sqlite)
+        };
     let sessions: Arc<dyn SessionStore> = if config.session_store == config.database {
-        sqlite
+        db_sessions
     } else {
         Arc::new(
             RedisStore::connect(&config.session_store)

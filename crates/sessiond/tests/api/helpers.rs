@@ -39,7 +39,7 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestA
     let addr = listener.local_addr().unwrap();
     let over = Overrides {
         listen: Some(addr.to_string()),
-        database: Some(db_url(dir.path())),
+        database: over.database.clone().or_else(|| Some(db_url(dir.path()))),
         ..over
     };
     let config = Config::resolve(FileConfig::default(), over).expect("test config is valid");

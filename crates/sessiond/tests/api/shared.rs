@@ -12,28 +12,88 @@ use sessiond_store_tests::services::{
 
 use crate::helpers::*;
 
-/// The session-store URLs to run the shared-instance tests on: the database itself (SQLite,
-/// shared file) and Redis when it answers.
-async fn stores() -> Vec<Option<String>> {
-    let mut v = vec![None];
-    let url = std::env::var("SESSIOND_TEST_REDIS_URL")
-        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
-    let probe = sessiond_store_redis::RedisStore::connect(&url).await;
+/// A deployment's stores: the database URL (`None`: the test's SQLite file) and the session
+/// store URL (`None`: the database).
+#[derive(Clone, Debug)]
+struct Stores {
+    label: &'static str,
+    database: Option<String>,
+    session_store: Option<String>,
+}
+
+fn redis_url() -> String {
+    std::env::var("SESSIOND_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+fn postgres_url() -> String {
+    std::env::var("SESSIOND_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A PostgreSQL database URL of the test's own: a fresh schema (created and migrated here),
+/// and an application name to find its connections by.
+async fn fresh_postgres() -> Option<String> {
+    let schema = fresh_prefix();
+    let made =
+        sessiond_store_postgres::PostgresStore::connect_in_schema(&postgres_url(), &schema).await;
+    sessiond_store_tests::service_or_skip("PostgreSQL", made)?;
+    Some(format!(
+        "{}?application_name={schema}&options=-c%20search_path%3D{schema}",
+        postgres_url()
+    ))
+}
+
+async fn redis_up() -> bool {
+    let probe = sessiond_store_redis::RedisStore::connect(&redis_url()).await;
     let up = match probe {
-        Ok(s) => sessiond_core::SessionStore::ping(&s).await.map(|_| s),
+        Ok(s) => sessiond_core::SessionStore::ping(&s).await.map(|_| ()),
         Err(e) => Err(e),
     };
-    if sessiond_store_tests::service_or_skip("Redis", up).is_some() {
-        v.push(Some(format!("{url}?prefix={}", fresh_prefix())));
+    sessiond_store_tests::service_or_skip("Redis", up).is_some()
+}
+
+/// Every combination this machine can run: SQLite alone, SQLite + Redis, PostgreSQL alone,
+/// PostgreSQL + Redis.
+async fn deployments() -> Vec<Stores> {
+    let redis = redis_up().await;
+    let fresh_redis = || Some(format!("{}?prefix={}", redis_url(), fresh_prefix()));
+    let mut v = vec![Stores {
+        label: "sqlite",
+        database: None,
+        session_store: None,
+    }];
+    if redis {
+        v.push(Stores {
+            label: "sqlite+redis",
+            database: None,
+            session_store: fresh_redis(),
+        });
+    }
+    if let Some(pg) = fresh_postgres().await {
+        v.push(Stores {
+            label: "postgres",
+            database: Some(pg),
+            session_store: None,
+        });
+    }
+    if redis {
+        if let Some(pg) = fresh_postgres().await {
+            v.push(Stores {
+                label: "postgres+redis",
+                database: Some(pg),
+                session_store: fresh_redis(),
+            });
+        }
     }
     v
 }
 
-/// Two servers on the same database file (users) and the same session store.
-async fn pair(session_store: Option<String>) -> (TestApp, TestApp) {
+/// Two servers on the same stores (and the same SQLite file, when SQLite).
+async fn pair(stores: &Stores) -> (TestApp, TestApp) {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let over = || Overrides {
-        session_store: session_store.clone(),
+        database: stores.database.clone(),
+        session_store: stores.session_store.clone(),
         ..Overrides::default()
     };
     let a = spawn_app_in(dir.clone(), over()).await;
@@ -68,9 +128,23 @@ async fn refused_within(app: &TestApp, token: &str, since: Instant) -> Duration 
 
 #[tokio::test]
 async fn what_one_instance_changes_every_other_sees_at_once() {
-    for store in stores().await {
-        let label = store.as_deref().map_or("sqlite", |_| "redis");
-        let (a, b) = pair(store).await;
+    for stores in deployments().await {
+        let label = stores.label;
+        let (a, b) = pair(&stores).await;
+        // The deployment is the one the label names (not a silent fallback to SQLite).
+        let users = format!("{:?}", a.state.users);
+        let sessions = format!("{:?}", a.state.sessions.store());
+        let (want_users, want_sessions) = match label {
+            "sqlite" => ("SqliteStore", "SqliteStore"),
+            "sqlite+redis" => ("SqliteStore", "RedisStore"),
+            "postgres" => ("PostgresStore", "PostgresStore"),
+            _ => ("PostgresStore", "RedisStore"),
+        };
+        assert!(users.starts_with(want_users), "{label}: users in {users}");
+        assert!(
+            sessions.starts_with(want_sessions),
+            "{label}: sessions in {sessions}"
+        );
         a.add_user("fay").await;
         let bound = Duration::from_millis(100);
 
@@ -288,4 +362,87 @@ async fn a_frozen_session_store_fails_closed_and_heals_without_a_restart() {
     redis.signal("-CONT");
     let took = heals(&app, &token).await;
     eprintln!("redis frozen and resumed: first good answer {took:?} after SIGCONT");
+}
+
+#[tokio::test]
+async fn postgres_connections_terminated_under_load_heal_by_themselves() {
+    let Some(db) = fresh_postgres().await else {
+        return;
+    };
+    let app = spawn_app_in(
+        Arc::new(tempfile::tempdir().unwrap()),
+        Overrides {
+            database: Some(db.clone()),
+            ..Overrides::default()
+        },
+    )
+    .await;
+    app.add_user("hal").await;
+    let token = session_cookie(&app.api_login(&app.client(), "hal", PASSWORD).await).unwrap();
+    // Warm the pool: several connections in use at once.
+    let warm: Vec<_> = (0..8).map(|_| status_on(&app, &token)).collect();
+    for s in futures_join(warm).await {
+        assert_eq!(s, StatusCode::OK);
+    }
+
+    // What an operator's `pg_terminate_backend`, a failover or a restart does to the pool.
+    let app_name = db
+        .split("application_name=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (client, conn) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let killed = client
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app_name],
+        )
+        .await
+        .unwrap();
+    if killed == 0 {
+        let rows = client
+            .query(
+                "SELECT coalesce(application_name, ''), state FROM pg_stat_activity",
+                &[],
+            )
+            .await
+            .unwrap();
+        let names: Vec<(String, Option<String>)> =
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        panic!("no backends of {app_name} among {names:?}");
+    }
+    let start = Instant::now();
+    // Until the pool has replaced its dead connections, a request may fail closed (503);
+    // it never answers anything else.
+    let mut first_ok = None;
+    while start.elapsed() < Duration::from_secs(10) {
+        match status_on(&app, &token).await {
+            StatusCode::OK => {
+                first_ok.get_or_insert(start.elapsed());
+                if start.elapsed() > first_ok.unwrap() + Duration::from_millis(200) {
+                    break;
+                }
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(first_ok.is_none(), "503 after having healed")
+            }
+            other => panic!("{other} while the pool heals"),
+        }
+    }
+    let healed = first_ok.expect("never healed");
+    eprintln!("postgres backends terminated ({killed}): first good answer after {healed:?}");
+}
+
+async fn futures_join<F: std::future::Future>(v: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    for f in v {
+        out.push(f.await);
+    }
+    out
 }
