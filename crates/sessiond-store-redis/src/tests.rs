@@ -239,3 +239,78 @@ async fn memory_per_session() {
     );
     store.delete_all().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_through_a_real_sentinel() {
+    if !redis_server_available() {
+        return;
+    }
+    let master = Server::start(spare_port(), &[]);
+    // A sentinel needs a config file it can rewrite.
+    let sentinel_port = spare_port();
+    let dir = std::env::temp_dir().join(format!(
+        "sessiond-sentinel-{sentinel_port}-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor sessiond 127.0.0.1 {} 1\n\
+             sentinel down-after-milliseconds sessiond 2000\n",
+            master.port
+        ),
+    )
+    .unwrap();
+    let mut sentinel = std::process::Command::new("redis-server")
+        .arg(&conf)
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel starts");
+    struct Reap(std::process::Child, std::path::PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = std::fs::remove_dir_all(&self.1);
+        }
+    }
+    // Wait until the sentinel knows the master.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new("redis-cli")
+            .args([
+                "-p",
+                &sentinel_port.to_string(),
+                "sentinel",
+                "get-master-addr-by-name",
+                "sessiond",
+            ])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(&master.port.to_string()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = sentinel.kill();
+            panic!("sentinel did not learn the master");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _reap = Reap(sentinel, dir);
+    let url = format!("redis+sentinel://127.0.0.1:{sentinel_port}/sessiond/0");
+    sessiond_store_tests::run_session_suite(|| {
+        let url = url.clone();
+        async move {
+            let store = RedisStore::connect(&format!("{url}?prefix={}", fresh_prefix()))
+                .await
+                .unwrap();
+            store.ping().await.unwrap();
+            store
+        }
+    })
+    .await;
+}
