@@ -7,10 +7,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::Deserialize;
 use sessiond_axum::{CookieConfig, SameSite};
 use sessiond_core::ExpiryPolicy;
 use url::Url;
+
+use crate::access::AccessRules;
 
 /// A configuration error: the message names the key and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,10 @@ pub struct Config {
     /// The login form's CSRF cookie: same attributes as the session cookie, but always
     /// host-only (it never needs to reach other subdomains).
     pub csrf_cookie: CookieConfig,
+    /// Peers whose `X-Forwarded-*` / `X-Original-*` headers are believed (SPEC §4).
+    pub trusted_proxies: Vec<IpNet>,
+    /// Forward-auth access rules.
+    pub access: AccessRules,
     /// Password for the first `admin` user, when the user table is empty at start.
     pub admin_password: Option<String>,
 }
@@ -246,14 +253,25 @@ impl Config {
         let cookie = CookieConfig::new(&base, secure, domain.clone(), same_site);
         let csrf_cookie = CookieConfig::new(&format!("{base}_csrf"), secure, None, same_site);
 
-        if let Some(t) = f.proxy.trusted {
-            if !t.is_empty() {
-                tracing::warn!("[proxy] trusted is read but forwarded headers are not used yet");
-            }
-        }
-        if !f.access.rules.is_empty() {
-            return err("access.rules: forward-auth access rules are not supported yet");
-        }
+        let trusted_proxies = match f.proxy.trusted {
+            None => vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+            Some(list) => list
+                .iter()
+                .map(|c| {
+                    c.parse::<IpNet>()
+                        .or_else(|_| c.parse::<std::net::IpAddr>().map(IpNet::from))
+                        .map_err(|_| {
+                            ConfigError(format!(
+                                "proxy.trusted: {c:?} is not a CIDR such as 10.0.0.0/8"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let access = AccessRules::parse(&f.access.rules).map_err(ConfigError)?;
 
         Ok(Self {
             listen,
@@ -263,8 +281,30 @@ impl Config {
             policy,
             cookie,
             csrf_cookie,
+            trusted_proxies,
+            access,
             admin_password: o.admin_password.filter(|p| !p.is_empty()),
         })
+    }
+
+    /// Whether `peer` is a configured proxy.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
+    /// Whether the session cookie can belong to `host` (lowercase, no port): the public URL's
+    /// host, or a host under the cookie domain.
+    pub fn host_is_ours(&self, host: &str) -> bool {
+        let public = self
+            .public_url
+            .host_str()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        host == public
+            || self.cookie.domain().is_some_and(|d| {
+                host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.'))
+            })
     }
 
     /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
@@ -362,6 +402,52 @@ mod tests {
         assert!(check("bogus = 1", Overrides::default())
             .unwrap_err()
             .contains("bogus"));
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_loopback() {
+        let c = check("", Overrides::default()).unwrap();
+        for ip in ["127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1"] {
+            assert!(c.is_trusted_proxy(ip.parse().unwrap()), "{ip}");
+        }
+        assert!(!c.is_trusted_proxy("10.0.0.1".parse().unwrap()));
+        let c = check(
+            "[proxy]\ntrusted = [\"10.0.0.0/8\", \"192.0.2.1\"]",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.is_trusted_proxy("10.1.2.3".parse().unwrap()));
+        assert!(c.is_trusted_proxy("192.0.2.1".parse().unwrap()));
+        assert!(
+            !c.is_trusted_proxy("127.0.0.1".parse().unwrap()),
+            "a list replaces the default"
+        );
+    }
+
+    #[test]
+    fn hosts_the_cookie_can_belong_to() {
+        let c = check(
+            "public_url = \"https://auth.example.com\"\n[cookie]\ndomain = \"example.com\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        for (host, ours) in [
+            ("auth.example.com", true),
+            ("app.example.com", true),
+            ("example.com", true),
+            ("a.b.example.com", true),
+            ("evilexample.com", false),
+            ("example.com.evil.net", false),
+        ] {
+            assert_eq!(c.host_is_ours(host), ours, "{host}");
+        }
+        let c = check(
+            "public_url = \"https://auth.example.com\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.host_is_ours("auth.example.com"));
+        assert!(!c.host_is_ours("app.example.com"));
     }
 
     #[test]

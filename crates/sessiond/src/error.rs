@@ -15,6 +15,14 @@ pub enum ApiError {
     InvalidCredentials,
     #[error("authentication required")]
     Unauthenticated,
+    /// Forward auth without a session: `302` to the login page for a browser navigation
+    /// through forward-auth; `401` (with `Location` for a browser, for nginx to turn into a
+    /// redirect) otherwise.
+    #[error("authentication required")]
+    LoginRequired {
+        location: Option<HeaderValue>,
+        redirect: bool,
+    },
     #[error("forbidden")]
     Forbidden,
     #[error("cross-site request rejected")]
@@ -45,6 +53,10 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::InvalidCredentials | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::LoginRequired { redirect: true, .. } => StatusCode::FOUND,
+            Self::LoginRequired {
+                redirect: false, ..
+            } => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::CsrfRejected => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -61,7 +73,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::InvalidCredentials => "invalid_credentials",
-            Self::Unauthenticated => "unauthenticated",
+            Self::Unauthenticated | Self::LoginRequired { .. } => "unauthenticated",
             Self::Forbidden => "forbidden",
             Self::CsrfRejected => "csrf_rejected",
             Self::NotFound => "not_found",
@@ -149,6 +161,12 @@ impl IntoResponse for ApiError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Self::LoginRequired {
+            location: Some(l), ..
+        } = self
+        {
+            h.insert(header::LOCATION, l);
         }
         res
     }

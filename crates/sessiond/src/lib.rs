@@ -14,11 +14,13 @@
 //! * [`error`]: the one place that maps failures to HTTP statuses and JSON bodies.
 //! * [`cli`]: one module per subcommand.
 
+pub mod access;
 pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod forwarded;
 pub mod password;
 pub mod redirect;
 pub mod routes;

@@ -127,4 +127,49 @@ mod tests {
         ]);
         assert!(safe_redirect(&format!("/{}", "a".repeat(MAX_LEN)), &public(), None).is_none());
     }
+
+    /// Where a browser lands if sent to `location` from our login page.
+    fn lands_on_our_hosts(location: &str, domain: Option<&str>) -> bool {
+        let Ok(landed) = public().join(location) else {
+            return false;
+        };
+        let host = landed.host_str().unwrap_or("").to_ascii_lowercase();
+        matches!(landed.scheme(), "http" | "https")
+            && (host == "auth.example.com"
+                || domain.is_some_and(|d| host == d || host.ends_with(&format!(".{d}"))))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_input_never_leaves_our_hosts(input in ".{0,80}", with_domain in proptest::bool::ANY) {
+            let domain = with_domain.then_some("example.com");
+            if let Some(out) = safe_redirect(&input, &public(), domain) {
+                proptest::prop_assert!(lands_on_our_hosts(&out, domain), "{:?} -> {:?}", input, out);
+                proptest::prop_assert!(!out.chars().any(char::is_control));
+            }
+        }
+
+        #[test]
+        fn url_shaped_input_never_leaves_our_hosts(
+            lead in proptest::sample::select(vec![
+                "", "/", "//", "///", "/\\", "\\\\", "https://", "http:", "http:/", "https:///",
+                "javascript:", "data:", "/%2f", "%2f%2f", "@", "/.//", "ftp://",
+            ]),
+            host in proptest::sample::select(vec![
+                "evil.com", "auth.example.com", "auth.example.com.evil.com", "evil.com@auth.example.com",
+                "auth.example.com@evil.com", "example.com", "app.example.com", "evilexample.com",
+                "auth.example.com%2f@evil.com", "[::1]", "127.0.0.1", "0x7f.1", "EVIL.COM",
+            ]),
+            tail in r"[/a-z0-9?#@%.:\\]{0,12}",
+            with_domain in proptest::bool::ANY,
+        ) {
+            let domain = with_domain.then_some("example.com");
+            let input = format!("{lead}{host}{tail}");
+            if let Some(out) = safe_redirect(&input, &public(), domain) {
+                proptest::prop_assert!(lands_on_our_hosts(&out, domain), "{:?} -> {:?}", input, out);
+            }
+        }
+    }
 }

@@ -65,16 +65,17 @@ pub struct ClientInfo {
     pub user_agent: Option<String>,
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientInfo {
+impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        // The socket's peer. Forwarded headers are not believed (yet): see SPEC §4 on
-        // trusted proxies.
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // The socket's peer, or what our trusted proxies say the client is (SPEC §4).
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(a)| a.ip().to_string());
+            .map(|ConnectInfo(a)| {
+                crate::forwarded::client_ip(&state.config, a.ip(), &parts.headers).to_string()
+            });
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)

@@ -3,6 +3,7 @@
 mod account;
 mod admin;
 mod api;
+mod authz;
 mod extract;
 mod guards;
 mod health;
@@ -47,6 +48,9 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}", delete(api::revoke_session))
         .route("/api/password", post(api::password))
+        .route("/api/authz/forward-auth", get(authz::forward_auth))
+        .route("/api/verify", get(authz::forward_auth))
+        .route("/api/authz/auth-request", get(authz::auth_request))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -35,6 +35,12 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server on the database in `dir` (reuse `dir` to simulate a restart).
 pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestApp {
+    spawn_app_full(dir, "", over).await
+}
+
+/// Starts a server with `file` as its TOML config file; `{port}` in it is replaced by the
+/// server's port.
+pub async fn spawn_app_full(dir: Arc<tempfile::TempDir>, file: &str, over: Overrides) -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let over = Overrides {
@@ -42,7 +48,9 @@ pub async fn spawn_app_in(dir: Arc<tempfile::TempDir>, over: Overrides) -> TestA
         database: over.database.clone().or_else(|| Some(db_url(dir.path()))),
         ..over
     };
-    let config = Config::resolve(FileConfig::default(), over).expect("test config is valid");
+    let file: FileConfig = toml::from_str(&file.replace("{port}", &addr.port().to_string()))
+        .expect("test config file parses");
+    let config = Config::resolve(file, over).expect("test config is valid");
     let offset = Arc::new(AtomicI64::new(0));
     let clock_offset = Arc::clone(&offset);
     let state = server::build_state_with_clock(config, move || {

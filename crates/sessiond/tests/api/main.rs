@@ -1,10 +1,12 @@
 //! Integration tests: the real router on a real socket, driven by a real HTTP client with a
 //! real cookie jar. One test binary (faster to link); one module per area.
 
+mod authz;
 mod cli;
 mod cookies;
 mod helpers;
 mod lifecycle;
 mod login;
 mod pages;
+mod proxies;
 mod shared;

@@ -1,0 +1,271 @@
+//! Access rules for forward auth (`[[access.rules]]`): an ordered list; the first rule whose
+//! domain and path match decides; without a match the policy is `authenticated`.
+//!
+//! Matching is done on the target as the WHATWG URL parser normalises it (dot segments
+//! resolved) with percent-escapes decoded, and path prefixes match whole segments
+//! (`/admin` matches `/admin` and `/admin/x`, not `/administrator`), so `/%61dmin` or
+//! `/x/../admin` cannot slip past a `deny` rule meant for `/admin`.
+
+use std::fmt;
+
+/// What a rule does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// No session needed; identity headers are not sent.
+    Bypass,
+    /// A valid session, and membership of one of `groups` when any are given.
+    Authenticated,
+    /// Refused (`403`), logged in or not.
+    Deny,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Domain {
+    Any,
+    Exact(String),
+    /// `*.example.com`: strictly below `example.com` (stored as `.example.com`).
+    Below(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    domain: Domain,
+    path_prefix: Option<String>,
+    pub policy: Policy,
+    pub groups: Vec<String>,
+}
+
+/// The decision for one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision<'a> {
+    pub policy: Policy,
+    pub groups: &'a [String],
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AccessRules {
+    rules: Vec<Rule>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    domain: Option<String>,
+    path_prefix: Option<String>,
+    policy: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+impl AccessRules {
+    /// Validates the rules of the config file; errors name the rule (1-based) and the key.
+    pub fn parse(tables: &[toml::Table]) -> Result<Self, String> {
+        let mut rules = Vec::new();
+        for (i, t) in tables.iter().enumerate() {
+            let n = i + 1;
+            let raw: RawRule = t
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("access.rules[{n}]: {}", e.message()))?;
+            let policy = match raw.policy.as_str() {
+                "bypass" => Policy::Bypass,
+                "authenticated" => Policy::Authenticated,
+                "deny" => Policy::Deny,
+                other => {
+                    return Err(format!(
+                        "access.rules[{n}].policy: {other:?} must be \"bypass\", \"authenticated\" or \"deny\""
+                    ))
+                }
+            };
+            let domain = match raw.domain.as_deref().map(str::to_ascii_lowercase) {
+                None => Domain::Any,
+                Some(d) => {
+                    let (below, name) = match d.strip_prefix("*.") {
+                        Some(rest) => (true, rest.to_owned()),
+                        None => (false, d.clone()),
+                    };
+                    let ok = !name.is_empty()
+                        && name.split('.').all(|label| {
+                            !label.is_empty()
+                                && label
+                                    .bytes()
+                                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        });
+                    if !ok {
+                        return Err(format!(
+                            "access.rules[{n}].domain: {d:?} must be a host name such as app.example.com or *.example.com (no port, scheme or path)"
+                        ));
+                    }
+                    if below {
+                        Domain::Below(format!(".{name}"))
+                    } else {
+                        Domain::Exact(name)
+                    }
+                }
+            };
+            if let Some(p) = &raw.path_prefix {
+                if !p.starts_with('/') || p.contains(['?', '#']) || p.chars().any(char::is_control)
+                {
+                    return Err(format!(
+                        "access.rules[{n}].path_prefix: {p:?} must be a path starting with '/' (no query or fragment)"
+                    ));
+                }
+            }
+            if !raw.groups.is_empty() && policy != Policy::Authenticated {
+                return Err(format!(
+                    "access.rules[{n}].groups: only an \"authenticated\" rule can require groups"
+                ));
+            }
+            if raw.groups.iter().any(|g| g.is_empty()) {
+                return Err(format!("access.rules[{n}].groups: empty group name"));
+            }
+            rules.push(Rule {
+                domain,
+                path_prefix: raw.path_prefix,
+                policy,
+                groups: raw.groups,
+            });
+        }
+        Ok(Self { rules })
+    }
+
+    /// The decision for `host` (lowercase, no port) and `path` (normalised, decoded).
+    pub fn decide(&self, host: &str, path: &str) -> Decision<'_> {
+        for r in &self.rules {
+            let domain_ok = match &r.domain {
+                Domain::Any => true,
+                Domain::Exact(d) => host == d,
+                Domain::Below(suffix) => {
+                    host.ends_with(suffix.as_str()) && host.len() > suffix.len()
+                }
+            };
+            if domain_ok
+                && r.path_prefix
+                    .as_deref()
+                    .is_none_or(|p| path_matches(p, path))
+            {
+                return Decision {
+                    policy: r.policy,
+                    groups: &r.groups,
+                };
+            }
+        }
+        Decision {
+            policy: Policy::Authenticated,
+            groups: &[],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+}
+
+/// Whole-segment prefix match.
+fn path_matches(prefix: &str, path: &str) -> bool {
+    if prefix.ends_with('/') {
+        return path.starts_with(prefix);
+    }
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Bypass => "bypass",
+            Policy::Authenticated => "authenticated",
+            Policy::Deny => "deny",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(src: &str) -> Result<AccessRules, String> {
+        #[derive(serde::Deserialize)]
+        struct F {
+            access: A,
+        }
+        #[derive(serde::Deserialize)]
+        struct A {
+            rules: Vec<toml::Table>,
+        }
+        let f: F = toml::from_str(src).map_err(|e| e.to_string())?;
+        AccessRules::parse(&f.access.rules)
+    }
+
+    const RULES: &str = r#"
+        [[access.rules]]
+        domain = "public.example.com"
+        policy = "bypass"
+        [[access.rules]]
+        domain = "app.example.com"
+        path_prefix = "/admin"
+        policy = "authenticated"
+        groups = ["ops"]
+        [[access.rules]]
+        domain = "*.internal.example.com"
+        policy = "deny"
+        [[access.rules]]
+        path_prefix = "/health/"
+        policy = "bypass"
+    "#;
+
+    #[test]
+    fn first_match_wins_and_default_is_authenticated() {
+        let r = rules(RULES).unwrap();
+        let ops = vec!["ops".to_string()];
+        let table: &[(&str, &str, Policy, &[String])] = &[
+            ("public.example.com", "/anything", Policy::Bypass, &[]),
+            ("app.example.com", "/admin", Policy::Authenticated, &ops),
+            (
+                "app.example.com",
+                "/admin/users",
+                Policy::Authenticated,
+                &ops,
+            ),
+            (
+                "app.example.com",
+                "/administrator",
+                Policy::Authenticated,
+                &[],
+            ),
+            ("app.example.com", "/", Policy::Authenticated, &[]),
+            ("db.internal.example.com", "/", Policy::Deny, &[]),
+            ("a.b.internal.example.com", "/", Policy::Deny, &[]),
+            ("internal.example.com", "/", Policy::Authenticated, &[]),
+            ("evilinternal.example.com", "/", Policy::Authenticated, &[]),
+            ("other.example.com", "/health/live", Policy::Bypass, &[]),
+            ("other.example.com", "/health", Policy::Authenticated, &[]),
+        ];
+        for (host, path, policy, groups) in table {
+            let d = r.decide(host, path);
+            assert_eq!((d.policy, d.groups), (*policy, *groups), "{host}{path}");
+        }
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_the_rule_named() {
+        for (src, needle) in [
+            ("[[access.rules]]\npolicy = \"allow\"", "rules[1].policy"),
+            ("[[access.rules]]\npolicy = \"deny\"\ngroups = [\"a\"]", "rules[1].groups"),
+            ("[[access.rules]]\npolicy = \"deny\"\ndomain = \"https://x.com\"", "rules[1].domain"),
+            ("[[access.rules]]\npolicy = \"deny\"\ndomain = \"x.com:443\"", "rules[1].domain"),
+            ("[[access.rules]]\npolicy = \"deny\"\npath_prefix = \"admin\"", "rules[1].path_prefix"),
+            ("[[access.rules]]\npolicy = \"deny\"\n[[access.rules]]\npolicy = \"bypass\"\nbogus = 1", "rules[2]"),
+            ("[[access.rules]]\ndomain = \"x.com\"", "rules[1]"),
+        ] {
+            let e = rules(src).unwrap_err();
+            assert!(e.contains(needle), "{src:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! What a reverse proxy tells us: the client's address (`X-Forwarded-For`) and, for forward
+//! auth, the request it is asking about (`X-Forwarded-Proto/Host/Uri/Method`, or nginx's
+//! `X-Original-URL/Method`). Believed only from configured proxies (SPEC §4); everything here
+//! is a pure function of the headers, so it is table-tested and fuzzed.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::http::{HeaderMap, Method};
+use url::Url;
+
+use crate::config::Config;
+
+/// Longest forwarded target accepted.
+pub const MAX_TARGET: usize = 8 * 1024;
+
+/// The client's address: the rightmost `X-Forwarded-For` entry that is not a trusted proxy,
+/// when the socket's peer is a trusted proxy; otherwise the peer. (The leftmost entries are
+/// whatever the client chose to send; only those appended by our own proxies can be trusted.)
+/// A malformed header is ignored: the peer is the only address we know then.
+pub fn client_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !config.is_trusted_proxy(peer) {
+        return peer;
+    }
+    match forwarded_for(headers) {
+        Some(chain) => chain
+            .into_iter()
+            .rev()
+            .find(|ip| !config.is_trusted_proxy(*ip))
+            .unwrap_or(peer),
+        None => peer,
+    }
+}
+
+/// Every `X-Forwarded-For` entry in order, or `None` if absent or any entry is malformed.
+fn forwarded_for(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for value in headers.get_all("x-forwarded-for") {
+        for entry in value.to_str().ok()?.split(',') {
+            out.push(parse_forwarded_ip(entry.trim())?);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]`, `[::1]:5678`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    s.strip_prefix('[')?
+        .strip_suffix(']')?
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+/// Why a forwarded target was refused (all `400`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    #[error("missing {0}")]
+    Missing(&'static str),
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+/// The request a proxy asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub url: Url,
+    pub method: Option<Method>,
+}
+
+impl Target {
+    /// The host, lowercase, without the port.
+    pub fn host(&self) -> String {
+        self.url.host_str().unwrap_or("").to_ascii_lowercase()
+    }
+
+    /// The path as access rules see it: percent-escapes decoded, then dot segments resolved
+    /// (again: `%2F..%2F` only becomes a `..` segment once decoded), so neither an escape nor
+    /// a `..` can move a request from under one rule to under another.
+    pub fn rule_path(&self) -> String {
+        remove_dot_segments(&percent_decode(self.url.path()))
+    }
+}
+
+/// RFC 3986 §5.2.4 on an absolute path, with `\` and empty segments kept as they are.
+fn remove_dot_segments(path: &str) -> String {
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => {
+                if i == last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                out.pop();
+                if i == last {
+                    out.push("");
+                }
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(
+        format!("p={}", s.replace('+', "%2B").replace('&', "%26")).as_bytes(),
+    )
+    .next()
+    .map(|(_, v)| v.into_owned())
+    .unwrap_or_default()
+}
+
+fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, TargetError> {
+    let mut values = h.get_all(name).iter();
+    let Some(v) = values.next() else {
+        return Ok(None);
+    };
+    // Sent twice: ambiguous, as a request smuggling attempt would be.
+    if values.next().is_some() {
+        return Err(TargetError::Malformed(name));
+    }
+    let v = v.to_str().map_err(|_| TargetError::Malformed(name))?.trim();
+    if v.is_empty() || v.len() > MAX_TARGET {
+        return Err(TargetError::Malformed(name));
+    }
+    Ok(Some(v))
+}
+
+fn method(h: &HeaderMap, name: &'static str) -> Result<Option<Method>, TargetError> {
+    match header(h, name)? {
+        None => Ok(None),
+        Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+            Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map(Some)
+                .map_err(|_| TargetError::Malformed(name))
+        }
+        Some(_) => Err(TargetError::Malformed(name)),
+    }
+}
+
+/// A host header value: a DNS name or IP literal, optionally with a port; nothing that could
+/// make the URL parser see userinfo, a path or another authority.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 255
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b))
+}
+
+fn valid_uri(u: &str) -> bool {
+    u.starts_with('/')
+        && !u
+            .bytes()
+            .any(|b| b.is_ascii_control() || b == b' ' || b == b'\\')
+}
+
+fn build(proto: &str, host: &str, uri: &str) -> Result<Url, TargetError> {
+    let proto = proto.to_ascii_lowercase();
+    if proto != "http" && proto != "https" {
+        return Err(TargetError::Malformed("X-Forwarded-Proto"));
+    }
+    if !valid_host(host) {
+        return Err(TargetError::Malformed("X-Forwarded-Host"));
+    }
+    if !valid_uri(uri) {
+        return Err(TargetError::Malformed("X-Forwarded-Uri"));
+    }
+    let url = Url::parse(&format!("{proto}://{host}{uri}"))
+        .map_err(|_| TargetError::Malformed("X-Forwarded-Host"))?;
+    if url.host_str().is_none() || !url.username().is_empty() || url.password().is_some() {
+        return Err(TargetError::Malformed("X-Forwarded-Host"));
+    }
+    Ok(url)
+}
+
+/// Traefik / Caddy style: `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri`,
+/// `X-Forwarded-Method`.
+pub fn forward_auth_target(h: &HeaderMap) -> Result<Target, TargetError> {
+    let proto = header(h, "x-forwarded-proto")?.ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
+    let host = header(h, "x-forwarded-host")?.ok_or(TargetError::Missing("X-Forwarded-Host"))?;
+    let uri = header(h, "x-forwarded-uri")?.unwrap_or("/");
+    Ok(Target {
+        url: build(proto, host, uri)?,
+        method: method(h, "x-forwarded-method")?,
+    })
+}
+
+/// nginx `auth_request` style: `X-Original-URL` (else the `X-Forwarded-*` set) and
+/// `X-Original-Method`.
+pub fn auth_request_target(h: &HeaderMap) -> Result<Target, TargetError> {
+    let Some(raw) = header(h, "x-original-url")? else {
+        let mut t = forward_auth_target(h)?;
+        t.method = method(h, "x-original-method")?.or(t.method);
+        return Ok(t);
+    };
+    let (proto, rest) = raw
+        .split_once("://")
+        .ok_or(TargetError::Malformed("X-Original-URL"))?;
+    let split = rest.find('/').unwrap_or(rest.len());
+    let (host, uri) = rest.split_at(split);
+    let uri = if uri.is_empty() { "/" } else { uri };
+    let url = build(proto, host, uri).map_err(|_| TargetError::Malformed("X-Original-URL"))?;
+    Ok(Target {
+        url,
+        method: method(h, "x-original-method")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FileConfig, Overrides};
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn config(trusted: &str) -> Config {
+        let f: FileConfig = toml::from_str(&format!("[proxy]\ntrusted = {trusted}")).unwrap();
+        Config::resolve(f, Overrides::default()).unwrap()
+    }
+
+    #[test]
+    fn client_ip_table() {
+        let c = config(r#"["127.0.0.0/8", "10.0.0.0/8"]"#);
+        let rows: &[(&str, Option<&str>, &str)] = &[
+            // Untrusted peer: its own address, whatever it claims.
+            ("203.0.113.9", Some("1.1.1.1"), "203.0.113.9"),
+            // Trusted peer: the rightmost untrusted entry.
+            ("127.0.0.1", Some("1.1.1.1"), "1.1.1.1"),
+            ("127.0.0.1", Some("6.6.6.6, 1.1.1.1, 10.0.0.5"), "1.1.1.1"),
+            (
+                "10.0.0.2",
+                Some("[2001:db8::1]:443, 10.0.0.7"),
+                "2001:db8::1",
+            ),
+            ("127.0.0.1", Some("1.1.1.1:5555"), "1.1.1.1"),
+            // Only proxies in the chain: the peer.
+            ("127.0.0.1", Some("10.0.0.1"), "127.0.0.1"),
+            // Malformed: the peer.
+            ("127.0.0.1", Some("1.1.1.1, not-an-ip"), "127.0.0.1"),
+            ("127.0.0.1", Some(""), "127.0.0.1"),
+            ("127.0.0.1", None, "127.0.0.1"),
+            ("::ffff:127.0.0.1", Some("1.1.1.1"), "1.1.1.1"),
+        ];
+        for (peer, xff, expected) in rows {
+            let h = match xff {
+                Some(v) => headers(&[("x-forwarded-for", v)]),
+                None => HeaderMap::new(),
+            };
+            assert_eq!(
+                client_ip(&c, peer.parse().unwrap(), &h).to_string(),
+                *expected,
+                "{peer} {xff:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn forward_auth_targets() {
+        let ok = forward_auth_target(&headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "App.Example.com:8443"),
+            ("x-forwarded-uri", "/a/../admin/%2e%2e/x?q=1"),
+            ("x-forwarded-method", "post"),
+        ]))
+        .unwrap();
+        // The WHATWG parser treats %2e%2e as a dot segment too.
+        assert_eq!(ok.url.as_str(), "https://app.example.com:8443/x?q=1");
+        assert_eq!(ok.host(), "app.example.com");
+        assert_eq!(ok.method, Some(Method::POST));
+        assert_eq!(ok.rule_path(), "/x");
+        let rule_path = |uri: &str| {
+            forward_auth_target(&headers(&[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-uri", uri),
+            ]))
+            .unwrap()
+            .rule_path()
+        };
+        for (uri, path) in [
+            ("/public%2F..%2Fadmin", "/admin"),
+            ("/%61dmin/x", "/admin/x"),
+            ("/a/./b/../c/", "/a/c/"),
+            ("/a/b/..", "/a/"),
+            ("/..%2f..%2fadmin", "/admin"),
+        ] {
+            assert_eq!(rule_path(uri), path, "{uri}");
+        }
+
+        let bad: &[&[(&'static str, &str)]] = &[
+            &[("x-forwarded-host", "a.com"), ("x-forwarded-uri", "/")],
+            &[("x-forwarded-proto", "https"), ("x-forwarded-uri", "/")],
+            &[("x-forwarded-proto", "ftp"), ("x-forwarded-host", "a.com")],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "evil.com@a.com"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com/x"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-uri", "x"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-uri", "/a b"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-uri", "/\\\\evil"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-method", "G E T"),
+            ],
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-host", "b.com"),
+            ],
+        ];
+        for h in bad {
+            assert!(forward_auth_target(&headers(h)).is_err(), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn auth_request_targets() {
+        let t = auth_request_target(&headers(&[
+            ("x-original-url", "https://app.example.com/x?y"),
+            ("x-original-method", "GET"),
+        ]))
+        .unwrap();
+        assert_eq!(t.url.as_str(), "https://app.example.com/x?y");
+        let t =
+            auth_request_target(&headers(&[("x-original-url", "http://app.example.com")])).unwrap();
+        assert_eq!(t.url.path(), "/");
+        let t = auth_request_target(&headers(&[
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "a.com"),
+        ]))
+        .unwrap();
+        assert_eq!(t.url.as_str(), "http://a.com/");
+        for bad in [
+            "app.example.com/x",
+            "javascript:alert(1)",
+            "https://u:p@app.example.com/",
+            "https://a.com\\@evil.com/",
+        ] {
+            assert!(
+                auth_request_target(&headers(&[("x-original-url", bad)])).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(auth_request_target(&HeaderMap::new()).is_err());
+    }
+}

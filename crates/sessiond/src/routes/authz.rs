@@ -1,0 +1,175 @@
+//! Forward auth (SPEC §4), Authelia-compatible so existing proxy snippets work unchanged:
+//! `/api/authz/forward-auth` (alias `/api/verify`) for Traefik and Caddy,
+//! `/api/authz/auth-request` for nginx `auth_request`.
+//!
+//! This is the hot path: every request of every protected app comes through here. It reads
+//! no body, hashes no password, writes nothing on the request's path (activity writes are
+//! coalesced and spawned), and never sets a cookie (proxies drop it anyway).
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::extract::CurrentUser;
+use crate::access::Policy;
+use crate::error::{ApiError, ApiResult};
+use crate::forwarded::{auth_request_target, forward_auth_target, Target, TargetError};
+use crate::state::AppState;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    /// Traefik, Caddy: `302` to the login page for a browser.
+    ForwardAuth,
+    /// nginx: always `401`; `Location` for a browser, which the nginx snippet turns into a
+    /// redirect with `error_page 401 =302 $redirection_url`.
+    AuthRequest,
+}
+
+pub async fn forward_auth(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    decide(&state, peer, &headers, Flavour::ForwardAuth).await
+}
+
+pub async fn auth_request(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    decide(&state, peer, &headers, Flavour::AuthRequest).await
+}
+
+/// A browser navigating (it can follow a redirect to a login page), as opposed to a
+/// `fetch`/XHR/API client, which needs a plain `401` it can act on.
+fn is_navigation(h: &HeaderMap) -> bool {
+    let accepts_html = h
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/html"));
+    let xhr = h.contains_key("x-requested-with");
+    let navigate = h
+        .get("sec-fetch-mode")
+        .is_none_or(|m| m.as_bytes().eq_ignore_ascii_case(b"navigate"));
+    accepts_html && !xhr && navigate
+}
+
+fn bad(e: TargetError) -> ApiError {
+    ApiError::BadRequest(format!("forward auth: {e}"))
+}
+
+async fn decide(
+    state: &AppState,
+    peer: SocketAddr,
+    h: &HeaderMap,
+    flavour: Flavour,
+) -> ApiResult<Response> {
+    // Forwarded headers from anyone but our proxies could name any target: refuse, rather
+    // than answer about a request the caller made up.
+    if !state.config.is_trusted_proxy(peer.ip()) {
+        return Err(ApiError::BadRequest(
+            "forward auth: request did not come from a trusted proxy".into(),
+        ));
+    }
+    let target = match flavour {
+        Flavour::ForwardAuth => forward_auth_target(h),
+        Flavour::AuthRequest => auth_request_target(h),
+    }
+    .map_err(bad)?;
+    let host = target.host();
+    // The session cookie can only have come with the request if the target's host is one
+    // the cookie is scoped to; anything else is a misconfiguration (or an attempt to use us
+    // as an open redirect).
+    if !state.config.host_is_ours(&host) {
+        return Err(ApiError::BadRequest(format!(
+            "forward auth: {host} is neither the public URL's host nor under the cookie domain"
+        )));
+    }
+    let decision = state.config.access.decide(&host, &target.rule_path());
+    match decision.policy {
+        Policy::Bypass => return Ok(allowed(None)),
+        Policy::Deny => return Err(ApiError::Forbidden),
+        Policy::Authenticated => {}
+    }
+    let me = match state.sessions.verify(h).await? {
+        Some(session) => CurrentUser::resolve(state, session).await?,
+        None => None,
+    };
+    let Some(me) = me else {
+        return Err(login_required(state, &target, h, flavour));
+    };
+    if !decision.groups.is_empty() && !me.user.groups.iter().any(|g| decision.groups.contains(g)) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(allowed(Some(&me)))
+}
+
+fn login_required(state: &AppState, target: &Target, h: &HeaderMap, flavour: Flavour) -> ApiError {
+    if !is_navigation(h) {
+        return ApiError::LoginRequired {
+            location: None,
+            redirect: false,
+        };
+    }
+    let mut login = state
+        .config
+        .public_url
+        .join("/login")
+        .expect("a path joins any base");
+    login
+        .query_pairs_mut()
+        .append_pair("rd", target.url.as_str());
+    let location = HeaderValue::from_str(login.as_str()).ok();
+    ApiError::LoginRequired {
+        location,
+        redirect: flavour == Flavour::ForwardAuth,
+    }
+}
+
+/// `200`, empty body, the identity headers, never cached.
+///
+/// A bypass sends the identity headers *empty* rather than leaving them out: proxies copy
+/// them onto the upstream request, and some (Caddy 2.6's `copy_headers`) write a literal
+/// placeholder such as `{http.reverse_proxy.header.Remote-User}` when one is missing, which
+/// an app could take for a user name. Empty, they overwrite whatever the client sent.
+fn allowed(me: Option<&CurrentUser>) -> Response {
+    let mut res = StatusCode::OK.into_response();
+    let h = res.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let (user, groups, email, name) = match me {
+        Some(me) => {
+            let u = &me.user;
+            (
+                u.username.as_str(),
+                u.groups.join(","),
+                u.email.as_str(),
+                u.name.as_str(),
+            )
+        }
+        None => ("", String::new(), "", ""),
+    };
+    for (header_name, value) in [
+        ("remote-user", user),
+        ("remote-groups", groups.as_str()),
+        ("remote-email", email),
+        ("remote-name", name),
+    ] {
+        h.insert(HeaderName::from_static(header_name), header_value(value));
+    }
+    res
+}
+
+/// Display names and emails come from admins and may hold anything; a header carries them
+/// with control characters replaced (never a header-splitting newline).
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| {
+        let clean: String = s
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static(""))
+    })
+}
