@@ -1,10 +1,11 @@
 use std::fmt::Debug;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
 use crate::{
-    NewUser, SessionData, SessionId, SessionRecord, StoreError, Timestamp, TokenHash, User,
-    UserCredentials, UserId, Username,
+    NewUser, SessionData, SessionId, SessionRecord, StoreError, ThrottleRecord, Timestamp,
+    TokenHash, User, UserCredentials, UserId, Username,
 };
 
 /// Where sessions live. Implementations: memory, SQLite (and later PostgreSQL, Redis).
@@ -73,6 +74,33 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
 
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Counts one more event under `key` (login throttling, device cookies), atomically
+    /// across instances: a counter whose window is over (or none) starts again at 1 with a
+    /// window of `window` from `now`; otherwise it is incremented and its window kept.
+    /// Returns the counter after the change.
+    async fn throttle_hit(
+        &self,
+        key: &str,
+        now: Timestamp,
+        window: Duration,
+    ) -> Result<ThrottleRecord, StoreError>;
+
+    /// The counter under `key`, if its window is still open at `now`.
+    async fn throttle_get(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError>;
+
+    /// Every counter whose window is open at `now`, by key.
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError>;
+
+    /// Removes a counter; `true` if it existed.
+    async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError>;
 }
 
 /// Where users live (SQLite or PostgreSQL; never Redis).

@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
-    User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
+    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 
 #[derive(Debug, Default)]
@@ -20,6 +20,7 @@ struct Inner {
     sessions: HashMap<[u8; 32], SessionRecord>,
     /// Session data, same keys; removed with the session (see `Inner::forget_orphans`).
     data: HashMap<[u8; 32], SessionData>,
+    throttle: std::collections::BTreeMap<String, ThrottleRecord>,
     users: Vec<UserCredentials>,
     next_user_id: i64,
 }
@@ -189,6 +190,55 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn throttle_hit(
+        &self,
+        key: &str,
+        now: Timestamp,
+        window: std::time::Duration,
+    ) -> Result<ThrottleRecord, StoreError> {
+        let mut g = self.lock();
+        let rec = match g.throttle.get(key) {
+            Some(r) if r.expires_at > now => ThrottleRecord {
+                count: r.count + 1,
+                last_at: now,
+                expires_at: r.expires_at,
+            },
+            _ => ThrottleRecord {
+                count: 1,
+                last_at: now,
+                expires_at: now.plus(window),
+            },
+        };
+        g.throttle.insert(key.to_owned(), rec);
+        Ok(rec)
+    }
+
+    async fn throttle_get(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        Ok(self
+            .lock()
+            .throttle
+            .get(key)
+            .filter(|r| r.expires_at > now)
+            .copied())
+    }
+
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+        let mut g = self.lock();
+        g.throttle.retain(|_, r| r.expires_at > now);
+        Ok(g.throttle.iter().map(|(k, r)| (k.clone(), *r)).collect())
+    }
+
+    async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().throttle.remove(key).is_some())
     }
 }
 

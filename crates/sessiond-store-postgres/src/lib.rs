@@ -55,8 +55,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
-    User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
+    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -623,6 +623,95 @@ impl SessionStore for PostgresStore {
         self.run(|c| Box::pin(async move { exec(&*c, "SELECT 1", &[]).await.map(drop) }))
             .await
     }
+
+    async fn throttle_hit(
+        &self,
+        key: &str,
+        now: Timestamp,
+        window: std::time::Duration,
+    ) -> Result<ThrottleRecord, StoreError> {
+        let key = key.to_owned();
+        let (now, fresh_until) = (now.as_millis(), now.plus(window).as_millis());
+        // One statement, atomic under concurrency: a live counter is incremented, a missing
+        // or expired one starts again.
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = query_one(
+                    &*c,
+                    "INSERT INTO throttle (key, count, last_at, expires_at) VALUES ($1, 1, $2, $3) \
+                     ON CONFLICT (key) DO UPDATE SET \
+                       count = CASE WHEN throttle.expires_at > $2 THEN throttle.count + 1 ELSE 1 END, \
+                       expires_at = CASE WHEN throttle.expires_at > $2 THEN throttle.expires_at ELSE $3 END, \
+                       last_at = $2 \
+                     RETURNING count, last_at, expires_at",
+                    &[&key, &now, &fresh_until],
+                )
+                .await?;
+                throttle_from_row(&row)
+            })
+        })
+        .await
+    }
+
+    async fn throttle_get(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        let key = key.to_owned();
+        let now = now.as_millis();
+        self.run(move |c| {
+            Box::pin(async move {
+                query_opt(
+                    &*c,
+                    "SELECT count, last_at, expires_at FROM throttle WHERE key = $1 AND expires_at > $2",
+                    &[&key, &now],
+                )
+                .await?
+                .map(|r| throttle_from_row(&r))
+                .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+        let now = now.as_millis();
+        self.run(move |c| {
+            Box::pin(async move {
+                exec(&*c, "DELETE FROM throttle WHERE expires_at <= $1", &[&now]).await?;
+                let rows = query(
+                    &*c,
+                    "SELECT count, last_at, expires_at, key FROM throttle WHERE expires_at > $1 ORDER BY key",
+                    &[&now],
+                )
+                .await?;
+                rows.iter().map(|r| Ok((col::<String>(r, 3)?, throttle_from_row(r)?))).collect()
+            })
+        })
+        .await
+    }
+
+    async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(&*c, "DELETE FROM throttle WHERE key = $1", &[&key]).await? > 0)
+            })
+        })
+        .await
+    }
+}
+
+fn throttle_from_row(r: &Row) -> Result<ThrottleRecord, StoreError> {
+    Ok(ThrottleRecord {
+        count: col::<i64>(r, 0)?.max(0) as u64,
+        last_at: Timestamp::from_millis(col(r, 1)?),
+        expires_at: Timestamp::from_millis(col(r, 2)?),
+    })
 }
 
 fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {

@@ -6,9 +6,10 @@ use tokio_postgres::Error;
 
 /// `(version, SQL)`, in order. Unqualified names: the tables land in the connection's
 /// `search_path` (the store's schema, or the database default).
-pub const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE users (
         -- An identity is a sequence: ids of deleted users are never handed out again, so a
         -- stale reference can never point at a newer user. ALWAYS: only the sequence assigns.
@@ -41,7 +42,21 @@ pub const MIGRATIONS: &[(i64, &str)] = &[(
     CREATE INDEX sessions_by_user ON sessions (user_id, created_at);
     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- Login throttling counters (and device cookies), shared by every instance.
+    CREATE TABLE throttle (
+        key        TEXT COLLATE "C" PRIMARY KEY,
+        count      BIGINT NOT NULL,
+        last_at    BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX throttle_by_expiry ON throttle (expires_at);
+    "#,
+    ),
+];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every
 /// process connecting to the database. Arbitrary, fixed forever: `b"sessiond"` as an integer.

@@ -50,7 +50,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
-    SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash, UserId,
+    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord, Timestamp,
+    TokenHash, UserId,
 };
 
 /// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
@@ -375,6 +376,7 @@ struct Scripts {
     delete_for_user: Script,
     purge: Script,
     save_data: Script,
+    throttle_hit: Script,
 }
 
 impl Scripts {
@@ -433,6 +435,25 @@ impl Scripts {
                 local hs = redis.call('ZRANGEBYSCORE', tag .. ':exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
                 for _, h in ipairs(hs) do del(h) end
                 return #hs
+                "#,
+            ),
+            // ARGV: tag, key, now, window ms. A live counter is incremented; a missing or
+            // expired one starts again. `{p}:tidx` lists counters by the end of their window.
+            throttle_hit: with(
+                r#"
+                local k = tag .. ':t:' .. ARGV[2]
+                local now = tonumber(ARGV[3])
+                local f = redis.call('HMGET', k, 'e')
+                if f[1] and tonumber(f[1]) > now then
+                  local c = redis.call('HINCRBY', k, 'c', 1)
+                  redis.call('HSET', k, 'l', ARGV[3])
+                  return {c, now, tonumber(f[1])}
+                end
+                local e = now + tonumber(ARGV[4])
+                redis.call('HSET', k, 'c', 1, 'l', ARGV[3], 'e', e)
+                redis.call('PEXPIRE', k, ARGV[4])
+                redis.call('ZADD', tag .. ':tidx', e, ARGV[2])
+                return {1, now, e}
                 "#,
             ),
             // ARGV: tag, hash, json.
@@ -610,6 +631,88 @@ impl SessionStore for RedisStore {
         let mut inv = self.scripts.save_data.key(self.session_key(hash));
         inv.arg(&*self.tag).arg(hash.to_hex()).arg(text);
         Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn throttle_hit(
+        &self,
+        key: &str,
+        now: Timestamp,
+        window: Duration,
+    ) -> Result<ThrottleRecord, StoreError> {
+        let mut inv = self.scripts.throttle_hit.key(self.key("t", key));
+        inv.arg(&*self.tag)
+            .arg(key)
+            .arg(now.as_millis())
+            .arg(window.as_millis().max(1) as u64);
+        let (count, last, expires): (i64, i64, i64) = self.run(inv).await?;
+        Ok(ThrottleRecord {
+            count: count.max(0) as u64,
+            last_at: Timestamp::from_millis(last),
+            expires_at: Timestamp::from_millis(expires),
+        })
+    }
+
+    async fn throttle_get(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        let (c, l, e): (Option<i64>, Option<i64>, Option<i64>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.key("t", key))
+                    .arg("c")
+                    .arg("l")
+                    .arg("e"),
+            )
+            .await?;
+        Ok(match (c, l, e) {
+            (Some(c), Some(l), Some(e)) if e > now.as_millis() => Some(ThrottleRecord {
+                count: c.max(0) as u64,
+                last_at: Timestamp::from_millis(l),
+                expires_at: Timestamp::from_millis(e),
+            }),
+            _ => None,
+        })
+    }
+
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+        let index = format!("{}:tidx", self.tag);
+        let _: i64 = self
+            .query(
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(&index)
+                    .arg("-inf")
+                    .arg(now.as_millis()),
+            )
+            .await?;
+        let keys: Vec<String> = self
+            .query(redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
+            .await?;
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(r) = self.throttle_get(&k, now).await? {
+                out.push((k, r));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(self.key("t", key))
+            .cmd("ZREM")
+            .arg(format!("{}:tidx", self.tag))
+            .arg(key);
+        let mut conn = self.conn.clone();
+        let (deleted, _): (i64, i64) = bounded(pipe.query_async(&mut conn)).await?;
+        Ok(deleted > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

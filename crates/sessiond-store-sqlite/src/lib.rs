@@ -24,8 +24,8 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
-    User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
+    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -376,6 +376,79 @@ impl SessionStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
+
+    async fn throttle_hit(
+        &self,
+        key: &str,
+        now: Timestamp,
+        window: Duration,
+    ) -> Result<ThrottleRecord, StoreError> {
+        let key = key.to_owned();
+        let fresh_until = now.plus(window).as_millis();
+        let now = now.as_millis();
+        // One statement: the write lock makes the read-modify-write atomic across processes.
+        // Expired counters are swept here too (bounded: they expire within an hour).
+        self.write(move |c| {
+            c.prepare_cached("DELETE FROM throttle WHERE expires_at <= ?1")?
+                .execute([now])?;
+            c.prepare_cached(
+                "INSERT INTO throttle (key, count, last_at, expires_at) VALUES (?1, 1, ?2, ?3) \
+                 ON CONFLICT (key) DO UPDATE SET count = count + 1, last_at = ?2 \
+                 RETURNING count, last_at, expires_at",
+            )?
+            .query_row(params![key, now, fresh_until], |r| {
+                Ok(ThrottleRecord {
+                    count: r.get::<_, i64>(0)? as u64,
+                    last_at: Timestamp::from_millis(r.get(1)?),
+                    expires_at: Timestamp::from_millis(r.get(2)?),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn throttle_get(
+        &self,
+        key: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT count, last_at, expires_at FROM throttle WHERE key = ?1 AND expires_at > ?2")?
+                .query_row(params![key, now.as_millis()], throttle_from_row)
+                .optional()
+        })
+    }
+
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT count, last_at, expires_at, key FROM throttle WHERE expires_at > ?1 ORDER BY key",
+            )?;
+            let rows = stmt.query_map([now.as_millis()], |r| Ok((r.get(3)?, throttle_from_row(r)?)))?;
+            rows.collect()
+        })
+    }
+
+    async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM throttle WHERE key = ?1")?
+                .execute([key])?
+                > 0)
+        })
+        .await
+    }
+}
+
+fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<ThrottleRecord> {
+    Ok(ThrottleRecord {
+        count: r.get::<_, i64>(0)? as u64,
+        last_at: Timestamp::from_millis(r.get(1)?),
+        expires_at: Timestamp::from_millis(r.get(2)?),
+    })
 }
 
 const USER_COLUMNS: &str =

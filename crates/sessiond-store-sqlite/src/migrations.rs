@@ -45,6 +45,19 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     ALTER TABLE sessions ADD COLUMN data TEXT;
     ",
     ),
+    (
+        3,
+        "
+    -- Login throttling counters (and device cookies), shared by every process on the file.
+    CREATE TABLE throttle (
+        key        TEXT PRIMARY KEY,
+        count      INTEGER NOT NULL,
+        last_at    INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX throttle_by_expiry ON throttle (expires_at);
+    ",
+    ),
 ];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction

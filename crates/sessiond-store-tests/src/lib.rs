@@ -52,6 +52,9 @@ where
         racing_touches_never_undo_a_delete,
         data_round_trips_and_goes_with_the_session,
         rotation_starts_with_empty_data,
+        throttle_counters_count_within_a_window,
+        throttle_counters_list_and_delete,
+        throttle_hits_are_atomic_across_concurrent_callers,
         ping_answers,
     );
 }
@@ -119,6 +122,9 @@ macro_rules! session_store_tests {
             racing_touches_never_undo_a_delete,
             data_round_trips_and_goes_with_the_session,
             rotation_starts_with_empty_data,
+            throttle_counters_count_within_a_window,
+            throttle_counters_list_and_delete,
+            throttle_hits_are_atomic_across_concurrent_callers,
             ping_answers,
         );
     };

@@ -366,3 +366,110 @@ pub async fn rotation_starts_with_empty_data<S: SessionStore>(store: S) {
     );
     assert_eq!(store.load_data(&old_t.hash()).await.unwrap(), None);
 }
+
+fn secs(s: u64) -> Duration {
+    Duration::from_secs(s)
+}
+
+pub async fn throttle_counters_count_within_a_window<S: SessionStore>(store: S) {
+    let w = secs(900);
+    let r = store
+        .throttle_hit("p:alice|203.0.113.7", at(0), w)
+        .await
+        .unwrap();
+    assert_eq!((r.count, r.last_at, r.expires_at), (1, at(0), at(900_000)));
+    let r = store
+        .throttle_hit("p:alice|203.0.113.7", at(5_000), w)
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.count, r.last_at, r.expires_at),
+        (2, at(5_000), at(900_000)),
+        "window kept"
+    );
+    assert_eq!(
+        store
+            .throttle_get("p:alice|203.0.113.7", at(6_000))
+            .await
+            .unwrap(),
+        Some(r)
+    );
+    // Keys are independent.
+    assert_eq!(
+        store
+            .throttle_hit("i:203.0.113.7", at(5_000), w)
+            .await
+            .unwrap()
+            .count,
+        1
+    );
+    assert_eq!(
+        store
+            .throttle_get("p:bob|203.0.113.7", at(6_000))
+            .await
+            .unwrap(),
+        None
+    );
+    // Once the window is over the counter is gone, and the next hit starts afresh.
+    assert_eq!(
+        store
+            .throttle_get("p:alice|203.0.113.7", at(900_000))
+            .await
+            .unwrap(),
+        None
+    );
+    let r = store
+        .throttle_hit("p:alice|203.0.113.7", at(901_000), w)
+        .await
+        .unwrap();
+    assert_eq!((r.count, r.expires_at), (1, at(1_801_000)));
+}
+
+pub async fn throttle_counters_list_and_delete<S: SessionStore>(store: S) {
+    let w = secs(60);
+    store.throttle_hit("p:b|1.1.1.1", at(0), w).await.unwrap();
+    store.throttle_hit("a:b", at(0), secs(3600)).await.unwrap();
+    store.throttle_hit("i:1.1.1.1", at(0), w).await.unwrap();
+    let keys = |v: Vec<(String, sessiond_core::ThrottleRecord)>| {
+        v.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        keys(store.throttle_list(at(1_000)).await.unwrap()),
+        ["a:b", "i:1.1.1.1", "p:b|1.1.1.1"]
+    );
+    assert!(store.throttle_delete("a:b").await.unwrap());
+    assert!(!store.throttle_delete("a:b").await.unwrap());
+    assert!(store
+        .throttle_get("a:b", at(1_000))
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        keys(store.throttle_list(at(1_000)).await.unwrap()),
+        ["i:1.1.1.1", "p:b|1.1.1.1"]
+    );
+    // Closed windows are not listed (time only moves forward here: stores may sweep them).
+    assert!(store.throttle_list(at(60_000)).await.unwrap().is_empty());
+}
+
+pub async fn throttle_hits_are_atomic_across_concurrent_callers<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let s = Arc::clone(&store);
+            tokio::spawn(async move { s.throttle_hit("a:carol", at(i), secs(3600)).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .throttle_get("a:carol", at(100))
+            .await
+            .unwrap()
+            .unwrap()
+            .count,
+        20
+    );
+}

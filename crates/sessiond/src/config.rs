@@ -97,6 +97,9 @@ pub struct Config {
     /// The login form's CSRF cookie: same attributes as the session cookie, but always
     /// host-only (it never needs to reach other subdomains).
     pub csrf_cookie: CookieConfig,
+    /// The device cookie of the login throttling (OWASP's device-cookie scheme): host-only,
+    /// long-lived, marks a browser that has logged in to an account before.
+    pub device_cookie: CookieConfig,
     /// Peers whose `X-Forwarded-*` / `X-Original-*` headers are believed (SPEC §4).
     pub trusted_proxies: Vec<IpNet>,
     /// Forward-auth access rules.
@@ -252,6 +255,7 @@ impl Config {
         };
         let cookie = CookieConfig::new(&base, secure, domain.clone(), same_site);
         let csrf_cookie = CookieConfig::new(&format!("{base}_csrf"), secure, None, same_site);
+        let device_cookie = CookieConfig::new(&format!("{base}_device"), secure, None, same_site);
 
         let trusted_proxies = match f.proxy.trusted {
             None => vec![
@@ -281,6 +285,7 @@ impl Config {
             policy,
             cookie,
             csrf_cookie,
+            device_cookie,
             trusted_proxies,
             access,
             admin_password: o.admin_password.filter(|p| !p.is_empty()),

@@ -41,6 +41,8 @@ pub enum ApiError {
     UriTooLong,
     #[error("request headers too large")]
     HeadersTooLarge,
+    #[error("too many failed attempts; try again in {retry_after} s")]
+    Throttled { retry_after: u64 },
     #[error("server busy, try again shortly")]
     Overloaded { retry_after: u64 },
     #[error("session store unavailable")]
@@ -65,6 +67,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -83,6 +86,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "unsupported_media_type",
             Self::UriTooLong => "uri_too_long",
             Self::HeadersTooLarge => "headers_too_large",
+            Self::Throttled { .. } => "throttled",
             Self::Overloaded { .. } => "overloaded",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal",
@@ -91,7 +95,9 @@ impl ApiError {
 
     fn retry_after(&self) -> Option<u64> {
         match self {
-            Self::Overloaded { retry_after } => Some(*retry_after),
+            Self::Overloaded { retry_after } | Self::Throttled { retry_after } => {
+                Some(*retry_after)
+            }
             Self::StoreUnavailable(_) => Some(1),
             _ => None,
         }

@@ -27,3 +27,4 @@ pub mod routes;
 pub mod server;
 pub mod state;
 pub mod templates;
+pub mod throttle;

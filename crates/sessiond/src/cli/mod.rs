@@ -5,6 +5,7 @@
 mod hash_password;
 mod serve;
 mod session;
+mod throttle;
 mod user;
 
 use std::io::{BufRead, IsTerminal};
@@ -51,6 +52,9 @@ enum Command {
     /// Manage sessions
     #[command(subcommand)]
     Session(session::Command),
+    /// Login back-offs in force
+    #[command(subcommand)]
+    Throttle(throttle::Command),
     /// Print the argon2id PHC hash of a password
     HashPassword(hash_password::Args),
 }
@@ -143,6 +147,7 @@ fn run(cli: Cli) -> CliResult {
         }
         Command::User(cmd) => user::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
+        Command::Throttle(cmd) => throttle::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::HashPassword(args) => hash_password::run(args),
     }
 }

@@ -9,9 +9,10 @@ use sessiond_axum::ActiveSession;
 use sessiond_core::{NewSession, SessionRecord, SessionToken, Timestamp, User};
 
 use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
-use crate::accounts;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
+use crate::{accounts, throttle};
+use sessiond_axum::{find_cookie, CookieLookup};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -83,28 +84,56 @@ struct Whoami<'a> {
     session: SessionView<'a>,
 }
 
-/// A successful login: the user and the new session with its secret.
+/// A successful login: the user, the new session with its secret, and a new device cookie
+/// secret when the browser had none.
 pub(super) struct LoggedIn {
     pub user: User,
     pub token: SessionToken,
     pub record: SessionRecord,
+    pub device: Option<SessionToken>,
 }
 
-/// Checks the credentials and starts a session with a fresh secret. A valid session the
-/// request presented ends in the same atomic step (rotation), whoever it belonged to.
+impl LoggedIn {
+    /// `Set-Cookie` (session, and device when new) and `Cache-Control: no-store`.
+    pub fn headers(&self, state: &AppState) -> HeaderMap {
+        let mut h = cookie_headers(state.sessions.session_cookie(&self.token, &self.record));
+        if let Some(d) = &self.device {
+            let c = &state.config.device_cookie;
+            h.append(
+                header::SET_COOKIE,
+                c.build(c.name(), d.expose(), Some(throttle::DEVICE_LIFETIME)),
+            );
+        }
+        h
+    }
+}
+
+/// Checks the throttles, then the credentials, and starts a session with a fresh secret. A
+/// valid session the request presented ends in the same atomic step (rotation), whoever it
+/// belonged to.
 pub(super) async fn log_in(
     state: &AppState,
     client: ClientInfo,
+    headers: &HeaderMap,
     presented: Option<ActiveSession>,
     username: &str,
     password: String,
     remember: bool,
 ) -> ApiResult<LoggedIn> {
+    let device_cookie = match find_cookie(headers, state.config.device_cookie.name()) {
+        CookieLookup::One(v) => Some(v),
+        _ => None,
+    };
+    let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
+    let counters = throttle::check(state, &attempt).await?;
     let user = match accounts::authenticate(state, username, password).await {
         Ok(u) => u,
         Err(e) => {
             let counter = match e {
-                ApiError::InvalidCredentials => &state.metrics.logins_failed,
+                ApiError::InvalidCredentials => {
+                    throttle::failed(state, &counters).await?;
+                    &state.metrics.logins_failed
+                }
                 ApiError::Overloaded { .. } => &state.metrics.hash_overloaded,
                 _ => return Err(e),
             };
@@ -116,6 +145,7 @@ pub(super) async fn log_in(
         .metrics
         .logins_succeeded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let device = throttle::succeeded(state, &attempt, device_cookie).await?;
     let new = NewSession {
         user_id: user.id,
         remember,
@@ -128,6 +158,7 @@ pub(super) async fn log_in(
         user,
         token,
         record,
+        device,
     })
 }
 
@@ -143,24 +174,25 @@ pub(super) fn cookie_headers(cookie: HeaderValue) -> HeaderMap {
 pub async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
+    headers: HeaderMap,
     Presented(presented): Presented,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Response> {
-    let done = log_in(
+    let login = log_in(
         &state,
         client,
+        &headers,
         presented,
         &req.username,
         req.password,
         req.remember,
-    )
-    .await?;
-    let cookie = state.sessions.session_cookie(&done.token, &done.record);
+    );
+    let done = login.await?;
     let body = Whoami {
         user: UserView::of(&done.user),
         session: SessionView::of(&state, &done.record),
     };
-    Ok((cookie_headers(cookie), Json(body)).into_response())
+    Ok((done.headers(&state), Json(body)).into_response())
 }
 
 pub async fn logout(

@@ -166,23 +166,31 @@ pub async fn login_submit(
     }
     let Presented(presented) = presented?;
     let remember = form.remember.is_some_and(|v| !v.is_empty());
-    match log_in(
+    let login = log_in(
         &state,
         client,
+        &headers,
         presented,
         &form.username,
         form.password,
         remember,
-    )
-    .await
-    {
+    );
+    match login.await {
         Ok(done) => {
             let target = safe_redirect(rd, &state.config.public_url, state.config.cookie.domain())
                 .unwrap_or_else(|| "/".to_owned());
             let mut res = see_other(&target);
-            res.headers_mut().extend(cookie_headers(
-                state.sessions.session_cookie(&done.token, &done.record),
-            ));
+            for (name, value) in &done.headers(&state) {
+                res.headers_mut().append(name, value.clone());
+            }
+            Ok(res)
+        }
+        Err(ApiError::Throttled { retry_after }) => {
+            let msg = format!("Too many failed attempts. Try again in {retry_after} seconds.");
+            let status = StatusCode::TOO_MANY_REQUESTS;
+            let mut res = render_login(&state, &headers, status, rd, &form.username, Some(&msg))?;
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             Ok(res)
         }
         Err(e @ (ApiError::InvalidCredentials | ApiError::BadRequest(_))) => {

@@ -17,8 +17,25 @@ async fn login_sets_a_host_only_secure_cookie_that_maps_to_the_user() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(res.headers()["cache-control"], "no-store");
     let cookies = set_cookies(res.headers());
-    assert_eq!(cookies.len(), 1, "{cookies:?}");
-    let cookie = &cookies[0];
+    assert_eq!(cookies.len(), 2, "session and device cookies: {cookies:?}");
+    let cookie = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-sessiond="))
+        .unwrap();
+    // The device cookie of the login throttling: host-only, long-lived, not the session.
+    let device = cookies
+        .iter()
+        .find(|c| c.starts_with("__Host-sessiond_device="))
+        .unwrap();
+    for attr in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=31536000",
+    ] {
+        assert!(device.contains(attr), "{device} lacks {attr}");
+    }
     for attr in [
         "__Host-sessiond=",
         "HttpOnly",

@@ -10,3 +10,4 @@ mod login;
 mod pages;
 mod proxies;
 mod shared;
+mod throttle;
