@@ -29,4 +29,6 @@ pub enum ValidationError {
     PasswordTooShort,
     #[error("password must be at most 1024 bytes long")]
     PasswordTooLong,
+    #[error("password must not contain NUL bytes")]
+    PasswordNul,
 }

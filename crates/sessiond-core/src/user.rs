@@ -65,7 +65,11 @@ impl Password {
 
     /// A password that a user is choosing: the length rules apply.
     pub fn new(s: String) -> Result<Self, ValidationError> {
-        if s.len() < Self::MIN_BYTES {
+        // NUL is valid UTF-8, but C-based tools (and some hashing front ends) stop at it: a
+        // password "abc\0xyz" could end up checked as "abc". Refused everywhere.
+        if s.contains('\0') {
+            Err(ValidationError::PasswordNul)
+        } else if s.len() < Self::MIN_BYTES {
             Err(ValidationError::PasswordTooShort)
         } else if s.len() > Self::MAX_BYTES {
             Err(ValidationError::PasswordTooLong)
@@ -78,6 +82,8 @@ impl Password {
     pub fn presented(s: String) -> Result<Self, ValidationError> {
         if s.len() > Self::MAX_BYTES {
             Err(ValidationError::PasswordTooLong)
+        } else if s.contains('\0') {
+            Err(ValidationError::PasswordNul)
         } else {
             Ok(Self(s))
         }
@@ -176,6 +182,8 @@ mod tests {
             ValidationError::PasswordTooLong
         );
         assert!(Password::presented("x".into()).is_ok());
+        assert_eq!(Password::new("abcdefgh\0".into()).unwrap_err(), ValidationError::PasswordNul);
+        assert_eq!(Password::presented("a\0".into()).unwrap_err(), ValidationError::PasswordNul);
         assert!(Password::presented("x".repeat(1025)).is_err());
         assert_eq!(
             format!("{:?}", Password::new("hunter2hunter2".into()).unwrap()),

@@ -17,6 +17,11 @@ pub async fn authenticate(state: &AppState, username: &str, password: String) ->
     // any lookup, so it reveals nothing about the account.
     let password =
         Password::presented(password).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if username.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "username must not contain control characters".into(),
+        ));
+    }
     let creds = match Username::parse(username) {
         Ok(name) => state.users.user_by_name(&name).await?,
         Err(_) => None,
@@ -31,7 +36,6 @@ pub async fn authenticate(state: &AppState, username: &str, password: String) ->
         .await?;
     // The disabled check comes after the verification so a disabled account costs the same.
     if !verified.matches || creds.user.disabled {
-        tracing::info!(target: "sessiond::audit", event = "login_failed", user = %creds.user.username);
         return Err(ApiError::InvalidCredentials);
     }
     if verified.needs_rehash {

@@ -188,12 +188,20 @@ impl Hasher {
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    // Hashing yields to everything else (verification above all): the lowest
-                    // OS priority (nice 19). Logins get whatever CPU verification leaves.
-                    if let Err(e) = thread_priority::set_current_thread_priority(
-                        thread_priority::ThreadPriority::Min,
-                    ) {
-                        tracing::warn!(error = ?e, "could not lower the hashing threads' priority");
+                    // Hashing yields to verification: nice 10 (crossplatform priority 22 maps
+                    // to it on Linux) weighs ~1/10 of a normal thread, so under load a request
+                    // that needs no password is served first, while logins still progress
+                    // when other processes keep the CPU busy (nice 19 would starve them).
+                    let lowered = thread_priority::ThreadPriorityValue::try_from(22u8)
+                        .map_err(|e| format!("{e:?}"))
+                        .and_then(|v| {
+                            thread_priority::set_current_thread_priority(
+                                thread_priority::ThreadPriority::Crossplatform(v),
+                            )
+                            .map_err(|e| format!("{e:?}"))
+                        });
+                    if let Err(e) = lowered {
+                        tracing::warn!(error = %e, "could not lower the hashing threads' priority");
                     }
                     loop {
                         let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {

@@ -45,6 +45,11 @@ impl Attempt {
         }
     }
 
+    /// The account as counted (what the client typed, case-folded, control characters out).
+    pub fn account(&self) -> &str {
+        &self.account
+    }
+
     fn pair_key(&self) -> String {
         format!("p:{}|{}", self.account, self.ip)
     }

@@ -121,14 +121,22 @@ fn one_line(rendered: &str) -> String {
     format!("{} (see --help)", folded.join(" "))
 }
 
+/// Logs go to stderr, as text, or as one JSON object a line with `SESSIOND_LOG_FORMAT=json`
+/// (for log shippers). Audit events have the target `sessiond::audit`
+/// (`RUST_LOG=sessiond::audit=info` selects them alone).
 fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }
 
 fn run(cli: Cli) -> CliResult {

@@ -131,6 +131,7 @@ pub(super) async fn log_in(
         Err(e) => {
             let counter = match e {
                 ApiError::InvalidCredentials => {
+                    tracing::info!(target: "sessiond::audit", event = "login_failed", user = %attempt.account(), ip = ?client.ip);
                     throttle::failed(state, &counters).await?;
                     &state.metrics.logins_failed
                 }

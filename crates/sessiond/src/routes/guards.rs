@@ -87,7 +87,9 @@ fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
 }
 
 /// Headers every response carries. On HTML a strict CSP: no script at all, nothing framed.
-pub async fn security_headers(req: Request, next: Next) -> Response {
+/// With an https public URL, HSTS: browsers never try plain HTTP again (a downgrade would
+/// expose the cookie's first request to a network attacker).
+pub async fn security_headers(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let mut res = next.run(req).await;
     let is_html = res
         .headers()
@@ -98,6 +100,12 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    if state.config.public_url.scheme() == "https" {
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000; includeSubDomains"),
+        );
+    }
     if is_html {
         h.insert(
             header::CONTENT_SECURITY_POLICY,

@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
             guards::csrf_origin,
         ))
         .layer(middleware::from_fn(guards::limits))
-        .layer(middleware::from_fn(guards::security_headers))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guards::security_headers,
+        ))
         .layer(state.sessions.layer())
         .with_state(state)
 }

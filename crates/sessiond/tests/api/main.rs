@@ -5,6 +5,7 @@ mod authz;
 mod cli;
 mod cookies;
 mod helpers;
+mod hostile;
 mod lifecycle;
 mod login;
 mod pages;
