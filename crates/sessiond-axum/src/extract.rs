@@ -232,4 +232,53 @@ mod tests {
             .unwrap();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     }
+
+    #[tokio::test]
+    async fn the_cache_honours_revocations_here_at_once_and_elsewhere_within_100_ms() {
+        let store = Arc::new(MemoryStore::new());
+        let cached = SessionManager::new(
+            store.clone(),
+            CookieConfig::default(),
+            ExpiryPolicy::default(),
+        )
+        .with_cache(100);
+        let headers = |t: &sessiond_core::SessionToken| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(
+                header::COOKIE,
+                format!("__Host-sessiond={}", t.expose()).parse().unwrap(),
+            );
+            h
+        };
+        let new = || NewSession {
+            user_id: UserId(1),
+            remember: false,
+            ip: None,
+            user_agent: None,
+        };
+        // Wait for the watcher's first poll, then fill the cache.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (t1, _) = cached.begin(new(), None).await.unwrap();
+        let (t2, _) = cached.begin(new(), None).await.unwrap();
+        for t in [&t1, &t2] {
+            assert!(cached.verify(&headers(t)).await.unwrap().is_some());
+        }
+        assert_eq!(cached.cached_sessions(), 2);
+
+        // Ended through this manager: refused at once.
+        let s1 = cached.verify(&headers(&t1)).await.unwrap().unwrap();
+        cached.end(&s1).await.unwrap();
+        assert!(cached.verify(&headers(&t1)).await.unwrap().is_none());
+
+        // Ended by another process (straight in the store): refused within 100 ms.
+        store.delete(&t2.hash()).await.unwrap();
+        let start = std::time::Instant::now();
+        while cached.verify(&headers(&t2)).await.unwrap().is_some() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_millis(100),
+                "still served"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
 }

@@ -22,6 +22,7 @@
 //! decision; the activity write happens at most once per [`ExpiryPolicy::touch_interval`] and
 //! off the request's path.
 
+mod cache;
 mod cookies;
 mod data;
 mod extract;

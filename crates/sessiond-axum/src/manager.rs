@@ -10,6 +10,7 @@ use sessiond_core::{
     Verdict,
 };
 
+use crate::cache::{spawn_watcher, Cache, WatchedStore};
 use crate::cookies::{find_cookie, CookieConfig, CookieLookup};
 
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -30,6 +31,8 @@ struct Inner {
     /// still reads the old `last_seen_at` and would ask for a write too; this set turns that
     /// herd into one write. Bounded by the writes in flight.
     touching: Arc<Mutex<HashSet<[u8; 32]>>>,
+    /// The verification cache, when enabled (see `cache.rs`).
+    cache: Option<Arc<Cache>>,
 }
 
 /// What the manager has done since it started (for metrics).
@@ -58,7 +61,7 @@ impl fmt::Debug for SessionManager {
 #[derive(Clone, Debug)]
 pub struct ActiveSession {
     token: SessionToken,
-    record: SessionRecord,
+    record: Arc<SessionRecord>,
 }
 
 impl ActiveSession {
@@ -81,6 +84,7 @@ impl SessionManager {
                 clock: Arc::new(|| Timestamp::from_system_time(SystemTime::now())),
                 counters: Arc::default(),
                 touching: Arc::default(),
+                cache: None,
             }),
         }
     }
@@ -96,8 +100,45 @@ impl SessionManager {
                 clock: Arc::new(clock),
                 counters: Arc::clone(&inner.counters),
                 touching: Arc::clone(&inner.touching),
+                cache: inner.cache.clone(),
             }),
         }
+    }
+
+    /// Keeps verified sessions in process (at most `capacity`), coherent with the store
+    /// across processes; see the `cache` module docs for how SPEC §5's bounds are kept. Call
+    /// from within a tokio runtime: it starts the task that watches the store.
+    pub fn with_cache(self, capacity: usize) -> Self {
+        let inner = &self.inner;
+        let cache = Arc::new(Cache::new(capacity));
+        spawn_watcher(&cache, Arc::clone(&inner.store));
+        let store: Arc<dyn SessionStore> = Arc::new(WatchedStore {
+            inner: Arc::clone(&inner.store),
+            cache: Arc::clone(&cache),
+        });
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                cookie: inner.cookie.clone(),
+                policy: inner.policy,
+                clock: Arc::clone(&inner.clock),
+                counters: Arc::clone(&inner.counters),
+                touching: Arc::clone(&inner.touching),
+                cache: Some(cache),
+            }),
+        }
+    }
+
+    /// For caches built on this one's coherence (e.g. of users): the epoch to tag a read
+    /// with, taken *before* the read, or `None` when nothing may be served from a cache now.
+    /// An entry is valid while this returns the epoch it was tagged with.
+    pub fn cache_epoch(&self) -> Option<u64> {
+        self.inner.cache.as_ref().and_then(|c| c.epoch())
+    }
+
+    /// Sessions in the verification cache (for metrics).
+    pub fn cached_sessions(&self) -> usize {
+        self.inner.cache.as_ref().map_or(0, |c| c.len())
     }
 
     /// The layer that makes this manager available to the extractors and saves session data.
@@ -143,8 +184,21 @@ impl SessionManager {
             .counters
             .verifications
             .fetch_add(1, Ordering::Relaxed);
-        let Some(record) = self.inner.store.load(&hash).await? else {
-            return Ok(None);
+        let record = match self.inner.cache.as_ref().and_then(|c| c.get(&hash)) {
+            Some(hit) => hit,
+            None => {
+                // The epoch is read before the store: a revocation landing in between moves
+                // it on, and the entry put below is never served.
+                let epoch = self.cache_epoch();
+                let Some(record) = self.inner.store.load(&hash).await? else {
+                    return Ok(None);
+                };
+                let record = Arc::new(record);
+                if let (Some(cache), Some(epoch)) = (&self.inner.cache, epoch) {
+                    cache.put(epoch, Arc::clone(&record));
+                }
+                record
+            }
         };
         // The store found the row by this hash; compare again in constant time so a store
         // that matched loosely (a prefix, a collation) can never hand out someone's session.
@@ -181,6 +235,9 @@ impl SessionManager {
             .fetch_add(1, Ordering::Relaxed);
         let store = Arc::clone(&self.inner.store);
         let expires_at = self.inner.policy.deadline(record, now);
+        if let Some(cache) = &self.inner.cache {
+            cache.touched(&hash, now, expires_at);
+        }
         tokio::spawn(async move {
             if let Err(e) = store.touch(&hash, now, expires_at).await {
                 tracing::warn!(error = %e, "session activity write failed");

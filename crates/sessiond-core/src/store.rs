@@ -75,6 +75,14 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// A number that changes, atomically with the change, whenever a session ends before its
+    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag or
+    /// existence changes, whoever made the change (this process, another instance, the CLI).
+    /// Verification caches watch it to stay coherent across processes. It may also change
+    /// when nothing relevant did (a spurious change only costs a cache flush); it must never
+    /// stay the same across a relevant change.
+    async fn generation(&self) -> Result<u64, StoreError>;
+
     /// Counts one more event under `key` (login throttling, device cookies), atomically
     /// across instances: a counter whose window is over (or none) starts again at 1 with a
     /// window of `window` from `now`; otherwise it is incremented and its window kept.

@@ -182,8 +182,14 @@ mod tests {
             ValidationError::PasswordTooLong
         );
         assert!(Password::presented("x".into()).is_ok());
-        assert_eq!(Password::new("abcdefgh\0".into()).unwrap_err(), ValidationError::PasswordNul);
-        assert_eq!(Password::presented("a\0".into()).unwrap_err(), ValidationError::PasswordNul);
+        assert_eq!(
+            Password::new("abcdefgh\0".into()).unwrap_err(),
+            ValidationError::PasswordNul
+        );
+        assert_eq!(
+            Password::presented("a\0".into()).unwrap_err(),
+            ValidationError::PasswordNul
+        );
         assert!(Password::presented("x".repeat(1025)).is_err());
         assert_eq!(
             format!("{:?}", Password::new("hunter2hunter2".into()).unwrap()),

@@ -21,6 +21,8 @@ struct Inner {
     /// Session data, same keys; removed with the session (see `Inner::forget_orphans`).
     data: HashMap<[u8; 32], SessionData>,
     throttle: std::collections::BTreeMap<String, ThrottleRecord>,
+    /// See `SessionStore::generation`; bumped under the same lock as the change.
+    generation: u64,
     users: Vec<UserCredentials>,
     next_user_id: i64,
 }
@@ -37,6 +39,8 @@ impl Inner {
     fn forget_orphans(&mut self) {
         let sessions = &self.sessions;
         self.data.retain(|k, _| sessions.contains_key(k));
+        // Every removal path comes through here: one place to mark the change.
+        self.generation += 1;
     }
 }
 
@@ -150,6 +154,7 @@ impl SessionStore for MemoryStore {
         let n = g.sessions.len() as u64;
         g.sessions.clear();
         g.data.clear();
+        g.generation += 1;
         Ok(n)
     }
 
@@ -166,6 +171,7 @@ impl SessionStore for MemoryStore {
             g.sessions.remove(k);
             g.data.remove(k);
         }
+        g.generation += 1;
         Ok(doomed.len() as u64)
     }
 
@@ -186,6 +192,10 @@ impl SessionStore for MemoryStore {
         }
         g.data.insert(*hash.as_bytes(), data.clone());
         Ok(true)
+    }
+
+    async fn generation(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().generation)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -287,6 +297,7 @@ impl UserStore for MemoryStore {
         Ok(match g.users.iter_mut().find(|u| u.user.id == id) {
             Some(u) => {
                 u.password_hash = phc.to_owned();
+                g.generation += 1;
                 true
             }
             None => false,
@@ -298,6 +309,7 @@ impl UserStore for MemoryStore {
         Ok(match g.users.iter_mut().find(|u| u.user.id == id) {
             Some(u) => {
                 u.user.disabled = disabled;
+                g.generation += 1;
                 true
             }
             None => false,
@@ -308,6 +320,7 @@ impl UserStore for MemoryStore {
         let mut g = self.lock();
         let before = g.users.len();
         g.users.retain(|u| u.user.id != id);
+        g.generation += 1;
         Ok(g.users.len() < before)
     }
 }

@@ -624,6 +624,16 @@ impl SessionStore for PostgresStore {
             .await
     }
 
+    async fn generation(&self) -> Result<u64, StoreError> {
+        self.run(|c| {
+            Box::pin(async move {
+                let row = query_one(&*c, "SELECT value FROM generation WHERE id = 1", &[]).await?;
+                Ok(col::<i64>(&row, 0)?.max(0) as u64)
+            })
+        })
+        .await
+    }
+
     async fn throttle_hit(
         &self,
         key: &str,

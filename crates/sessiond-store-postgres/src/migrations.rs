@@ -56,6 +56,30 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX throttle_by_expiry ON throttle (expires_at);
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Changes whenever a session ends early or a user's credentials or status change, in the
+    -- same transaction (statement-level triggers: one bump per statement, whatever it
+    -- deleted). Verification caches of every instance poll it to stay coherent.
+    CREATE TABLE generation (
+        id    INT PRIMARY KEY CHECK (id = 1),
+        value BIGINT NOT NULL
+    );
+    INSERT INTO generation (id, value) VALUES (1, 0);
+    CREATE FUNCTION sessiond_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE generation SET value = value + 1 WHERE id = 1;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER sessions_gone AFTER DELETE ON sessions
+        FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
+    CREATE TRIGGER users_changed AFTER UPDATE OF password_hash, disabled ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
+    CREATE TRIGGER users_gone AFTER DELETE ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every

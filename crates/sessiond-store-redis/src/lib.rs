@@ -343,6 +343,7 @@ local function del(h)
   local f = redis.call('HMGET', sk, 'id', 'uid')
   redis.call('ZREM', tag .. ':exp', h)
   if not f[1] then return 0 end
+  redis.call('INCR', tag .. ':gen')
   redis.call('DEL', sk, tag .. ':i:' .. f[1])
   redis.call('ZREM', tag .. ':u:' .. f[2], h)
   return 1
@@ -631,6 +632,15 @@ impl SessionStore for RedisStore {
         let mut inv = self.scripts.save_data.key(self.session_key(hash));
         inv.arg(&*self.tag).arg(hash.to_hex()).arg(text);
         Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn generation(&self) -> Result<u64, StoreError> {
+        // `{p}:gen` is bumped by every script that removes a session, in the same script.
+        // Expiry by TTL does not bump it: an expired session is refused by its deadline.
+        let g: Option<u64> = self
+            .query(redis::cmd("GET").arg(format!("{}:gen", self.tag)))
+            .await?;
+        Ok(g.unwrap_or(0))
     }
 
     async fn throttle_hit(

@@ -373,6 +373,14 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn generation(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT value FROM generation WHERE id = 1")?
+                .query_row([], |r| r.get::<_, i64>(0))
+        })
+        .map(|v| v as u64)
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }

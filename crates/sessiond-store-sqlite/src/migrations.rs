@@ -58,6 +58,25 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX throttle_by_expiry ON throttle (expires_at);
     ",
     ),
+    (
+        4,
+        "
+    -- Changes whenever a session ends early or a user's credentials or status change, in the
+    -- same transaction (triggers: no code path, not even a hand-written DELETE, can forget).
+    -- Verification caches of every process poll it to stay coherent.
+    CREATE TABLE generation (
+        id    INTEGER PRIMARY KEY CHECK (id = 1),
+        value INTEGER NOT NULL
+    );
+    INSERT INTO generation (id, value) VALUES (1, 0);
+    CREATE TRIGGER sessions_gone AFTER DELETE ON sessions
+        BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
+    CREATE TRIGGER users_changed AFTER UPDATE OF password_hash, disabled ON users
+        BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
+    CREATE TRIGGER users_gone AFTER DELETE ON users
+        BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
+    ",
+    ),
 ];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction

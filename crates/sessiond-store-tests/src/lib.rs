@@ -55,6 +55,7 @@ where
         throttle_counters_count_within_a_window,
         throttle_counters_list_and_delete,
         throttle_hits_are_atomic_across_concurrent_callers,
+        every_early_end_of_a_session_changes_the_generation,
         ping_answers,
     );
 }
@@ -125,6 +126,7 @@ macro_rules! session_store_tests {
             throttle_counters_count_within_a_window,
             throttle_counters_list_and_delete,
             throttle_hits_are_atomic_across_concurrent_callers,
+            every_early_end_of_a_session_changes_the_generation,
             ping_answers,
         );
     };

@@ -473,3 +473,40 @@ pub async fn throttle_hits_are_atomic_across_concurrent_callers<S: SessionStore>
         20
     );
 }
+
+pub async fn every_early_end_of_a_session_changes_the_generation<S: SessionStore>(store: S) {
+    let (t1, r1) = session(1);
+    let (t2, r2) = session(1);
+    let (_, r3) = session(2);
+    for r in [&r1, &r2, &r3] {
+        store.create(r).await.unwrap();
+    }
+    // Touches and creates may or may not change it; every early end must.
+    store
+        .touch(&t1.hash(), at(60_000), at(1_860_000))
+        .await
+        .unwrap();
+    let mut last = store.generation().await.unwrap();
+    let mut changed = |what: &str, now: u64| {
+        assert_ne!(now, last, "{what} left the generation unchanged");
+        last = now;
+    };
+    store.delete(&t1.hash()).await.unwrap();
+    changed("delete", store.generation().await.unwrap());
+    let (_, r5) = session(1);
+    store.rotate(&t2.hash(), &r5).await.unwrap();
+    changed("rotate", store.generation().await.unwrap());
+    store.delete_by_id(&r5.id, None).await.unwrap();
+    changed("delete_by_id", store.generation().await.unwrap());
+    store.delete_for_user(UserId(2), None).await.unwrap();
+    changed("delete_for_user", store.generation().await.unwrap());
+    let (_, mut old) = session(4);
+    old.expires_at = at(1);
+    store.create(&old).await.unwrap();
+    store.purge_expired(at(10), 10).await.unwrap();
+    changed("purge_expired", store.generation().await.unwrap());
+    let (_, r6) = session(5);
+    store.create(&r6).await.unwrap();
+    store.delete_all().await.unwrap();
+    changed("delete_all", store.generation().await.unwrap());
+}

@@ -22,6 +22,8 @@ use crate::state::AppState;
 /// Sessions removed per sweep batch: small enough that one batch holds the writer for a few
 /// milliseconds, so requests never stall behind a sweep.
 pub const SWEEP_BATCH: usize = 1_000;
+/// Sessions kept in the verification cache (a few hundred bytes each).
+pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
 /// How often the background sweep runs.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -99,7 +101,8 @@ pub async fn build_state_with_clock(
     let stores = open_stores(&config).await?;
     let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
-        .with_clock(clock);
+        .with_clock(clock)
+        .with_cache(VERIFY_CACHE_CAPACITY);
     Ok(AppState::new(config, stores.users, sessions, hasher))
 }
 

@@ -21,6 +21,36 @@ pub struct Inner {
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub public_origin: String,
     pub metrics: Metrics,
+    /// Users of verified sessions, kept under the session cache's coherence (an entry is
+    /// served only while `SessionManager::cache_epoch` is the one it was read under).
+    pub user_cache: UserCache,
+}
+
+/// A bounded map of users by id, tagged with the session cache's epoch.
+#[derive(Debug, Default)]
+pub struct UserCache {
+    entries: std::sync::Mutex<
+        std::collections::HashMap<sessiond_core::UserId, (u64, Arc<sessiond_core::User>)>,
+    >,
+}
+
+impl UserCache {
+    const CAPACITY: usize = 50_000;
+
+    pub fn get(&self, id: sessiond_core::UserId, epoch: u64) -> Option<Arc<sessiond_core::User>> {
+        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(&id)
+            .filter(|(e, _)| *e == epoch)
+            .map(|(_, u)| Arc::clone(u))
+    }
+
+    pub fn put(&self, epoch: u64, user: Arc<sessiond_core::User>) {
+        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if m.len() >= Self::CAPACITY {
+            m.clear();
+        }
+        m.insert(user.id, (epoch, user));
+    }
 }
 
 /// Server-level counters (the session manager keeps its own).
@@ -46,6 +76,7 @@ impl AppState {
             hasher,
             public_origin,
             metrics: Metrics::default(),
+            user_cache: UserCache::default(),
         }))
     }
 }

@@ -112,8 +112,22 @@ impl CurrentUser {
         state: &AppState,
         session: ActiveSession,
     ) -> Result<Option<Self>, ApiError> {
-        match state.users.user_by_id(session.record().user_id).await? {
-            Some(user) if !user.disabled => Ok(Some(Self { user, session })),
+        let id = session.record().user_id;
+        // Cached under the session cache's epoch, read before the store (see UserCache).
+        let epoch = state.sessions.cache_epoch();
+        if let Some(user) = epoch.and_then(|e| state.user_cache.get(id, e)) {
+            return Ok(Some(Self {
+                user: User::clone(&user),
+                session,
+            }));
+        }
+        match state.users.user_by_id(id).await? {
+            Some(user) if !user.disabled => {
+                if let Some(e) = epoch {
+                    state.user_cache.put(e, std::sync::Arc::new(user.clone()));
+                }
+                Ok(Some(Self { user, session }))
+            }
             _ => {
                 state.sessions.end(&session).await?;
                 Ok(None)

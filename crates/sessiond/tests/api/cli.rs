@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use sessiond::config::Overrides;
@@ -133,7 +134,13 @@ async fn users_are_managed_from_the_cli_and_changes_end_sessions() {
         Some("second password\r\n")
     ))
     .contains("1 session(s) ended"));
-    assert_eq!(app.whoami(&c).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &c,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(
         app.api_login(&c, "nina", "first password").await.status(),
         StatusCode::UNAUTHORIZED
@@ -144,7 +151,13 @@ async fn users_are_managed_from_the_cli_and_changes_end_sessions() {
     );
 
     assert!(ok(&run(&["user", "disable", "nina"], None)).contains("1 session(s) ended"));
-    assert_eq!(app.whoami(&c).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &c,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(
         app.api_login(&c, "nina", "second password").await.status(),
         StatusCode::UNAUTHORIZED
@@ -156,7 +169,13 @@ async fn users_are_managed_from_the_cli_and_changes_end_sessions() {
     );
 
     assert!(ok(&run(&["user", "delete", "nina"], None)).contains("1 session(s) ended"));
-    assert_eq!(app.whoami(&c).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &c,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(ok(&run(&["user", "list", "--json"], None)).trim(), "[]");
 }
 
@@ -181,7 +200,13 @@ async fn sessions_are_listed_revoked_and_purged_from_the_cli() {
     let id = listed[0]["id"].as_str().unwrap().to_owned();
 
     assert!(ok(&run(&["session", "revoke", &id])).contains("revoked 1"));
-    assert_eq!(app.whoami(&olga1).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &olga1,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(app.whoami(&olga2).await.status(), StatusCode::OK);
     fails(&run(&["session", "revoke", &id]), 1, "no session");
     fails(
@@ -192,10 +217,22 @@ async fn sessions_are_listed_revoked_and_purged_from_the_cli() {
     fails(&run(&["session", "revoke"]), 2, "required");
 
     assert!(ok(&run(&["session", "revoke", "--user", "olga"])).contains("revoked 1"));
-    assert_eq!(app.whoami(&olga2).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &olga2,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
     assert_eq!(app.whoami(&pete).await.status(), StatusCode::OK);
     assert!(ok(&run(&["session", "revoke", "--all"])).contains("revoked 1"));
-    assert_eq!(app.whoami(&pete).await.status(), StatusCode::UNAUTHORIZED);
+    whoami_becomes(
+        &app,
+        &pete,
+        StatusCode::UNAUTHORIZED,
+        Duration::from_millis(100),
+    )
+    .await;
 
     // Purge removes only expired sessions.
     app.api_login(&pete, "pete", PASSWORD).await;

@@ -249,3 +249,25 @@ impl TestApp {
         (status, html, csrf)
     }
 }
+
+/// Polls `/api/session` for `client` until it answers `status`, for at most `within` (SPEC §5:
+/// changes made elsewhere, e.g. by the CLI, reach a running server within 100 ms).
+pub async fn whoami_becomes(
+    app: &TestApp,
+    client: &reqwest::Client,
+    status: reqwest::StatusCode,
+    within: Duration,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        let got = app.whoami(client).await.status();
+        if got == status {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "still {got} after {within:?}, expected {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
