@@ -18,9 +18,41 @@ pub mod users;
 #[doc(hidden)]
 pub use tokio as __tokio;
 
+/// The session behaviours, listed once: hands `callback!` its prefix tokens followed by every
+/// behaviour's name (used by [`session_store_tests!`] and [`run_session_suite`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __session_behaviours {
+    ($($cb:ident)::+ { $($pre:tt)* }) => {
+        $($cb)::+!($($pre)*
+            create_then_load_round_trips,
+            load_of_unknown_hash_is_none,
+            duplicate_hash_is_a_conflict,
+            touch_records_activity_and_never_goes_back,
+            touch_after_delete_does_not_resurrect,
+            delete_reports_whether_it_existed,
+            rotate_swaps_old_for_new,
+            rotate_when_old_is_gone_still_inserts,
+            list_for_user_is_per_user_and_oldest_first,
+            delete_by_id_respects_the_owner,
+            delete_for_user_can_keep_one,
+            delete_all_empties_the_store,
+            purge_removes_only_expired_in_bounded_batches,
+            racing_touches_never_undo_a_delete,
+            data_round_trips_and_goes_with_the_session,
+            rotation_starts_with_empty_data,
+            throttle_counters_count_within_a_window,
+            throttle_counters_list_and_delete,
+            throttle_hits_are_atomic_across_concurrent_callers,
+            every_early_end_of_a_session_changes_the_generation,
+            ping_answers,
+        );
+    };
+}
+
 /// Runs every session behaviour in turn, each on a fresh store from `make`: for a backend
 /// that one test must set up and tear down around the whole suite (a Redis Cluster started
-/// for the test). Keep this list and the one in [`session_store_tests!`] the same.
+/// for the test).
 pub async fn run_session_suite<S, F, Fut>(make: F)
 where
     S: sessiond_core::SessionStore,
@@ -35,29 +67,7 @@ where
             )*
         };
     }
-    each!(
-        create_then_load_round_trips,
-        load_of_unknown_hash_is_none,
-        duplicate_hash_is_a_conflict,
-        touch_records_activity_and_never_goes_back,
-        touch_after_delete_does_not_resurrect,
-        delete_reports_whether_it_existed,
-        rotate_swaps_old_for_new,
-        rotate_when_old_is_gone_still_inserts,
-        list_for_user_is_per_user_and_oldest_first,
-        delete_by_id_respects_the_owner,
-        delete_for_user_can_keep_one,
-        delete_all_empties_the_store,
-        purge_removes_only_expired_in_bounded_batches,
-        racing_touches_never_undo_a_delete,
-        data_round_trips_and_goes_with_the_session,
-        rotation_starts_with_empty_data,
-        throttle_counters_count_within_a_window,
-        throttle_counters_list_and_delete,
-        throttle_hits_are_atomic_across_concurrent_callers,
-        every_early_end_of_a_session_changes_the_generation,
-        ping_answers,
-    );
+    crate::__session_behaviours!(each {});
 }
 
 /// Whether a missing service (PostgreSQL, Redis, a browser) fails the run
@@ -106,29 +116,7 @@ macro_rules! session_store_tests {
         $crate::session_store_tests!(@ plain $make);
     };
     (@ $kind:ident $make:expr) => {
-        $crate::__gen!($kind sessions; $make;
-            create_then_load_round_trips,
-            load_of_unknown_hash_is_none,
-            duplicate_hash_is_a_conflict,
-            touch_records_activity_and_never_goes_back,
-            touch_after_delete_does_not_resurrect,
-            delete_reports_whether_it_existed,
-            rotate_swaps_old_for_new,
-            rotate_when_old_is_gone_still_inserts,
-            list_for_user_is_per_user_and_oldest_first,
-            delete_by_id_respects_the_owner,
-            delete_for_user_can_keep_one,
-            delete_all_empties_the_store,
-            purge_removes_only_expired_in_bounded_batches,
-            racing_touches_never_undo_a_delete,
-            data_round_trips_and_goes_with_the_session,
-            rotation_starts_with_empty_data,
-            throttle_counters_count_within_a_window,
-            throttle_counters_list_and_delete,
-            throttle_hits_are_atomic_across_concurrent_callers,
-            every_early_end_of_a_session_changes_the_generation,
-            ping_answers,
-        );
+        $crate::__session_behaviours!($crate::__gen { $kind sessions; $make; });
     };
 }
 
