@@ -101,7 +101,7 @@ impl FromRequestParts<AppState> for Presented {
 /// A valid session of an enabled user, or `401 unauthenticated`.
 #[derive(Debug, Clone)]
 pub struct CurrentUser {
-    pub user: User,
+    pub user: std::sync::Arc<User>,
     pub session: ActiveSession,
 }
 
@@ -116,15 +116,13 @@ impl CurrentUser {
         // Cached under the session cache's epoch, read before the store (see UserCache).
         let epoch = state.sessions.cache_epoch();
         if let Some(user) = epoch.and_then(|e| state.user_cache.get(id, e)) {
-            return Ok(Some(Self {
-                user: User::clone(&user),
-                session,
-            }));
+            return Ok(Some(Self { user, session }));
         }
         match state.users.user_by_id(id).await? {
             Some(user) if !user.disabled => {
+                let user = std::sync::Arc::new(user);
                 if let Some(e) = epoch {
-                    state.user_cache.put(e, std::sync::Arc::new(user.clone()));
+                    state.user_cache.put(e, std::sync::Arc::clone(&user));
                 }
                 Ok(Some(Self { user, session }))
             }
