@@ -54,6 +54,9 @@ type Job = Box<dyn FnOnce() + Send>;
 pub struct Hasher {
     tx: SyncSender<Job>,
     dummy: Arc<String>,
+    /// Jobs submitted and not yet finished, and how many the pool takes (threads + queue).
+    busy: Arc<std::sync::atomic::AtomicUsize>,
+    room: usize,
 }
 
 impl std::fmt::Debug for Hasher {
@@ -224,6 +227,8 @@ impl Hasher {
         Ok(Self {
             tx,
             dummy: Arc::new(dummy),
+            busy: Arc::default(),
+            room: threads.max(1) + queue,
         })
     }
 
@@ -238,19 +243,33 @@ impl Hasher {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
+        let busy = Arc::clone(&self.busy);
+        busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let job: Job = Box::new(move || {
             let _ = done.send(f());
+            busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         });
         match self.tx.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(HashError::Overloaded),
+            Err(TrySendError::Full(_)) => {
+                self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                return Err(HashError::Overloaded);
+            }
             Err(TrySendError::Disconnected(_)) => {
-                return Err(HashError::Failed("hashing pool stopped".into()))
+                self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                return Err(HashError::Failed("hashing pool stopped".into()));
             }
         }
         result
             .await
             .map_err(|_| HashError::Failed("hashing worker died".into()))
+    }
+
+    /// Whether a job submitted now would be refused (every thread busy, the queue full). A
+    /// hint for refusing a login before doing any other work for it; the submission itself
+    /// still decides.
+    pub fn saturated(&self) -> bool {
+        self.busy.load(std::sync::atomic::Ordering::Acquire) >= self.room
     }
 
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {

@@ -124,6 +124,15 @@ pub(super) async fn log_in(
         CookieLookup::One(v) => Some(v),
         _ => None,
     };
+    // A full hashing pool refuses at once, before the throttle reads: under a login flood
+    // each refusal must cost as little as possible, so verification keeps its CPU.
+    if state.hasher.saturated() {
+        state
+            .metrics
+            .hash_overloaded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return Err(ApiError::Overloaded { retry_after: 1 });
+    }
     let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
     let counters = throttle::check(state, &attempt).await?;
     let user = match accounts::authenticate(state, username, password).await {

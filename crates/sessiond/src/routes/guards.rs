@@ -18,7 +18,11 @@ pub const MAX_URI: usize = 8 * 1024;
 /// SPEC §6 limits: oversized header blocks, cookies and URIs are refused before any handler
 /// parses them.
 pub async fn limits(req: Request, next: Next) -> Response {
-    if req.uri().to_string().len() > MAX_URI {
+    // Measured without re-serialising the URI (this runs on every request).
+    let uri = req.uri();
+    let uri_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if uri_len > MAX_URI {
         return ApiError::UriTooLong.into_response();
     }
     let mut total = 0;
