@@ -1,0 +1,770 @@
+//! The run: which servers start on which stores, what load each gets, in what order.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use hyper::header::HeaderValue;
+
+use crate::hashrate;
+use crate::load::{self, once_blocking, Job, Measure, Req, Vary};
+use crate::machine::{load_average, Machine};
+use crate::peers;
+use crate::process::{free_port, Process};
+use crate::report::{
+    Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale, ScalePoint, StoreFigures,
+};
+use crate::seed;
+use crate::stores::{Services, Store, StoreKind, Unavailable};
+
+/// The first user's password on every server the bench starts.
+pub const PASSWORD: &str = "sessiond-bench admin password";
+/// The session cookie's name with the default `[cookie]` settings.
+pub const COOKIE: &str = "__Host-sessiond";
+/// How often the server sweeps expired sessions (`sessiond::server::SWEEP_EVERY`).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Where the peers come from, or why they are left out.
+#[derive(Clone, Debug)]
+pub enum PeerSetup {
+    Skip(String),
+    Use {
+        /// `shared/peers`
+        dir: PathBuf,
+        /// The built tower peer, or why there is none.
+        tower: Result<PathBuf, String>,
+    },
+}
+
+/// What to run and how hard.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub smoke: bool,
+    /// The `sessiond` binary under test.
+    pub sessiond: PathBuf,
+    /// Each closed-loop window (one round of one endpoint).
+    pub window: Duration,
+    pub warmup: Duration,
+    /// Interleaved repetitions of the closed-loop rows; figures are medians.
+    pub rounds: usize,
+    pub login_window: Duration,
+    pub flood_window: Duration,
+    /// The latency probe's rate (requests/s in total) and connections.
+    pub probe_rate: f64,
+    pub probe_connections: usize,
+    pub connections: usize,
+    pub login_connections: usize,
+    pub flood_connections: usize,
+    /// A flood the hash queue holds exactly (nothing refused).
+    pub queue_flood_connections: usize,
+    /// Load-generator threads.
+    pub client_threads: usize,
+    pub hash_time: Duration,
+    pub small_sessions: u64,
+    pub large_sessions: u64,
+    /// Distinct sessions the scale rows verify.
+    pub cookie_sample: usize,
+    /// Deadline of the sessions to purge, counted from when they are marked.
+    pub expire_after: Duration,
+    pub peers: PeerSetup,
+    pub services: Services,
+    /// A missing PostgreSQL or Redis fails the run instead of being skipped.
+    pub require_services: bool,
+    pub quiet: bool,
+}
+
+impl Config {
+    /// The full benchmark: `seconds` per closed-loop window.
+    pub fn real(sessiond: PathBuf, seconds: u64) -> Self {
+        let s = Duration::from_secs(seconds.max(1));
+        Self {
+            smoke: false,
+            sessiond,
+            window: s,
+            warmup: Duration::from_millis(500),
+            rounds: 3,
+            login_window: s * 2,
+            flood_window: s * 2,
+            probe_rate: 1000.0,
+            probe_connections: 4,
+            connections: 32,
+            login_connections: 16,
+            flood_connections: 64,
+            // The server's queue: 16 jobs per core.
+            queue_flood_connections: 16
+                * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            client_threads: 2,
+            hash_time: s,
+            small_sessions: 1_000,
+            large_sessions: 1_000_000,
+            cookie_sample: 1_000,
+            expire_after: Duration::from_secs(3),
+            peers: PeerSetup::Skip("--no-peers".into()),
+            services: Services::from_env(),
+            require_services: false,
+            quiet: false,
+        }
+    }
+
+    /// Every path once, briefly: for the test suite. No figure of it means anything.
+    pub fn smoke(sessiond: PathBuf) -> Self {
+        let ms = Duration::from_millis;
+        Self {
+            smoke: true,
+            window: ms(300),
+            warmup: ms(100),
+            rounds: 1,
+            login_window: ms(600),
+            flood_window: ms(800),
+            probe_rate: 200.0,
+            probe_connections: 2,
+            connections: 8,
+            login_connections: 4,
+            flood_connections: 16,
+            queue_flood_connections: 8,
+            hash_time: ms(1),
+            small_sessions: 200,
+            large_sessions: 2_000,
+            cookie_sample: 100,
+            expire_after: ms(1_500),
+            peers: PeerSetup::Skip("smoke mode".into()),
+            require_services: std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
+            ..Self::real(sessiond, 1)
+        }
+    }
+
+    fn say(&self, what: impl AsRef<str>) {
+        if !self.quiet {
+            eprintln!("sessiond-bench: {}", what.as_ref());
+        }
+    }
+
+    fn method(&self) -> String {
+        format!(
+            "load generator: this crate's hyper HTTP/1.1 client, keep-alive, {} connections on {} \
+             threads (logins: {} connections; latency probe: {} req/s at a fixed rate over {} \
+             connections, timed from when each request was due; login floods: {} and {} \
+             connections); \
+             closed-loop rows are the median of {} interleaved rounds of {:.1} s after {:.1} s \
+             of warm-up",
+            self.connections,
+            self.client_threads,
+            self.login_connections,
+            self.probe_rate,
+            self.probe_connections,
+            self.queue_flood_connections,
+            self.flood_connections,
+            self.rounds,
+            self.window.as_secs_f64(),
+            self.warmup.as_secs_f64()
+        )
+    }
+
+    fn closed(&self, addr: std::net::SocketAddr, req: Req) -> Job {
+        Job::closed(addr, req, self.connections, self.client_threads)
+            .timing(self.warmup, self.window)
+    }
+
+    fn probe(
+        &self,
+        addr: std::net::SocketAddr,
+        req: Req,
+        warmup: Duration,
+        window: Duration,
+    ) -> Job {
+        Job {
+            rate: Some(self.probe_rate),
+            ..Job::closed(addr, req, self.probe_connections, 1).timing(warmup, window)
+        }
+    }
+}
+
+/// Runs the whole benchmark described by `cfg`.
+pub fn run(cfg: &Config) -> anyhow::Result<Report> {
+    let started = Instant::now();
+    anyhow::ensure!(
+        cfg.sessiond.is_file(),
+        "no sessiond binary at {}",
+        cfg.sessiond.display()
+    );
+    let mut machine = Machine::describe();
+    cfg.say(format!("machine: {}", machine.one_line()));
+    cfg.say("argon2id hash rate on every core …");
+    let hash: Outcome<_> = hashrate::measure(machine.cores, cfg.hash_time).into();
+    let mut stores = Vec::new();
+    for kind in StoreKind::ALL {
+        cfg.say(format!("[{kind}] …"));
+        let outcome = bench_store(cfg, kind);
+        if let Outcome::Skipped(why) | Outcome::Failed(why) = &outcome {
+            cfg.say(format!("[{kind}] not measured: {why}"));
+        }
+        stores.push((kind, outcome));
+    }
+    let (scale, purge) = bench_scale(cfg);
+    let peers = bench_peers(cfg);
+    machine.load_after = load_average();
+    Ok(Report {
+        smoke: cfg.smoke,
+        machine,
+        method: cfg.method(),
+        hash,
+        stores,
+        scale,
+        purge,
+        peers,
+        floods: (cfg.queue_flood_connections, cfg.flood_connections),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Starts `sessiond serve` on a free port with `args` (the store flags) and waits for it.
+fn start_sessiond(cfg: &Config, dir: &Path, args: &[String], tag: &str) -> anyhow::Result<Process> {
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}").parse()?;
+    let mut cmd = Command::new(&cfg.sessiond);
+    cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .env("SESSIOND_ADMIN_PASSWORD", PASSWORD)
+        .env("RUST_LOG", "warn");
+    // Only the flags above configure it: no stray config file or variable of the caller's.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SESSIOND_") && k != "SESSIOND_ADMIN_PASSWORD" {
+            cmd.env_remove(k);
+        }
+    }
+    let mut p = Process::spawn(
+        "sessiond",
+        cmd,
+        addr,
+        &dir.join(format!("sessiond-{tag}.log")),
+    )?;
+    p.wait_ready(
+        &Req::get(&addr.to_string(), "/healthz"),
+        |s| s == 200,
+        Duration::from_secs(30),
+    )?;
+    Ok(p)
+}
+
+/// Logs in as `admin` and returns the `Cookie` header value.
+fn login(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    let a = once_blocking(addr, &Req::api_login(&addr.to_string(), "admin", PASSWORD))?;
+    anyhow::ensure!(
+        a.status == 200,
+        "login answered {}: {}",
+        a.status,
+        String::from_utf8_lossy(&a.body)
+    );
+    let token = a
+        .set_cookie(COOKIE)
+        .with_context(|| format!("login set no {COOKIE} cookie"))?;
+    Ok(format!("{COOKIE}={token}"))
+}
+
+fn forward_auth(addr: std::net::SocketAddr, cookie: &str) -> Req {
+    let host = addr.to_string();
+    Req::get(&host, "/api/authz/forward-auth")
+        .cookie(cookie)
+        .header("x-forwarded-proto", "http")
+        .header("x-forwarded-host", &host)
+        .header("x-forwarded-uri", "/")
+}
+
+fn bench_store(cfg: &Config, kind: StoreKind) -> Outcome<StoreFigures> {
+    let store = match Store::create(kind, &cfg.services) {
+        Ok(s) => s,
+        Err(Unavailable::Absent(why)) if !cfg.require_services => return Outcome::Skipped(why),
+        Err(Unavailable::Absent(why)) => {
+            return Outcome::Failed(format!("{why} (SESSIOND_REQUIRE_SERVICES=1)"))
+        }
+        Err(Unavailable::Failed(e)) => return Outcome::Failed(format!("{e:#}")),
+    };
+    measure_store(cfg, &store).into()
+}
+
+fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
+    let kind = store.kind;
+    let server = start_sessiond(cfg, store.dir(), &store.args(), kind.label())?;
+    let addr = server.addr;
+    let host = addr.to_string();
+    let cookie = login(addr)?;
+    let healthz = Req::get(&host, "/healthz");
+    let session = Req::get(&host, "/api/session").cookie(&cookie);
+    let fa = forward_auth(addr, &cookie);
+    let fa_status = once_blocking(addr, &fa).map(|a| a.status);
+    let fa = match fa_status {
+        Ok(200) => Ok(fa),
+        Ok(s) => Err(format!("answers {s}")),
+        Err(e) => Err(format!("{e:#}")),
+    };
+
+    let (mut healthz_rounds, mut session_rounds, mut fa_rounds) =
+        (Rounds::default(), Rounds::default(), Rounds::default());
+    for round in 1..=cfg.rounds {
+        let h = load::run(&cfg.closed(addr, healthz.clone()))?;
+        let s = load::run(&cfg.closed(addr, session.clone()))?;
+        let mut line = format!(
+            "[{kind}] round {round}/{}: /healthz {:.0}/s, /api/session {:.0}/s",
+            cfg.rounds, h.rps, s.rps
+        );
+        healthz_rounds.0.push(h);
+        session_rounds.0.push(s);
+        if let Ok(fa) = &fa {
+            let f = load::run(&cfg.closed(addr, fa.clone()))?;
+            line.push_str(&format!(", forward-auth {:.0}/s", f.rps));
+            fa_rounds.0.push(f);
+        }
+        cfg.say(line);
+    }
+    let login_req = Req::api_login(&host, "admin", PASSWORD).expect(&[200]);
+    let login = load::run(
+        &Job::closed(addr, login_req, cfg.login_connections, cfg.client_threads)
+            .timing(cfg.warmup, cfg.login_window),
+    )?;
+    cfg.say(format!(
+        "[{kind}] logins: {:.1}/s ({})",
+        login.rps,
+        login.status_summary()
+    ));
+
+    // The latency probe, alone, then during two floods of logins (half of them wrong, for
+    // unknown users, from many loopback addresses like a distributed guessing attack): one
+    // the size of the hash queue (it stays full, nothing is refused), and a larger one whose
+    // surplus is refused at once with 503 and comes straight back.
+    let probe_idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
+    let (queue_flood, probe_queue_flood) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
+    let (flood, probe_flood) = flood(cfg, addr, &session, cfg.flood_connections)?;
+    cfg.say(format!(
+        "[{kind}] verify p99 idle {:.2} ms, in a queue-sized login flood {:.2} ms ({}), \
+         in a {}-connection flood {:.2} ms ({})",
+        probe_idle.p99_ms,
+        probe_queue_flood.p99_ms,
+        queue_flood.status_summary(),
+        cfg.flood_connections,
+        probe_flood.p99_ms,
+        flood.status_summary()
+    ));
+    let rss_kib = server.rss_kib();
+    server.stop();
+    Ok(StoreFigures {
+        healthz: healthz_rounds,
+        session: session_rounds,
+        forward_auth: fa.map(|_| fa_rounds),
+        login,
+        probe_idle,
+        probe_queue_flood,
+        queue_flood,
+        probe_flood,
+        flood,
+        rss_kib,
+    })
+}
+
+/// A login flood of `connections` and, during it, the latency probe on `session`; returns
+/// `(flood, probe)`.
+fn flood(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+    session: &Req,
+    connections: usize,
+) -> anyhow::Result<(Measure, Measure)> {
+    let host = addr.to_string();
+    let warmup = cfg.warmup * 2;
+    let flood = Job {
+        reqs: vec![
+            Req::api_login(&host, "nobody", "wrong")
+                .vary(Vary::UnknownUser)
+                .expect(&[401, 429, 503]),
+            Req::api_login(&host, "admin", PASSWORD).expect(&[200, 429, 503]),
+        ],
+        spread_sources: true,
+        ..Job::closed(addr, Req::get(&host, "/"), connections, 1).timing(warmup, cfg.flood_window)
+    };
+    // The probe starts once the flood is under way and ends with it.
+    let window = cfg.flood_window.saturating_sub(cfg.warmup).max(cfg.warmup);
+    let probe = cfg.probe(addr, session.clone(), warmup + cfg.warmup, window);
+    load::run_pair(&flood, &probe)
+}
+
+const SMALL_MARK: &str = "sessiond-bench small set";
+const LARGE_MARK: &str = "sessiond-bench large set";
+
+fn cookies(tokens: &[String]) -> Vary {
+    let list: Vec<HeaderValue> = tokens
+        .iter()
+        .filter_map(|t| HeaderValue::from_str(&format!("{COOKIE}={t}")).ok())
+        .collect();
+    Vary::Cookie(list.into())
+}
+
+/// Verify throughput with few and with many stored sessions (SQLite), then the purge.
+///
+/// Two files, one with the small set and a copy of it with the large set added, each served
+/// by its own server; the rounds alternate between the two, so the ratio compares the same
+/// moments of the machine (two phases one after the other differed by half when a build
+/// started on the other core).
+fn bench_scale(cfg: &Config) -> (Outcome<Scale>, Outcome<Purge>) {
+    let dir = match tempfile::Builder::new()
+        .prefix("sessiond-bench-scale-")
+        .tempdir()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            let why = format!("temporary directory: {e}");
+            return (Outcome::Failed(why.clone()), Outcome::Failed(why));
+        }
+    };
+    let (small_dir, large_dir) = (dir.path().join("small"), dir.path().join("large"));
+    let (small_db, large_db) = (small_dir.join("sessiond.db"), large_dir.join("sessiond.db"));
+    let url = |db: &Path| format!("sqlite://{}", db.display());
+    let mut small_cookies = Vec::new();
+    let scale: anyhow::Result<Scale> = (|| {
+        std::fs::create_dir_all(&small_dir)?;
+        std::fs::create_dir_all(&large_dir)?;
+        seed::add_user(&cfg.sessiond, &url(&small_db), "admin", PASSWORD)?;
+        let uid = seed::user_id(&small_db, "admin")?;
+        cfg.say(format!("[scale] storing {} sessions …", cfg.small_sessions));
+        small_cookies = seed::insert_sessions(
+            &small_db,
+            uid,
+            cfg.small_sessions,
+            SMALL_MARK,
+            cfg.cookie_sample,
+        )?;
+        // The seeding checkpointed the WAL into the file: the file alone is the database.
+        std::fs::copy(&small_db, &large_db)?;
+        cfg.say(format!(
+            "[scale] storing {} more sessions in a copy …",
+            cfg.large_sessions
+        ));
+        let t = Instant::now();
+        let large_cookies = seed::insert_sessions(
+            &large_db,
+            uid,
+            cfg.large_sessions,
+            LARGE_MARK,
+            cfg.cookie_sample,
+        )?;
+        cfg.say(format!(
+            "[scale] stored in {:.1} s",
+            t.elapsed().as_secs_f64()
+        ));
+        let small_server = start_sessiond(
+            cfg,
+            &small_dir,
+            &["--database".into(), url(&small_db)],
+            "scale",
+        )?;
+        let large_server = start_sessiond(
+            cfg,
+            &large_dir,
+            &["--database".into(), url(&large_db)],
+            "scale",
+        )?;
+        let small_req =
+            Req::get(&small_server.addr.to_string(), "/api/session").vary(cookies(&small_cookies));
+        let large_req =
+            Req::get(&large_server.addr.to_string(), "/api/session").vary(cookies(&large_cookies));
+        touch_all(
+            cfg,
+            small_server.addr,
+            &small_req,
+            &small_db,
+            SMALL_MARK,
+            small_cookies.len(),
+        )?;
+        touch_all(
+            cfg,
+            large_server.addr,
+            &large_req,
+            &large_db,
+            LARGE_MARK,
+            large_cookies.len(),
+        )?;
+        let (mut small_rounds, mut large_rounds) = (Rounds::default(), Rounds::default());
+        for round in 1..=cfg.rounds {
+            let s = load::run(&cfg.closed(small_server.addr, small_req.clone()))?;
+            let l = load::run(&cfg.closed(large_server.addr, large_req.clone()))?;
+            cfg.say(format!(
+                "[scale] round {round}/{}: verify {:.0}/s with {} stored ({}), {:.0}/s with {} \
+                 stored ({})",
+                cfg.rounds,
+                s.rps,
+                cfg.small_sessions,
+                s.status_summary(),
+                l.rps,
+                cfg.small_sessions + cfg.large_sessions,
+                l.status_summary()
+            ));
+            small_rounds.0.push(s);
+            large_rounds.0.push(l);
+        }
+        let small = ScalePoint {
+            stored: cfg.small_sessions,
+            verify: small_rounds,
+            rss_kib: small_server.rss_kib(),
+        };
+        let large = ScalePoint {
+            stored: cfg.small_sessions + cfg.large_sessions,
+            verify: large_rounds,
+            rss_kib: large_server.rss_kib(),
+        };
+        small_server.stop();
+        large_server.stop();
+        Ok(Scale { small, large })
+    })();
+    if let Err(e) = &scale {
+        let why = format!("{e:#}");
+        return (
+            Outcome::Failed(why),
+            Outcome::Skipped("no scale figures".into()),
+        );
+    }
+    let purge = bench_purge(cfg, &large_dir, &large_db, &url(&large_db), &small_cookies);
+    (scale.into(), purge.into())
+}
+
+/// Verifies every session of `tokens` until the activity writes that were due have landed,
+/// so that the measurement after it sees sessions in one state (fresh, no write due for a
+/// minute) whatever time the seeding took.
+fn touch_all(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+    req: &Req,
+    db: &Path,
+    marker: &str,
+    tokens: usize,
+) -> anyhow::Result<()> {
+    let since = seed::now_ms();
+    let mut seen = 0;
+    for _ in 0..10 {
+        let pass = Job::closed(addr, req.clone(), cfg.connections, cfg.client_threads)
+            .timing(Duration::ZERO, Duration::from_millis(500));
+        load::run(&pass)?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            seen = seed::seen_since(db, marker, since)?;
+            if seen >= tokens as u64 {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    anyhow::bail!("only {seen} of {tokens} sessions recorded their activity")
+}
+
+/// `sessiond session purge` of the large set, expired, while the server serves the small set.
+fn bench_purge(
+    cfg: &Config,
+    dir: &Path,
+    db: &Path,
+    url: &str,
+    live_tokens: &[String],
+) -> anyhow::Result<Purge> {
+    // The deadline lies a moment ahead, so the sweep the server runs as it starts finds
+    // nothing; its next one is a minute later.
+    let deadline = seed::now_ms() + i64::try_from(cfg.expire_after.as_millis())?;
+    let marked = seed::expire_at(db, LARGE_MARK, deadline)?;
+    // The live sessions were last verified a while ago: make their activity write due now,
+    // so that the touch pass below takes them all to the same state.
+    seed::set_last_seen(db, SMALL_MARK, seed::now_ms() - 120_000)?;
+    let server = start_sessiond(cfg, dir, &["--database".into(), url.into()], "purge")?;
+    let wait = deadline - seed::now_ms() + 200;
+    if wait > 0 {
+        std::thread::sleep(Duration::from_millis(u64::try_from(wait)?));
+    }
+    let (expired, live) = seed::count(db, seed::now_ms())?;
+    anyhow::ensure!(
+        expired == marked,
+        "{marked} sessions were marked to expire, {expired} are expired: the server swept early"
+    );
+    let req = Req::get(&server.addr.to_string(), "/api/session").vary(cookies(live_tokens));
+    touch_all(cfg, server.addr, &req, db, SMALL_MARK, live_tokens.len())?;
+    let probe_idle = load::run(&cfg.probe(server.addr, req.clone(), cfg.warmup, cfg.window))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let probe = Job {
+        stop: Some(Arc::clone(&stop)),
+        ..cfg.probe(server.addr, req, cfg.warmup, Duration::from_secs(900))
+    };
+    cfg.say(format!(
+        "[purge] purging {expired} expired sessions ({live} live) …"
+    ));
+    let (probe_during, purge) = std::thread::scope(|s| {
+        let h = s.spawn(|| load::run(&probe));
+        std::thread::sleep(cfg.warmup + Duration::from_millis(30));
+        let t = Instant::now();
+        let out = run_purge(&cfg.sessiond, url);
+        let seconds = t.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        let probe = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("the probe panicked"))
+            .and_then(|r| r);
+        (probe, out.map(|removed| (removed, seconds)))
+    });
+    let (removed, seconds) = purge?;
+    let probe_during = probe_during?;
+    let sweep_overlap = server.started.elapsed() >= SWEEP_EVERY;
+    let (left, _) = seed::count(db, seed::now_ms() - 1_000)?;
+    cfg.say(format!(
+        "[purge] removed {removed} in {seconds:.1} s; verify p99 {:.2} ms idle, {:.2} ms during",
+        probe_idle.p99_ms, probe_during.p99_ms
+    ));
+    server.stop();
+    Ok(Purge {
+        expired,
+        live,
+        removed,
+        seconds,
+        probe_idle,
+        probe_during,
+        left,
+        sweep_overlap,
+    })
+}
+
+/// Runs `sessiond session purge`; returns how many sessions it says it removed.
+fn run_purge(sessiond: &Path, url: &str) -> anyhow::Result<u64> {
+    let mut child = Command::new(sessiond)
+        .args(["session", "purge", "--database", url])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            anyhow::bail!("sessiond session purge ran for more than 15 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "sessiond session purge failed: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    // "removed N expired session(s) in …"
+    stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "removed")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected purge output: {}", stdout.trim()))
+}
+
+fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
+    let names: [(&'static str, StoreKind); 3] = [
+        (
+            "axum-login 0.18 + tower-sessions 0.14 (SQLite store)",
+            StoreKind::Sqlite,
+        ),
+        (
+            "axum-login 0.18 + tower-sessions 0.14 (Redis store)",
+            StoreKind::Redis,
+        ),
+        (
+            "Django 5.2, DB sessions on SQLite, gunicorn -w 2",
+            StoreKind::Sqlite,
+        ),
+    ];
+    let (dir, tower) = match &cfg.peers {
+        PeerSetup::Skip(why) => {
+            return names
+                .into_iter()
+                .map(|(name, versus)| PeerRow {
+                    name,
+                    versus,
+                    outcome: Outcome::Skipped(why.clone()),
+                })
+                .collect()
+        }
+        PeerSetup::Use { dir, tower } => (dir, tower),
+    };
+    let mut rows = Vec::new();
+    for (i, (name, versus)) in names.into_iter().enumerate() {
+        cfg.say(format!("[peer] {name} …"));
+        let started = match i {
+            0 | 1 => match tower {
+                Err(why) => Err(Outcome::Failed(why.clone())),
+                Ok(bin) if i == 1 => match redis_available(&cfg.services.redis) {
+                    Ok(()) => peers::start_tower(bin, "redis", &cfg.services.redis)
+                        .map_err(|e| Outcome::Failed(format!("{e:#}"))),
+                    Err(why) => Err(Outcome::Skipped(why)),
+                },
+                Ok(bin) => peers::start_tower(bin, "sqlite", &cfg.services.redis)
+                    .map_err(|e| Outcome::Failed(format!("{e:#}"))),
+            },
+            _ => match peers::django_ready() {
+                Err(why) => Err(Outcome::Skipped(why)),
+                Ok(()) => peers::start_django(dir).map_err(|e| Outcome::Failed(format!("{e:#}"))),
+            },
+        };
+        let outcome = match started {
+            Err(o) => o,
+            Ok(peer) => measure_peer(cfg, &peer, i < 2).into(),
+        };
+        if let Outcome::Skipped(why) | Outcome::Failed(why) = &outcome {
+            cfg.say(format!("[peer] {name}: not measured: {why}"));
+        }
+        rows.push(PeerRow {
+            name,
+            versus,
+            outcome,
+        });
+    }
+    rows
+}
+
+fn measure_peer(
+    cfg: &Config,
+    peer: &peers::RunningPeer,
+    bare: bool,
+) -> anyhow::Result<PeerFigures> {
+    let addr = peer.process.addr;
+    let host = addr.to_string();
+    let me = Req::get(&host, "/me").cookie(&peer.cookie);
+    anyhow::ensure!(
+        once_blocking(addr, &me)?.status == 200,
+        "the peer does not accept its own session cookie"
+    );
+    let mut me_rounds = Rounds::default();
+    let mut bare_rounds = Rounds::default();
+    for round in 1..=cfg.rounds {
+        let mut line = format!("[peer] round {round}/{}:", cfg.rounds);
+        if bare {
+            let h = load::run(&cfg.closed(addr, Req::get(&host, "/healthz")))?;
+            line.push_str(&format!(" /healthz {:.0}/s", h.rps));
+            bare_rounds.0.push(h);
+        }
+        let m = load::run(&cfg.closed(addr, me.clone()))?;
+        line.push_str(&format!(" /me {:.0}/s ({})", m.rps, m.status_summary()));
+        me_rounds.0.push(m);
+        cfg.say(line);
+    }
+    Ok(PeerFigures {
+        me: me_rounds,
+        healthz: bare.then_some(bare_rounds),
+    })
+}
+
+fn redis_available(url: &str) -> Result<(), String> {
+    let addr = url
+        .strip_prefix("redis://")
+        .and_then(|r| r.split(['/', '?']).next())
+        .and_then(|hp| hp.rsplit('@').next())
+        .ok_or_else(|| format!("cannot read Redis URL {url}"))?;
+    let sock = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(|e| format!("Redis at {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("Redis at {addr}: no address"))?;
+    std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
+        .map(|_| ())
+        .map_err(|e| format!("Redis at {addr}: {e}"))
+}

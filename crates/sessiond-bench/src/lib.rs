@@ -1,0 +1,53 @@
+//! # sessiond-bench
+//!
+//! The project's load benchmark (SPEC §7, issue 7): one command builds the release server,
+//! starts it on each store, drives it with a real HTTP load generator on the same machine and
+//! prints one table, every ratio taken from figures of the same run.
+//!
+//! ```sh
+//! cargo run --release -p sessiond-bench              # full run, writes BENCHMARKS.md
+//! cargo run --release -p sessiond-bench -- --help    # --seconds, --no-peers, --out, …
+//! ```
+//!
+//! ## What it measures, and why this way
+//!
+//! * **Verify against a route that does no session work.** `GET /healthz` on the same server
+//!   is the floor of the HTTP stack on this machine; `GET /api/session` (and forward auth)
+//!   with a valid cookie adds exactly the session work. Their ratio survives a change of
+//!   machine, absolute numbers do not.
+//! * **Ratios per round.** The closed-loop rows run in interleaved rounds (`/healthz`, verify,
+//!   forward auth, again …); a ratio is the median of the per-round ratios, so a build that
+//!   starts on the other core in round 2 does not land on one side of it only.
+//! * **Login against the machine's hashing.** The same `argon2` crate at the same parameters
+//!   hashes on every core in the same run; logins/s over hashes/s is the share of the CPU
+//!   that reaches argon2.
+//! * **Latency under a login flood** is probed at a fixed rate, timed from when each request
+//!   was due, while 64 connections of right and wrong logins keep the hashing pool full.
+//! * **Store size.** A million sessions are written straight into the SQLite file (not a
+//!   million logins), with secrets made here, so the verifications pick sessions all over the
+//!   table; then a million of them are made expired and `sessiond session purge` removes
+//!   them while the server serves.
+//! * **Peers** from `shared/peers/` (axum-login + tower-sessions, Django) run on the same
+//!   machine with the same generator.
+//!
+//! The test suite runs all of it in a smoke mode (tiny windows, 2,000 stored sessions, no
+//! peers) that asserts only that every row was produced and every request answered: no speed
+//! assertion lives in the tests.
+//!
+//! Linux only: memory comes from `/proc/PID/status`, the machine from `/proc`.
+
+pub mod binaries;
+pub mod chart;
+pub mod document;
+mod harness;
+pub mod hashrate;
+pub mod load;
+pub mod machine;
+pub mod peers;
+pub mod process;
+pub mod report;
+pub mod seed;
+pub mod stores;
+
+pub use harness::{run, Config, PeerSetup, COOKIE, PASSWORD};
+pub use report::{Outcome, Report};

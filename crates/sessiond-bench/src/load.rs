@@ -1,0 +1,551 @@
+//! The load generator: keep-alive HTTP/1.1 connections on hyper's client, latencies in an
+//! HDR histogram.
+//!
+//! * **Built like wrk**: `threads` OS threads, each with its own current-thread tokio runtime
+//!   driving its share of the connections. No work stealing and no cross-thread wake-ups: the
+//!   generator shares the machine's two cores with the server, so every microsecond it spends
+//!   is one the server does not get.
+//! * **Closed loop** (`rate: None`): every connection sends its next request as soon as the
+//!   previous answer is in; that measures throughput.
+//! * **Fixed rate** (`rate: Some(r)`): requests are scheduled at `r` per second in total, and a
+//!   request that could not leave on time (its connection was still waiting for a slow answer)
+//!   is timed from when it should have left, so stalls are not hidden (no coordinated
+//!   omission). That measures latency at a given load, e.g. during a login flood.
+//! * **Only completions inside the window count**: requests still in flight when it closes are
+//!   abandoned, so a slow endpoint (login, ~50 ms) is not credited with answers that came later.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, COOKIE, HOST};
+use hyper::{HeaderMap, Method, Request, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// How a request changes from one send to the next.
+#[derive(Clone, Debug)]
+pub enum Vary {
+    /// Always the same request.
+    Nothing,
+    /// A `Cookie` header from the list, a different one on each request, every one in turn
+    /// (many sessions).
+    Cookie(Arc<[HeaderValue]>),
+    /// A JSON login for a fresh unknown username and a wrong password on every request.
+    UnknownUser,
+}
+
+/// One request, ready to be sent many times.
+#[derive(Clone, Debug)]
+pub struct Req {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+    vary: Vary,
+    /// Statuses that count as the expected answer.
+    ok: Vec<u16>,
+}
+
+impl Req {
+    pub fn get(host: &str, path: &str) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, value(host));
+        Self {
+            method: Method::GET,
+            uri: path.parse().expect("static paths are valid URIs"),
+            headers,
+            body: Bytes::new(),
+            vary: Vary::Nothing,
+            ok: vec![200],
+        }
+    }
+
+    pub fn post(host: &str, path: &str, content_type: &str, body: impl Into<Bytes>) -> Self {
+        let mut r = Self::get(host, path);
+        r.method = Method::POST;
+        r.headers.insert(CONTENT_TYPE, value(content_type));
+        r.body = body.into();
+        r
+    }
+
+    /// `POST /api/login` as JSON.
+    pub fn api_login(host: &str, username: &str, password: &str) -> Self {
+        let body = serde_json::json!({ "username": username, "password": password }).to_string();
+        Self::post(host, "/api/login", "application/json", body)
+    }
+
+    pub fn header(mut self, name: &'static str, v: &str) -> Self {
+        self.headers.insert(HeaderName::from_static(name), value(v));
+        self
+    }
+
+    pub fn cookie(self, cookie: &str) -> Self {
+        let mut r = self;
+        r.headers.insert(COOKIE, value(cookie));
+        r
+    }
+
+    pub fn vary(mut self, vary: Vary) -> Self {
+        self.vary = vary;
+        self
+    }
+
+    pub fn expect(mut self, ok: &[u16]) -> Self {
+        self.ok = ok.to_vec();
+        self
+    }
+
+    fn build(&self, n: u64) -> Request<Full<Bytes>> {
+        let body = match &self.vary {
+            Vary::UnknownUser => Bytes::from(
+                serde_json::json!({
+                    "username": format!("nobody-{n}"),
+                    "password": format!("not the password {n}"),
+                })
+                .to_string(),
+            ),
+            _ => self.body.clone(),
+        };
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.headers_mut() = self.headers.clone();
+        if let Vary::Cookie(list) = &self.vary {
+            let i = usize::try_from(n % list.len() as u64).unwrap_or(0);
+            req.headers_mut().insert(COOKIE, list[i].clone());
+        }
+        req
+    }
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).expect("header values built here are visible ASCII")
+}
+
+/// One load run.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub addr: SocketAddr,
+    /// Connection `i` sends `reqs[i % reqs.len()]`.
+    pub reqs: Vec<Req>,
+    pub connections: usize,
+    pub threads: usize,
+    /// Sent but not counted: connections open, caches and pools warm.
+    pub warmup: Duration,
+    /// Counted. The run ends after it, or earlier when `stop` is raised.
+    pub window: Duration,
+    /// Total requests per second (fixed-rate mode); `None`: closed loop.
+    pub rate: Option<f64>,
+    /// Connection `i` comes from 127.0.0.`(2 + i % 250)` instead of 127.0.0.1: many clients,
+    /// as a distributed flood would be.
+    pub spread_sources: bool,
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Job {
+    pub fn closed(addr: SocketAddr, req: Req, connections: usize, threads: usize) -> Self {
+        Self {
+            addr,
+            reqs: vec![req],
+            connections,
+            threads,
+            warmup: Duration::from_millis(500),
+            window: Duration::from_secs(5),
+            rate: None,
+            spread_sources: false,
+            stop: None,
+        }
+    }
+
+    pub fn timing(mut self, warmup: Duration, window: Duration) -> Self {
+        self.warmup = warmup;
+        self.window = window;
+        self
+    }
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Measure {
+    /// Answers per second of the window (all statuses).
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// Answers in the window.
+    pub count: u64,
+    /// Answers with an expected status.
+    pub ok: u64,
+    pub statuses: BTreeMap<u16, u64>,
+    /// Connects or exchanges that failed (no HTTP answer).
+    pub io_errors: u64,
+    /// Counted seconds.
+    pub seconds: f64,
+}
+
+impl Measure {
+    /// Answers with this status.
+    pub fn status(&self, s: u16) -> u64 {
+        self.statuses.get(&s).copied().unwrap_or(0)
+    }
+
+    /// Every answer was expected and nothing failed.
+    pub fn clean(&self) -> bool {
+        self.count > 0 && self.ok == self.count && self.io_errors == 0
+    }
+
+    /// `200×123 401×4` …
+    pub fn status_summary(&self) -> String {
+        let mut parts: Vec<String> = self
+            .statuses
+            .iter()
+            .map(|(s, n)| format!("{s}×{n}"))
+            .collect();
+        if self.io_errors > 0 {
+            parts.push(format!("io-errors×{}", self.io_errors));
+        }
+        parts.join(" ")
+    }
+}
+
+struct ConnStats {
+    hist: Histogram<u64>,
+    statuses: BTreeMap<u16, u64>,
+    ok: u64,
+    io_errors: u64,
+}
+
+impl ConnStats {
+    fn new() -> Self {
+        Self {
+            // 1 µs .. 10 min, 3 significant digits.
+            hist: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds"),
+            statuses: BTreeMap::new(),
+            ok: 0,
+            io_errors: 0,
+        }
+    }
+
+    fn merge(&mut self, other: ConnStats) {
+        let _ = self.hist.add(&other.hist);
+        for (s, n) in other.statuses {
+            *self.statuses.entry(s).or_default() += n;
+        }
+        self.ok += other.ok;
+        self.io_errors += other.io_errors;
+    }
+}
+
+struct Shared {
+    job: Job,
+    /// When counting begins.
+    measure_from: Instant,
+    /// When the run ends at the latest.
+    end: Instant,
+    /// When connection 0's schedule begins (fixed rate).
+    start: Instant,
+}
+
+impl Shared {
+    fn stopped(&self) -> bool {
+        self.job
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs `job` on its own threads and returns when it is over.
+pub fn run(job: &Job) -> anyhow::Result<Measure> {
+    anyhow::ensure!(!job.reqs.is_empty(), "a load job needs a request");
+    let connections = job.connections.max(1);
+    let threads = job.threads.clamp(1, connections);
+    // A little slack so every thread is up before the schedule starts.
+    let start = Instant::now() + Duration::from_millis(20);
+    let shared = Arc::new(Shared {
+        job: Job {
+            connections,
+            threads,
+            ..job.clone()
+        },
+        measure_from: start + job.warmup,
+        end: start + job.warmup + job.window,
+        start,
+    });
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let shared = Arc::clone(&shared);
+        let mine: Vec<usize> = (t..connections).step_by(threads).collect();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("load-{t}"))
+                .spawn(move || -> anyhow::Result<ConnStats> {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async move {
+                        let tasks: Vec<_> = mine
+                            .into_iter()
+                            .map(|i| tokio::spawn(connection(Arc::clone(&shared), i)))
+                            .collect();
+                        let mut total = ConnStats::new();
+                        for t in tasks {
+                            total.merge(t.await?);
+                        }
+                        Ok(total)
+                    })
+                })?,
+        );
+    }
+    let mut total = ConnStats::new();
+    for h in handles {
+        let stats = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))??;
+        total.merge(stats);
+    }
+    let ended = Instant::now().min(shared.end);
+    let seconds = ended
+        .saturating_duration_since(shared.measure_from)
+        .as_secs_f64()
+        .max(1e-3);
+    let count = total.hist.len();
+    let ms = |q: f64| {
+        if count == 0 {
+            0.0
+        } else {
+            total.hist.value_at_quantile(q) as f64 / 1000.0
+        }
+    };
+    Ok(Measure {
+        rps: count as f64 / seconds,
+        p50_ms: ms(0.50),
+        p99_ms: ms(0.99),
+        max_ms: if count == 0 {
+            0.0
+        } else {
+            total.hist.max() as f64 / 1000.0
+        },
+        count,
+        ok: total.ok,
+        statuses: total.statuses,
+        io_errors: total.io_errors,
+        seconds,
+    })
+}
+
+/// Runs two jobs at once (e.g. a latency probe during a flood).
+pub fn run_pair(a: &Job, b: &Job) -> anyhow::Result<(Measure, Measure)> {
+    std::thread::scope(|s| {
+        let ha = s.spawn(|| run(a));
+        let mb = run(b);
+        let ma = ha
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+        Ok((ma?, mb?))
+    })
+}
+
+fn source_for(addr: SocketAddr, i: usize, spread: bool) -> Option<IpAddr> {
+    match addr.ip() {
+        IpAddr::V4(v4) if spread && v4.is_loopback() => {
+            let last = u8::try_from(2 + i % 250).unwrap_or(2);
+            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)))
+        }
+        _ => None,
+    }
+}
+
+async fn connection(shared: Arc<Shared>, i: usize) -> ConnStats {
+    let job = &shared.job;
+    let req = &job.reqs[i % job.reqs.len()];
+    let source = source_for(job.addr, i, job.spread_sources);
+    let mut stats = ConnStats::new();
+    let mut sender: Option<Sender> = None;
+    let interval = job
+        .rate
+        .map(|r| Duration::from_secs_f64(job.connections as f64 / r.max(1e-3)));
+    // Fixed rate: connections take turns, evenly spread over one interval.
+    let mut next = shared.start
+        + interval.map_or(Duration::ZERO, |iv| {
+            iv.mul_f64(i as f64 / job.connections as f64)
+        });
+    let mut prev_done = Instant::now();
+    // Request numbers unique within the job without a shared counter: connection i sends
+    // i, i + C, i + 2C, … (C connections), so cookies are taken in turn and all of them
+    // within len / C requests of each connection.
+    let stride = job.connections as u64;
+    let mut n = i as u64;
+    loop {
+        if shared.stopped() {
+            break;
+        }
+        let origin = match interval {
+            Some(iv) => {
+                let intended = next;
+                next += iv;
+                if intended >= shared.end {
+                    break;
+                }
+                if prev_done > intended {
+                    // Behind schedule because an answer was slow: the wait is latency too.
+                    intended
+                } else {
+                    tokio::time::sleep_until(intended.into()).await;
+                    Instant::now()
+                }
+            }
+            None => {
+                let now = Instant::now();
+                if now >= shared.end {
+                    break;
+                }
+                now
+            }
+        };
+        let outcome = tokio::time::timeout_at(
+            shared.end.into(),
+            exchange(&mut sender, job.addr, source, req, n),
+        )
+        .await;
+        n += stride;
+        let done = Instant::now();
+        prev_done = done;
+        let counted = done >= shared.measure_from && !shared.stopped();
+        match outcome {
+            Err(_) => break, // the window closed with this request in flight
+            Ok(Ok(status)) => {
+                if counted {
+                    let us =
+                        u64::try_from(done.duration_since(origin).as_micros()).unwrap_or(u64::MAX);
+                    stats.hist.saturating_record(us.max(1));
+                    *stats.statuses.entry(status).or_default() += 1;
+                    if req.ok.contains(&status) {
+                        stats.ok += 1;
+                    }
+                }
+            }
+            Ok(Err(_)) => {
+                if counted {
+                    stats.io_errors += 1;
+                }
+                sender = None;
+                // Do not spin on a refusing server.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    stats
+}
+
+async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Sender> {
+    let stream = match source {
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await?
+        }
+        None => TcpStream::connect(addr).await?,
+    };
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Sends one request on the connection (opening one when there is none) and reads the whole
+/// answer. A connection the server closed after its last answer is replaced without counting
+/// an error; one it announced to close (`Connection: close`, e.g. gunicorn) is dropped.
+async fn exchange(
+    sender: &mut Option<Sender>,
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    req: &Req,
+    n: u64,
+) -> anyhow::Result<u16> {
+    if let Some(s) = sender.as_mut() {
+        if s.ready().await.is_err() {
+            *sender = None;
+        }
+    }
+    let s = match sender {
+        Some(s) => s,
+        None => sender.insert(connect(addr, source).await?),
+    };
+    let res = s.send_request(req.build(n)).await?;
+    let status = res.status().as_u16();
+    let close = res
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+    res.into_body().collect().await?;
+    if close {
+        *sender = None;
+    }
+    Ok(status)
+}
+
+/// An answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    /// The value of the cookie `name` set by this answer.
+    pub fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all(hyper::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.split(';').next())
+            .filter_map(|pair| pair.split_once('='))
+            .find(|(k, _)| k.trim() == name)
+            .map(|(_, v)| v.trim().to_owned())
+    }
+}
+
+/// Sends one request on a fresh connection (setup and readiness checks).
+pub async fn once(addr: SocketAddr, req: &Req) -> anyhow::Result<Answer> {
+    let fut = async {
+        let mut s = connect(addr, None).await?;
+        let res = s.send_request(req.build(1)).await?;
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>(Answer {
+            status,
+            headers,
+            body,
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .context("no answer within 10 s")?
+}
+
+/// [`once`] on a throwaway runtime, for synchronous callers.
+pub fn once_blocking(addr: SocketAddr, req: &Req) -> anyhow::Result<Answer> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(once(addr, req))
+}

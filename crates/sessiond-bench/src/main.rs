@@ -1,0 +1,137 @@
+//! `sessiond-bench`: builds sessiond in release, measures it on every store and against the
+//! peers, prints one table and writes `BENCHMARKS.md` with a chart.
+//!
+//! Run with: `cargo run --release -p sessiond-bench -- [--seconds N] [--no-peers] [--out FILE]`
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use sessiond_bench::{binaries, chart, document, peers, run, Config, PeerSetup};
+
+/// The sessiond load benchmark (SPEC §7): one run, one table.
+#[derive(Debug, Parser)]
+#[command(name = "sessiond-bench")]
+struct Args {
+    /// Seconds per measured window (logins and floods get twice as long)
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Interleaved rounds of each closed-loop row (figures are medians)
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Leave out the peers (axum-login + tower-sessions, Django)
+    #[arg(long)]
+    no_peers: bool,
+    /// The peers' folder
+    #[arg(long, value_name = "DIR")]
+    peers: Option<PathBuf>,
+    /// Where to write the report; relative paths are taken from the workspace root
+    #[arg(long, value_name = "FILE", default_value = "BENCHMARKS.md")]
+    out: PathBuf,
+    /// Where to write the chart (PNG); relative paths are taken from the workspace root
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "crates/sessiond-bench/benchmarks.png"
+    )]
+    chart: PathBuf,
+    /// Stored sessions for the large-store rows
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    sessions: u64,
+    /// Load-generator threads
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    client_threads: usize,
+    /// Every path once with tiny windows (what the test suite runs); prints, writes nothing
+    #[arg(long)]
+    smoke: bool,
+    /// Benchmark this sessiond binary instead of building one
+    #[arg(long, value_name = "PATH")]
+    sessiond: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match real_main(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sessiond-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main(args: Args) -> anyhow::Result<()> {
+    let root = binaries::workspace_root();
+    let sessiond = match &args.sessiond {
+        Some(p) => p.clone(),
+        None if args.smoke => binaries::test_sessiond()?,
+        None => {
+            eprintln!("sessiond-bench: building sessiond (release) …");
+            binaries::release_sessiond()?
+        }
+    };
+    let mut cfg = if args.smoke {
+        Config::smoke(sessiond)
+    } else {
+        Config::real(sessiond, args.seconds)
+    };
+    if !args.smoke {
+        cfg.rounds = args.rounds.max(1);
+        cfg.large_sessions = args.sessions.max(1);
+        cfg.client_threads = args.client_threads.max(1);
+        cfg.peers = if args.no_peers {
+            PeerSetup::Skip("--no-peers".into())
+        } else {
+            peer_setup(args.peers.clone(), &root)
+        };
+    }
+    let report = run(&cfg)?;
+    println!("\n{}", report.table());
+    if args.smoke {
+        return Ok(());
+    }
+    let out = absolute(&root, &args.out);
+    let chart_path = absolute(&root, &args.chart);
+    let chart_ref = match chart::write(&report, &chart_path) {
+        Ok(()) => Some(relative_to(&chart_path, out.parent().unwrap_or(&root))),
+        Err(e) => {
+            eprintln!("sessiond-bench: no chart: {e:#}");
+            None
+        }
+    };
+    std::fs::write(&out, document::render(&report, chart_ref.as_deref()))?;
+    eprintln!(
+        "sessiond-bench: wrote {} and {} in {:.0} s",
+        out.display(),
+        chart_path.display(),
+        report.seconds
+    );
+    Ok(())
+}
+
+fn peer_setup(dir: Option<PathBuf>, root: &Path) -> PeerSetup {
+    let dir = dir.unwrap_or_else(|| root.join("..").join("shared").join("peers"));
+    if !dir.is_dir() {
+        return PeerSetup::Skip(format!("no peers at {}", dir.display()));
+    }
+    eprintln!("sessiond-bench: building the tower peer (release) …");
+    let tower = peers::build_tower(&dir, &binaries::target_dir().join("peers"))
+        .map_err(|e| format!("{e:#}"));
+    PeerSetup::Use { dir, tower }
+}
+
+fn absolute(root: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root.join(p)
+    }
+}
+
+/// `path` relative to `base` when it lies below it (for the Markdown image link).
+fn relative_to(path: &Path, base: &Path) -> String {
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}

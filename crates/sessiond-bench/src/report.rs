@@ -1,0 +1,581 @@
+//! What a run found, and the one table it prints.
+
+use std::fmt::Write as _;
+
+use crate::hashrate::HashRate;
+use crate::load::Measure;
+use crate::machine::Machine;
+use crate::stores::StoreKind;
+
+/// The result of one part of the run.
+#[derive(Clone, Debug)]
+pub enum Outcome<T> {
+    Done(T),
+    /// Not measured, for a stated reason that is not a fault (a service that is not there,
+    /// peers left out).
+    Skipped(String),
+    /// Something broke; the run went on.
+    Failed(String),
+}
+
+impl<T> Outcome<T> {
+    pub fn done(&self) -> Option<&T> {
+        match self {
+            Outcome::Done(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn cell(&self, f: impl FnOnce(&T) -> String) -> String {
+        match self {
+            Outcome::Done(t) => f(t),
+            Outcome::Skipped(why) => format!("skipped: {why}"),
+            Outcome::Failed(why) => format!("**failed**: {why}"),
+        }
+    }
+}
+
+impl<T> From<anyhow::Result<T>> for Outcome<T> {
+    fn from(r: anyhow::Result<T>) -> Self {
+        match r {
+            Ok(t) => Outcome::Done(t),
+            Err(e) => Outcome::Failed(format!("{e:#}")),
+        }
+    }
+}
+
+/// The same measurement repeated in interleaved rounds; figures are medians over rounds.
+#[derive(Clone, Debug, Default)]
+pub struct Rounds(pub Vec<Measure>);
+
+impl Rounds {
+    pub fn median(&self, f: impl Fn(&Measure) -> f64) -> f64 {
+        median(self.0.iter().map(f).collect())
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.median(|m| m.rps)
+    }
+
+    pub fn p50(&self) -> f64 {
+        self.median(|m| m.p50_ms)
+    }
+
+    pub fn p99(&self) -> f64 {
+        self.median(|m| m.p99_ms)
+    }
+
+    /// Median over rounds of `self ÷ other` in the same round: drift in the machine's speed
+    /// (another build starting) cancels out of each round's ratio.
+    pub fn ratio_to(&self, other: &Rounds) -> f64 {
+        median(
+            self.0
+                .iter()
+                .zip(&other.0)
+                .map(|(a, b)| if b.rps > 0.0 { a.rps / b.rps } else { 0.0 })
+                .collect(),
+        )
+    }
+
+    pub fn clean(&self) -> bool {
+        !self.0.is_empty() && self.0.iter().all(Measure::clean)
+    }
+
+    fn cell(&self) -> String {
+        format!(
+            "{}/s · {} / {} ms",
+            thousands(self.rps()),
+            ms(self.p50()),
+            ms(self.p99())
+        )
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The figures of one store.
+#[derive(Clone, Debug)]
+pub struct StoreFigures {
+    pub healthz: Rounds,
+    pub session: Rounds,
+    /// `Err`: why the endpoint was not measured ("n/a").
+    pub forward_auth: Result<Rounds, String>,
+    pub login: Measure,
+    /// `GET /api/session` at a fixed rate, nothing else running.
+    pub probe_idle: Measure,
+    /// The same during a login flood the hash queue holds (nothing refused).
+    pub probe_queue_flood: Measure,
+    pub queue_flood: Measure,
+    /// The same during a larger flood, whose surplus is refused (503) and retried at once.
+    pub probe_flood: Measure,
+    pub flood: Measure,
+    pub rss_kib: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScalePoint {
+    pub stored: u64,
+    pub verify: Rounds,
+    pub rss_kib: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Scale {
+    pub small: ScalePoint,
+    pub large: ScalePoint,
+}
+
+#[derive(Clone, Debug)]
+pub struct Purge {
+    pub expired: u64,
+    pub live: u64,
+    /// As `sessiond session purge` reported.
+    pub removed: u64,
+    pub seconds: f64,
+    pub probe_idle: Measure,
+    pub probe_during: Measure,
+    /// Expired sessions left afterwards (should be none).
+    pub left: u64,
+    /// The server's own minute sweep came due while the purge ran.
+    pub sweep_overlap: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerFigures {
+    pub me: Rounds,
+    /// The peer stack's bare route, when it has one.
+    pub healthz: Option<Rounds>,
+}
+
+#[derive(Clone, Debug)]
+pub struct PeerRow {
+    pub name: &'static str,
+    /// The sessiond store it is compared with.
+    pub versus: StoreKind,
+    pub outcome: Outcome<PeerFigures>,
+}
+
+/// Everything one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub smoke: bool,
+    pub machine: Machine,
+    /// How the load was applied, in words.
+    pub method: String,
+    pub hash: Outcome<HashRate>,
+    pub stores: Vec<(StoreKind, Outcome<StoreFigures>)>,
+    pub scale: Outcome<Scale>,
+    pub purge: Outcome<Purge>,
+    pub peers: Vec<PeerRow>,
+    /// Connections of the queue-sized and of the large login flood.
+    pub floods: (usize, usize),
+    pub seconds: f64,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    pub label: String,
+    /// SQLite, PostgreSQL, Redis.
+    pub cells: [String; 3],
+    pub target: String,
+}
+
+pub fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".into();
+    }
+    if x < 100.0 {
+        return format!("{x:.1}");
+    }
+    let n = x.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn ms(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+fn check(ok: bool) -> &'static str {
+    if ok {
+        "✓"
+    } else {
+        "✗"
+    }
+}
+
+fn statuses_note(m: &Measure) -> String {
+    m.status_summary()
+}
+
+/// What a login flood got: hashed answers (right and wrong) and refusals, per second.
+fn flood_note(m: &Measure) -> String {
+    let secs = m.seconds.max(1e-3);
+    let hashed = (m.status(200) + m.status(401)) as f64 / secs;
+    let mut note = format!(
+        "logins hashed: {}/s ({}× 200, {}× 401)",
+        thousands(hashed),
+        m.status(200),
+        m.status(401)
+    );
+    for (code, what) in [(503, "refused"), (429, "throttled")] {
+        if m.status(code) > 0 {
+            let _ = write!(
+                note,
+                ", {what} ({code}): {}/s",
+                thousands(m.status(code) as f64 / secs)
+            );
+        }
+    }
+    if m.io_errors > 0 {
+        let _ = write!(note, ", {} without answer", m.io_errors);
+    }
+    note
+}
+
+impl Report {
+    pub fn store(&self, kind: StoreKind) -> &Outcome<StoreFigures> {
+        self.stores
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, o)| o)
+            .unwrap_or(&NOT_RUN)
+    }
+
+    /// The table's rows, in order.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        let per_store =
+            |label: &str, target: &str, f: &dyn Fn(StoreKind, &StoreFigures) -> String| Row {
+                label: label.to_owned(),
+                cells: StoreKind::ALL.map(|k| self.store(k).cell(|s| f(k, s))),
+                target: target.to_owned(),
+            };
+        rows.push(per_store(
+            "`GET /healthz` (no session work): req/s · p50 / p99",
+            "",
+            &|_, s| s.healthz.cell(),
+        ));
+        rows.push(per_store(
+            "`GET /api/session` (verify): req/s · p50 / p99",
+            "",
+            &|_, s| s.session.cell(),
+        ));
+        rows.push(per_store(
+            "`GET /api/authz/forward-auth` (verify): req/s · p50 / p99",
+            "",
+            &|_, s| match &s.forward_auth {
+                Ok(r) => r.cell(),
+                Err(why) => format!("n/a ({why})"),
+            },
+        ));
+        rows.push(per_store(
+            "`POST /api/login`: logins/s · p50 / p99",
+            "",
+            &|_, s| {
+                let mut c = format!(
+                    "{}/s · {} / {} ms",
+                    thousands(s.login.rps),
+                    ms(s.login.p50_ms),
+                    ms(s.login.p99_ms)
+                );
+                let refused = s.login.status(503) + s.login.status(429);
+                if refused > 0 || !s.login.clean() {
+                    let _ = write!(c, " ({})", statuses_note(&s.login));
+                }
+                c
+            },
+        ));
+        rows.push(per_store(
+            "**verify ÷ `/healthz`** (`/api/session`)",
+            "≥ 0.85 SQLite; ≥ 0.5 PostgreSQL, Redis",
+            &|k, s| {
+                let r = s.session.ratio_to(&s.healthz);
+                let bar = if k == StoreKind::Sqlite { 0.85 } else { 0.5 };
+                format!("**{r:.2}** {}", check(r >= bar))
+            },
+        ));
+        rows.push(per_store(
+            "**forward-auth ÷ `/healthz`**",
+            "as verify",
+            &|k, s| match &s.forward_auth {
+                Ok(fa) => {
+                    let r = fa.ratio_to(&s.healthz);
+                    let bar = if k == StoreKind::Sqlite { 0.85 } else { 0.5 };
+                    format!("**{r:.2}** {}", check(r >= bar))
+                }
+                Err(_) => "n/a".into(),
+            },
+        ));
+        let hash = self.hash.done().cloned();
+        rows.push(Row {
+            label: match &hash {
+                Some(h) => format!(
+                    "**logins/s ÷ argon2id hashes/s** (m=19456 KiB, t=2, p=1: {}/s on {} threads)",
+                    thousands(h.per_second),
+                    h.threads
+                ),
+                None => "**logins/s ÷ argon2id hashes/s**".into(),
+            },
+            cells: StoreKind::ALL.map(|k| {
+                self.store(k).cell(|s| match &hash {
+                    Some(h) => {
+                        let r = s.login.rps / h.per_second;
+                        format!("**{r:.2}** {}", check(r >= 0.9))
+                    }
+                    None => self.hash.cell(|_| String::new()),
+                })
+            }),
+            target: "≥ 0.9".into(),
+        });
+        let (queue_conns, flood_conns) = self.floods;
+        rows.push(per_store(
+            &format!(
+                "**verify p99: idle → during a login flood the hash queue holds** ({queue_conns} \
+                 connections: hashing never stops, nothing is refused)"
+            ),
+            "≤ 2×",
+            &|_, s| {
+                let x = s.probe_queue_flood.p99_ms / s.probe_idle.p99_ms.max(1e-9);
+                format!(
+                    "{} → {} ms (**{x:.1}×**) {}; {}",
+                    ms(s.probe_idle.p99_ms),
+                    ms(s.probe_queue_flood.p99_ms),
+                    check(x <= 2.0),
+                    flood_note(&s.queue_flood)
+                )
+            },
+        ));
+        rows.push(per_store(
+            &format!(
+                "verify p99: idle → during a {flood_conns}-connection login flood (the surplus \
+                 is refused with 503 and comes straight back)"
+            ),
+            "keeps answering (robustness)",
+            &|_, s| {
+                let x = s.probe_flood.p99_ms / s.probe_idle.p99_ms.max(1e-9);
+                format!(
+                    "{} → {} ms ({x:.1}×); {}",
+                    ms(s.probe_idle.p99_ms),
+                    ms(s.probe_flood.p99_ms),
+                    flood_note(&s.flood)
+                )
+            },
+        ));
+        rows.push(per_store("server RSS after the rows above", "", &|_, s| {
+            mib(s.rss_kib)
+        }));
+        let sqlite_only = |label: String, target: &str, cell: String| Row {
+            label,
+            cells: [cell, "—".into(), "—".into()],
+            target: target.to_owned(),
+        };
+        let (small_n, large_n) = match self.scale.done() {
+            Some(sc) => (
+                thousands(sc.small.stored as f64),
+                thousands(sc.large.stored as f64),
+            ),
+            None => ("1,000".into(), "1,000,000".into()),
+        };
+        rows.push(sqlite_only(
+            format!("verify with {small_n} stored sessions: req/s · p99 · RSS"),
+            "",
+            self.scale.cell(|sc| {
+                format!(
+                    "{}/s · {} ms · {}",
+                    thousands(sc.small.verify.rps()),
+                    ms(sc.small.verify.p99()),
+                    mib(sc.small.rss_kib)
+                )
+            }),
+        ));
+        rows.push(sqlite_only(
+            format!("verify with {large_n} stored sessions: req/s · p99 · RSS"),
+            "",
+            self.scale.cell(|sc| {
+                format!(
+                    "{}/s · {} ms · {}",
+                    thousands(sc.large.verify.rps()),
+                    ms(sc.large.verify.p99()),
+                    mib(sc.large.rss_kib)
+                )
+            }),
+        ));
+        rows.push(sqlite_only(
+            format!("**verify at {large_n} ÷ at {small_n}**; RSS"),
+            "≥ 0.9; memory flat",
+            self.scale.cell(|sc| {
+                let r = sc.large.verify.ratio_to(&sc.small.verify);
+                let grew = match (sc.small.rss_kib, sc.large.rss_kib) {
+                    (Some(a), Some(b)) if a > 0 => b as f64 / a as f64,
+                    _ => 0.0,
+                };
+                format!("**{r:.2}** {}; RSS ×{grew:.2}", check(r >= 0.9))
+            }),
+        ));
+        rows.push(sqlite_only(
+            match self.purge.done() {
+                Some(p) => format!(
+                    "`sessiond session purge` of {} expired ({} live): time; verify p99 idle → during",
+                    thousands(p.expired as f64),
+                    thousands(p.live as f64)
+                ),
+                None => "`sessiond session purge` of the expired sessions".into(),
+            },
+            "",
+            self.purge.cell(|p| {
+                let mut c = format!(
+                    "{:.2} s ({}/s); {} → {} ms",
+                    p.seconds,
+                    thousands(p.removed as f64 / p.seconds.max(1e-3)),
+                    ms(p.probe_idle.p99_ms),
+                    ms(p.probe_during.p99_ms)
+                );
+                if p.sweep_overlap {
+                    c.push_str(" (the server's minute sweep joined in)");
+                }
+                if p.left > 0 {
+                    let _ = write!(c, " ({} expired left!)", p.left);
+                }
+                c
+            }),
+        ));
+        for peer in &self.peers {
+            let mut cells: [String; 3] = ["—".into(), "—".into(), "—".into()];
+            let col = StoreKind::ALL
+                .iter()
+                .position(|k| *k == peer.versus)
+                .unwrap_or(0);
+            let ours = self.store(peer.versus).done().map(|s| &s.session);
+            cells[col] = peer.outcome.cell(|p| {
+                let mut c = format!("{}/s · p99 {} ms", thousands(p.me.rps()), ms(p.me.p99()));
+                if let Some(h) = &p.healthz {
+                    let _ = write!(c, " (its bare route: {}/s)", thousands(h.rps()));
+                }
+                if let Some(ours) = ours {
+                    let r = ours.rps() / p.me.rps().max(1e-9);
+                    let bar = peer_target(peer.name);
+                    let _ = write!(c, "; **sessiond ÷ it = {r:.1}** {}", check(r >= bar));
+                }
+                c
+            });
+            rows.push(Row {
+                label: format!("peer: {} `GET /me`", peer.name),
+                cells,
+                target: format!("sessiond verify ≥ {}×", peer_target(peer.name)),
+            });
+        }
+        rows
+    }
+
+    /// [`Self::rows`] with a reason stated once per column: later rows of a skipped or failed
+    /// column only say so.
+    fn compact_rows(&self) -> Vec<Row> {
+        let mut rows = self.rows();
+        for col in 0..3 {
+            let mut seen: Vec<String> = Vec::new();
+            for r in &mut rows {
+                let cell = &mut r.cells[col];
+                if cell.starts_with("skipped: ") || cell.starts_with("**failed**: ") {
+                    if seen.contains(cell) {
+                        *cell = if cell.starts_with("skipped") {
+                            "skipped (above)".into()
+                        } else {
+                            "**failed** (above)".into()
+                        };
+                    } else {
+                        seen.push(cell.clone());
+                    }
+                }
+            }
+        }
+        rows
+    }
+
+    /// The table as Markdown.
+    pub fn table(&self) -> String {
+        let mut t = String::from(
+            "| | SQLite | PostgreSQL | Redis | SPEC §7 target |\n|---|---|---|---|---|\n",
+        );
+        for r in self.compact_rows() {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                r.label,
+                r.cells[0].replace('|', "\\|"),
+                r.cells[1].replace('|', "\\|"),
+                r.cells[2].replace('|', "\\|"),
+                r.target
+            );
+        }
+        t
+    }
+}
+
+/// SPEC §7's bar for each peer.
+pub fn peer_target(name: &str) -> f64 {
+    if name.starts_with("Django") {
+        80.0
+    } else {
+        5.0
+    }
+}
+
+static NOT_RUN: Outcome<StoreFigures> = Outcome::Skipped(String::new());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(41.26), "41.3");
+        assert_eq!(ms(0.4567), "0.46");
+        assert_eq!(ms(12.34), "12.3");
+        assert_eq!(ms(456.7), "457");
+    }
+
+    #[test]
+    fn medians_and_ratios_by_round() {
+        let m = |rps| Measure {
+            rps,
+            ..Measure::default()
+        };
+        let a = Rounds(vec![m(90.0), m(50.0), m(100.0)]);
+        let b = Rounds(vec![m(100.0), m(50.0), m(200.0)]);
+        assert_eq!(a.rps(), 90.0);
+        // Per-round ratios 0.9, 1.0, 0.5: the median is 0.9.
+        assert!((a.ratio_to(&b) - 0.9).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,139 @@
+//! The benchmark in smoke mode: it starts, drives a few requests through every path and
+//! prints the table. It asserts that every row was produced and every request answered as
+//! expected; it asserts nothing about speed (SPEC §7 is measured by the benchmark itself).
+
+use std::time::Instant;
+
+use sessiond_bench::report::StoreFigures;
+use sessiond_bench::stores::StoreKind;
+use sessiond_bench::{binaries, chart, run, Config, Outcome};
+
+#[test]
+fn every_row_of_the_benchmark_runs() {
+    let started = Instant::now();
+    let sessiond = binaries::test_sessiond().expect("the sessiond binary");
+    eprintln!(
+        "sessiond binary ready after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let report = run(&Config::smoke(sessiond)).expect("the smoke run");
+    let table = report.table();
+    println!("{table}");
+    eprintln!("smoke run: {:.1} s", started.elapsed().as_secs_f64());
+
+    let require = std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+    for (kind, outcome) in &report.stores {
+        match outcome {
+            Outcome::Done(s) => check_store(*kind, s),
+            Outcome::Skipped(why) if *kind != StoreKind::Sqlite && !require => {
+                eprintln!("notice: {kind} skipped: {why}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
+    let scale = match &report.scale {
+        Outcome::Done(s) => s,
+        other => panic!("scale: {other:?}"),
+    };
+    for point in [&scale.small, &scale.large] {
+        assert!(
+            point.verify.clean(),
+            "verify at {}: {:?}",
+            point.stored,
+            point.verify
+        );
+        assert!(
+            point.rss_kib.is_some_and(|k| k > 0),
+            "RSS at {}",
+            point.stored
+        );
+    }
+    assert_eq!(scale.large.stored, 2_200, "200 + 2,000 stored sessions");
+    let purge = match &report.purge {
+        Outcome::Done(p) => p,
+        other => panic!("purge: {other:?}"),
+    };
+    assert_eq!(purge.expired, 2_000);
+    assert_eq!(purge.removed, 2_000, "{purge:?}");
+    assert_eq!(purge.left, 0);
+    assert!(
+        purge.probe_idle.clean() && purge.probe_during.clean(),
+        "{purge:?}"
+    );
+    assert!(matches!(report.hash, Outcome::Done(ref h) if h.hashes >= 1));
+    for peer in &report.peers {
+        assert!(
+            matches!(peer.outcome, Outcome::Skipped(_)),
+            "peers are left out in smoke mode"
+        );
+    }
+
+    // Every row is in the table, none of them failed.
+    let rows = report.rows();
+    for label in [
+        "`GET /healthz`",
+        "`GET /api/session`",
+        "`GET /api/authz/forward-auth`",
+        "`POST /api/login`",
+        "verify ÷ `/healthz`",
+        "logins/s ÷ argon2id hashes/s",
+        "idle → during a login flood the hash queue holds",
+        "-connection login flood",
+        "server RSS",
+        "verify with 200 stored",
+        "verify with 2,200 stored",
+        "`sessiond session purge`",
+        "peer: axum-login",
+        "peer: Django",
+    ] {
+        assert!(
+            rows.iter().any(|r| r.label.contains(label)),
+            "no row {label:?} in\n{table}"
+        );
+    }
+    assert!(!table.contains("failed"), "{table}");
+
+    // The chart renders (the smoke run writes no file).
+    let png = chart::render(&report).expect("chart");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let doc = sessiond_bench::document::render(&report, Some("chart.png"));
+    assert!(doc.contains(&table));
+}
+
+fn check_store(kind: StoreKind, s: &StoreFigures) {
+    assert!(s.healthz.clean(), "{kind} /healthz: {:?}", s.healthz);
+    assert!(s.session.clean(), "{kind} /api/session: {:?}", s.session);
+    if let Ok(fa) = &s.forward_auth {
+        assert!(fa.clean(), "{kind} forward auth: {fa:?}");
+    }
+    // Logins: every answer a success or a counted refusal, at least one success.
+    assert!(s.login.status(200) > 0, "{kind} login: {:?}", s.login);
+    assert_eq!(s.login.io_errors, 0, "{kind} login: {:?}", s.login);
+    assert!(
+        s.login.statuses.keys().all(|c| [200, 429, 503].contains(c)),
+        "{kind} login: {:?}",
+        s.login
+    );
+    assert!(
+        s.probe_idle.clean(),
+        "{kind} idle probe: {:?}",
+        s.probe_idle
+    );
+    assert!(
+        s.probe_flood.clean(),
+        "{kind} probe in the flood: {:?}",
+        s.probe_flood
+    );
+    assert!(s.flood.clean(), "{kind} flood: {:?}", s.flood);
+    assert!(
+        s.probe_queue_flood.clean(),
+        "{kind} probe in the queue-sized flood: {:?}",
+        s.probe_queue_flood
+    );
+    assert!(
+        s.queue_flood.clean(),
+        "{kind} queue-sized flood: {:?}",
+        s.queue_flood
+    );
+    assert!(s.rss_kib.is_some_and(|k| k > 0), "{kind} RSS");
+}
