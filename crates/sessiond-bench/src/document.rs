@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{ms, Outcome, Report};
+use crate::report::{ms, thousands, Outcome, Report};
 use crate::stores::StoreKind;
 
 /// The document for `report`, with the chart at `chart` (a path relative to the document).
@@ -105,9 +105,10 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 later) and the CLI purge runs as a separate process while the probe verifies live\n\
          \x20 sessions; time is the purge process's wall time, start to exit.\n\
          - **peers**: the same authenticated request (`GET /me` with the peer's own session\n\
-         \x20 cookie) with the same client and connections; \"sessiond ÷ it\" divides sessiond's\n\
-         \x20 `GET /api/session` rate on the comparable store (SQLite for the SQLite peers, Redis for\n\
-         \x20 the Redis one) by the peer's.\n\n\
+         \x20 cookie) with the same client and connections. A sessiond on the comparable store\n\
+         \x20 (SQLite for the SQLite peers, Redis for the Redis one) runs beside each peer and the\n\
+         \x20 rounds alternate between the two; \"sessiond ÷ it\" is the median of the per-round\n\
+         \x20 ratios of its `GET /api/session` rate to the peer's.\n\n\
          ## How the figures are computed\n\n\
          - req/s counts answers completed inside the measured window (after the warm-up);\n\
          \x20 requests still in flight when it closes are dropped, not credited.\n\
@@ -148,20 +149,19 @@ fn notes(report: &Report) -> Vec<String> {
     if let Outcome::Done(p) = &report.purge {
         notes.push(format!(
             "Purge: removed {} of {} expired sessions; verify p99 while it ran {} ms (probe idle {} ms).",
-            p.removed,
-            p.expired,
+            thousands(p.removed as f64),
+            thousands(p.expired as f64),
             ms(p.probe_during.p99_ms),
             ms(p.probe_idle.p99_ms)
         ));
     }
-    if let Some(after) = report.machine.load_after {
-        if report.machine.load_before > 0.5 {
-            notes.push(format!(
-                "The machine was not idle when the run began (load {:.2}; {:.2} at the end): \
-                 absolute figures are low, ratios within a round still hold.",
-                report.machine.load_before, after
-            ));
-        }
+    let after = report.machine.load_after.unwrap_or(0.0);
+    if report.machine.load_before.max(after) > 1.0 {
+        notes.push(format!(
+            "The machine was busy besides the run (load average {:.2} at the start, {:.2} at the \
+             end): absolute figures move between runs more than the per-round ratios do.",
+            report.machine.load_before, after
+        ));
     }
     notes
 }

@@ -377,6 +377,7 @@ fn flood(
         reqs: vec![
             Req::api_login(&host, "nobody", "wrong")
                 .vary(Vary::UnknownUser)
+                .new_client_after(&[401, 429])
                 .expect(&[401, 429, 503]),
             Req::api_login(&host, "admin", PASSWORD).expect(&[200, 429, 503]),
         ],
@@ -708,7 +709,9 @@ fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
         };
         let outcome = match started {
             Err(o) => o,
-            Ok(peer) => measure_peer(cfg, &peer, i < 2).into(),
+            Ok(peer) => Reference::start(cfg, versus)
+                .and_then(|ours| measure_peer(cfg, &peer, &ours, i < 2))
+                .into(),
         };
         if let Outcome::Skipped(why) | Outcome::Failed(why) = &outcome {
             cfg.say(format!("[peer] {name}: not measured: {why}"));
@@ -722,9 +725,35 @@ fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
     rows
 }
 
+/// sessiond on a fresh store of `kind`, logged in: measured in the same rounds as a peer.
+struct Reference {
+    // Dropped in this order: the server stops before its store is removed.
+    server: Process,
+    session: Req,
+    _store: Store,
+}
+
+impl Reference {
+    fn start(cfg: &Config, kind: StoreKind) -> anyhow::Result<Self> {
+        let store = Store::create(kind, &cfg.services).map_err(|e| match e {
+            Unavailable::Absent(why) => anyhow::anyhow!(why),
+            Unavailable::Failed(e) => e,
+        })?;
+        let server = start_sessiond(cfg, store.dir(), &store.args(), "reference")?;
+        let cookie = login(server.addr)?;
+        let session = Req::get(&server.addr.to_string(), "/api/session").cookie(&cookie);
+        Ok(Self {
+            server,
+            session,
+            _store: store,
+        })
+    }
+}
+
 fn measure_peer(
     cfg: &Config,
     peer: &peers::RunningPeer,
+    ours: &Reference,
     bare: bool,
 ) -> anyhow::Result<PeerFigures> {
     let addr = peer.process.addr;
@@ -736,8 +765,14 @@ fn measure_peer(
     );
     let mut me_rounds = Rounds::default();
     let mut bare_rounds = Rounds::default();
+    let mut our_rounds = Rounds::default();
     for round in 1..=cfg.rounds {
-        let mut line = format!("[peer] round {round}/{}:", cfg.rounds);
+        let o = load::run(&cfg.closed(ours.server.addr, ours.session.clone()))?;
+        let mut line = format!(
+            "[peer] round {round}/{}: sessiond verify {:.0}/s;",
+            cfg.rounds, o.rps
+        );
+        our_rounds.0.push(o);
         if bare {
             let h = load::run(&cfg.closed(addr, Req::get(&host, "/healthz")))?;
             line.push_str(&format!(" /healthz {:.0}/s", h.rps));
@@ -751,6 +786,7 @@ fn measure_peer(
     Ok(PeerFigures {
         me: me_rounds,
         healthz: bare.then_some(bare_rounds),
+        ours: our_rounds,
     })
 }
 

@@ -54,6 +54,9 @@ pub struct Req {
     vary: Vary,
     /// Statuses that count as the expected answer.
     ok: Vec<u16>,
+    /// After an answer with one of these statuses the connection is closed and the next
+    /// request comes from a new loopback address (see [`Req::new_client_after`]).
+    new_client_after: Vec<u16>,
 }
 
 impl Req {
@@ -67,6 +70,7 @@ impl Req {
             body: Bytes::new(),
             vary: Vary::Nothing,
             ok: vec![200],
+            new_client_after: Vec::new(),
         }
     }
 
@@ -97,6 +101,16 @@ impl Req {
 
     pub fn vary(mut self, vary: Vary) -> Self {
         self.vary = vary;
+        self
+    }
+
+    /// After an answer with one of `statuses`, the next request comes from another client:
+    /// a new connection from a loopback address never used before in this job (127.a.b.c,
+    /// a and b ≥ 1). A guessing attack spread over many addresses looks like this, and each
+    /// address then has one failure to its name, so per-address back-off (SPEC §6) does not
+    /// turn the flood into a stream of cheap `429`s.
+    pub fn new_client_after(mut self, statuses: &[u16]) -> Self {
+        self.new_client_after = statuses.to_vec();
         self
     }
 
@@ -356,6 +370,17 @@ pub fn run_pair(a: &Job, b: &Job) -> anyhow::Result<(Measure, Measure)> {
     })
 }
 
+/// The `k`-th address of 127.1.1.1 … 127.254.254.254 (no octet 0 or 255, never 127.0.0.x).
+fn client_address(k: u64) -> IpAddr {
+    let octet = |d: u64| u8::try_from(1 + d % 254).unwrap_or(1);
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        octet(k / (254 * 254)),
+        octet(k / 254),
+        octet(k),
+    ))
+}
+
 fn source_for(addr: SocketAddr, i: usize, spread: bool) -> Option<IpAddr> {
     match addr.ip() {
         IpAddr::V4(v4) if spread && v4.is_loopback() => {
@@ -369,7 +394,8 @@ fn source_for(addr: SocketAddr, i: usize, spread: bool) -> Option<IpAddr> {
 async fn connection(shared: Arc<Shared>, i: usize) -> ConnStats {
     let job = &shared.job;
     let req = &job.reqs[i % job.reqs.len()];
-    let source = source_for(job.addr, i, job.spread_sources);
+    let mut source = source_for(job.addr, i, job.spread_sources);
+    let mut clients: u64 = 0;
     let mut stats = ConnStats::new();
     let mut sender: Option<Sender> = None;
     let interval = job
@@ -433,6 +459,11 @@ async fn connection(shared: Arc<Shared>, i: usize) -> ConnStats {
                     if req.ok.contains(&status) {
                         stats.ok += 1;
                     }
+                }
+                if req.new_client_after.contains(&status) && job.addr.ip().is_loopback() {
+                    sender = None;
+                    source = Some(client_address(clients * job.connections as u64 + i as u64));
+                    clients += 1;
                 }
             }
             Ok(Err(_)) => {
@@ -548,4 +579,25 @@ pub fn once_blocking(addr: SocketAddr, req: &Req) -> anyhow::Result<Answer> {
         .enable_all()
         .build()?
         .block_on(once(addr, req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses_are_loopback_distinct_and_avoid_0_and_255() {
+        let mut seen = std::collections::HashSet::new();
+        for k in (0..200_000u64).chain([254 * 254 * 254 - 1, 254 * 254 * 254]) {
+            let ip = client_address(k);
+            let IpAddr::V4(v4) = ip else { panic!("{ip}") };
+            let o = v4.octets();
+            assert_eq!(o[0], 127);
+            assert!(o[1..].iter().all(|x| (1..=254).contains(x)), "{v4}");
+            if k < 200_000 {
+                assert!(seen.insert(v4), "{v4} twice");
+            }
+        }
+        assert_eq!(client_address(0), IpAddr::V4(Ipv4Addr::new(127, 1, 1, 1)));
+    }
 }
