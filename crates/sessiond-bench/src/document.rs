@@ -90,7 +90,9 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 stops and nothing is refused: what is left is the CPU argon2 takes from verification\n\
          \x20 (SPEC's \"≤ 2×\"). The second has 64 connections: the surplus is refused at once with\n\
          \x20 `503 overloaded` and sent again at once, so it adds a storm of cheap requests.\n\
-         \x20 Each flood's answers are listed per second by kind.\n\
+         \x20 Each flood's answers are listed per second by kind. The idle probe and the first\n\
+         \x20 flood run in interleaved rounds (an idle p99 of ~0.1 ms is close to the machine's\n\
+         \x20 own jitter): the cell shows the round with the median ratio and every round's ratio.\n\
          - **server RSS**: `VmRSS` of `/proc/PID/status` after the rows above.\n\
          - **verify with 1,000 / 1,000,000 stored sessions** (SQLite): the sessions are written\n\
          \x20 straight into the database file before the server starts (not a million logins), with\n\

@@ -47,6 +47,10 @@ struct Args {
     /// Benchmark this sessiond binary instead of building one
     #[arg(long, value_name = "PATH")]
     sessiond: Option<PathBuf>,
+    /// Only the SQLite latency probe, idle and during the queue-sized login flood, `N` times
+    /// (for tuning; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    probe_only: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         } else {
             peer_setup(args.peers.clone(), &root)
         };
+    }
+    if let Some(times) = args.probe_only {
+        return sessiond_bench::probe_only(&cfg, times);
     }
     let report = run(&cfg)?;
     println!("\n{}", report.table());

@@ -117,6 +117,8 @@ pub struct StoreFigures {
     /// The same during a login flood the hash queue holds (nothing refused).
     pub probe_queue_flood: Measure,
     pub queue_flood: Measure,
+    /// Flood p99 ÷ idle p99 of every probe round, ascending (the one above is the median).
+    pub queue_flood_ratios: Vec<f64>,
     /// The same during a larger flood, whose surplus is refused (503) and retried at once.
     pub probe_flood: Measure,
     pub flood: Measure,
@@ -368,11 +370,17 @@ impl Report {
             "≤ 2×",
             &|_, s| {
                 let x = s.probe_queue_flood.p99_ms / s.probe_idle.p99_ms.max(1e-9);
+                let rounds: Vec<String> = s
+                    .queue_flood_ratios
+                    .iter()
+                    .map(|r| format!("{r:.1}×"))
+                    .collect();
                 format!(
-                    "{} → {} ms (**{x:.1}×**) {}; {}",
+                    "{} → {} ms (**{x:.1}×**) {} (the median round; every round: {}); {}",
                     ms(s.probe_idle.p99_ms),
                     ms(s.probe_queue_flood.p99_ms),
                     check(x <= 2.0),
+                    rounds.join(", "),
                     flood_note(&s.queue_flood)
                 )
             },
