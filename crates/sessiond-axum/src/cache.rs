@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord, Timestamp,
-    TokenHash, UserId,
+    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleRecord, Timestamp, TokenHash, UserId,
 };
 
 /// How often the watcher asks the store for its generation.
@@ -250,5 +250,12 @@ impl SessionStore for WatchedStore {
     }
     async fn throttle_delete(&self, k: &str) -> Result<bool, StoreError> {
         self.inner.throttle_delete(k).await
+    }
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.inner.throttle_apply(changes, now).await
     }
 }

@@ -109,6 +109,37 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
 
     /// Removes a counter; `true` if it existed.
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Applies several counter changes in order, each exactly as [`Self::throttle_hit`] or
+    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call. Stores that can
+    /// make it one transaction (SQLite: one commit, one fsync, instead of one per change);
+    /// this default makes the calls one by one.
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        for change in changes {
+            match *change {
+                ThrottleChange::Hit { key, window } => {
+                    self.throttle_hit(key, now, window).await?;
+                }
+                ThrottleChange::Delete { key } => {
+                    self.throttle_delete(key).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One change of [`SessionStore::throttle_apply`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleChange<'a> {
+    /// As [`SessionStore::throttle_hit`].
+    Hit { key: &'a str, window: Duration },
+    /// As [`SessionStore::throttle_delete`].
+    Delete { key: &'a str },
 }
 
 /// Where users live (SQLite or PostgreSQL; never Redis).

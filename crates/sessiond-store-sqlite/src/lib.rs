@@ -24,8 +24,8 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
-    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -395,22 +395,52 @@ impl SessionStore for SqliteStore {
         let fresh_until = now.plus(window).as_millis();
         let now = now.as_millis();
         // One statement: the write lock makes the read-modify-write atomic across processes.
-        // Expired counters are swept here too (bounded: they expire within an hour).
+        // Expired counters are swept in the same transaction (bounded: they expire within an
+        // hour); one commit, one fsync.
         self.write(move |c| {
-            c.prepare_cached("DELETE FROM throttle WHERE expires_at <= ?1")?
-                .execute([now])?;
-            c.prepare_cached(
-                "INSERT INTO throttle (key, count, last_at, expires_at) VALUES (?1, 1, ?2, ?3) \
-                 ON CONFLICT (key) DO UPDATE SET count = count + 1, last_at = ?2 \
-                 RETURNING count, last_at, expires_at",
-            )?
-            .query_row(params![key, now, fresh_until], |r| {
-                Ok(ThrottleRecord {
-                    count: r.get::<_, i64>(0)? as u64,
-                    last_at: Timestamp::from_millis(r.get(1)?),
-                    expires_at: Timestamp::from_millis(r.get(2)?),
-                })
+            let tx = c.transaction()?;
+            sweep_throttle(&tx, now)?;
+            let rec = hit_throttle(&tx, &key, now, fresh_until)?;
+            tx.commit()?;
+            Ok(rec)
+        })
+        .await
+    }
+
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        // Owned for the writer thread: (key, end of a fresh window, or None to delete).
+        let owned: Vec<(String, Option<i64>)> = changes
+            .iter()
+            .map(|c| match *c {
+                ThrottleChange::Hit { key, window } => {
+                    (key.to_owned(), Some(now.plus(window).as_millis()))
+                }
+                ThrottleChange::Delete { key } => (key.to_owned(), None),
             })
+            .collect();
+        let now = now.as_millis();
+        // All of a login's counter changes in one transaction: one fsync (synchronous=FULL)
+        // instead of one per change, which under a login flood was most of the writer's
+        // work and kernel time competing with verification.
+        self.write(move |c| {
+            let tx = c.transaction()?;
+            sweep_throttle(&tx, now)?;
+            for (key, fresh_until) in &owned {
+                match fresh_until {
+                    Some(until) => {
+                        hit_throttle(&tx, key, now, *until)?;
+                    }
+                    None => {
+                        tx.prepare_cached("DELETE FROM throttle WHERE key = ?1")?
+                            .execute([key])?;
+                    }
+                }
+            }
+            tx.commit()
         })
         .await
     }
@@ -449,6 +479,34 @@ impl SessionStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Removes counters whose window is over.
+fn sweep_throttle(c: &Connection, now_ms: i64) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM throttle WHERE expires_at <= ?1")?
+        .execute([now_ms])?;
+    Ok(())
+}
+
+/// One more event under `key` (see `SessionStore::throttle_hit`), after the sweep.
+fn hit_throttle(
+    c: &Connection,
+    key: &str,
+    now_ms: i64,
+    fresh_until_ms: i64,
+) -> rusqlite::Result<ThrottleRecord> {
+    c.prepare_cached(
+        "INSERT INTO throttle (key, count, last_at, expires_at) VALUES (?1, 1, ?2, ?3) \
+         ON CONFLICT (key) DO UPDATE SET count = count + 1, last_at = ?2 \
+         RETURNING count, last_at, expires_at",
+    )?
+    .query_row(params![key, now_ms, fresh_until_ms], |r| {
+        Ok(ThrottleRecord {
+            count: r.get::<_, i64>(0)? as u64,
+            last_at: Timestamp::from_millis(r.get(1)?),
+            expires_at: Timestamp::from_millis(r.get(2)?),
+        })
+    })
 }
 
 fn throttle_from_row(r: &Row<'_>) -> rusqlite::Result<ThrottleRecord> {

@@ -452,6 +452,68 @@ pub async fn throttle_counters_list_and_delete<S: SessionStore>(store: S) {
     assert!(store.throttle_list(at(60_000)).await.unwrap().is_empty());
 }
 
+pub async fn throttle_changes_apply_in_order_as_single_calls_would<S: SessionStore>(store: S) {
+    use sessiond_core::ThrottleChange::{Delete, Hit};
+    let (w, long) = (secs(60), secs(3600));
+    store.throttle_hit("p:d|1.1.1.1", at(0), w).await.unwrap();
+    store.throttle_hit("df:dev", at(0), w).await.unwrap();
+    store
+        .throttle_apply(
+            &[
+                Delete { key: "p:d|1.1.1.1" },
+                Delete { key: "df:dev" },
+                Delete { key: "never-there" },
+                Hit {
+                    key: "dv:dev|d",
+                    window: long,
+                },
+                Hit {
+                    key: "a:d",
+                    window: long,
+                },
+                Hit {
+                    key: "a:d",
+                    window: long,
+                },
+            ],
+            at(1_000),
+        )
+        .await
+        .unwrap();
+    let get = |k: &'static str| {
+        let s = &store;
+        async move { s.throttle_get(k, at(2_000)).await.unwrap() }
+    };
+    assert!(get("p:d|1.1.1.1").await.is_none());
+    assert!(get("df:dev").await.is_none());
+    let dv = get("dv:dev|d").await.unwrap();
+    assert_eq!((dv.count, dv.expires_at), (1, at(3_601_000)));
+    // Two hits in one call count twice, the window from the first.
+    let a = get("a:d").await.unwrap();
+    assert_eq!(
+        (a.count, a.last_at, a.expires_at),
+        (2, at(1_000), at(3_601_000))
+    );
+    // A hit on a counter whose window is over starts it again.
+    store
+        .throttle_apply(
+            &[Hit {
+                key: "a:d",
+                window: w,
+            }],
+            at(3_601_000),
+        )
+        .await
+        .unwrap();
+    let a = store
+        .throttle_get("a:d", at(3_601_001))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.count, a.expires_at), (1, at(3_661_000)));
+    store.throttle_apply(&[], at(3_601_000)).await.unwrap();
+}
+
 pub async fn throttle_hits_are_atomic_across_concurrent_callers<S: SessionStore>(store: S) {
     let store = Arc::new(store);
     let tasks: Vec<_> = (0..20)

@@ -131,7 +131,16 @@ impl AccessRules {
 
     /// The decision for `host` (lowercase, no port) and `path` (normalised, decoded).
     pub fn decide(&self, host: &str, path: &str) -> Decision<'_> {
-        for r in &self.rules {
+        self.decision(self.matching_rule(host, || path.to_owned()))
+    }
+
+    /// The index of the first rule matching `host` (lowercase, no port) and the path that
+    /// `path` computes (normalised, decoded), if any. `path` is called only if a rule with a
+    /// path prefix is reached.
+    pub fn matching_rule(&self, host: &str, path: impl FnOnce() -> String) -> Option<usize> {
+        let mut path = Some(path);
+        let mut computed = String::new();
+        for (i, r) in self.rules.iter().enumerate() {
             let domain_ok = match &r.domain {
                 Domain::Any => true,
                 Domain::Exact(d) => host == d,
@@ -139,20 +148,33 @@ impl AccessRules {
                     host.ends_with(suffix.as_str()) && host.len() > suffix.len()
                 }
             };
-            if domain_ok
-                && r.path_prefix
-                    .as_deref()
-                    .is_none_or(|p| path_matches(p, path))
-            {
-                return Decision {
-                    policy: r.policy,
-                    groups: &r.groups,
-                };
+            if !domain_ok {
+                continue;
+            }
+            let Some(prefix) = r.path_prefix.as_deref() else {
+                return Some(i);
+            };
+            if let Some(f) = path.take() {
+                computed = f();
+            }
+            if path_matches(prefix, &computed) {
+                return Some(i);
             }
         }
-        Decision {
-            policy: Policy::Authenticated,
-            groups: &[],
+        None
+    }
+
+    /// The decision of rule `index` (from [`Self::matching_rule`]); `None`: the default.
+    pub fn decision(&self, index: Option<usize>) -> Decision<'_> {
+        match index.and_then(|i| self.rules.get(i)) {
+            Some(r) => Decision {
+                policy: r.policy,
+                groups: &r.groups,
+            },
+            None => Decision {
+                policy: Policy::Authenticated,
+                groups: &[],
+            },
         }
     }
 

@@ -24,6 +24,8 @@ pub struct Inner {
     /// Users of verified sessions, kept under the session cache's coherence (an entry is
     /// served only while `SessionManager::cache_epoch` is the one it was read under).
     pub user_cache: UserCache,
+    /// Forward-auth targets already resolved against the configuration.
+    pub targets: crate::forwarded::TargetCache,
 }
 
 /// A bounded map of users by id, tagged with the session cache's epoch.
@@ -77,6 +79,7 @@ impl AppState {
             public_origin,
             metrics: Metrics::default(),
             user_cache: UserCache::default(),
+            targets: crate::forwarded::TargetCache::default(),
         }))
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use sessiond_core::{retry_after, Counter, SessionToken, Timestamp, TokenHash};
+use sessiond_core::{retry_after, Counter, SessionToken, ThrottleChange, Timestamp, TokenHash};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -115,11 +115,18 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Vec<(Counter, String
 
 /// Counts a failed attempt on every counter that applies.
 pub async fn failed(state: &AppState, counters: &[(Counter, String)]) -> Result<(), ApiError> {
-    let store = state.sessions.store();
-    let now = state.sessions.now();
-    for (counter, key) in counters {
-        store.throttle_hit(key, now, counter.window()).await?;
-    }
+    let changes: Vec<ThrottleChange<'_>> = counters
+        .iter()
+        .map(|(counter, key)| ThrottleChange::Hit {
+            key,
+            window: counter.window(),
+        })
+        .collect();
+    state
+        .sessions
+        .store()
+        .throttle_apply(&changes, state.sessions.now())
+        .await?;
     Ok(())
 }
 
@@ -131,22 +138,29 @@ pub async fn succeeded(
     a: &Attempt,
     presented: Option<&str>,
 ) -> Result<Option<SessionToken>, ApiError> {
-    let store = state.sessions.store();
-    let now = state.sessions.now();
-    store.throttle_delete(&a.pair_key()).await?;
     let (token, fresh) = match presented.and_then(SessionToken::parse) {
         Some(t) => (t, false),
         None => (SessionToken::generate(), true),
     };
     let h = token.hash();
-    store
-        .throttle_delete(&Attempt::device_failures_key(&h))
-        .await?;
-    store
-        .throttle_hit(
-            &Attempt::device_registration_key(&h, &a.account),
-            now,
-            DEVICE_LIFETIME,
+    let (pair, failures, registration) = (
+        a.pair_key(),
+        Attempt::device_failures_key(&h),
+        Attempt::device_registration_key(&h, &a.account),
+    );
+    state
+        .sessions
+        .store()
+        .throttle_apply(
+            &[
+                ThrottleChange::Delete { key: &pair },
+                ThrottleChange::Delete { key: &failures },
+                ThrottleChange::Hit {
+                    key: &registration,
+                    window: DEVICE_LIFETIME,
+                },
+            ],
+            state.sessions.now(),
         )
         .await?;
     Ok(fresh.then_some(token))

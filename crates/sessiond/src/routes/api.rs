@@ -55,10 +55,20 @@ impl<'a> UserView<'a> {
 #[derive(Serialize)]
 pub struct SessionView<'a> {
     id: &'a str,
-    created_at: String,
-    last_seen_at: String,
-    expires_at: String,
+    created_at: Rfc3339,
+    last_seen_at: Rfc3339,
+    expires_at: Rfc3339,
     remember: bool,
+}
+
+/// A timestamp serialised as RFC 3339 straight into the output (no `String` per field: this
+/// is on the path of every `GET /api/session`).
+pub struct Rfc3339(Timestamp);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_rfc3339_seconds(self.0.to_system_time()))
+    }
 }
 
 pub fn rfc3339(t: Timestamp) -> String {
@@ -69,10 +79,10 @@ impl<'a> SessionView<'a> {
     pub fn of(state: &AppState, s: &'a SessionRecord) -> Self {
         Self {
             id: s.id.as_str(),
-            created_at: rfc3339(s.created_at),
-            last_seen_at: rfc3339(s.last_seen_at),
+            created_at: Rfc3339(s.created_at),
+            last_seen_at: Rfc3339(s.last_seen_at),
             // When the session ends if it sees no more activity (as of its last write).
-            expires_at: rfc3339(state.sessions.policy().deadline(s, s.last_seen_at)),
+            expires_at: Rfc3339(state.sessions.policy().deadline(s, s.last_seen_at)),
             remember: s.remember,
         }
     }

@@ -11,11 +11,14 @@ use std::net::SocketAddr;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use url::Url;
 
 use super::extract::CurrentUser;
 use crate::access::Policy;
 use crate::error::{ApiError, ApiResult};
-use crate::forwarded::{auth_request_target, forward_auth_target, Target, TargetError};
+use crate::forwarded::{
+    auth_request_method, auth_request_parts, forward_auth_method, forward_auth_parts, TargetError,
+};
 use crate::state::AppState;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -74,21 +77,27 @@ async fn decide(
             "forward auth: request did not come from a trusted proxy".into(),
         ));
     }
-    let target = match flavour {
-        Flavour::ForwardAuth => forward_auth_target(h),
-        Flavour::AuthRequest => auth_request_target(h),
+    let parts = match flavour {
+        Flavour::ForwardAuth => forward_auth_parts(h),
+        Flavour::AuthRequest => auth_request_parts(h),
     }
     .map_err(bad)?;
-    let host = target.host();
+    let target = state.targets.resolve(&state.config, &parts).map_err(bad)?;
+    match flavour {
+        Flavour::ForwardAuth => forward_auth_method(h),
+        Flavour::AuthRequest => auth_request_method(h),
+    }
+    .map_err(bad)?;
     // The session cookie can only have come with the request if the target's host is one
     // the cookie is scoped to; anything else is a misconfiguration (or an attempt to use us
     // as an open redirect).
-    if !state.config.host_is_ours(&host) {
+    if !target.ours {
         return Err(ApiError::BadRequest(format!(
-            "forward auth: {host} is neither the public URL's host nor under the cookie domain"
+            "forward auth: {} is neither the public URL's host nor under the cookie domain",
+            target.host
         )));
     }
-    let decision = state.config.access.decide(&host, &target.rule_path());
+    let decision = state.config.access.decision(target.rule);
     match decision.policy {
         Policy::Bypass => return Ok(allowed(None)),
         Policy::Deny => return Err(ApiError::Forbidden),
@@ -99,7 +108,7 @@ async fn decide(
         None => None,
     };
     let Some(me) = me else {
-        return Err(login_required(state, &target, h, flavour));
+        return Err(login_required(state, &target.url, h, flavour));
     };
     if !decision.groups.is_empty() && !me.user.groups.iter().any(|g| decision.groups.contains(g)) {
         return Err(ApiError::Forbidden);
@@ -107,7 +116,7 @@ async fn decide(
     Ok(allowed(Some(&me)))
 }
 
-fn login_required(state: &AppState, target: &Target, h: &HeaderMap, flavour: Flavour) -> ApiError {
+fn login_required(state: &AppState, target: &Url, h: &HeaderMap, flavour: Flavour) -> ApiError {
     if !is_navigation(h) {
         return ApiError::LoginRequired {
             location: None,
@@ -119,9 +128,7 @@ fn login_required(state: &AppState, target: &Target, h: &HeaderMap, flavour: Fla
         .public_url
         .join("/login")
         .expect("a path joins any base");
-    login
-        .query_pairs_mut()
-        .append_pair("rd", target.url.as_str());
+    login.query_pairs_mut().append_pair("rd", target.as_str());
     let location = HeaderValue::from_str(login.as_str()).ok();
     ApiError::LoginRequired {
         location,

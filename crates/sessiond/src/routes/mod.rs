@@ -57,15 +57,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guards::csrf_origin,
-        ))
-        .layer(middleware::from_fn(guards::limits))
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            guards::security_headers,
-        ))
+        .layer(middleware::from_fn_with_state(state.clone(), guards::guard))
         .layer(state.sessions.layer())
         .with_state(state)
 }
