@@ -7,7 +7,7 @@ use serde::Serialize;
 use sessiond_core::{SessionData, TokenHash};
 use tokio::sync::Mutex;
 
-use crate::layer::DataSlot;
+use crate::layer::Layered;
 use crate::{RequireSession, SessionManager, SessionRejection};
 
 /// The typed key-value map of the request's session, like Django's `request.session`.
@@ -111,14 +111,9 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionMap {
             return Ok(existing.clone());
         }
         let RequireSession(session) = RequireSession::from_request_parts(parts, state).await?;
-        let manager = parts
+        let Layered { manager, slot } = parts
             .extensions
-            .get::<SessionManager>()
-            .cloned()
-            .ok_or(SessionRejection::MissingManager)?;
-        let slot = parts
-            .extensions
-            .get::<DataSlot>()
+            .get::<Layered>()
             .cloned()
             .ok_or(SessionRejection::MissingManager)?;
         let map = SessionMap {

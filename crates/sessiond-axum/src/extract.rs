@@ -3,7 +3,8 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::{ActiveSession, SessionManager};
+use crate::layer::Layered;
+use crate::ActiveSession;
 
 /// Why a session extractor refused a request. Each variant has one fixed status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +52,8 @@ async fn verify(parts: &mut Parts) -> Result<Option<ActiveSession>, SessionRejec
     }
     let manager = parts
         .extensions
-        .get::<SessionManager>()
-        .cloned()
+        .get::<Layered>()
+        .map(|l| l.manager.clone())
         .ok_or(SessionRejection::MissingManager)?;
     let out = manager.verify(&parts.headers).await.map_err(|e| {
         tracing::error!(error = %e, "session store unavailable during verification");
@@ -102,7 +103,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::CookieConfig;
+    use crate::{CookieConfig, SessionManager};
 
     #[tokio::test]
     async fn extractors_verify_the_cookie() {

@@ -43,6 +43,14 @@ pub struct SessionService<S> {
 #[derive(Clone, Default)]
 pub(crate) struct DataSlot(pub(crate) Arc<Mutex<Option<PendingData>>>);
 
+/// What the layer leaves in every request's extensions: one entry rather than two (each
+/// insert into the extensions map costs a hash-map insert on every request).
+#[derive(Clone)]
+pub(crate) struct Layered {
+    pub(crate) manager: SessionManager,
+    pub(crate) slot: DataSlot,
+}
+
 impl<S> Service<Request> for SessionService<S>
 where
     S: Service<Request, Response = Response> + Clone + Send + 'static,
@@ -62,8 +70,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let slot = DataSlot::default();
-        req.extensions_mut().insert(self.manager.clone());
-        req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(Layered {
+            manager: self.manager.clone(),
+            slot: slot.clone(),
+        });
         let manager = self.manager.clone();
         Box::pin(async move {
             let res = inner.call(req).await?;

@@ -706,6 +706,13 @@ fn run_purge(sessiond: &Path, url: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("unexpected purge output: {}", stdout.trim()))
 }
 
+/// `--peers-only`: the peer rows alone, each round printed as it comes.
+pub fn peers_only(cfg: &Config) {
+    for row in bench_peers(cfg) {
+        cfg.say(format!("{row:?}"));
+    }
+}
+
 fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
     let names: [(&'static str, StoreKind); 3] = [
         (

@@ -51,6 +51,9 @@ struct Args {
     /// (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     probe_only: Option<usize>,
+    /// Only the peer rows (for tuning; prints, writes nothing)
+    #[arg(long)]
+    peers_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -91,6 +94,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.probe_only {
         return sessiond_bench::probe_only(&cfg, times);
+    }
+    if args.peers_only {
+        sessiond_bench::peers_only(&cfg);
+        return Ok(());
     }
     let report = run(&cfg)?;
     println!("\n{}", report.table());

@@ -40,6 +40,6 @@ pub use expiry::{Expired, ExpiryPolicy, Verdict};
 pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{SessionStore, ThrottleChange, UserStore};
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
-pub use time::Timestamp;
+pub use time::{Rfc3339, Timestamp};
 pub use token::{SessionId, SessionToken, TokenHash, TOKEN_BYTES, TOKEN_LEN};
 pub use user::{NewUser, Password, User, UserCredentials, UserId, Username};
