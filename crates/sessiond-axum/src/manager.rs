@@ -40,6 +40,9 @@ struct Inner {
 pub struct Counters {
     /// Requests whose cookie was checked against the store.
     pub verifications: AtomicU64,
+    /// Verifications the cache could not answer, so the store was read (a miss, or the cache
+    /// off because its last poll of the store is too old).
+    pub store_reads: AtomicU64,
     /// Coalesced activity writes issued.
     pub activity_writes: AtomicU64,
     /// Sessions started.
@@ -190,6 +193,10 @@ impl SessionManager {
                 // The epoch is read before the store: a revocation landing in between moves
                 // it on, and the entry put below is never served.
                 let epoch = self.cache_epoch();
+                self.inner
+                    .counters
+                    .store_reads
+                    .fetch_add(1, Ordering::Relaxed);
                 let Some(record) = self.inner.store.load(&hash).await? else {
                     return Ok(None);
                 };

@@ -286,28 +286,37 @@ fn bench_store(cfg: &Config, kind: StoreKind) -> Outcome<StoreFigures> {
     measure_store(cfg, &store).into()
 }
 
-/// `--probe-only N`: on SQLite, the latency probe idle and during the queue-sized login flood,
-/// `times` times on one server, each pair printed (for tuning what the flood rows measure).
+/// `--probe-only N`: on every store that answers, the latency probe idle and during the
+/// queue-sized login flood, `times` times on one server, each pair printed (for tuning what
+/// the flood rows measure).
 pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
-    let store = Store::create(StoreKind::Sqlite, &cfg.services)
-        .map_err(|e| anyhow::anyhow!("no SQLite store: {e:?}"))?;
-    let server = start_sessiond(cfg, store.dir(), &store.args(), "probe")?;
-    let addr = server.addr;
-    let session = Req::get(&addr.to_string(), "/api/session").cookie(&login(addr)?);
-    for i in 1..=times.max(1) {
-        let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
-        let (flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
-        println!(
-            "{i}: verify p99 idle {:.3} ms, during the login flood {:.3} ms ({:.1}×); p50 {:.3} → {:.3} ms; {}",
-            idle.p99_ms,
-            during.p99_ms,
-            during.p99_ms / idle.p99_ms.max(1e-6),
-            idle.p50_ms,
-            during.p50_ms,
-            flood.status_summary()
-        );
+    for kind in StoreKind::ALL {
+        let store = match Store::create(kind, &cfg.services) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("[{kind}] skipped: {e:?}");
+                continue;
+            }
+        };
+        let server = start_sessiond(cfg, store.dir(), &store.args(), "probe")?;
+        let addr = server.addr;
+        let session = Req::get(&addr.to_string(), "/api/session").cookie(&login(addr)?);
+        for i in 1..=times.max(1) {
+            let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
+            let (flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
+            println!(
+                "[{kind}] {i}: verify p99 idle {:.3} ms, during the login flood {:.3} ms \
+                 ({:.1}×); p50 {:.3} → {:.3} ms; {}",
+                idle.p99_ms,
+                during.p99_ms,
+                during.p99_ms / idle.p99_ms.max(1e-6),
+                idle.p50_ms,
+                during.p50_ms,
+                flood.status_summary()
+            );
+        }
+        server.stop();
     }
-    server.stop();
     Ok(())
 }
 

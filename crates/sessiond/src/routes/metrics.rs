@@ -13,11 +13,16 @@ use crate::state::AppState;
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let c = state.sessions.counters();
     let m = &state.metrics;
-    let rows: [(&str, &str, u64); 6] = [
+    let rows: [(&str, &str, u64); 7] = [
         (
             "sessiond_verifications_total",
             "Session cookies checked against the store.",
             c.verifications.load(Ordering::Relaxed),
+        ),
+        (
+            "sessiond_verify_store_reads_total",
+            "Verifications the cache could not answer (miss, or cache off): store reads.",
+            c.store_reads.load(Ordering::Relaxed),
         ),
         (
             "sessiond_activity_writes_total",
