@@ -125,8 +125,9 @@ impl Req {
         self
     }
 
-    fn build(&self, n: u64) -> Request<Full<Bytes>> {
-        let body = match &self.vary {
+    /// The body of send number `n`.
+    fn body(&self, n: u64) -> Bytes {
+        match &self.vary {
             Vary::UnknownUser => Bytes::from(
                 serde_json::json!({
                     "username": format!("nobody-{n}"),
@@ -135,7 +136,11 @@ impl Req {
                 .to_string(),
             ),
             _ => self.body.clone(),
-        };
+        }
+    }
+
+    fn build(&self, n: u64) -> Request<Full<Bytes>> {
+        let body = self.body(n);
         let mut req = Request::new(Full::new(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
@@ -152,16 +157,7 @@ impl Req {
     /// The request as bytes on the wire (what [`Req::build`] would send), into `out`.
     fn encode(&self, n: u64, out: &mut Vec<u8>) {
         out.clear();
-        let body = match &self.vary {
-            Vary::UnknownUser => Bytes::from(
-                serde_json::json!({
-                    "username": format!("nobody-{n}"),
-                    "password": format!("not the password {n}"),
-                })
-                .to_string(),
-            ),
-            _ => self.body.clone(),
-        };
+        let body = self.body(n);
         out.extend_from_slice(self.method.as_str().as_bytes());
         out.push(b' ');
         out.extend_from_slice(
@@ -799,6 +795,79 @@ pub fn once_blocking(addr: SocketAddr, req: &Req) -> anyhow::Result<Answer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A server that answers each request on a connection with the next of `answers`
+    /// (raw bytes), closing the connection after any answer marked `close`.
+    async fn scripted(answers: Vec<(&'static [u8], bool)>) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut next = 0;
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = Vec::new();
+                loop {
+                    // One request: up to the blank line (these have no body).
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 1024];
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                    }
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        break;
+                    };
+                    buf.drain(..end + 4);
+                    let (bytes, close) = answers[next % answers.len()];
+                    next += 1;
+                    sock.write_all(bytes).await.unwrap();
+                    if close {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn answers_are_framed_by_length_chunks_or_close_and_stale_connections_are_replaced() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let addr = scripted(vec![
+                (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false),
+                (
+                    b"HTTP/1.1 401 Unauthorized\r\nTransfer-Encoding: chunked\r\n\r\n\
+                      3\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+                    false,
+                ),
+                (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+                // Announced close (gunicorn's way).
+                (
+                    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+                    true,
+                ),
+                // Neither length nor chunks: the body runs to the close.
+                (b"HTTP/1.0 503 Service Unavailable\r\n\r\nbusy, busy", true),
+                // Closed silently after a complete answer (keep-alive timeout).
+                (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", true),
+            ])
+            .await;
+            let wire = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+            let mut conn = None;
+            let mut statuses = Vec::new();
+            for _ in 0..7 {
+                statuses.push(exchange(&mut conn, addr, None, wire).await.unwrap());
+            }
+            // The 7th went out on the silently closed connection's replacement.
+            assert_eq!(statuses, [200, 401, 204, 200, 503, 200, 200]);
+        });
+    }
 
     #[test]
     fn client_addresses_are_loopback_distinct_and_avoid_0_and_255() {
