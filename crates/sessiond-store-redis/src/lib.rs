@@ -65,6 +65,11 @@ const BATCH: usize = 1000;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
+    /// Standalone: a connection of its own for [`SessionStore::generation`]. Verification
+    /// caches poll it every few milliseconds and stop serving when a poll is late; on the
+    /// multiplexed connection the logins share, a poll measured up to 50 ms under a login
+    /// flood (Redis itself answered another client within 2 ms meanwhile).
+    watch: Option<Conn>,
     /// `{prefix}`: the hash tag every key starts with.
     tag: Arc<str>,
     scripts: Arc<Scripts>,
@@ -142,6 +147,7 @@ impl RedisStore {
                 (base, prefix.unwrap_or_else(|| "sessiond".to_owned()))
             }
         };
+        let mut watch = None;
         let conn = if let Some(rest) = base.strip_prefix("redis+cluster://") {
             let (auth, hosts) = split_auth(rest);
             let nodes: Vec<String> = hosts
@@ -215,6 +221,10 @@ impl RedisStore {
                 .set_response_timeout(Some(OP_TIMEOUT))
                 .set_number_of_retries(1)
                 .set_max_delay(Duration::from_millis(500));
+            watch = Some(Conn::Single(
+                ConnectionManager::new_lazy_with_config(client.clone(), config.clone())
+                    .map_err(|e| bad_url(url, &e.to_string()))?,
+            ));
             Conn::Single(
                 ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|e| bad_url(url, &e.to_string()))?,
@@ -232,6 +242,7 @@ impl RedisStore {
         };
         Ok(Self {
             conn,
+            watch,
             tag: format!("{{{prefix}}}").into(),
             scripts: Arc::new(Scripts::new()),
         })
@@ -645,9 +656,13 @@ impl SessionStore for RedisStore {
     async fn generation(&self) -> Result<u64, StoreError> {
         // `{p}:gen` is bumped by every script that removes a session, in the same script.
         // Expiry by TTL does not bump it: an expired session is refused by its deadline.
-        let g: Option<u64> = self
-            .query(redis::cmd("GET").arg(format!("{}:gen", self.tag)))
-            .await?;
+        let mut conn = self.watch.as_ref().unwrap_or(&self.conn).clone();
+        let g: Option<u64> = bounded(
+            redis::cmd("GET")
+                .arg(format!("{}:gen", self.tag))
+                .query_async(&mut conn),
+        )
+        .await?;
         Ok(g.unwrap_or(0))
     }
 
