@@ -26,6 +26,8 @@ pub struct Inner {
     pub user_cache: UserCache,
     /// Forward-auth targets already resolved against the configuration.
     pub targets: crate::forwarded::TargetCache,
+    /// Forward-auth identity headers by user object.
+    pub identities: crate::routes::IdentityCache,
 }
 
 /// A bounded map of users by id, tagged with the session cache's epoch.
@@ -80,6 +82,7 @@ impl AppState {
             metrics: Metrics::default(),
             user_cache: UserCache::default(),
             targets: crate::forwarded::TargetCache::default(),
+            identities: crate::routes::IdentityCache::default(),
         }))
     }
 }

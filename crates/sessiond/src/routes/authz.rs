@@ -6,11 +6,14 @@
 //! no body, hashes no password, writes nothing on the request's path (activity writes are
 //! coalesced and spawned), and never sets a cookie (proxies drop it anyway).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sessiond_core::{User, UserId};
 use url::Url;
 
 use super::extract::CurrentUser;
@@ -99,7 +102,7 @@ async fn decide(
     }
     let decision = state.config.access.decision(target.rule);
     match decision.policy {
-        Policy::Bypass => return Ok(allowed(None)),
+        Policy::Bypass => return Ok(allowed(state, None)),
         Policy::Deny => return Err(ApiError::Forbidden),
         Policy::Authenticated => {}
     }
@@ -113,7 +116,7 @@ async fn decide(
     if !decision.groups.is_empty() && !me.user.groups.iter().any(|g| decision.groups.contains(g)) {
         return Err(ApiError::Forbidden);
     }
-    Ok(allowed(Some(&me)))
+    Ok(allowed(state, Some(&me)))
 }
 
 fn login_required(state: &AppState, target: &Url, h: &HeaderMap, flavour: Flavour) -> ApiError {
@@ -142,31 +145,68 @@ fn login_required(state: &AppState, target: &Url, h: &HeaderMap, flavour: Flavou
 /// them onto the upstream request, and some (Caddy 2.6's `copy_headers`) write a literal
 /// placeholder such as `{http.reverse_proxy.header.Remote-User}` when one is missing, which
 /// an app could take for a user name. Empty, they overwrite whatever the client sent.
-fn allowed(me: Option<&CurrentUser>) -> Response {
+fn allowed(state: &AppState, me: Option<&CurrentUser>) -> Response {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    let (user, groups, email, name) = match me {
-        Some(me) => {
-            let u = &me.user;
-            (
-                u.username.as_str(),
-                u.groups.join(","),
-                u.email.as_str(),
-                u.name.as_str(),
-            )
-        }
-        None => ("", String::new(), "", ""),
+    let values = match me {
+        Some(me) => state.identities.of(&me.user),
+        None => Arc::new(identity_values(None)),
     };
-    for (header_name, value) in [
-        ("remote-user", user),
-        ("remote-groups", groups.as_str()),
-        ("remote-email", email),
-        ("remote-name", name),
-    ] {
-        h.insert(HeaderName::from_static(header_name), header_value(value));
+    for (name, value) in IDENTITY_HEADERS.iter().zip(values.iter()) {
+        h.insert(HeaderName::from_static(name), value.clone());
     }
     res
+}
+
+const IDENTITY_HEADERS: [&str; 4] = [
+    "remote-user",
+    "remote-groups",
+    "remote-email",
+    "remote-name",
+];
+
+/// The values of [`IDENTITY_HEADERS`] for `user` (all empty for none).
+fn identity_values(user: Option<&User>) -> [HeaderValue; 4] {
+    match user {
+        Some(u) => [
+            header_value(u.username.as_str()),
+            header_value(&u.groups.join(",")),
+            header_value(&u.email),
+            header_value(&u.name),
+        ],
+        None => std::array::from_fn(|_| HeaderValue::from_static("")),
+    }
+}
+
+/// Identity header values by user, built once per user *object*: an entry is used only for
+/// the very `Arc<User>` it was built from (`Arc::ptr_eq`), and the user cache hands out a new
+/// one whenever the user may have changed, so a stale name or group list is never sent. On
+/// the hot path this saves a `join` and four copies per request. Bounded: emptied when full.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    entries: Mutex<HashMap<UserId, IdentityEntry>>,
+}
+
+type IdentityEntry = (Arc<User>, Arc<[HeaderValue; 4]>);
+
+impl IdentityCache {
+    const CAPACITY: usize = 50_000;
+
+    fn of(&self, user: &Arc<User>) -> Arc<[HeaderValue; 4]> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((u, values)) = entries.get(&user.id) {
+            if Arc::ptr_eq(u, user) {
+                return Arc::clone(values);
+            }
+        }
+        let values = Arc::new(identity_values(Some(user)));
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert(user.id, (Arc::clone(user), Arc::clone(&values)));
+        values
+    }
 }
 
 /// Display names and emails come from admins and may hold anything; a header carries them
@@ -179,4 +219,47 @@ fn header_value(s: &str) -> HeaderValue {
             .collect();
         HeaderValue::from_str(&clean).unwrap_or(HeaderValue::from_static(""))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_core::{Timestamp, Username};
+
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> Arc<User> {
+        Arc::new(User {
+            id: UserId(7),
+            username: Username::parse("alice").unwrap(),
+            name: name.into(),
+            email: "a@example.com".into(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            admin: false,
+            disabled: false,
+            created_at: Timestamp::from_millis(0),
+        })
+    }
+
+    #[test]
+    fn identity_headers_follow_the_user_object_they_were_built_from() {
+        let cache = IdentityCache::default();
+        let a = user("Alice\nInjected: 1", &["dev", "ops"]);
+        let first = cache.of(&a);
+        assert_eq!(first[0], "alice");
+        assert_eq!(first[1], "dev,ops");
+        assert_eq!(first[2], "a@example.com");
+        // Control characters never reach a header.
+        assert_eq!(first[3], "Alice Injected: 1");
+        assert!(Arc::ptr_eq(&first, &cache.of(&a)), "same object: reused");
+        // The same user reloaded (a new object), now in other groups: rebuilt.
+        let b = user("Alice", &["ops"]);
+        let second = cache.of(&b);
+        assert_eq!(second[1], "ops");
+        assert_eq!(second[3], "Alice");
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert_eq!(
+            identity_values(None),
+            std::array::from_fn(|_| HeaderValue::from_static(""))
+        );
+    }
 }

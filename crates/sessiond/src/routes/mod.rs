@@ -19,6 +19,7 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 pub use api::rfc3339;
+pub use authz::IdentityCache;
 pub use extract::{ClientInfo, CurrentUser};
 
 /// Largest request body accepted (SPEC §6).
