@@ -110,8 +110,10 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Removes a counter; `true` if it existed.
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError>;
 
-    /// Applies several counter changes in order, each exactly as [`Self::throttle_hit`] or
-    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call. Stores that can
+    /// Applies several counter changes, each exactly as [`Self::throttle_hit`] or
+    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call. Changes to one
+    /// key apply in the order given; changes to different keys are independent, so a store
+    /// may reorder those (PostgreSQL sorts them, so concurrent calls lock rows in one order). Stores that can
     /// make it one transaction (SQLite: one commit, one fsync, instead of one per change);
     /// this default makes the calls one by one.
     async fn throttle_apply(

@@ -55,8 +55,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
-    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -678,18 +678,48 @@ impl SessionStore for PostgresStore {
         // or expired one starts again.
         self.run(move |c| {
             Box::pin(async move {
-                let row = query_one(
-                    &*c,
-                    "INSERT INTO throttle (key, count, last_at, expires_at) VALUES ($1, 1, $2, $3) \
-                     ON CONFLICT (key) DO UPDATE SET \
-                       count = CASE WHEN throttle.expires_at > $2 THEN throttle.count + 1 ELSE 1 END, \
-                       expires_at = CASE WHEN throttle.expires_at > $2 THEN throttle.expires_at ELSE $3 END, \
-                       last_at = $2 \
-                     RETURNING count, last_at, expires_at",
-                    &[&key, &now, &fresh_until],
-                )
-                .await?;
+                let row = query_one(&*c, THROTTLE_HIT, &[&key, &now, &fresh_until]).await?;
                 throttle_from_row(&row)
+            })
+        })
+        .await
+    }
+
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        // (key, end of a fresh window or None to delete), sorted by key (stably: changes to one
+        // key keep their order): concurrent logins then lock their rows in one global order
+        // and never deadlock each other.
+        let mut owned: Vec<(String, Option<i64>)> = changes
+            .iter()
+            .map(|c| match *c {
+                ThrottleChange::Hit { key, window } => {
+                    (key.to_owned(), Some(now.plus(window).as_millis()))
+                }
+                ThrottleChange::Delete { key } => (key.to_owned(), None),
+            })
+            .collect();
+        owned.sort_by(|a, b| a.0.cmp(&b.0));
+        let now = now.as_millis();
+        // One transaction: one round trip of commit and one WAL flush per login instead of
+        // one per change (the server's CPU under a login flood is the machine's).
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                for (key, fresh_until) in &owned {
+                    match fresh_until {
+                        Some(until) => {
+                            query_one(&tx, THROTTLE_HIT, &[key, &now, until]).await?;
+                        }
+                        None => {
+                            exec(&tx, "DELETE FROM throttle WHERE key = $1", &[key]).await?;
+                        }
+                    }
+                }
+                tx.commit().await.map_err(pg)
             })
         })
         .await
@@ -747,6 +777,16 @@ impl SessionStore for PostgresStore {
         .await
     }
 }
+
+/// One more event under $1 at $2 (a fresh window ends at $3), atomic under concurrency: a
+/// live counter is incremented, a missing or expired one starts again.
+const THROTTLE_HIT: &str =
+    "INSERT INTO throttle (key, count, last_at, expires_at) VALUES ($1, 1, $2, $3) \
+     ON CONFLICT (key) DO UPDATE SET \
+       count = CASE WHEN throttle.expires_at > $2 THEN throttle.count + 1 ELSE 1 END, \
+       expires_at = CASE WHEN throttle.expires_at > $2 THEN throttle.expires_at ELSE $3 END, \
+       last_at = $2 \
+     RETURNING count, last_at, expires_at";
 
 fn throttle_from_row(r: &Row) -> Result<ThrottleRecord, StoreError> {
     Ok(ThrottleRecord {
