@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sessiond_core::{
     SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, UserId,
+    ThrottleRecord, Timestamp, TokenHash, TokenHashState, UserId,
 };
 
 /// How often the watcher asks the store for its generation.
@@ -40,7 +40,7 @@ pub const POLL_EVERY: Duration = Duration::from_millis(20);
 pub const FRESH_FOR: Duration = Duration::from_millis(60);
 
 /// Records by token hash, each with the epoch it was read under.
-type Entries = HashMap<[u8; 32], (u64, Arc<SessionRecord>)>;
+type Entries = HashMap<[u8; 32], (u64, Arc<SessionRecord>), TokenHashState>;
 
 #[derive(Debug)]
 pub(crate) struct Cache {
@@ -55,7 +55,7 @@ pub(crate) struct Cache {
 impl Cache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(HashMap::default()),
             capacity: capacity.max(1),
             epoch: AtomicU64::new(1),
             fresh_since: AtomicU64::new(0),

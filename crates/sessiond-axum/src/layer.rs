@@ -1,8 +1,11 @@
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
 use axum::response::Response;
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::data::PendingData;
@@ -53,35 +56,93 @@ pub(crate) struct Layered {
 
 impl<S> Service<Request> for SessionService<S>
 where
-    S: Service<Request, Response = Response> + Clone + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = SessionFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        // The clone that was polled ready serves this request (tower's usual swap).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // The inner service is called here, right after its `poll_ready`, and its future
+        // wrapped: no boxed future and no clone of the inner service per request (this layer
+        // is on the path of every request).
         let slot = DataSlot::default();
         req.extensions_mut().insert(Layered {
             manager: self.manager.clone(),
             slot: slot.clone(),
         });
-        let manager = self.manager.clone();
-        Box::pin(async move {
-            let res = inner.call(req).await?;
-            let pending = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(pending) = pending {
-                pending.save(&manager).await;
+        SessionFuture::running(self.inner.call(req), slot, self.manager.clone())
+    }
+}
+
+pin_project! {
+    /// The answer of a [`SessionService`]: the inner service's, after saving the session data
+    /// a handler modified (if any).
+    pub struct SessionFuture<F> {
+        #[pin]
+        state: State<F>,
+    }
+}
+
+impl<F> SessionFuture<F> {
+    fn running(inner: F, slot: DataSlot, manager: SessionManager) -> Self {
+        Self {
+            state: State::Running {
+                inner,
+                slot,
+                manager,
+            },
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Running { #[pin] inner: F, slot: DataSlot, manager: SessionManager },
+        Saving { save: Pin<Box<dyn Future<Output = ()> + Send>>, res: Option<Response> },
+    }
+}
+
+impl<F, E> Future for SessionFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.project().state;
+        loop {
+            match state.as_mut().project() {
+                StateProj::Running {
+                    inner,
+                    slot,
+                    manager,
+                } => {
+                    let res = ready!(inner.poll(cx))?;
+                    let pending = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let Some(pending) = pending else {
+                        return Poll::Ready(Ok(res));
+                    };
+                    // Rare (a handler changed session data): the save gets a boxed future.
+                    let manager = manager.clone();
+                    let save = Box::pin(async move { pending.save(&manager).await });
+                    state.set(State::Saving {
+                        save,
+                        res: Some(res),
+                    });
+                }
+                StateProj::Saving { save, res } => {
+                    ready!(save.as_mut().poll(cx));
+                    return Poll::Ready(Ok(res
+                        .take()
+                        .expect("SessionFuture polled after completion")));
+                }
             }
-            Ok(res)
-        })
+        }
     }
 }

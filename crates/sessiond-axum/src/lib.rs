@@ -32,5 +32,5 @@ mod manager;
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
 pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
-pub use layer::{SessionLayer, SessionService};
+pub use layer::{SessionFuture, SessionLayer, SessionService};
 pub use manager::{ActiveSession, Counters, SessionManager};

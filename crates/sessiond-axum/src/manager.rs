@@ -72,6 +72,13 @@ impl ActiveSession {
         &self.record
     }
 
+    /// The record as shared with the verification cache: the same object on every request
+    /// until the session changes (an activity write or a reload makes a new one), so a
+    /// rendering of it can be memoised by identity (`Arc::ptr_eq`).
+    pub fn shared_record(&self) -> &Arc<SessionRecord> {
+        &self.record
+    }
+
     pub fn token(&self) -> &SessionToken {
         &self.token
     }

@@ -41,5 +41,7 @@ pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{SessionStore, ThrottleChange, UserStore};
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
 pub use time::{Rfc3339, Timestamp};
-pub use token::{SessionId, SessionToken, TokenHash, TOKEN_BYTES, TOKEN_LEN};
+pub use token::{
+    SessionId, SessionToken, TokenHash, TokenHashHasher, TokenHashState, TOKEN_BYTES, TOKEN_LEN,
+};
 pub use user::{NewUser, Password, User, UserCredentials, UserId, Username};

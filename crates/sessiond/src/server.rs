@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use axum::ServiceExt as _;
 use base64::Engine as _;
 use sessiond_axum::SessionManager;
 use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
@@ -195,7 +196,7 @@ pub async fn run(
             }
         })
     };
-    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = routes::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;

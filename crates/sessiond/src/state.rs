@@ -28,6 +28,8 @@ pub struct Inner {
     pub targets: crate::forwarded::TargetCache,
     /// Forward-auth identity headers by user object.
     pub identities: crate::routes::IdentityCache,
+    /// `GET /api/session` bodies by the record and user objects they were rendered from.
+    pub session_bodies: crate::routes::SessionBodies,
 }
 
 /// A bounded map of users by id, tagged with the session cache's epoch.
@@ -83,6 +85,7 @@ impl AppState {
             user_cache: UserCache::default(),
             targets: crate::forwarded::TargetCache::default(),
             identities: crate::routes::IdentityCache::default(),
+            session_bodies: crate::routes::SessionBodies::default(),
         }))
     }
 }

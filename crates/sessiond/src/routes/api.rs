@@ -1,5 +1,9 @@
 //! The JSON API (SPEC §4).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -231,16 +235,21 @@ pub async fn logout(
 }
 
 pub async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResult<Response> {
-    let body = Whoami {
-        user: UserView::of(&me.user),
-        session: SessionView::of(&state, me.session.record()),
-    };
-    // Serialised into one right-sized `Vec` rather than through `Json`'s `BytesMut` writer:
-    // this is the verify endpoint's whole body, and the callgrind profile showed the
-    // serialisation as its largest item of session-specific work.
-    let mut buf = Vec::with_capacity(512);
-    serde_json::to_writer(&mut buf, &body)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot serialise the session: {e}")))?;
+    let body = state
+        .session_bodies
+        .get_or_render(me.session.shared_record(), &me.user, || {
+            let view = Whoami {
+                user: UserView::of(&me.user),
+                session: SessionView::of(&state, me.session.record()),
+            };
+            // Serialised into one right-sized `Vec` rather than through `Json`'s `BytesMut`
+            // writer.
+            let mut buf = Vec::with_capacity(512);
+            serde_json::to_writer(&mut buf, &view).map_err(|e| {
+                ApiError::Internal(anyhow::anyhow!("cannot serialise the session: {e}"))
+            })?;
+            Ok(buf)
+        })?;
     Ok((
         [
             (
@@ -249,9 +258,75 @@ pub async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResul
             ),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
         ],
-        buf,
+        body,
     )
         .into_response())
+}
+
+/// Rendered `GET /api/session` bodies, one per session.
+///
+/// This is the verify endpoint's whole body, and rendering it (JSON, three RFC 3339
+/// timestamps) was the largest item of session-specific work in its callgrind profile. The
+/// body is a pure function of the session record, the user and the expiry policy (fixed for
+/// the process), and the caches hand out the *same* objects until something changes: the
+/// session cache the same `Arc<SessionRecord>` until an activity write or a reload makes a
+/// new one, the user cache the same `Arc<User>` until any change moves its epoch on. So an
+/// entry is served only while both are the very objects it was rendered from
+/// (`Arc::ptr_eq`; the entry holds them, so their addresses cannot be reused meanwhile).
+/// Verification always runs first: an entry is never a way to reach a revoked session, it
+/// only spares re-rendering an answer already decided.
+#[derive(Default)]
+pub struct SessionBodies {
+    entries: Mutex<HashMap<[u8; 32], BodyEntry, sessiond_core::TokenHashState>>,
+}
+
+struct BodyEntry {
+    record: Arc<SessionRecord>,
+    user: Arc<User>,
+    body: Bytes,
+}
+
+impl std::fmt::Debug for SessionBodies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionBodies").finish_non_exhaustive()
+    }
+}
+
+impl SessionBodies {
+    /// Bounds memory: at most this many bodies (a few hundred bytes each) are kept; when full,
+    /// the map starts over (each live session re-renders once).
+    const CAPACITY: usize = 16_384;
+
+    fn get_or_render(
+        &self,
+        record: &Arc<SessionRecord>,
+        user: &Arc<User>,
+        render: impl FnOnce() -> ApiResult<Vec<u8>>,
+    ) -> ApiResult<Bytes> {
+        let key = *record.token_hash.as_bytes();
+        {
+            let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = entries.get(&key) {
+                if Arc::ptr_eq(&e.record, record) && Arc::ptr_eq(&e.user, user) {
+                    return Ok(e.body.clone());
+                }
+            }
+        }
+        let body = Bytes::from(render()?);
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert(
+            key,
+            BodyEntry {
+                record: Arc::clone(record),
+                user: Arc::clone(user),
+                body: body.clone(),
+            },
+        );
+        Ok(body)
+    }
 }
 
 #[derive(Serialize)]
@@ -399,8 +474,65 @@ pub async fn password(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use proptest::prelude::*;
-    use sessiond_core::Timestamp;
+    use sessiond_core::{
+        SessionId, SessionRecord, SessionToken, Timestamp, User, UserId, Username,
+    };
+
+    use super::SessionBodies;
+
+    fn record(token: &SessionToken, last_seen_ms: i64) -> Arc<SessionRecord> {
+        Arc::new(SessionRecord {
+            id: SessionId::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+            token_hash: token.hash(),
+            user_id: UserId(1),
+            created_at: Timestamp::from_millis(0),
+            last_seen_at: Timestamp::from_millis(last_seen_ms),
+            absolute_expires_at: Timestamp::from_millis(10_000_000),
+            expires_at: Timestamp::from_millis(1_000_000),
+            remember: false,
+            ip: None,
+            user_agent: None,
+        })
+    }
+
+    fn user() -> Arc<User> {
+        Arc::new(User {
+            id: UserId(1),
+            username: Username::parse("alice").unwrap(),
+            name: String::new(),
+            email: String::new(),
+            groups: Vec::new(),
+            admin: false,
+            disabled: false,
+            created_at: Timestamp::from_millis(0),
+        })
+    }
+
+    /// A body is reused only for the very record and user objects it was rendered from: a
+    /// new record (an activity write) or a reloaded user renders again.
+    #[test]
+    fn session_bodies_follow_the_record_and_user_objects() {
+        let bodies = SessionBodies::default();
+        let render = |text: &str| {
+            let v = text.as_bytes().to_vec();
+            move || Ok(v)
+        };
+        let token = SessionToken::generate();
+        let (r1, u1) = (record(&token, 1), user());
+        let a = bodies.get_or_render(&r1, &u1, render("one")).unwrap();
+        let b = bodies.get_or_render(&r1, &u1, render("ignored")).unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"one"[..], &b"one"[..]));
+        let r2 = record(&token, 2);
+        let c = bodies.get_or_render(&r2, &u1, render("two")).unwrap();
+        assert_eq!(&c[..], b"two");
+        let u2 = user();
+        let d = bodies.get_or_render(&r2, &u2, render("three")).unwrap();
+        assert_eq!(&d[..], b"three");
+        assert_eq!(bodies.get_or_render(&r2, &u2, render("x")).unwrap(), d);
+    }
 
     proptest! {
         /// Our allocation-free formatter writes what humantime's RFC 3339 formatter writes,
