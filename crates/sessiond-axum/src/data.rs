@@ -124,7 +124,7 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionMap {
             })),
             manager,
         };
-        *slot.0.lock().unwrap_or_else(|e| e.into_inner()) =
+        *slot.0.pending.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(PendingData(Arc::clone(&map.inner)));
         parts.extensions.insert(map.clone());
         Ok(map)

@@ -42,24 +42,21 @@ impl IntoResponse for SessionRejection {
     }
 }
 
-/// The outcome kept in the request's extensions so a request verifies once.
-#[derive(Clone)]
-struct Verified(Result<Option<ActiveSession>, SessionRejection>);
-
+/// The request's session, verified once per request: the outcome is kept in the layer's
+/// per-request slot for any later extractor.
 async fn verify(parts: &mut Parts) -> Result<Option<ActiveSession>, SessionRejection> {
-    if let Some(Verified(r)) = parts.extensions.get::<Verified>() {
-        return r.clone();
-    }
-    let manager = parts
+    let Layered { manager, slot } = parts
         .extensions
         .get::<Layered>()
-        .map(|l| l.manager.clone())
         .ok_or(SessionRejection::MissingManager)?;
+    if let Some(r) = slot.0.verified.get() {
+        return r.clone();
+    }
     let out = manager.verify(&parts.headers).await.map_err(|e| {
         tracing::error!(error = %e, "session store unavailable during verification");
         SessionRejection::StoreUnavailable
     });
-    parts.extensions.insert(Verified(out.clone()));
+    let _ = slot.0.verified.set(out.clone());
     out
 }
 

@@ -1,6 +1,6 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::data::PendingData;
-use crate::SessionManager;
+use crate::{ActiveSession, SessionManager, SessionRejection};
 
 /// Makes a [`SessionManager`] available to the extractors, and saves modified session data
 /// (see [`crate::SessionMap`]) once the handler has answered.
@@ -42,9 +42,18 @@ pub struct SessionService<S> {
     manager: SessionManager,
 }
 
-/// Where a `SessionMap` extracted during the request leaves itself for the save afterwards.
+/// The request's own state, shared by the extractors and the layer: the outcome of the
+/// verification (so a request verifies once, whatever extractors it uses) and where a
+/// `SessionMap` extracted during the request leaves itself for the save afterwards. One
+/// allocation per request, inside the one extension the layer inserts.
 #[derive(Clone, Default)]
-pub(crate) struct DataSlot(pub(crate) Arc<Mutex<Option<PendingData>>>);
+pub(crate) struct DataSlot(pub(crate) Arc<SlotState>);
+
+#[derive(Default)]
+pub(crate) struct SlotState {
+    pub(crate) pending: Mutex<Option<PendingData>>,
+    pub(crate) verified: OnceLock<Result<Option<ActiveSession>, SessionRejection>>,
+}
 
 /// What the layer leaves in every request's extensions: one entry rather than two (each
 /// insert into the extensions map costs a hash-map insert on every request).
@@ -124,7 +133,12 @@ where
                     manager,
                 } => {
                     let res = ready!(inner.poll(cx))?;
-                    let pending = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    let pending = slot
+                        .0
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take();
                     let Some(pending) = pending else {
                         return Poll::Ready(Ok(res));
                     };

@@ -12,8 +12,11 @@ pub const TOKEN_BYTES: usize = 32;
 pub const TOKEN_LEN: usize = 43;
 
 /// The session secret a browser holds in its cookie. Never stored, never logged.
+///
+/// Kept as its 43 ASCII characters inline (no heap): every verification parses one and
+/// copies it into the request's verified session.
 #[derive(Clone)]
-pub struct SessionToken(String);
+pub struct SessionToken([u8; TOKEN_LEN]);
 
 impl SessionToken {
     /// A fresh secret from the OS CSPRNG (`getrandom`), the only source fit for secrets:
@@ -28,34 +31,43 @@ impl SessionToken {
 
     /// Builds a token from caller-supplied entropy (tests, or a caller with its own CSPRNG).
     pub fn from_entropy(bytes: [u8; TOKEN_BYTES]) -> Self {
-        Self(URL_SAFE_NO_PAD.encode(bytes))
+        let mut text = [0u8; TOKEN_LEN];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(bytes, &mut text)
+            .expect("32 bytes are 43 base64 characters");
+        debug_assert_eq!(n, TOKEN_LEN);
+        Self(text)
     }
 
     /// Parses a cookie value. Anything but exactly 43 URL-safe base64 characters is refused
     /// before it reaches a hash or a store, so malformed input costs nothing.
     pub fn parse(value: &str) -> Option<Self> {
-        if value.len() != TOKEN_LEN || !value.bytes().all(is_url_safe) {
+        let text: [u8; TOKEN_LEN] = value.as_bytes().try_into().ok()?;
+        // One table lookup a character (this runs on every request with a cookie); OR-ing
+        // the values leaves the invalid marker's high bit set if any character is not
+        // URL-safe base64.
+        let all = text
+            .iter()
+            .fold(0u8, |acc, &b| acc | B64_VALUES[usize::from(b)]);
+        // 43 characters carry 258 bits: the last one's 2 low bits are padding and must be
+        // zero. Rejecting non-canonical encodings keeps one secret = one cookie value (checked
+        // on the character's value; no decoding needed).
+        if all & INVALID != 0 || B64_VALUES[usize::from(text[TOKEN_LEN - 1])] & 0b11 != 0 {
             return None;
         }
-        // The last character of 43 carries 2 padding bits that must be zero; rejecting
-        // non-canonical encodings keeps one secret = one cookie value.
-        let mut out = [0u8; TOKEN_BYTES];
-        match URL_SAFE_NO_PAD.decode_slice(value, &mut out) {
-            Ok(TOKEN_BYTES) => Some(Self(value.to_owned())),
-            _ => None,
-        }
+        Some(Self(text))
     }
 
     /// The cookie value. Callers must not log it.
     pub fn expose(&self) -> &str {
-        &self.0
+        std::str::from_utf8(&self.0).expect("a token is URL-safe base64 (ASCII)")
     }
 
     /// The SHA-256 of the secret, the only form stores ever see. A fast hash is right here
     /// (unlike for passwords): the input has 256 bits of entropy, so there is nothing to
     /// brute-force.
     pub fn hash(&self) -> TokenHash {
-        TokenHash(Sha256::digest(self.0.as_bytes()).into())
+        TokenHash(Sha256::digest(self.0).into())
     }
 
     /// A value derived from the secret for binding a CSRF form token to this session. It is a
@@ -66,7 +78,7 @@ impl SessionToken {
         h.update(b"sessiond-derive\0");
         h.update(purpose.as_bytes());
         h.update(b"\0");
-        h.update(self.0.as_bytes());
+        h.update(self.0);
         URL_SAFE_NO_PAD.encode(h.finalize())
     }
 }
@@ -74,6 +86,21 @@ impl SessionToken {
 fn is_url_safe(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
 }
+
+/// Marks a byte that is not URL-safe base64 in [`B64_VALUES`].
+const INVALID: u8 = 0x80;
+
+/// The 6-bit value of each URL-safe base64 character; [`INVALID`] for every other byte.
+const B64_VALUES: [u8; 256] = {
+    let mut t = [INVALID; 256];
+    let mut i = 0;
+    while i < 64 {
+        let c = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"[i];
+        t[c as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -84,7 +111,7 @@ impl fmt::Debug for SessionToken {
 /// Compares two secrets in constant time.
 impl PartialEq for SessionToken {
     fn eq(&self, other: &Self) -> bool {
-        self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+        self.0.ct_eq(&other.0).into()
     }
 }
 impl Eq for SessionToken {}
@@ -158,9 +185,19 @@ impl std::hash::Hasher for TokenHashHasher {
 /// Constant-time, so a lookup that compares hashes in memory leaks no prefix timing. (Stores
 /// index by the hash; an attacker would also need a SHA-256 preimage to exploit a timing
 /// leak there, but equality of secrets-derived values is always compared this way.)
+///
+/// Folded a 64-bit word at a time, with no branch on the data, and the one comparison left
+/// made through `subtle` (byte by byte, `subtle` puts an optimisation barrier on each of the
+/// 32 bytes; this runs on every verification).
 impl PartialEq for TokenHash {
     fn eq(&self, other: &Self) -> bool {
-        self.0.ct_eq(&other.0).into()
+        let mut diff = 0u64;
+        for (a, b) in self.0.chunks_exact(8).zip(other.0.chunks_exact(8)) {
+            let a = u64::from_ne_bytes(a.try_into().expect("8 bytes"));
+            let b = u64::from_ne_bytes(b.try_into().expect("8 bytes"));
+            diff |= a ^ b;
+        }
+        diff.ct_eq(&0).into()
     }
 }
 impl Eq for TokenHash {}
@@ -283,6 +320,35 @@ mod tests {
             &format!("{}B", &URL_SAFE_NO_PAD.encode([0u8; 32])[..42]),
         ] {
             assert!(SessionToken::parse(bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    /// The canonical-encoding check on the last character's value accepts exactly what the
+    /// base64 decoder accepts, for every character of the alphabet.
+    #[test]
+    fn parse_agrees_with_the_base64_decoder_on_the_last_character() {
+        let s = SessionToken::generate();
+        let head = &s.expose()[..42];
+        for c in (b'A'..=b'Z')
+            .chain(b'a'..=b'z')
+            .chain(b'0'..=b'9')
+            .chain([b'-', b'_'])
+        {
+            let value = format!("{head}{}", char::from(c));
+            let mut out = [0u8; TOKEN_BYTES];
+            let decodes = matches!(URL_SAFE_NO_PAD.decode_slice(&value, &mut out), Ok(32));
+            assert_eq!(SessionToken::parse(&value).is_some(), decodes, "{value}");
+        }
+    }
+
+    #[test]
+    fn token_hashes_are_equal_only_when_every_byte_is() {
+        let a = TokenHash::from_bytes([9; 32]);
+        assert_eq!(a, TokenHash::from_bytes([9; 32]));
+        for i in 0..32 {
+            let mut b = [9u8; 32];
+            b[i] ^= 0x80;
+            assert_ne!(a, TokenHash::from_bytes(b), "byte {i}");
         }
     }
 
