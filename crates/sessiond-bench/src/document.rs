@@ -103,9 +103,10 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 rounds every probed session is verified once and its activity write awaited, so no\n\
          \x20 write is due during them. RSS as above, after the rounds.\n\
          - **`sessiond session purge`**: the million extra sessions are given a deadline just\n\
-         \x20 past, the server is started (its start-up sweep finds nothing; the next comes a minute\n\
-         \x20 later) and the CLI purge runs as a separate process while the probe verifies live\n\
-         \x20 sessions; time is the purge process's wall time, start to exit.\n\
+         \x20 past, the server is started with its own background sweep off (`--sweep-interval\n\
+         \x20 off`, so the command does all the work however long the run takes) and the CLI purge\n\
+         \x20 runs as a separate process while the probe verifies live sessions; time is the purge\n\
+         \x20 process's wall time, start to exit.\n\
          - **peers**: the same authenticated request (`GET /me` with the peer's own session\n\
          \x20 cookie) with the same client and connections. A sessiond on the comparable store\n\
          \x20 (SQLite for the SQLite peers, Redis for the Redis one) runs beside each peer and the\n\

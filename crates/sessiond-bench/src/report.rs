@@ -149,8 +149,6 @@ pub struct Purge {
     pub probe_during: Measure,
     /// Expired sessions left afterwards (should be none).
     pub left: u64,
-    /// The server's own minute sweep came due while the purge ran.
-    pub sweep_overlap: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -470,9 +468,6 @@ impl Report {
                     ms(p.probe_idle.p99_ms),
                     ms(p.probe_during.p99_ms)
                 );
-                if p.sweep_overlap {
-                    c.push_str(" (the server's minute sweep joined in)");
-                }
                 if p.left > 0 {
                     let _ = write!(c, " ({} expired left!)", p.left);
                 }

@@ -48,6 +48,7 @@ pub struct FileSession {
     pub idle_timeout: Option<String>,
     pub absolute_timeout: Option<String>,
     pub remember_me_timeout: Option<String>,
+    pub sweep_interval: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -82,6 +83,7 @@ pub struct Overrides {
     pub idle_timeout: Option<String>,
     pub absolute_timeout: Option<String>,
     pub remember_me_timeout: Option<String>,
+    pub sweep_interval: Option<String>,
     pub admin_password: Option<String>,
 }
 
@@ -93,6 +95,9 @@ pub struct Config {
     pub session_store: String,
     pub public_url: Url,
     pub policy: ExpiryPolicy,
+    /// How often the server deletes expired sessions; `None`: never (left to
+    /// `sessiond session purge`, e.g. from cron).
+    pub sweep_interval: Option<Duration>,
     pub cookie: CookieConfig,
     /// The login form's CSRF cookie: same attributes as the session cookie, but always
     /// host-only (it never needs to reach other subdomains).
@@ -110,6 +115,8 @@ pub struct Config {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
 pub const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
+/// How often a running server deletes expired sessions, unless configured.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Config {
     /// Reads `file` (if any) and applies `over` on top.
@@ -210,6 +217,11 @@ impl Config {
             )?,
         };
 
+        let sweep_interval = match o.sweep_interval.or(f.session.sweep_interval) {
+            Some(s) if s.trim().eq_ignore_ascii_case("off") => None,
+            s => Some(duration("sweep_interval", s, DEFAULT_SWEEP_INTERVAL)?),
+        };
+
         let base = f.cookie.name.unwrap_or_else(|| "sessiond".into());
         if base.is_empty()
             || !base
@@ -283,6 +295,7 @@ impl Config {
             session_store,
             public_url,
             policy,
+            sweep_interval,
             cookie,
             csrf_cookie,
             device_cookie,
@@ -344,6 +357,30 @@ mod tests {
     fn check(file: &str, over: Overrides) -> Result<Config, String> {
         let f: FileConfig = toml::from_str(file).map_err(|e| e.to_string())?;
         Config::resolve(f, over).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn sweep_interval_defaults_to_a_minute_and_can_be_turned_off() {
+        let d = Overrides::default();
+        assert_eq!(
+            check("", d.clone()).unwrap().sweep_interval,
+            Some(Duration::from_secs(60))
+        );
+        let f = "[session]\nsweep_interval = \"5m\"";
+        assert_eq!(
+            check(f, d.clone()).unwrap().sweep_interval,
+            Some(Duration::from_secs(300))
+        );
+        let off = Overrides {
+            sweep_interval: Some("off".into()),
+            ..Overrides::default()
+        };
+        assert_eq!(check(f, off).unwrap().sweep_interval, None);
+        for bad in ["0s", "soon"] {
+            let e =
+                check(&format!("[session]\nsweep_interval = \"{bad}\""), d.clone()).unwrap_err();
+            assert!(e.starts_with("sweep_interval:"), "{e}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use axum::ServiceExt as _;
@@ -25,8 +25,6 @@ use crate::state::AppState;
 pub const SWEEP_BATCH: usize = 1_000;
 /// Sessions kept in the verification cache (a few hundred bytes each).
 pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
-/// How often the background sweep runs.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// The stores a configuration names.
 #[derive(Debug, Clone)]
@@ -182,10 +180,10 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let sweeper = {
+    let sweeper = state.config.sweep_interval.map(|every| {
         let manager = state.sessions.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 match purge_expired(manager.store().as_ref(), manager.now()).await {
@@ -195,12 +193,14 @@ pub async fn run(
                 }
             }
         })
-    };
+    });
     let app = routes::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
-    sweeper.abort();
+    if let Some(sweeper) = sweeper {
+        sweeper.abort();
+    }
     result
 }
 

@@ -23,6 +23,9 @@ pub struct Args {
     /// Lifetime of "stay logged in" sessions, e.g. 30d [default: 30d]
     #[arg(long, env = "SESSIOND_REMEMBER_ME_TIMEOUT", value_name = "DUR")]
     remember_me_timeout: Option<String>,
+    /// How often expired sessions are deleted in the background, or `off` [default: 1m]
+    #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", value_name = "DUR|off")]
+    sweep_interval: Option<String>,
 }
 
 impl Args {
@@ -32,6 +35,7 @@ impl Args {
         over.idle_timeout = self.idle_timeout;
         over.absolute_timeout = self.absolute_timeout;
         over.remember_me_timeout = self.remember_me_timeout;
+        over.sweep_interval = self.sweep_interval;
     }
 }
 
