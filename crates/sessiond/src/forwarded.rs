@@ -8,10 +8,20 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderMap, Method};
+use axum::http::{HeaderMap, HeaderName, Method};
 use url::Url;
 
 use crate::config::Config;
+
+// The headers forward auth reads, named once: a lookup by `&str` parses and checks the name
+// on every call (`HdrName::from_bytes`, a visible item of forward auth's profile).
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+static X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 
 /// Longest forwarded target accepted.
 pub const MAX_TARGET: usize = 8 * 1024;
@@ -38,7 +48,7 @@ pub fn client_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
 /// Every `X-Forwarded-For` entry in order, or `None` if absent or any entry is malformed.
 fn forwarded_for(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
     let mut out = Vec::new();
-    for value in headers.get_all("x-forwarded-for") {
+    for value in headers.get_all(&X_FORWARDED_FOR) {
         for entry in value.to_str().ok()?.split(',') {
             out.push(parse_forwarded_ip(entry.trim())?);
         }
@@ -124,8 +134,12 @@ fn percent_decode(s: &str) -> String {
     .unwrap_or_default()
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, TargetError> {
-    let mut values = h.get_all(name).iter();
+fn header<'a>(
+    h: &'a HeaderMap,
+    header: &'static HeaderName,
+) -> Result<Option<&'a str>, TargetError> {
+    let name = header.as_str();
+    let mut values = h.get_all(header).iter();
     let Some(v) = values.next() else {
         return Ok(None);
     };
@@ -140,15 +154,15 @@ fn header<'a>(h: &'a HeaderMap, name: &'static str) -> Result<Option<&'a str>, T
     Ok(Some(v))
 }
 
-fn method(h: &HeaderMap, name: &'static str) -> Result<Option<Method>, TargetError> {
+fn method(h: &HeaderMap, name: &'static HeaderName) -> Result<Option<Method>, TargetError> {
     match header(h, name)? {
         None => Ok(None),
         Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
             Method::from_bytes(m.to_ascii_uppercase().as_bytes())
                 .map(Some)
-                .map_err(|_| TargetError::Malformed(name))
+                .map_err(|_| TargetError::Malformed(name.as_str()))
         }
-        Some(_) => Err(TargetError::Malformed(name)),
+        Some(_) => Err(TargetError::Malformed(name.as_str())),
     }
 }
 
@@ -214,9 +228,9 @@ impl TargetParts<'_> {
 /// Traefik / Caddy style: the parts of `X-Forwarded-Proto`, `X-Forwarded-Host`,
 /// `X-Forwarded-Uri`.
 pub fn forward_auth_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    let proto = header(h, "x-forwarded-proto")?.ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
-    let host = header(h, "x-forwarded-host")?.ok_or(TargetError::Missing("X-Forwarded-Host"))?;
-    let uri = header(h, "x-forwarded-uri")?.unwrap_or("/");
+    let proto = header(h, &X_FORWARDED_PROTO)?.ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
+    let host = header(h, &X_FORWARDED_HOST)?.ok_or(TargetError::Missing("X-Forwarded-Host"))?;
+    let uri = header(h, &X_FORWARDED_URI)?.unwrap_or("/");
     Ok(TargetParts {
         proto,
         host,
@@ -228,7 +242,7 @@ pub fn forward_auth_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError>
 /// nginx `auth_request` style: the parts of `X-Original-URL`, else of the `X-Forwarded-*`
 /// set.
 pub fn auth_request_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    let Some(raw) = header(h, "x-original-url")? else {
+    let Some(raw) = header(h, &X_ORIGINAL_URL)? else {
         return forward_auth_parts(h);
     };
     let (proto, rest) = raw
@@ -247,17 +261,17 @@ pub fn auth_request_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError>
 
 /// The method a Traefik / Caddy style request names (`X-Forwarded-Method`), if any.
 pub fn forward_auth_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    method(h, "x-forwarded-method")
+    method(h, &X_FORWARDED_METHOD)
 }
 
 /// The method an nginx style request names (`X-Original-Method`, else
 /// `X-Forwarded-Method` when the target came from the `X-Forwarded-*` set).
 pub fn auth_request_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    if header(h, "x-original-url")?.is_some() {
-        return method(h, "x-original-method");
+    if header(h, &X_ORIGINAL_URL)?.is_some() {
+        return method(h, &X_ORIGINAL_METHOD);
     }
     let forwarded = forward_auth_method(h)?;
-    Ok(method(h, "x-original-method")?.or(forwarded))
+    Ok(method(h, &X_ORIGINAL_METHOD)?.or(forwarded))
 }
 
 /// Traefik / Caddy style: `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri`,

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sessiond_core::{User, UserId};
@@ -33,20 +33,23 @@ enum Flavour {
     AuthRequest,
 }
 
-pub async fn forward_auth(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    decide(&state, peer, &headers, Flavour::ForwardAuth).await
+// The handlers take the whole request and read its headers and peer in place: axum's
+// `HeaderMap` extractor would clone every header of every forward-auth request.
+
+pub async fn forward_auth(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    decide(&state, peer(&req)?, req.headers(), Flavour::ForwardAuth).await
 }
 
-pub async fn auth_request(
-    State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    decide(&state, peer, &headers, Flavour::AuthRequest).await
+pub async fn auth_request(State(state): State<AppState>, req: Request) -> ApiResult<Response> {
+    decide(&state, peer(&req)?, req.headers(), Flavour::AuthRequest).await
+}
+
+/// The connection's peer (set by the server for every connection).
+fn peer(req: &Request) -> ApiResult<SocketAddr> {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| *a)
+        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no connection info on the request")))
 }
 
 /// A browser navigating (it can follow a redirect to a login page), as opposed to a
@@ -147,23 +150,26 @@ fn login_required(state: &AppState, target: &Url, h: &HeaderMap, flavour: Flavou
 /// an app could take for a user name. Empty, they overwrite whatever the client sent.
 fn allowed(state: &AppState, me: Option<&CurrentUser>) -> Response {
     let mut res = StatusCode::OK.into_response();
+    // Room for every header this answer gets (the guard adds `nosniff`), so the map is
+    // allocated once rather than grown.
     let h = res.headers_mut();
+    h.reserve(8);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     let values = match me {
         Some(me) => state.identities.of(&me.user),
         None => Arc::new(identity_values(None)),
     };
     for (name, value) in IDENTITY_HEADERS.iter().zip(values.iter()) {
-        h.insert(HeaderName::from_static(name), value.clone());
+        h.insert(name, value.clone());
     }
     res
 }
 
-const IDENTITY_HEADERS: [&str; 4] = [
-    "remote-user",
-    "remote-groups",
-    "remote-email",
-    "remote-name",
+static IDENTITY_HEADERS: [HeaderName; 4] = [
+    HeaderName::from_static("remote-user"),
+    HeaderName::from_static("remote-groups"),
+    HeaderName::from_static("remote-email"),
+    HeaderName::from_static("remote-name"),
 ];
 
 /// The values of [`IDENTITY_HEADERS`] for `user` (all empty for none).
