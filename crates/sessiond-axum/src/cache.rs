@@ -79,8 +79,9 @@ impl Cache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn get(&self, hash: &TokenHash) -> Option<Arc<SessionRecord>> {
-        let now = self.epoch()?;
+    /// The record cached under `epoch` (the caller's [`Self::epoch`], read once per
+    /// verification).
+    pub(crate) fn get(&self, hash: &TokenHash, now: u64) -> Option<Arc<SessionRecord>> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get(hash.as_bytes()) {
             Some((e, rec)) if *e == now => Some(Arc::clone(rec)),

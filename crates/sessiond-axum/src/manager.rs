@@ -65,6 +65,8 @@ impl fmt::Debug for SessionManager {
 pub struct ActiveSession {
     token: SessionToken,
     record: Arc<SessionRecord>,
+    /// The cache epoch the verification ran under (see [`SessionManager::cache_epoch`]).
+    epoch: Option<u64>,
 }
 
 impl ActiveSession {
@@ -81,6 +83,15 @@ impl ActiveSession {
 
     pub fn token(&self) -> &SessionToken {
         &self.token
+    }
+
+    /// The cache epoch this session was verified under, read before its record was (`None`:
+    /// nothing could be served from a cache then). Caches built on the session cache's
+    /// coherence may tag and check reads made for this request with it instead of reading
+    /// the clock again: a change that moved the epoch on since is seen exactly as if the
+    /// request had run a moment earlier.
+    pub fn cache_epoch(&self) -> Option<u64> {
+        self.epoch
     }
 }
 
@@ -194,12 +205,17 @@ impl SessionManager {
             .counters
             .verifications
             .fetch_add(1, Ordering::Relaxed);
-        let record = match self.inner.cache.as_ref().and_then(|c| c.get(&hash)) {
+        // One epoch read per verification, before the cache and before any store read: a
+        // revocation landing after it moves the epoch on, so an entry put below under it is
+        // never served, and everything served here is as of this moment.
+        let epoch = self.cache_epoch();
+        let cached = match (&self.inner.cache, epoch) {
+            (Some(cache), Some(e)) => cache.get(&hash, e),
+            _ => None,
+        };
+        let record = match cached {
             Some(hit) => hit,
             None => {
-                // The epoch is read before the store: a revocation landing in between moves
-                // it on, and the entry put below is never served.
-                let epoch = self.cache_epoch();
                 self.inner
                     .counters
                     .store_reads
@@ -226,7 +242,11 @@ impl SessionManager {
                 if touch {
                     self.touch_later(&record, now);
                 }
-                Ok(Some(ActiveSession { token, record }))
+                Ok(Some(ActiveSession {
+                    token,
+                    record,
+                    epoch,
+                }))
             }
         }
     }

@@ -113,8 +113,9 @@ impl CurrentUser {
         session: ActiveSession,
     ) -> Result<Option<Self>, ApiError> {
         let id = session.record().user_id;
-        // Cached under the session cache's epoch, read before the store (see UserCache).
-        let epoch = state.sessions.cache_epoch();
+        // Cached under the session cache's epoch, read before the store (see UserCache): the
+        // one the session was verified under, read before the session record was.
+        let epoch = session.cache_epoch();
         if let Some(user) = epoch.and_then(|e| state.user_cache.get(id, e)) {
             return Ok(Some(Self { user, session }));
         }
