@@ -301,10 +301,16 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         let session = Req::get(&addr.to_string(), "/api/session").cookie(&login(addr)?);
         for i in 1..=times.max(1) {
             let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
+            let reads_before = store_reads(addr);
             let (flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
+            let reads = match (reads_before, store_reads(addr)) {
+                (Some(a), Some(b)) => format!("{}", b.saturating_sub(a)),
+                _ => "?".into(),
+            };
             println!(
                 "[{kind}] {i}: verify p99 idle {:.3} ms, during the login flood {:.3} ms \
-                 ({:.1}×); p50 {:.3} → {:.3} ms; {}",
+                 ({:.1}×); p50 {:.3} → {:.3} ms; {}; verifications that read the store \
+                 (cache off or miss) during the flood: {reads}",
                 idle.p99_ms,
                 during.p99_ms,
                 during.p99_ms / idle.p99_ms.max(1e-6),
@@ -316,6 +322,15 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         server.stop();
     }
     Ok(())
+}
+
+/// `sessiond_verify_store_reads_total` from the server's `/metrics`.
+fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
+    let a = once_blocking(addr, &Req::get(&addr.to_string(), "/metrics")).ok()?;
+    let text = std::str::from_utf8(&a.body).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("sessiond_verify_store_reads_total "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
@@ -372,21 +387,33 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     // a timer), so the idle probe and the queue-sized flood run in interleaved rounds like the
     // closed-loop rows; the table shows the round with the median ratio, and every round's
     // ratio next to it.
+    //
+    // Each round also counts the verifications that had to read the store during the flood
+    // (`sessiond_verify_store_reads_total`): the cache serves none while its last generation
+    // poll is too old, so a high p99 with reads > 0 is a late poll, not slow verification.
     let mut probe_rounds = Vec::with_capacity(cfg.rounds);
     for round in 1..=cfg.rounds {
         let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
+        let before = store_reads(addr);
         let (queue_flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
+        let reads = before
+            .zip(store_reads(addr))
+            .map(|(a, b)| b.saturating_sub(a));
         cfg.say(format!(
             "[{kind}] probe round {round}/{}: verify p99 idle {:.3} ms, during a queue-sized \
-             login flood {:.3} ms",
-            cfg.rounds, idle.p99_ms, during.p99_ms
+             login flood {:.3} ms; verifications that read the store: {}",
+            cfg.rounds,
+            idle.p99_ms,
+            during.p99_ms,
+            reads.map_or("?".into(), |r| r.to_string())
         ));
-        probe_rounds.push((idle, during, queue_flood));
+        probe_rounds.push((idle, during, queue_flood, reads));
     }
-    let ratio = |r: &(Measure, Measure, Measure)| r.1.p99_ms / r.0.p99_ms.max(1e-9);
+    let ratio = |r: &(Measure, Measure, Measure, Option<u64>)| r.1.p99_ms / r.0.p99_ms.max(1e-9);
     probe_rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
     let queue_flood_ratios: Vec<f64> = probe_rounds.iter().map(ratio).collect();
-    let (probe_idle, probe_queue_flood, queue_flood) =
+    let queue_flood_store_reads: Vec<Option<u64>> = probe_rounds.iter().map(|r| r.3).collect();
+    let (probe_idle, probe_queue_flood, queue_flood, _) =
         probe_rounds.swap_remove(probe_rounds.len() / 2);
     let (flood, probe_flood) = flood(cfg, addr, &session, cfg.flood_connections)?;
     cfg.say(format!(
@@ -410,6 +437,7 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         probe_queue_flood,
         queue_flood,
         queue_flood_ratios,
+        queue_flood_store_reads,
         probe_flood,
         flood,
         rss_kib,

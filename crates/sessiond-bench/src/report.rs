@@ -119,6 +119,9 @@ pub struct StoreFigures {
     pub queue_flood: Measure,
     /// Flood p99 ÷ idle p99 of every probe round, ascending (the one above is the median).
     pub queue_flood_ratios: Vec<f64>,
+    /// Verifications that read the store during each of those rounds (same order; `None`:
+    /// `/metrics` did not say).
+    pub queue_flood_store_reads: Vec<Option<u64>>,
     /// The same during a larger flood, whose surplus is refused (503) and retried at once.
     pub probe_flood: Measure,
     pub flood: Measure,
@@ -373,12 +376,19 @@ impl Report {
                     .iter()
                     .map(|r| format!("{r:.1}×"))
                     .collect();
+                let reads: Vec<String> = s
+                    .queue_flood_store_reads
+                    .iter()
+                    .map(|r| r.map_or("?".into(), |r| r.to_string()))
+                    .collect();
                 format!(
-                    "{} → {} ms (**{x:.1}×**) {} (the median round; every round: {}); {}",
+                    "{} → {} ms (**{x:.1}×**) {} (the median round; every round: {}; \
+                     verifications the cache could not answer, in each: {}); {}",
                     ms(s.probe_idle.p99_ms),
                     ms(s.probe_queue_flood.p99_ms),
                     check(x <= 2.0),
                     rounds.join(", "),
+                    reads.join(", "),
                     flood_note(&s.queue_flood)
                 )
             },
