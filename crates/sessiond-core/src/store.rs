@@ -144,6 +144,18 @@ pub enum ThrottleChange<'a> {
     Delete { key: &'a str },
 }
 
+impl ThrottleChange<'_> {
+    /// For stores that apply the changes elsewhere (a writer thread, a transaction): the key
+    /// as an owned string, and the end of the fresh window a hit opens at `now` in
+    /// milliseconds (`None`: delete the key).
+    pub fn to_owned_at(&self, now: Timestamp) -> (String, Option<i64>) {
+        match *self {
+            Self::Hit { key, window } => (key.to_owned(), Some(now.plus(window).as_millis())),
+            Self::Delete { key } => (key.to_owned(), None),
+        }
+    }
+}
+
 /// Where users live (SQLite or PostgreSQL; never Redis).
 #[async_trait]
 pub trait UserStore: Send + Sync + Debug + 'static {

@@ -693,15 +693,8 @@ impl SessionStore for PostgresStore {
         // (key, end of a fresh window or None to delete), sorted by key (stably: changes to one
         // key keep their order): concurrent logins then lock their rows in one global order
         // and never deadlock each other.
-        let mut owned: Vec<(String, Option<i64>)> = changes
-            .iter()
-            .map(|c| match *c {
-                ThrottleChange::Hit { key, window } => {
-                    (key.to_owned(), Some(now.plus(window).as_millis()))
-                }
-                ThrottleChange::Delete { key } => (key.to_owned(), None),
-            })
-            .collect();
+        let mut owned: Vec<(String, Option<i64>)> =
+            changes.iter().map(|c| c.to_owned_at(now)).collect();
         owned.sort_by(|a, b| a.0.cmp(&b.0));
         let now = now.as_millis();
         // One transaction: one round trip of commit and one WAL flush per login instead of

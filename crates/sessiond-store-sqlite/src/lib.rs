@@ -413,15 +413,8 @@ impl SessionStore for SqliteStore {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         // Owned for the writer thread: (key, end of a fresh window, or None to delete).
-        let owned: Vec<(String, Option<i64>)> = changes
-            .iter()
-            .map(|c| match *c {
-                ThrottleChange::Hit { key, window } => {
-                    (key.to_owned(), Some(now.plus(window).as_millis()))
-                }
-                ThrottleChange::Delete { key } => (key.to_owned(), None),
-            })
-            .collect();
+        let owned: Vec<(String, Option<i64>)> =
+            changes.iter().map(|c| c.to_owned_at(now)).collect();
         let now = now.as_millis();
         // All of a login's counter changes in one transaction: one fsync (synchronous=FULL)
         // instead of one per change, which under a login flood was most of the writer's
