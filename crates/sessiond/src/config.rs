@@ -40,6 +40,14 @@ pub struct FileConfig {
     pub proxy: FileProxy,
     #[serde(default)]
     pub access: FileAccess,
+    #[serde(default)]
+    pub hashing: FileHashing,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHashing {
+    pub worker: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -84,6 +92,7 @@ pub struct Overrides {
     pub absolute_timeout: Option<String>,
     pub remember_me_timeout: Option<String>,
     pub sweep_interval: Option<String>,
+    pub hash_worker: Option<String>,
     pub admin_password: Option<String>,
 }
 
@@ -111,6 +120,65 @@ pub struct Config {
     pub access: AccessRules,
     /// Password for the first `admin` user, when the user table is empty at start.
     pub admin_password: Option<String>,
+    /// Where the server hashes passwords.
+    pub hash_worker: HashWorker,
+}
+
+/// Where `sessiond serve` runs password hashing (`hashing.worker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashWorker {
+    /// A worker process when a store server runs on this host, else threads.
+    Auto,
+    /// A worker process of its own scheduling group (Linux; threads where it cannot start).
+    Process,
+    /// Threads of the server process.
+    Threads,
+}
+
+impl HashWorker {
+    /// Whether this configuration asks for a worker process.
+    pub fn wants_process(self, config: &Config) -> bool {
+        match self {
+            Self::Process => true,
+            Self::Threads => false,
+            Self::Auto => {
+                server_on_this_host(&config.database) || server_on_this_host(&config.session_store)
+            }
+        }
+    }
+}
+
+/// Whether `url` names a PostgreSQL or Redis server on this host: a loopback address,
+/// `localhost`, or a Unix socket. Such a server is a process outside sessiond's scheduling
+/// group that verification and login wait on (see `password::worker`).
+pub fn server_on_this_host(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme == "sqlite" {
+        return false;
+    }
+    if scheme.contains("unix") || rest.contains("host=/") || rest.contains("host=%2F") {
+        return true;
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if hosts.is_empty() {
+        return true; // postgres:///db: the default Unix socket
+    }
+    hosts.split(',').any(|h| {
+        let host = match h.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => h.split(':').next().unwrap_or(""),
+        }
+        .to_ascii_lowercase();
+        host == "localhost"
+            || host.starts_with("%2f")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    })
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
@@ -222,6 +290,17 @@ impl Config {
             s => Some(duration("sweep_interval", s, DEFAULT_SWEEP_INTERVAL)?),
         };
 
+        let hash_worker = match o.hash_worker.or(f.hashing.worker).as_deref().map(str::trim) {
+            None | Some("auto") => HashWorker::Auto,
+            Some("process") => HashWorker::Process,
+            Some("threads") => HashWorker::Threads,
+            Some(other) => {
+                return err(format!(
+                    "hashing.worker: {other:?} must be \"auto\", \"process\" or \"threads\""
+                ))
+            }
+        };
+
         let base = f.cookie.name.unwrap_or_else(|| "sessiond".into());
         if base.is_empty()
             || !base
@@ -302,6 +381,7 @@ impl Config {
             trusted_proxies,
             access,
             admin_password: o.admin_password.filter(|p| !p.is_empty()),
+            hash_worker,
         })
     }
 
@@ -357,6 +437,64 @@ mod tests {
     fn check(file: &str, over: Overrides) -> Result<Config, String> {
         let f: FileConfig = toml::from_str(file).map_err(|e| e.to_string())?;
         Config::resolve(f, over).map_err(|e| e.0)
+    }
+
+    #[test]
+    fn hash_worker_is_a_process_for_store_servers_on_this_host() {
+        let d = Overrides::default();
+        let c = check("", d.clone()).unwrap();
+        assert_eq!(c.hash_worker, HashWorker::Auto);
+        assert!(!c.hash_worker.wants_process(&c), "SQLite: threads");
+        let local = check(
+            "database = \"postgres://postgres@127.0.0.1:5432/test\"",
+            d.clone(),
+        )
+        .unwrap();
+        assert!(local.hash_worker.wants_process(&local));
+        let remote = Overrides {
+            database: Some("postgres://db.internal/sessiond".into()),
+            session_store: Some("redis://[::1]:6379".into()),
+            ..Overrides::default()
+        };
+        let c = check("", remote).unwrap();
+        assert!(
+            c.hash_worker.wants_process(&c),
+            "the Redis session store is local"
+        );
+        for (url, local) in [
+            ("sqlite://sessiond.db", false),
+            ("postgres://u:p@localhost/db", true),
+            ("postgres://u@LOCALHOST:5433/db", true),
+            ("postgres:///db", true),
+            ("postgres://u@%2Fvar%2Frun%2Fpostgresql/db", true),
+            ("postgres://u@/db?host=/var/run/postgresql", true),
+            ("postgres://u@10.0.0.5:5432/db", false),
+            ("postgres://u@db.example.com/db", false),
+            ("redis://127.0.0.53:6379/0", true),
+            ("redis://[::1]:6379", true),
+            ("redis://[2001:db8::1]:6379", false),
+            ("redis+unix:///run/redis.sock", true),
+            (
+                "redis+sentinel://10.0.0.1:26379,127.0.0.1:26379/mymaster",
+                true,
+            ),
+            ("redis+cluster://10.0.0.1:7000,10.0.0.2:7000", false),
+        ] {
+            assert_eq!(server_on_this_host(url), local, "{url}");
+        }
+        let forced = check("[hashing]\nworker = \"threads\"", d.clone()).unwrap();
+        assert_eq!(forced.hash_worker, HashWorker::Threads);
+        let flag = Overrides {
+            hash_worker: Some("process".into()),
+            ..Overrides::default()
+        };
+        let c = check("[hashing]\nworker = \"threads\"", flag).unwrap();
+        assert!(
+            c.hash_worker.wants_process(&c),
+            "the flag wins over the file"
+        );
+        let e = check("[hashing]\nworker = \"gpu\"", d).unwrap_err();
+        assert!(e.starts_with("hashing.worker:"), "{e}");
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! * **Parameters from stored hashes are bounded** ([`MAX_M_KIB`] …): a tampered or hostile
 //!   hash in the database cannot make one login allocate gigabytes.
 
+pub mod worker;
+
 use std::cell::RefCell;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 
@@ -49,14 +53,21 @@ pub struct Verified {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A pool of hashing threads with a bounded queue. Cheap to clone.
+/// A pool of hashing threads with a bounded queue: in this process, or in a worker process of
+/// its own (see [`worker`]). Cheap to clone.
 #[derive(Clone)]
 pub struct Hasher {
-    tx: SyncSender<Job>,
+    backend: Backend,
     dummy: Arc<String>,
     /// Jobs submitted and not yet finished, and how many the pool takes (threads + queue).
-    busy: Arc<std::sync::atomic::AtomicUsize>,
+    busy: Arc<AtomicUsize>,
     room: usize,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Threads(SyncSender<Job>),
+    Process(Arc<worker::WorkerProcess>),
 }
 
 impl std::fmt::Debug for Hasher {
@@ -192,6 +203,12 @@ pub fn verify_blocking(password: &Password, phc: &str) -> Verified {
 ///   wait until a core is free (the queue is bounded, so they are refused with `503`, never
 ///   piled up).
 /// * Elsewhere, or if refused: nice 10 (crossplatform priority 22 maps to it on Linux).
+///
+/// Either only ranks these threads within sessiond's scheduling group. Processes in other
+/// groups (a Linux autogroup per session, or a cgroup with the CPU controller), such as a
+/// PostgreSQL or Redis on the same host, share the cores with sessiond's group as equals:
+/// measured, during a login flood their answers to sessiond waited ~47 ms, most of a hash
+/// (README, "Brute force").
 fn lower_priority() {
     use thread_priority::{set_current_thread_priority, ThreadPriority, ThreadPriorityValue};
     #[cfg(target_os = "linux")]
@@ -226,6 +243,7 @@ impl Hasher {
     /// hash (one real hash, ~50 ms).
     pub fn start(threads: usize, queue: usize) -> Result<Self, HashError> {
         let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+        let backend = Backend::Threads(tx);
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads.max(1) {
             let rx = Arc::clone(&rx);
@@ -243,6 +261,26 @@ impl Hasher {
                 })
                 .map_err(|e| HashError::Failed(e.to_string()))?;
         }
+        Self::with_backend(backend, Arc::default(), threads.max(1) + queue)
+    }
+
+    /// Like [`Self::start`], with the threads in a worker process started from `exe` (this
+    /// program: `sessiond __hash-worker`), in a scheduling group of its own (see [`worker`]).
+    pub fn start_isolated(exe: &Path, threads: usize, queue: usize) -> Result<Self, HashError> {
+        let busy = Arc::new(AtomicUsize::new(0));
+        let process = worker::WorkerProcess::start(exe, threads, Arc::clone(&busy))?;
+        Self::with_backend(
+            Backend::Process(Arc::new(process)),
+            busy,
+            threads.max(1) + queue,
+        )
+    }
+
+    fn with_backend(
+        backend: Backend,
+        busy: Arc<AtomicUsize>,
+        room: usize,
+    ) -> Result<Self, HashError> {
         let mut random = [0u8; 24];
         getrandom::fill(&mut random).map_err(|e| HashError::Failed(e.to_string()))?;
         let dummy_pw = Password::new(base64::Engine::encode(
@@ -252,11 +290,39 @@ impl Hasher {
         .expect("32 characters is a valid password");
         let dummy = hash_blocking(&dummy_pw)?;
         Ok(Self {
-            tx,
+            backend,
             dummy: Arc::new(dummy),
-            busy: Arc::default(),
-            room: threads.max(1) + queue,
+            busy,
+            room,
         })
+    }
+
+    /// The server's pool: [`Self::for_this_machine`]'s size, in a worker process started
+    /// from this executable where that works (Linux: out of the server's scheduling group),
+    /// else in this process.
+    pub fn for_the_server() -> Result<Self, HashError> {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        if cfg!(target_os = "linux") {
+            let isolated = std::env::current_exe()
+                .map_err(|e| HashError::Failed(e.to_string()))
+                .and_then(|exe| Self::start_isolated(&exe, cores, cores * 16));
+            match isolated {
+                Ok(h) => return Ok(h),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "password hashing stays in the server process (no worker process)"
+                ),
+            }
+        }
+        Self::start(cores, cores * 16)
+    }
+
+    /// The worker process's id, when hashing runs in one (tests, diagnostics).
+    pub fn worker_pid(&self) -> Option<u32> {
+        match &self.backend {
+            Backend::Threads(_) => None,
+            Backend::Process(p) => p.pid(),
+        }
     }
 
     /// A pool sized for this machine: one thread per core, a queue of 16 per thread.
@@ -267,23 +333,24 @@ impl Hasher {
 
     async fn run<T: Send + 'static>(
         &self,
+        tx: &SyncSender<Job>,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
         let busy = Arc::clone(&self.busy);
-        busy.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        busy.fetch_add(1, Ordering::AcqRel);
         let job: Job = Box::new(move || {
             let _ = done.send(f());
-            busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            busy.fetch_sub(1, Ordering::AcqRel);
         });
-        match self.tx.try_send(job) {
+        match tx.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                self.busy.fetch_sub(1, Ordering::AcqRel);
                 return Err(HashError::Overloaded);
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.busy.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                self.busy.fetch_sub(1, Ordering::AcqRel);
                 return Err(HashError::Failed("hashing pool stopped".into()));
             }
         }
@@ -296,26 +363,62 @@ impl Hasher {
     /// hint for refusing a login before doing any other work for it; the submission itself
     /// still decides.
     pub fn saturated(&self) -> bool {
-        self.busy.load(std::sync::atomic::Ordering::Acquire) >= self.room
+        self.busy.load(Ordering::Acquire) >= self.room
+    }
+
+    /// Runs `op` in the worker process, counted in `busy` until it answers (or dies).
+    async fn call(
+        &self,
+        process: &worker::WorkerProcess,
+        op: worker::Op,
+    ) -> Result<worker::Reply, HashError> {
+        if self.busy.fetch_add(1, Ordering::AcqRel) >= self.room {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Overloaded);
+        }
+        process.call(op).await
     }
 
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
-        self.run(move || hash_blocking(&password)).await?
+        match &self.backend {
+            Backend::Threads(tx) => self.run(tx, move || hash_blocking(&password)).await?,
+            Backend::Process(p) => match self.call(p, worker::Op::Hash(password)).await? {
+                worker::Reply::Hashed(h) => Ok(h),
+                worker::Reply::Failed(e) => Err(HashError::Failed(e)),
+                other => Err(unexpected(&other)),
+            },
+        }
     }
 
     pub async fn verify(&self, password: Password, phc: String) -> Result<Verified, HashError> {
-        self.run(move || verify_blocking(&password, &phc)).await
+        match &self.backend {
+            Backend::Threads(tx) => self.run(tx, move || verify_blocking(&password, &phc)).await,
+            Backend::Process(p) => match self.call(p, worker::Op::Verify(password, phc)).await? {
+                worker::Reply::Verified(v) => Ok(v),
+                worker::Reply::Failed(e) => Err(HashError::Failed(e)),
+                other => Err(unexpected(&other)),
+            },
+        }
     }
 
     /// Spends the same work as a real verification, for a user that does not exist; always
     /// "no match".
     pub async fn verify_dummy(&self, password: Password) -> Result<(), HashError> {
-        let dummy = Arc::clone(&self.dummy);
-        self.run(move || {
-            verify_blocking(&password, &dummy);
-        })
-        .await
+        self.verify(password, String::clone(&self.dummy))
+            .await
+            .map(|_| ())
     }
+}
+
+fn unexpected(reply: &worker::Reply) -> HashError {
+    // Never the password: a reply carries none, but say only what kind it was.
+    let kind = match reply {
+        worker::Reply::Hello(_) => "hello",
+        worker::Reply::Hashed(_) => "hash",
+        worker::Reply::Verified(_) => "verification",
+        worker::Reply::Failed(_) => "failure",
+    };
+    HashError::Failed(format!("hashing worker answered with an unexpected {kind}"))
 }
 
 #[cfg(test)]

@@ -87,18 +87,35 @@ pub fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
 }
 
-/// Opens the stores and starts the hashing pool.
+/// Opens the stores and starts the hashing pool, in a worker process of its own when
+/// `hashing.worker` asks for one and it can start (see `password::worker`): this is what
+/// `sessiond serve` runs.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
-    build_state_with_clock(config, now).await
+    let hasher = if config.hash_worker.wants_process(&config) {
+        Hasher::for_the_server()
+    } else {
+        Hasher::for_this_machine()
+    }
+    .context("cannot start the password hashing pool")?;
+    build_state_with(config, now, hasher).await
 }
 
-/// [`build_state`] with another clock for session decisions (tests that move time).
+/// [`build_state`] with another clock for session decisions (tests that move time), hashing
+/// on threads of this process.
 pub async fn build_state_with_clock(
     config: Config,
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
 ) -> anyhow::Result<AppState> {
-    let stores = open_stores(&config).await?;
     let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
+    build_state_with(config, clock, hasher).await
+}
+
+async fn build_state_with(
+    config: Config,
+    clock: impl Fn() -> Timestamp + Send + Sync + 'static,
+    hasher: Hasher,
+) -> anyhow::Result<AppState> {
+    let stores = open_stores(&config).await?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);

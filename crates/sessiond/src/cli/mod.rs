@@ -57,6 +57,12 @@ enum Command {
     Throttle(throttle::Command),
     /// Print the argon2id PHC hash of a password
     HashPassword(hash_password::Args),
+    /// The server's password hashing worker (started by `serve`, not by hand)
+    #[command(name = crate::password::worker::SUBCOMMAND, hide = true)]
+    HashWorker {
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
 }
 
 /// A CLI failure, with the exit code it maps to.
@@ -157,6 +163,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Throttle(cmd) => throttle::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::HashPassword(args) => hash_password::run(args),
+        Command::HashWorker { threads } => Ok(crate::password::worker::serve(threads)?),
     }
 }
 

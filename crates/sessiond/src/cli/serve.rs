@@ -26,6 +26,14 @@ pub struct Args {
     /// How often expired sessions are deleted in the background, or `off` [default: 1m]
     #[arg(long, env = "SESSIOND_SWEEP_INTERVAL", value_name = "DUR|off")]
     sweep_interval: Option<String>,
+    /// Where passwords are hashed: a worker process, threads, or auto (a worker process when
+    /// a store server runs on this host) [default: auto]
+    #[arg(
+        long,
+        env = "SESSIOND_HASH_WORKER",
+        value_name = "auto|process|threads"
+    )]
+    hash_worker: Option<String>,
 }
 
 impl Args {
@@ -36,6 +44,7 @@ impl Args {
         over.absolute_timeout = self.absolute_timeout;
         over.remember_me_timeout = self.remember_me_timeout;
         over.sweep_interval = self.sweep_interval;
+        over.hash_worker = self.hash_worker;
     }
 }
 

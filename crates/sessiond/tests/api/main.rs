@@ -4,6 +4,7 @@
 mod authz;
 mod cli;
 mod cookies;
+mod hashing;
 mod helpers;
 mod hostile;
 mod lifecycle;
