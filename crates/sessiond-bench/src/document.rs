@@ -158,6 +158,22 @@ fn notes(report: &Report) -> Vec<String> {
             ms(p.probe_idle.p99_ms)
         ));
     }
+    let shared_host_store = [StoreKind::Postgres, StoreKind::Redis]
+        .into_iter()
+        .any(|k| matches!(report.store(k), Outcome::Done(_)));
+    if report.machine.autogroup == Some(true) && shared_host_store {
+        notes.push(
+            "The kernel's scheduler autogroup was on (`kernel.sched_autogroup_enabled = 1`): Linux \
+             first shares the cores between groups of processes (one per session), then between \
+             the threads of a group, so the hashing threads' `SCHED_IDLE` ranks them below \
+             sessiond's own threads only. PostgreSQL and Redis, started as services, are groups \
+             of their own; with a store on this host, sessiond (`hashing.worker = \"auto\"`) \
+             hashes in a worker process of its own group at nice 19, so the store's work for \
+             it is not kept waiting by hashes (README, \"Brute force\"). The load generator \
+             shares sessiond's group (it starts the server)."
+                .into(),
+        );
+    }
     let after = report.machine.load_after.unwrap_or(0.0);
     if report.machine.load_before.max(after) > 1.0 {
         notes.push(format!(

@@ -324,6 +324,47 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--ratio-only N`: on SQLite only, `times` interleaved rounds of `/healthz`,
+/// `/api/session` and forward auth on one server, each round's ratios printed and their
+/// medians at the end (for tuning what the verify ÷ `/healthz` row measures; comparing two
+/// builds means alternating runs of this, as the machine's speed drifts).
+pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
+    let store = Store::create(StoreKind::Sqlite, &cfg.services)
+        .map_err(|e| anyhow::anyhow!("SQLite store: {e:?}"))?;
+    let server = start_sessiond(cfg, store.dir(), &store.args(), "ratio")?;
+    let addr = server.addr;
+    let host = addr.to_string();
+    let cookie = login(addr)?;
+    let healthz = Req::get(&host, "/healthz");
+    let session = Req::get(&host, "/api/session").cookie(&cookie);
+    let fa = forward_auth(addr, &cookie);
+    let (mut verify, mut forward) = (Vec::new(), Vec::new());
+    for i in 1..=times.max(1) {
+        let h = load::run(&cfg.closed(addr, healthz.clone()))?;
+        let s = load::run(&cfg.closed(addr, session.clone()))?;
+        let f = load::run(&cfg.closed(addr, fa.clone()))?;
+        let (v, fw) = (s.rps / h.rps.max(1e-9), f.rps / h.rps.max(1e-9));
+        println!(
+            "{i}: /healthz {:.0}/s, /api/session {:.0}/s ({v:.3}), forward auth {:.0}/s ({fw:.3})",
+            h.rps, s.rps, f.rps
+        );
+        verify.push(v);
+        forward.push(fw);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "median of {} rounds: verify ÷ /healthz {:.3}, forward auth ÷ /healthz {:.3}",
+        verify.len(),
+        median(&mut verify),
+        median(&mut forward)
+    );
+    server.stop();
+    Ok(())
+}
+
 /// `sessiond_verify_store_reads_total` from the server's `/metrics`.
 fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
     let a = once_blocking(addr, &Req::get(&addr.to_string(), "/metrics")).ok()?;

@@ -49,5 +49,5 @@ pub mod report;
 pub mod seed;
 pub mod stores;
 
-pub use harness::{peers_only, probe_only, run, Config, PeerSetup, COOKIE, PASSWORD};
+pub use harness::{peers_only, probe_only, ratio_only, run, Config, PeerSetup, COOKIE, PASSWORD};
 pub use report::{Outcome, Report};

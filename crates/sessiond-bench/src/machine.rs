@@ -15,6 +15,11 @@ pub struct Machine {
     pub date: String,
     /// `/proc/loadavg`'s 1-minute figure when the run began and when it ended.
     pub load_before: f64,
+    /// Linux `kernel.sched_autogroup_enabled` (`None`: not Linux, or not readable). With it
+    /// on, processes of other sessions (PostgreSQL, Redis started as services) share the
+    /// cores with sessiond as separate groups, and the hashing threads' `SCHED_IDLE` does not
+    /// rank them below those (see the notes of the report).
+    pub autogroup: Option<bool>,
     pub load_after: Option<f64>,
 }
 
@@ -52,12 +57,24 @@ impl Machine {
             date: utc_now(),
             load_before: load_average().unwrap_or(0.0),
             load_after: None,
+            autogroup: std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+                .ok()
+                .and_then(|s| match s.trim() {
+                    "0" => Some(false),
+                    "1" => Some(true),
+                    _ => None,
+                }),
         }
     }
 
     pub fn one_line(&self) -> String {
+        let autogroup = match self.autogroup {
+            Some(true) => " (scheduler autogroup on)",
+            Some(false) => " (scheduler autogroup off)",
+            None => "",
+        };
         format!(
-            "{} cores ({}), {:.1} GiB, Linux {}, {}, {} UTC",
+            "{} cores ({}), {:.1} GiB, Linux {}{autogroup}, {}, {} UTC",
             self.cores, self.cpu, self.memory_gib, self.kernel, self.rustc, self.date
         )
     }

@@ -54,6 +54,10 @@ struct Args {
     /// Only the peer rows (for tuning; prints, writes nothing)
     #[arg(long)]
     peers_only: bool,
+    /// Only SQLite's `/healthz`, `/api/session` and forward-auth rounds, `N` of them, with
+    /// their ratios (for tuning; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    ratio_only: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -94,6 +98,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.probe_only {
         return sessiond_bench::probe_only(&cfg, times);
+    }
+    if let Some(times) = args.ratio_only {
+        return sessiond_bench::ratio_only(&cfg, times);
     }
     if args.peers_only {
         sessiond_bench::peers_only(&cfg);
