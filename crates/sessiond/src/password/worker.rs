@@ -425,7 +425,9 @@ impl WorkerProcess {
         }
     }
 
-    /// The running worker, started again if the last one died.
+    /// The running worker, started again if the last one died. Starting one is synchronous
+    /// (fork, exec and its hello: a few milliseconds, bounded by [`HELLO_WITHIN`]); it happens
+    /// at start and after a crash, never while the worker is healthy.
     fn link(&self) -> Result<Arc<Link>, HashError> {
         let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = link.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
