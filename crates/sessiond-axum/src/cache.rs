@@ -243,6 +243,13 @@ impl SessionStore for WatchedStore {
     ) -> Result<Option<ThrottleRecord>, StoreError> {
         self.inner.throttle_get(k, now).await
     }
+    async fn throttle_get_many(
+        &self,
+        keys: &[&str],
+        now: Timestamp,
+    ) -> Result<Vec<Option<ThrottleRecord>>, StoreError> {
+        self.inner.throttle_get_many(keys, now).await
+    }
     async fn throttle_list(
         &self,
         now: Timestamp,

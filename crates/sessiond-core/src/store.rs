@@ -101,6 +101,21 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
         now: Timestamp,
     ) -> Result<Option<ThrottleRecord>, StoreError>;
 
+    /// [`Self::throttle_get`] for each of `keys`, in their order: one login checks several
+    /// counters before any password work, and a store that can read them in one round trip
+    /// (PostgreSQL: one query) overrides this default, which asks for them one by one.
+    async fn throttle_get_many(
+        &self,
+        keys: &[&str],
+        now: Timestamp,
+    ) -> Result<Vec<Option<ThrottleRecord>>, StoreError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.throttle_get(key, now).await?);
+        }
+        Ok(out)
+    }
+
     /// Every counter whose window is open at `now`, by key.
     async fn throttle_list(
         &self,

@@ -740,6 +740,37 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    async fn throttle_get_many(
+        &self,
+        keys: &[&str],
+        now: Timestamp,
+    ) -> Result<Vec<Option<ThrottleRecord>>, StoreError> {
+        let owned: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        let now = now.as_millis();
+        // One query for every counter a login checks (three or four), instead of one round
+        // trip each.
+        let rows = self
+            .run(move |c| {
+                Box::pin(async move {
+                    query(
+                        &*c,
+                        "SELECT count, last_at, expires_at, key FROM throttle \
+                         WHERE key = ANY($1) AND expires_at > $2",
+                        &[&owned, &now],
+                    )
+                    .await?
+                    .iter()
+                    .map(|r| Ok((col::<String>(r, 3)?, throttle_from_row(r)?)))
+                    .collect::<Result<Vec<_>, StoreError>>()
+                })
+            })
+            .await?;
+        Ok(keys
+            .iter()
+            .map(|k| rows.iter().find(|(key, _)| key == k).map(|(_, rec)| *rec))
+            .collect())
+    }
+
     async fn throttle_list(
         &self,
         now: Timestamp,

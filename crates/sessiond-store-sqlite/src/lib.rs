@@ -450,6 +450,26 @@ impl SessionStore for SqliteStore {
         })
     }
 
+    async fn throttle_get_many(
+        &self,
+        keys: &[&str],
+        now: Timestamp,
+    ) -> Result<Vec<Option<ThrottleRecord>>, StoreError> {
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        // One reader connection and one prepared statement for all of them.
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT count, last_at, expires_at FROM throttle WHERE key = ?1 AND expires_at > ?2",
+            )?;
+            keys.iter()
+                .map(|k| {
+                    stmt.query_row(params![k, now.as_millis()], throttle_from_row)
+                        .optional()
+                })
+                .collect()
+        })
+    }
+
     async fn throttle_list(
         &self,
         now: Timestamp,

@@ -43,6 +43,7 @@ macro_rules! __session_behaviours {
             rotation_starts_with_empty_data,
             throttle_counters_count_within_a_window,
             throttle_counters_list_and_delete,
+            throttle_get_many_answers_as_single_gets_in_order,
             throttle_changes_apply_in_order_as_single_calls_would,
             throttle_hits_are_atomic_across_concurrent_callers,
             every_early_end_of_a_session_changes_the_generation,

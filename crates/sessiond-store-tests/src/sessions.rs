@@ -452,6 +452,39 @@ pub async fn throttle_counters_list_and_delete<S: SessionStore>(store: S) {
     assert!(store.throttle_list(at(60_000)).await.unwrap().is_empty());
 }
 
+pub async fn throttle_get_many_answers_as_single_gets_in_order<S: SessionStore>(store: S) {
+    let (w, long) = (secs(60), secs(3600));
+    store.throttle_hit("p:m|1.1.1.1", at(0), w).await.unwrap();
+    store.throttle_hit("p:m|1.1.1.1", at(10), w).await.unwrap();
+    store.throttle_hit("a:m", at(0), long).await.unwrap();
+    store
+        .throttle_hit("i:1.1.1.1", at(0), secs(1))
+        .await
+        .unwrap();
+    assert!(store
+        .throttle_get_many(&[], at(100))
+        .await
+        .unwrap()
+        .is_empty());
+    let keys = ["a:m", "i:nobody", "p:m|1.1.1.1", "i:1.1.1.1", "a:m"];
+    for now in [at(100), at(5_000), at(70_000), at(4_000_000)] {
+        let many = store.throttle_get_many(&keys, now).await.unwrap();
+        let mut single = Vec::new();
+        for k in keys {
+            single.push(store.throttle_get(k, now).await.unwrap());
+        }
+        assert_eq!(many, single, "at {now:?}");
+    }
+    let at_100 = store.throttle_get_many(&keys, at(100)).await.unwrap();
+    assert_eq!(at_100[0].map(|r| r.count), Some(1));
+    assert_eq!(at_100[1], None, "unknown key");
+    assert_eq!(at_100[2].map(|r| r.count), Some(2));
+    assert_eq!(at_100[3].map(|r| r.count), Some(1));
+    assert_eq!(at_100[4], at_100[0], "a key asked twice answers twice");
+    let at_5000 = store.throttle_get_many(&keys, at(5_000)).await.unwrap();
+    assert_eq!(at_5000[3], None, "a closed window is no counter");
+}
+
 pub async fn throttle_changes_apply_in_order_as_single_calls_would<S: SessionStore>(store: S) {
     use sessiond_core::ThrottleChange::{Delete, Hit};
     let (w, long) = (secs(60), secs(3600));
