@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use axum::http::{HeaderMap, HeaderName, Method};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use url::Url;
 
 use crate::config::Config;
@@ -134,38 +134,6 @@ fn percent_decode(s: &str) -> String {
     .unwrap_or_default()
 }
 
-fn header<'a>(
-    h: &'a HeaderMap,
-    header: &'static HeaderName,
-) -> Result<Option<&'a str>, TargetError> {
-    let name = header.as_str();
-    let mut values = h.get_all(header).iter();
-    let Some(v) = values.next() else {
-        return Ok(None);
-    };
-    // Sent twice: ambiguous, as a request smuggling attempt would be.
-    if values.next().is_some() {
-        return Err(TargetError::Malformed(name));
-    }
-    let v = v.to_str().map_err(|_| TargetError::Malformed(name))?.trim();
-    if v.is_empty() || v.len() > MAX_TARGET {
-        return Err(TargetError::Malformed(name));
-    }
-    Ok(Some(v))
-}
-
-fn method(h: &HeaderMap, name: &'static HeaderName) -> Result<Option<Method>, TargetError> {
-    match header(h, name)? {
-        None => Ok(None),
-        Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
-            Method::from_bytes(m.to_ascii_uppercase().as_bytes())
-                .map(Some)
-                .map_err(|_| TargetError::Malformed(name.as_str()))
-        }
-        Some(_) => Err(TargetError::Malformed(name.as_str())),
-    }
-}
-
 /// A host header value: a DNS name or IP literal, optionally with a port; nothing that could
 /// make the URL parser see userinfo, a path or another authority.
 fn valid_host(h: &str) -> bool {
@@ -225,53 +193,158 @@ impl TargetParts<'_> {
     }
 }
 
-/// Traefik / Caddy style: the parts of `X-Forwarded-Proto`, `X-Forwarded-Host`,
-/// `X-Forwarded-Uri`.
-pub fn forward_auth_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    let proto = header(h, &X_FORWARDED_PROTO)?.ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
-    let host = header(h, &X_FORWARDED_HOST)?.ok_or(TargetError::Missing("X-Forwarded-Host"))?;
-    let uri = header(h, &X_FORWARDED_URI)?.unwrap_or("/");
-    Ok(TargetParts {
-        proto,
-        host,
-        uri,
-        from_original_url: false,
-    })
+/// The forward-auth headers of one request, found in one pass over its headers: looking
+/// each of them up by name hashed the name every time (~300 instructions a lookup, four or
+/// five lookups a request, in forward auth's callgrind profile). Each is kept once; one sent
+/// twice is ambiguous, as a request smuggling attempt would be, and refused where it is read.
+#[derive(Debug, Default)]
+pub struct Forwarded<'a> {
+    values: [Option<Result<&'a HeaderValue, ()>>; 6],
 }
 
-/// nginx `auth_request` style: the parts of `X-Original-URL`, else of the `X-Forwarded-*`
-/// set.
-pub fn auth_request_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    let Some(raw) = header(h, &X_ORIGINAL_URL)? else {
-        return forward_auth_parts(h);
-    };
-    let (proto, rest) = raw
-        .split_once("://")
-        .ok_or(TargetError::Malformed("X-Original-URL"))?;
-    let split = rest.find('/').unwrap_or(rest.len());
-    let (host, uri) = rest.split_at(split);
-    let uri = if uri.is_empty() { "/" } else { uri };
-    Ok(TargetParts {
-        proto,
-        host,
-        uri,
-        from_original_url: true,
-    })
-}
+const PROTO: usize = 0;
+const HOST: usize = 1;
+const URI: usize = 2;
+const FORWARDED_METHOD: usize = 3;
+const ORIGINAL_URL: usize = 4;
+const ORIGINAL_METHOD: usize = 5;
 
-/// The method a Traefik / Caddy style request names (`X-Forwarded-Method`), if any.
-pub fn forward_auth_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    method(h, &X_FORWARDED_METHOD)
-}
-
-/// The method an nginx style request names (`X-Original-Method`, else
-/// `X-Forwarded-Method` when the target came from the `X-Forwarded-*` set).
-pub fn auth_request_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    if header(h, &X_ORIGINAL_URL)?.is_some() {
-        return method(h, &X_ORIGINAL_METHOD);
+impl<'a> Forwarded<'a> {
+    pub fn scan(h: &'a HeaderMap) -> Self {
+        let mut seen = Self::default();
+        for (name, value) in h {
+            let i = match name.as_str() {
+                "x-forwarded-proto" => PROTO,
+                "x-forwarded-host" => HOST,
+                "x-forwarded-uri" => URI,
+                "x-forwarded-method" => FORWARDED_METHOD,
+                "x-original-url" => ORIGINAL_URL,
+                "x-original-method" => ORIGINAL_METHOD,
+                _ => continue,
+            };
+            seen.values[i] = Some(match seen.values[i] {
+                None => Ok(value),
+                Some(_) => Err(()),
+            });
+        }
+        seen
     }
-    let forwarded = forward_auth_method(h)?;
-    Ok(method(h, &X_ORIGINAL_METHOD)?.or(forwarded))
+
+    /// The header's value: present once, visible ASCII, trimmed, not empty, not oversized.
+    fn get(&self, i: usize) -> Result<Option<&'a str>, TargetError> {
+        let name = [
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_HOST,
+            &X_FORWARDED_URI,
+            &X_FORWARDED_METHOD,
+            &X_ORIGINAL_URL,
+            &X_ORIGINAL_METHOD,
+        ][i]
+            .as_str();
+        match self.values[i] {
+            None => Ok(None),
+            Some(Err(())) => Err(TargetError::Malformed(name)),
+            Some(Ok(v)) => {
+                let v = v.to_str().map_err(|_| TargetError::Malformed(name))?.trim();
+                if v.is_empty() || v.len() > MAX_TARGET {
+                    return Err(TargetError::Malformed(name));
+                }
+                Ok(Some(v))
+            }
+        }
+    }
+
+    fn method(&self, i: usize) -> Result<Option<Method>, TargetError> {
+        let malformed = || {
+            TargetError::Malformed(if i == FORWARDED_METHOD {
+                X_FORWARDED_METHOD.as_str()
+            } else {
+                X_ORIGINAL_METHOD.as_str()
+            })
+        };
+        match self.get(i)? {
+            None => Ok(None),
+            Some(m) if m.len() <= 16 && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map(Some)
+                    .map_err(|_| malformed())
+            }
+            Some(_) => Err(malformed()),
+        }
+    }
+
+    /// Traefik / Caddy style: the parts of `X-Forwarded-Proto`, `X-Forwarded-Host`,
+    /// `X-Forwarded-Uri`.
+    pub fn forward_auth_parts(&self) -> Result<TargetParts<'a>, TargetError> {
+        let proto = self
+            .get(PROTO)?
+            .ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
+        let host = self
+            .get(HOST)?
+            .ok_or(TargetError::Missing("X-Forwarded-Host"))?;
+        let uri = self.get(URI)?.unwrap_or("/");
+        Ok(TargetParts {
+            proto,
+            host,
+            uri,
+            from_original_url: false,
+        })
+    }
+
+    /// nginx `auth_request` style: the parts of `X-Original-URL`, else of the
+    /// `X-Forwarded-*` set.
+    pub fn auth_request_parts(&self) -> Result<TargetParts<'a>, TargetError> {
+        let Some(raw) = self.get(ORIGINAL_URL)? else {
+            return self.forward_auth_parts();
+        };
+        let (proto, rest) = raw
+            .split_once("://")
+            .ok_or(TargetError::Malformed("X-Original-URL"))?;
+        let split = rest.find('/').unwrap_or(rest.len());
+        let (host, uri) = rest.split_at(split);
+        let uri = if uri.is_empty() { "/" } else { uri };
+        Ok(TargetParts {
+            proto,
+            host,
+            uri,
+            from_original_url: true,
+        })
+    }
+
+    /// The method a Traefik / Caddy style request names (`X-Forwarded-Method`), if any.
+    pub fn forward_auth_method(&self) -> Result<Option<Method>, TargetError> {
+        self.method(FORWARDED_METHOD)
+    }
+
+    /// The method an nginx style request names (`X-Original-Method`, else
+    /// `X-Forwarded-Method` when the target came from the `X-Forwarded-*` set).
+    pub fn auth_request_method(&self) -> Result<Option<Method>, TargetError> {
+        if self.get(ORIGINAL_URL)?.is_some() {
+            return self.method(ORIGINAL_METHOD);
+        }
+        let forwarded = self.forward_auth_method()?;
+        Ok(self.method(ORIGINAL_METHOD)?.or(forwarded))
+    }
+}
+
+/// [`Forwarded::forward_auth_parts`] of `h`.
+pub fn forward_auth_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
+    Forwarded::scan(h).forward_auth_parts()
+}
+
+/// [`Forwarded::auth_request_parts`] of `h`.
+pub fn auth_request_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
+    Forwarded::scan(h).auth_request_parts()
+}
+
+/// [`Forwarded::forward_auth_method`] of `h`.
+pub fn forward_auth_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
+    Forwarded::scan(h).forward_auth_method()
+}
+
+/// [`Forwarded::auth_request_method`] of `h`.
+pub fn auth_request_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
+    Forwarded::scan(h).auth_request_method()
 }
 
 /// Traefik / Caddy style: `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri`,
@@ -512,6 +585,64 @@ mod tests {
         ];
         for h in bad {
             assert!(forward_auth_target(&headers(h)).is_err(), "{h:?}");
+        }
+    }
+
+    /// The one-pass scan reads each forwarded header as a lookup by name did: the value
+    /// (any other header ignored), and a header sent twice refused under its own name.
+    #[test]
+    fn forwarded_headers_sent_twice_are_refused_by_name() {
+        let base = [
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "a.com"),
+            ("x-forwarded-uri", "/x"),
+            ("x-forwarded-method", "GET"),
+        ];
+        let mut h = headers(&base);
+        h.append("x-forwarded-for", "1.1.1.1".parse().unwrap());
+        h.append("x-forwarded-for", "2.2.2.2".parse().unwrap());
+        let f = Forwarded::scan(&h);
+        let parts = f.forward_auth_parts().unwrap();
+        assert_eq!(
+            (parts.proto, parts.host, parts.uri),
+            ("https", "a.com", "/x")
+        );
+        assert_eq!(f.forward_auth_method().unwrap(), Some(Method::GET));
+        for name in [
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-uri",
+            "x-forwarded-method",
+        ] {
+            let mut h = headers(&base);
+            h.append(name, "again".parse().unwrap());
+            let f = Forwarded::scan(&h);
+            let e = match f.forward_auth_parts() {
+                Err(e) => e,
+                Ok(_) => f.forward_auth_method().unwrap_err(),
+            };
+            assert!(
+                matches!(e, TargetError::Malformed(n) if n == name),
+                "{name}: {e:?}"
+            );
+        }
+        for (name, value) in [
+            ("x-original-url", "https://b.com/"),
+            ("x-original-method", "POST"),
+        ] {
+            let mut h = headers(&[
+                ("x-original-url", "https://a.com/"),
+                ("x-original-method", "GET"),
+            ]);
+            let f = Forwarded::scan(&h);
+            assert!(f.auth_request_parts().is_ok() && f.auth_request_method().is_ok());
+            h.append(name, value.parse().unwrap());
+            let f = Forwarded::scan(&h);
+            let e = match f.auth_request_parts() {
+                Err(e) => e,
+                Ok(_) => f.auth_request_method().unwrap_err(),
+            };
+            assert!(matches!(e, TargetError::Malformed(_)), "{name}: {e:?}");
         }
     }
 
