@@ -331,13 +331,13 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
 pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
     let store = Store::create(StoreKind::Sqlite, &cfg.services)
         .map_err(|e| anyhow::anyhow!("SQLite store: {e:?}"))?;
-    let server = start_sessiond(cfg, store.dir(), &store.args(), "ratio")?;
+    let Rows {
+        server,
+        healthz,
+        session,
+        forward_auth: fa,
+    } = start_rows(cfg, &store, "ratio")?;
     let addr = server.addr;
-    let host = addr.to_string();
-    let cookie = login(addr)?;
-    let healthz = Req::get(&host, "/healthz");
-    let session = Req::get(&host, "/api/session").cookie(&cookie);
-    let fa = forward_auth(addr, &cookie);
     let (mut verify, mut forward) = (Vec::new(), Vec::new());
     for i in 1..=times.max(1) {
         let h = load::run(&cfg.closed(addr, healthz.clone()))?;
@@ -374,15 +374,38 @@ fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
-    let kind = store.kind;
-    let server = start_sessiond(cfg, store.dir(), &store.args(), kind.label())?;
+/// A server on `store` and the closed-loop rows' requests: `/healthz`, and `/api/session`
+/// and forward auth with the cookie of a fresh login.
+struct Rows {
+    server: Process,
+    healthz: Req,
+    session: Req,
+    forward_auth: Req,
+}
+
+fn start_rows(cfg: &Config, store: &Store, tag: &str) -> anyhow::Result<Rows> {
+    let server = start_sessiond(cfg, store.dir(), &store.args(), tag)?;
     let addr = server.addr;
     let host = addr.to_string();
     let cookie = login(addr)?;
-    let healthz = Req::get(&host, "/healthz");
-    let session = Req::get(&host, "/api/session").cookie(&cookie);
-    let fa = forward_auth(addr, &cookie);
+    Ok(Rows {
+        healthz: Req::get(&host, "/healthz"),
+        session: Req::get(&host, "/api/session").cookie(&cookie),
+        forward_auth: forward_auth(addr, &cookie),
+        server,
+    })
+}
+
+fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
+    let kind = store.kind;
+    let Rows {
+        server,
+        healthz,
+        session,
+        forward_auth: fa,
+    } = start_rows(cfg, store, kind.label())?;
+    let addr = server.addr;
+    let host = addr.to_string();
     let fa_status = once_blocking(addr, &fa).map(|a| a.status);
     let fa = match fa_status {
         Ok(200) => Ok(fa),
