@@ -301,11 +301,11 @@ impl Hasher {
     /// from this executable where that works (Linux: out of the server's scheduling group),
     /// else in this process.
     pub fn for_the_server() -> Result<Self, HashError> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         if cfg!(target_os = "linux") {
+            let (threads, queue) = machine_size();
             let isolated = std::env::current_exe()
                 .map_err(|e| HashError::Failed(e.to_string()))
-                .and_then(|exe| Self::start_isolated(&exe, cores, cores * 16));
+                .and_then(|exe| Self::start_isolated(&exe, threads, queue));
             match isolated {
                 Ok(h) => return Ok(h),
                 Err(e) => tracing::warn!(
@@ -314,7 +314,7 @@ impl Hasher {
                 ),
             }
         }
-        Self::start(cores, cores * 16)
+        Self::for_this_machine()
     }
 
     /// The worker process's id, when hashing runs in one (tests, diagnostics).
@@ -327,8 +327,8 @@ impl Hasher {
 
     /// A pool sized for this machine: one thread per core, a queue of 16 per thread.
     pub fn for_this_machine() -> Result<Self, HashError> {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Self::start(cores, cores * 16)
+        let (threads, queue) = machine_size();
+        Self::start(threads, queue)
     }
 
     async fn run<T: Send + 'static>(
@@ -408,6 +408,12 @@ impl Hasher {
             .await
             .map(|_| ())
     }
+}
+
+/// One hashing thread per core, a queue of 16 per thread.
+fn machine_size() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (cores, cores * 16)
 }
 
 fn unexpected(reply: &worker::Reply) -> HashError {
