@@ -167,6 +167,11 @@ impl Config {
             .timing(self.warmup, self.window)
     }
 
+    /// [`Self::closed`] on `server`, reading its CPU time over the window.
+    fn watched(&self, server: &Process, req: Req) -> Job {
+        self.closed(server.addr, req).watching(server.pid())
+    }
+
     fn probe(
         &self,
         addr: std::net::SocketAddr,
@@ -337,16 +342,24 @@ pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         session,
         forward_auth: fa,
     } = start_rows(cfg, &store, "ratio")?;
-    let addr = server.addr;
     let (mut verify, mut forward) = (Vec::new(), Vec::new());
     for i in 1..=times.max(1) {
-        let h = load::run(&cfg.closed(addr, healthz.clone()))?;
-        let s = load::run(&cfg.closed(addr, session.clone()))?;
-        let f = load::run(&cfg.closed(addr, fa.clone()))?;
+        let h = load::run(&cfg.watched(&server, healthz.clone()))?;
+        let s = load::run(&cfg.watched(&server, session.clone()))?;
+        let f = load::run(&cfg.watched(&server, fa.clone()))?;
         let (v, fw) = (s.rps / h.rps.max(1e-9), f.rps / h.rps.max(1e-9));
         println!(
-            "{i}: /healthz {:.0}/s, /api/session {:.0}/s ({v:.3}), forward auth {:.0}/s ({fw:.3})",
-            h.rps, s.rps, f.rps
+            "{i}: /healthz {:.0}/s, /api/session {:.0}/s ({v:.3}), forward auth {:.0}/s ({fw:.3}); \
+             CPU per answer, server user + kernel, client: {}",
+            h.rps,
+            s.rps,
+            f.rps,
+            [&h, &s, &f]
+                .map(|m| m.cpu.map_or("n/a".into(), |c| format!(
+                    "{:.2} + {:.2}, {:.2} µs",
+                    c.server_user_us, c.server_kernel_us, c.client_us
+                )))
+                .join("; ")
         );
         verify.push(v);
         forward.push(fw);
@@ -416,8 +429,8 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     let (mut healthz_rounds, mut session_rounds, mut fa_rounds) =
         (Rounds::default(), Rounds::default(), Rounds::default());
     for round in 1..=cfg.rounds {
-        let h = load::run(&cfg.closed(addr, healthz.clone()))?;
-        let s = load::run(&cfg.closed(addr, session.clone()))?;
+        let h = load::run(&cfg.watched(&server, healthz.clone()))?;
+        let s = load::run(&cfg.watched(&server, session.clone()))?;
         let mut line = format!(
             "[{kind}] round {round}/{}: /healthz {:.0}/s, /api/session {:.0}/s",
             cfg.rounds, h.rps, s.rps
@@ -425,7 +438,7 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         healthz_rounds.0.push(h);
         session_rounds.0.push(s);
         if let Ok(fa) = &fa {
-            let f = load::run(&cfg.closed(addr, fa.clone()))?;
+            let f = load::run(&cfg.watched(&server, fa.clone()))?;
             line.push_str(&format!(", forward-auth {:.0}/s", f.rps));
             fa_rounds.0.push(f);
         }

@@ -222,6 +222,9 @@ pub struct Job {
     /// as a distributed flood would be.
     pub spread_sources: bool,
     pub stop: Option<Arc<AtomicBool>>,
+    /// The server's process: its CPU time over the window is read from `/proc` (with the
+    /// load generator's own), so each answer's cost can be split between the two.
+    pub watch: Option<u32>,
 }
 
 impl Job {
@@ -236,7 +239,14 @@ impl Job {
             rate: None,
             spread_sources: false,
             stop: None,
+            watch: None,
         }
+    }
+
+    /// Reads `pid`'s CPU time (and this process's) at the window's start and end.
+    pub fn watching(mut self, pid: u32) -> Self {
+        self.watch = Some(pid);
+        self
     }
 
     pub fn timing(mut self, warmup: Duration, window: Duration) -> Self {
@@ -263,6 +273,55 @@ pub struct Measure {
     pub io_errors: u64,
     /// Counted seconds.
     pub seconds: f64,
+    /// CPU time per answer in the window, when the job watched the server.
+    pub cpu: Option<CpuPerAnswer>,
+}
+
+/// CPU time per answer, in µs: the server's in user space and in the kernel (its system
+/// calls, and the network stack's work done on its threads), and the load generator's.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuPerAnswer {
+    pub server_user_us: f64,
+    pub server_kernel_us: f64,
+    pub client_us: f64,
+}
+
+/// A process's CPU time so far in clock ticks (user, system), from `/proc/PID/stat`.
+fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
+    stat_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// utime and stime of a `/proc/PID/stat` line.
+fn stat_times(stat: &str) -> Option<(u64, u64)> {
+    // Fields after the command name (which may hold spaces and parentheses, so find the
+    // last ')'); utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_ascii_whitespace().skip(11);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// `/proc` counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second for
+/// userspace on every architecture.
+const TICK_US: f64 = 10_000.0;
+
+/// What the window cost, per answer, from two readings of the server's and our own ticks.
+fn per_answer(
+    server: ((u64, u64), (u64, u64)),
+    client: ((u64, u64), (u64, u64)),
+    answers: u64,
+) -> Option<CpuPerAnswer> {
+    if answers == 0 {
+        return None;
+    }
+    let n = answers as f64;
+    let d = |a: u64, b: u64| b.saturating_sub(a) as f64 * TICK_US / n;
+    let ((su0, sk0), (su1, sk1)) = server;
+    let ((cu0, ck0), (cu1, ck1)) = client;
+    Some(CpuPerAnswer {
+        server_user_us: d(su0, su1),
+        server_kernel_us: d(sk0, sk1),
+        client_us: d(cu0, cu1) + d(ck0, ck1),
+    })
 }
 
 impl Measure {
@@ -379,6 +438,20 @@ pub fn run(job: &Job) -> anyhow::Result<Measure> {
                 })?,
         );
     }
+    // The server's and our own CPU time at the window's edges (the load threads run on
+    // their own meanwhile).
+    let readings = job.watch.map(|pid| {
+        let pid = pid.to_string();
+        let read = |at: Instant| {
+            while Instant::now() < at && !shared.stopped() {
+                std::thread::sleep(
+                    Duration::from_millis(5).min(at.saturating_duration_since(Instant::now())),
+                );
+            }
+            (cpu_ticks(&pid), cpu_ticks("self"))
+        };
+        (read(shared.measure_from), read(shared.end))
+    });
     let mut total = ConnStats::new();
     for h in handles {
         let stats = h
@@ -413,6 +486,12 @@ pub fn run(job: &Job) -> anyhow::Result<Measure> {
         statuses: total.statuses,
         io_errors: total.io_errors,
         seconds,
+        cpu: match readings {
+            Some(((Some(s0), Some(c0)), (Some(s1), Some(c1)))) => {
+                per_answer((s0, s1), (c0, c1), count)
+            }
+            _ => None,
+        },
     })
 }
 
@@ -795,6 +874,34 @@ pub fn once_blocking(addr: SocketAddr, req: &Req) -> anyhow::Result<Answer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_times_come_from_the_stat_line() {
+        // A command name with spaces and parentheses, as `/proc` prints it.
+        let line = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 1061 0 0 0 731 256 0 0 20 0 \
+                    6 0 12345 123456789 2345 18446744073709551615";
+        assert_eq!(stat_times(line), Some((731, 256)));
+        assert_eq!(stat_times("no parenthesis"), None);
+        assert_eq!(stat_times("1 (short) S 1"), None);
+        // Our own process has a readable line.
+        assert!(cpu_ticks("self").is_some());
+    }
+
+    #[test]
+    fn cpu_per_answer_divides_the_window_by_its_answers() {
+        // 100 answers; the server spent 2 ticks in user space, 3 in the kernel; we spent
+        // 1 + 1: 20 ms = 20,000 µs over 100 answers is 200 µs each, and so on.
+        let c = per_answer(((10, 20), (12, 23)), ((5, 5), (6, 6)), 100).unwrap();
+        assert_eq!(
+            c,
+            CpuPerAnswer {
+                server_user_us: 200.0,
+                server_kernel_us: 300.0,
+                client_us: 200.0
+            }
+        );
+        assert_eq!(per_answer(((0, 0), (1, 1)), ((0, 0), (1, 1)), 0), None);
+    }
 
     /// A server that answers each request on a connection with the next of `answers`
     /// (raw bytes), closing the connection after any answer marked `close`.

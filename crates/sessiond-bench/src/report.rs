@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::hashrate::HashRate;
-use crate::load::Measure;
+use crate::load::{CpuPerAnswer, Measure};
 use crate::machine::Machine;
 use crate::stores::StoreKind;
 
@@ -63,6 +63,20 @@ impl Rounds {
 
     pub fn p99(&self) -> f64 {
         self.median(|m| m.p99_ms)
+    }
+
+    /// Median CPU per answer over the rounds that measured it.
+    pub fn cpu(&self) -> Option<CpuPerAnswer> {
+        let cpu: Vec<CpuPerAnswer> = self.0.iter().filter_map(|m| m.cpu).collect();
+        if cpu.is_empty() {
+            return None;
+        }
+        let of = |f: fn(&CpuPerAnswer) -> f64| median(cpu.iter().map(f).collect());
+        Some(CpuPerAnswer {
+            server_user_us: of(|c| c.server_user_us),
+            server_kernel_us: of(|c| c.server_kernel_us),
+            client_us: of(|c| c.client_us),
+        })
     }
 
     /// Median over rounds of `self ÷ other` in the same round: drift in the machine's speed
@@ -594,5 +608,27 @@ mod tests {
         assert_eq!(a.rps(), 90.0);
         // Per-round ratios 0.9, 1.0, 0.5: the median is 0.9.
         assert!((a.ratio_to(&b) - 0.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_medians_skip_rounds_without_a_reading() {
+        let m = |u: f64| Measure {
+            cpu: Some(CpuPerAnswer {
+                server_user_us: u,
+                server_kernel_us: 2.0 * u,
+                client_us: 3.0 * u,
+            }),
+            ..Measure::default()
+        };
+        assert_eq!(Rounds(vec![Measure::default()]).cpu(), None);
+        let r = Rounds(vec![m(1.0), Measure::default(), m(5.0), m(2.0)]);
+        assert_eq!(
+            r.cpu(),
+            Some(CpuPerAnswer {
+                server_user_us: 2.0,
+                server_kernel_us: 4.0,
+                client_us: 6.0
+            })
+        );
     }
 }
