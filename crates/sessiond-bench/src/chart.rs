@@ -72,7 +72,9 @@ fn groups(report: &Report) -> Vec<Group> {
         per_store("forward-auth", &|s| {
             s.forward_auth.as_ref().ok().map(|r| (r.rps(), r.p99()))
         }),
-        per_store("POST /api/login", &|s| Some((s.login.rps, s.login.p99_ms))),
+        per_store("POST /api/login", &|s| {
+            Some((s.login.logins.rps(), s.login.logins.p99()))
+        }),
         Group {
             latency_only: true,
             ..per_store("verify, idle", &|s| Some((0.0, s.probe_idle.p99_ms)))

@@ -19,7 +19,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          ## Running it\n\n\
          ```sh\n\
          cargo run --release -p sessiond-bench                      # builds sessiond (release), ~10 min, writes this file\n\
-         cargo run --release -p sessiond-bench -- --seconds 10      # longer windows, steadier figures\n\
+         cargo run --release -p sessiond-bench -- --rounds 24       # more rounds, steadier medians\n\
          cargo run --release -p sessiond-bench -- --no-peers --out /tmp/b.md\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
@@ -78,10 +78,12 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          - **`POST /api/login`**: correct JSON logins as fast as the server takes them; each costs\n\
          \x20 one argon2id verification and a session insert. `503 overloaded` (hash queue full) and\n\
          \x20 `429 throttled` answers are counted apart, not as failures of the harness.\n\
-         - **logins/s ÷ argon2id hashes/s**: the hash rate is measured in the same run with the\n\
-         \x20 `argon2` crate 0.5 at the server's parameters (m = 19,456 KiB, t = 2, p = 1), one thread\n\
-         \x20 per core hashing back to back; the ratio is the share of the machine's hashing that\n\
-         \x20 reaches logins.\n\
+         - **logins/s ÷ argon2id hashes/s**: the hash rate is measured with the `argon2` crate 0.5\n\
+         \x20 at the server's parameters (m = 19,456 KiB, t = 2, p = 1), one thread per core hashing\n\
+         \x20 back to back, in rounds that alternate with the login windows (hashing then logins,\n\
+         \x20 then logins then hashing, …), so each round's ratio compares the same minute of the\n\
+         \x20 machine; the figure is the median of the rounds' ratios: the share of the machine's\n\
+         \x20 hashing that reaches logins.\n\
          - **verify p99 idle → during a login flood**: `GET /api/session` at a fixed rate (see\n\
          \x20 Method), timed from when each request was due, first alone and then while connections\n\
          \x20 send logins back to back: half right (`admin`), half wrong for unknown users from many\n\
@@ -116,12 +118,16 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          - req/s counts answers completed inside the measured window (after the warm-up);\n\
          \x20 requests still in flight when it closes are dropped, not credited.\n\
          - p50 / p99 come from an HDR histogram of every answer in the window (µs precision).\n\
-         - Closed-loop rows run in interleaved rounds; a figure is the median over rounds, and a\n\
-         \x20 ratio is the median of the per-round ratios (verify and `/healthz` of the same round).\n\
+         - Closed-loop rows run in many short interleaved rounds, in reverse order every other\n\
+         \x20 round (`/healthz`, verify, forward auth; then forward auth, verify, `/healthz`; …); a\n\
+         \x20 figure is the median over rounds, and a ratio is the median of the per-round ratios\n\
+         \x20 (verify and `/healthz` of the same round). Short rounds, many of them: on a shared VM\n\
+         \x20 the machine's speed swings by a quarter between consecutive seconds, and a window of\n\
+         \x20 five seconds swings as much, so a ratio's median steadies with the number of rounds.\n\
          - CPU per answer (in the notes): the server's user and kernel time and the load\n\
          \x20 generator's, read from `/proc/PID/stat` at the measured window's start and end and\n\
-         \x20 divided by the answers in the window (10 ms ticks: about 0.02 µs per answer over a\n\
-         \x20 5-second window at 100,000/s). It tells whether a change in a ratio comes from\n\
+         \x20 divided by the answers in the window (10 ms ticks: about 0.1 µs per answer over a\n\
+         \x20 1-second window at 100,000/s), median over rounds. It tells whether a change in a ratio comes from\n\
          \x20 sessiond's own code (user space) or from the kernel and the machine around it.\n\
          - ✓ / ✗ compare with SPEC §7's target on this run only.\n",
     );

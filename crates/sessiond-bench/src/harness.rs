@@ -15,7 +15,8 @@ use crate::machine::{load_average, Machine};
 use crate::peers;
 use crate::process::{free_port, Process};
 use crate::report::{
-    Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale, ScalePoint, StoreFigures,
+    LoginRounds, Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale, ScalePoint,
+    StoreFigures,
 };
 use crate::seed;
 use crate::stores::{Services, Store, StoreKind, Unavailable};
@@ -43,11 +44,18 @@ pub struct Config {
     pub smoke: bool,
     /// The `sessiond` binary under test.
     pub sessiond: PathBuf,
-    /// Each closed-loop window (one round of one endpoint).
-    pub window: Duration,
-    pub warmup: Duration,
+    /// Each closed-loop window (one round of one endpoint) and its warm-up.
+    pub round_window: Duration,
+    pub round_warmup: Duration,
     /// Interleaved repetitions of the closed-loop rows; figures are medians.
     pub rounds: usize,
+    /// The latency probe's idle window, and the warm-up of probes, logins and floods.
+    pub window: Duration,
+    pub warmup: Duration,
+    /// Interleaved repetitions of the idle probe and the queue-sized flood.
+    pub probe_rounds: usize,
+    /// Interleaved repetitions of the login window and the hash-rate window.
+    pub login_rounds: usize,
     pub login_window: Duration,
     pub flood_window: Duration,
     /// The latency probe's rate (requests/s in total) and connections.
@@ -60,7 +68,9 @@ pub struct Config {
     pub queue_flood_connections: usize,
     /// Load-generator threads.
     pub client_threads: usize,
+    /// Each hash-rate window, and the threads it hashes on (one per core).
     pub hash_time: Duration,
+    pub hash_threads: usize,
     pub small_sessions: u64,
     pub large_sessions: u64,
     /// Distinct sessions the scale rows verify.
@@ -75,16 +85,27 @@ pub struct Config {
 }
 
 impl Config {
-    /// The full benchmark: `seconds` per closed-loop window.
-    pub fn real(sessiond: PathBuf, seconds: u64) -> Self {
+    /// The full benchmark: `round` per closed-loop window, `seconds` per login, hash-rate
+    /// and probe window.
+    ///
+    /// Many short closed-loop rounds rather than a few long ones: on a shared VM the
+    /// machine's speed swings by a quarter from one second to the next (the same server's
+    /// `/healthz` measured 41k and 83k/s in consecutive one-second windows), and five-second
+    /// windows swing as much, so what tightens a ratio is the number of rounds its median is
+    /// taken over, not their length.
+    pub fn real(sessiond: PathBuf, seconds: u64, round: Duration) -> Self {
         let s = Duration::from_secs(seconds.max(1));
         Self {
             smoke: false,
             sessiond,
+            round_window: round.max(Duration::from_millis(100)),
+            round_warmup: Duration::from_millis(250),
+            rounds: 12,
             window: s,
             warmup: Duration::from_millis(500),
-            rounds: 3,
-            login_window: s * 2,
+            probe_rounds: 3,
+            login_rounds: 3,
+            login_window: s,
             flood_window: s * 2,
             probe_rate: 1000.0,
             probe_connections: 4,
@@ -96,6 +117,7 @@ impl Config {
                 * std::thread::available_parallelism().map_or(2, |n| n.get()),
             client_threads: 2,
             hash_time: s,
+            hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             small_sessions: 1_000,
             large_sessions: 1_000_000,
             cookie_sample: 1_000,
@@ -112,9 +134,13 @@ impl Config {
         let ms = Duration::from_millis;
         Self {
             smoke: true,
+            round_window: ms(300),
+            round_warmup: ms(100),
+            rounds: 1,
             window: ms(300),
             warmup: ms(100),
-            rounds: 1,
+            probe_rounds: 1,
+            login_rounds: 1,
             login_window: ms(600),
             flood_window: ms(800),
             probe_rate: 200.0,
@@ -130,7 +156,7 @@ impl Config {
             expire_after: ms(1_500),
             peers: PeerSetup::Skip("smoke mode".into()),
             require_services: std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
-            ..Self::real(sessiond, 1)
+            ..Self::real(sessiond, 1, ms(300))
         }
     }
 
@@ -147,8 +173,9 @@ impl Config {
              threads (logins: {} connections; latency probe: {} req/s at a fixed rate over {} \
              connections, timed from when each request was due; login floods: {} and {} \
              connections); \
-             closed-loop rows are the median of {} interleaved rounds of {:.1} s after {:.1} s \
-             of warm-up",
+             closed-loop rows are the median of {} interleaved rounds of {:.2} s after {:.2} s \
+             of warm-up, in reverse order every other round; logins: {} rounds of {:.1} s, each \
+             next to {:.1} s of hashing on every core (the hash rate), order alternating",
             self.connections,
             self.client_threads,
             self.login_connections,
@@ -157,14 +184,17 @@ impl Config {
             self.queue_flood_connections,
             self.flood_connections,
             self.rounds,
-            self.window.as_secs_f64(),
-            self.warmup.as_secs_f64()
+            self.round_window.as_secs_f64(),
+            self.round_warmup.as_secs_f64(),
+            self.login_rounds,
+            self.login_window.as_secs_f64(),
+            self.hash_time.as_secs_f64(),
         )
     }
 
     fn closed(&self, addr: std::net::SocketAddr, req: Req) -> Job {
         Job::closed(addr, req, self.connections, self.client_threads)
-            .timing(self.warmup, self.window)
+            .timing(self.round_warmup, self.round_window)
     }
 
     /// [`Self::closed`] on `server`, reading its CPU time over the window.
@@ -196,8 +226,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     );
     let mut machine = Machine::describe();
     cfg.say(format!("machine: {}", machine.one_line()));
-    cfg.say("argon2id hash rate on every core …");
-    let hash: Outcome<_> = hashrate::measure(machine.cores, cfg.hash_time).into();
     let mut stores = Vec::new();
     for kind in StoreKind::ALL {
         cfg.say(format!("[{kind}] …"));
@@ -214,7 +242,6 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         smoke: cfg.smoke,
         machine,
         method: cfg.method(),
-        hash,
         stores,
         scale,
         purge,
@@ -329,6 +356,37 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The order of `n` jobs in round `round` (counted from 1): as given in odd rounds,
+/// reversed in even ones (ABC, CBA, ABC …), so a steady drift of the machine's speed weighs
+/// on every job alike instead of always on the last one.
+fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
+    let forward = round % 2 == 1;
+    (0..n).map(move |i| if forward { i } else { n - 1 - i })
+}
+
+/// `jobs` in `rounds` interleaved rounds, each job once a round in [`round_order`]; `seen`
+/// gets every round's measures in the jobs' own order. Returns each job's rounds.
+fn run_rounds(
+    jobs: &[Job],
+    rounds: usize,
+    mut seen: impl FnMut(usize, &[Measure]),
+) -> anyhow::Result<Vec<Rounds>> {
+    let mut out = vec![Rounds::default(); jobs.len()];
+    for round in 1..=rounds.max(1) {
+        let mut got = Vec::with_capacity(jobs.len());
+        for i in round_order(round, jobs.len()) {
+            got.push((i, load::run(&jobs[i])?));
+        }
+        got.sort_by_key(|(i, _)| *i);
+        let got: Vec<Measure> = got.into_iter().map(|(_, m)| m).collect();
+        seen(round, &got);
+        for (r, m) in out.iter_mut().zip(got) {
+            r.0.push(m);
+        }
+    }
+    Ok(out)
+}
+
 /// `--ratio-only N`: on SQLite only, `times` interleaved rounds of `/healthz`,
 /// `/api/session` and forward auth on one server, each round's ratios printed and their
 /// medians at the end (for tuning what the verify ÷ `/healthz` row measures; comparing two
@@ -343,10 +401,9 @@ pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         forward_auth: fa,
     } = start_rows(cfg, &store, "ratio")?;
     let (mut verify, mut forward) = (Vec::new(), Vec::new());
-    for i in 1..=times.max(1) {
-        let h = load::run(&cfg.watched(&server, healthz.clone()))?;
-        let s = load::run(&cfg.watched(&server, session.clone()))?;
-        let f = load::run(&cfg.watched(&server, fa.clone()))?;
+    let jobs = [healthz, session, fa].map(|r| cfg.watched(&server, r));
+    run_rounds(&jobs, times, |i, m| {
+        let [h, s, f] = [&m[0], &m[1], &m[2]];
         let (v, fw) = (s.rps / h.rps.max(1e-9), f.rps / h.rps.max(1e-9));
         println!(
             "{i}: /healthz {:.0}/s, /api/session {:.0}/s ({v:.3}), forward auth {:.0}/s ({fw:.3}); \
@@ -354,7 +411,7 @@ pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
             h.rps,
             s.rps,
             f.rps,
-            [&h, &s, &f]
+            [h, s, f]
                 .map(|m| m.cpu.map_or("n/a".into(), |c| format!(
                     "{:.2} + {:.2}, {:.2} µs",
                     c.server_user_us, c.server_kernel_us, c.client_us
@@ -363,7 +420,7 @@ pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         );
         verify.push(v);
         forward.push(fw);
-    }
+    })?;
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -426,34 +483,61 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         Err(e) => Err(format!("{e:#}")),
     };
 
-    let (mut healthz_rounds, mut session_rounds, mut fa_rounds) =
-        (Rounds::default(), Rounds::default(), Rounds::default());
-    for round in 1..=cfg.rounds {
-        let h = load::run(&cfg.watched(&server, healthz.clone()))?;
-        let s = load::run(&cfg.watched(&server, session.clone()))?;
+    let mut jobs = vec![
+        cfg.watched(&server, healthz.clone()),
+        cfg.watched(&server, session.clone()),
+    ];
+    if let Ok(fa) = &fa {
+        jobs.push(cfg.watched(&server, fa.clone()));
+    }
+    let mut rounds = run_rounds(&jobs, cfg.rounds, |round, m| {
         let mut line = format!(
             "[{kind}] round {round}/{}: /healthz {:.0}/s, /api/session {:.0}/s",
-            cfg.rounds, h.rps, s.rps
+            cfg.rounds, m[0].rps, m[1].rps
         );
-        healthz_rounds.0.push(h);
-        session_rounds.0.push(s);
-        if let Ok(fa) = &fa {
-            let f = load::run(&cfg.watched(&server, fa.clone()))?;
+        if let Some(f) = m.get(2) {
             line.push_str(&format!(", forward-auth {:.0}/s", f.rps));
-            fa_rounds.0.push(f);
         }
         cfg.say(line);
+    })?
+    .into_iter();
+    let (healthz_rounds, session_rounds) = (
+        rounds.next().unwrap_or_default(),
+        rounds.next().unwrap_or_default(),
+    );
+    let fa_rounds = rounds.next().unwrap_or_default();
+    // Logins next to the machine's hash rate, in alternating rounds: the hash rate measured
+    // once, minutes away from the logins, moved with the machine's speed (one run here gave
+    // 0.80 on SQLite and 1.05 on Redis against the same hash rate).
+    let login_job = Job::closed(
+        addr,
+        Req::api_login(&host, "admin", PASSWORD).expect(&[200]),
+        cfg.login_connections,
+        cfg.client_threads,
+    )
+    .timing(cfg.warmup, cfg.login_window);
+    let mut login = LoginRounds::default();
+    for round in 1..=cfg.login_rounds.max(1) {
+        let (mut logins, mut hash) = (None, None);
+        for step in round_order(round, 2) {
+            if step == 0 {
+                hash = Some(hashrate::measure(cfg.hash_threads, cfg.hash_time)?);
+            } else {
+                logins = Some(load::run(&login_job)?);
+            }
+        }
+        let (logins, hash) = logins.zip(hash).context("a login round ran both steps")?;
+        cfg.say(format!(
+            "[{kind}] login round {round}/{}: {:.1} logins/s ({}), {:.1} hashes/s on {} threads",
+            cfg.login_rounds,
+            logins.rps,
+            logins.status_summary(),
+            hash.per_second,
+            hash.threads
+        ));
+        login.logins.0.push(logins);
+        login.hash.push(hash);
     }
-    let login_req = Req::api_login(&host, "admin", PASSWORD).expect(&[200]);
-    let login = load::run(
-        &Job::closed(addr, login_req, cfg.login_connections, cfg.client_threads)
-            .timing(cfg.warmup, cfg.login_window),
-    )?;
-    cfg.say(format!(
-        "[{kind}] logins: {:.1}/s ({})",
-        login.rps,
-        login.status_summary()
-    ));
 
     // The latency probe, alone, then during two floods of logins (half of them wrong, for
     // unknown users, from many loopback addresses like a distributed guessing attack): one
@@ -468,8 +552,8 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     // Each round also counts the verifications that had to read the store during the flood
     // (`sessiond_verify_store_reads_total`): the cache serves none while its last generation
     // poll is too old, so a high p99 with reads > 0 is a late poll, not slow verification.
-    let mut probe_rounds = Vec::with_capacity(cfg.rounds);
-    for round in 1..=cfg.rounds {
+    let mut probe_rounds = Vec::with_capacity(cfg.probe_rounds);
+    for round in 1..=cfg.probe_rounds.max(1) {
         let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
         let before = store_reads(addr);
         let (queue_flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
@@ -479,7 +563,7 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         cfg.say(format!(
             "[{kind}] probe round {round}/{}: verify p99 idle {:.3} ms, during a queue-sized \
              login flood {:.3} ms; verifications that read the store: {}",
-            cfg.rounds,
+            cfg.probe_rounds,
             idle.p99_ms,
             during.p99_ms,
             reads.map_or("?".into(), |r| r.to_string())
@@ -643,24 +727,26 @@ fn bench_scale(cfg: &Config) -> (Outcome<Scale>, Outcome<Purge>) {
             LARGE_MARK,
             large_cookies.len(),
         )?;
-        let (mut small_rounds, mut large_rounds) = (Rounds::default(), Rounds::default());
-        for round in 1..=cfg.rounds {
-            let s = load::run(&cfg.closed(small_server.addr, small_req.clone()))?;
-            let l = load::run(&cfg.closed(large_server.addr, large_req.clone()))?;
-            cfg.say(format!(
+        let jobs = [
+            cfg.closed(small_server.addr, small_req.clone()),
+            cfg.closed(large_server.addr, large_req.clone()),
+        ];
+        let [small_rounds, large_rounds]: [Rounds; 2] =
+            run_rounds(&jobs, cfg.rounds, |round, m| {
+                cfg.say(format!(
                 "[scale] round {round}/{}: verify {:.0}/s with {} stored ({}), {:.0}/s with {} \
                  stored ({})",
                 cfg.rounds,
-                s.rps,
+                m[0].rps,
                 cfg.small_sessions,
-                s.status_summary(),
-                l.rps,
+                m[0].status_summary(),
+                m[1].rps,
                 cfg.small_sessions + cfg.large_sessions,
-                l.status_summary()
+                m[1].status_summary()
             ));
-            small_rounds.0.push(s);
-            large_rounds.0.push(l);
-        }
+            })?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two jobs, two results"))?;
         let small = ScalePoint {
             stored: cfg.small_sessions,
             verify: small_rounds,
@@ -937,29 +1023,31 @@ fn measure_peer(
         once_blocking(addr, &me)?.status == 200,
         "the peer does not accept its own session cookie"
     );
-    let mut me_rounds = Rounds::default();
-    let mut bare_rounds = Rounds::default();
-    let mut our_rounds = Rounds::default();
-    for round in 1..=cfg.rounds {
-        let o = load::run(&cfg.closed(ours.server.addr, ours.session.clone()))?;
+    // sessiond first, the peer's /me last (reversed every other round), its bare route
+    // between them.
+    let mut jobs = vec![cfg.closed(ours.server.addr, ours.session.clone())];
+    if bare {
+        jobs.push(cfg.closed(addr, Req::get(&host, "/healthz")));
+    }
+    jobs.push(cfg.closed(addr, me));
+    let mut rounds = run_rounds(&jobs, cfg.rounds, |round, m| {
+        let (o, me) = (&m[0], &m[m.len() - 1]);
         let mut line = format!(
             "[peer] round {round}/{}: sessiond verify {:.0}/s;",
             cfg.rounds, o.rps
         );
-        our_rounds.0.push(o);
-        if bare {
-            let h = load::run(&cfg.closed(addr, Req::get(&host, "/healthz")))?;
-            line.push_str(&format!(" /healthz {:.0}/s", h.rps));
-            bare_rounds.0.push(h);
+        if m.len() == 3 {
+            line.push_str(&format!(" /healthz {:.0}/s", m[1].rps));
         }
-        let m = load::run(&cfg.closed(addr, me.clone()))?;
-        line.push_str(&format!(" /me {:.0}/s ({})", m.rps, m.status_summary()));
-        me_rounds.0.push(m);
+        line.push_str(&format!(" /me {:.0}/s ({})", me.rps, me.status_summary()));
         cfg.say(line);
-    }
+    })?;
+    let me_rounds = rounds.pop().unwrap_or_default();
+    let bare_rounds = bare.then(|| rounds.pop().unwrap_or_default());
+    let our_rounds = rounds.pop().unwrap_or_default();
     Ok(PeerFigures {
         me: me_rounds,
-        healthz: bare.then_some(bare_rounds),
+        healthz: bare_rounds,
         ours: our_rounds,
     })
 }
@@ -977,4 +1065,19 @@ fn redis_available(url: &str) -> Result<(), String> {
     std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2))
         .map(|_| ())
         .map_err(|e| format!("Redis at {addr}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::round_order;
+
+    #[test]
+    fn rounds_alternate_their_order() {
+        let order = |r| round_order(r, 3).collect::<Vec<_>>();
+        assert_eq!(order(1), [0, 1, 2]);
+        assert_eq!(order(2), [2, 1, 0]);
+        assert_eq!(order(3), [0, 1, 2]);
+        assert_eq!(round_order(2, 1).collect::<Vec<_>>(), [0]);
+        assert_eq!(round_order(1, 0).count(), 0);
+    }
 }

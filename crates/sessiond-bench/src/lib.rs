@@ -6,7 +6,7 @@
 //!
 //! ```sh
 //! cargo run --release -p sessiond-bench              # full run, writes BENCHMARKS.md
-//! cargo run --release -p sessiond-bench -- --help    # --seconds, --no-peers, --out, …
+//! cargo run --release -p sessiond-bench -- --help    # --rounds, --round-seconds, --no-peers, --out, …
 //! ```
 //!
 //! ## What it measures, and why this way

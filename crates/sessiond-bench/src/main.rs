@@ -13,11 +13,14 @@ use sessiond_bench::{binaries, chart, document, peers, run, Config, PeerSetup};
 #[derive(Debug, Parser)]
 #[command(name = "sessiond-bench")]
 struct Args {
-    /// Seconds per measured window (logins and floods get twice as long)
+    /// Seconds per login, hash-rate and idle-probe window (floods get twice as long)
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Seconds per closed-loop window (one round of one endpoint)
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    round_seconds: f64,
     /// Interleaved rounds of each closed-loop row (figures are medians)
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 12)]
     rounds: usize,
     /// Leave out the peers (axum-login + tower-sessions, Django)
     #[arg(long)]
@@ -84,7 +87,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let mut cfg = if args.smoke {
         Config::smoke(sessiond)
     } else {
-        Config::real(sessiond, args.seconds)
+        let round = std::time::Duration::try_from_secs_f64(args.round_seconds)
+            .map_err(|e| anyhow::anyhow!("--round-seconds {}: {e}", args.round_seconds))?;
+        Config::real(sessiond, args.seconds, round)
     };
     if !args.smoke {
         cfg.rounds = args.rounds.max(1);
