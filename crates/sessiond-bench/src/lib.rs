@@ -15,12 +15,14 @@
 //!   is the floor of the HTTP stack on this machine; `GET /api/session` (and forward auth)
 //!   with a valid cookie adds exactly the session work. Their ratio survives a change of
 //!   machine, absolute numbers do not.
-//! * **Ratios per round.** The closed-loop rows run in interleaved rounds (`/healthz`, verify,
-//!   forward auth, again …); a ratio is the median of the per-round ratios, so a build that
-//!   starts on the other core in round 2 does not land on one side of it only.
+//! * **Ratios per round.** The closed-loop rows run in many short interleaved rounds
+//!   (`/healthz`, verify, forward auth; then the reverse order; …); a ratio is the median of
+//!   the per-round ratios, so a build that starts on the other core in round 2 does not land
+//!   on one side of it only, and a shared VM's second-to-second swings average out over the
+//!   rounds.
 //! * **Login against the machine's hashing.** The same `argon2` crate at the same parameters
-//!   hashes on every core in the same run; logins/s over hashes/s is the share of the CPU
-//!   that reaches argon2.
+//!   hashes on every core in windows that alternate with the login windows; logins/s over
+//!   the hashes/s of the same round is the share of the CPU that reaches argon2.
 //! * **Latency under a login flood** is probed at a fixed rate, timed from when each request
 //!   was due, while 64 connections of right and wrong logins keep the hashing pool full.
 //! * **Store size.** A million sessions are written straight into the SQLite file (not a

@@ -1,7 +1,7 @@
 //! `sessiond-bench`: builds sessiond in release, measures it on every store and against the
 //! peers, prints one table and writes `BENCHMARKS.md` with a chart.
 //!
-//! Run with: `cargo run --release -p sessiond-bench -- [--seconds N] [--no-peers] [--out FILE]`
+//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
