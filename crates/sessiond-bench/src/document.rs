@@ -103,7 +103,9 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 with the million added), each served by its own server, and the rounds alternate\n\
          \x20 between them, so the ratio compares the same moments of the machine. Before the\n\
          \x20 rounds every probed session is verified once and its activity write awaited, so no\n\
-         \x20 write is due during them. RSS as above, after the rounds.\n\
+         \x20 write is due during them. RSS as above, after the rounds; next to it, how many\n\
+         \x20 verifications in the rounds had to read the store (cache misses, from the server's\n\
+         \x20 `/metrics`): none is expected, so the row compares the same cached path at both sizes.\n\
          - **`sessiond session purge`**: the million extra sessions are given a deadline just\n\
          \x20 past, the server is started with its own background sweep off (`--sweep-interval\n\
          \x20 off`, so the command does all the work however long the run takes) and the CLI purge\n\

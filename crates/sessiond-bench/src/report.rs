@@ -187,6 +187,9 @@ pub struct ScalePoint {
     pub stored: u64,
     pub verify: Rounds,
     pub rss_kib: Option<u64>,
+    /// Verifications that read the store (cache miss) during the rounds, from the server's
+    /// `/metrics` (`None`: it did not say).
+    pub store_reads: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -483,10 +486,11 @@ impl Report {
             "",
             self.scale.cell(|sc| {
                 format!(
-                    "{}/s · {} ms · {}",
+                    "{}/s · {} ms · {}; verifications that read the store in the rounds: {}",
                     thousands(sc.small.verify.rps()),
                     ms(sc.small.verify.p99()),
-                    mib(sc.small.rss_kib)
+                    mib(sc.small.rss_kib),
+                    sc.small.store_reads.map_or("?".into(), |n| n.to_string())
                 )
             }),
         ));
@@ -495,10 +499,11 @@ impl Report {
             "",
             self.scale.cell(|sc| {
                 format!(
-                    "{}/s · {} ms · {}",
+                    "{}/s · {} ms · {}; verifications that read the store in the rounds: {}",
                     thousands(sc.large.verify.rps()),
                     ms(sc.large.verify.p99()),
-                    mib(sc.large.rss_kib)
+                    mib(sc.large.rss_kib),
+                    sc.large.store_reads.map_or("?".into(), |n| n.to_string())
                 )
             }),
         ));

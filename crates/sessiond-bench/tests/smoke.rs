@@ -49,6 +49,11 @@ fn every_row_of_the_benchmark_runs() {
         );
     }
     assert_eq!(scale.large.stored, 2_200, "200 + 2,000 stored sessions");
+    // The servers' /metrics said how many verifications missed the cache.
+    assert!(
+        scale.small.store_reads.is_some() && scale.large.store_reads.is_some(),
+        "{scale:?}"
+    );
     let purge = match &report.purge {
         Outcome::Done(p) => p,
         other => panic!("purge: {other:?}"),
