@@ -95,6 +95,7 @@ impl Config {
     /// taken over, not their length.
     pub fn real(sessiond: PathBuf, seconds: u64, round: Duration) -> Self {
         let s = Duration::from_secs(seconds.max(1));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             smoke: false,
             sessiond,
@@ -113,11 +114,10 @@ impl Config {
             login_connections: 16,
             flood_connections: 64,
             // The server's queue: 16 jobs per core.
-            queue_flood_connections: 16
-                * std::thread::available_parallelism().map_or(2, |n| n.get()),
+            queue_flood_connections: 16 * cores,
             client_threads: 2,
             hash_time: s,
-            hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            hash_threads: cores,
             small_sessions: 1_000,
             large_sessions: 1_000_000,
             cookie_sample: 1_000,
@@ -335,10 +335,7 @@ pub fn probe_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
             let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
             let reads_before = store_reads(addr);
             let (flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
-            let reads = match (reads_before, store_reads(addr)) {
-                (Some(a), Some(b)) => format!("{}", b.saturating_sub(a)),
-                _ => "?".into(),
-            };
+            let reads = store_reads_since(addr, reads_before).map_or("?".into(), |n| n.to_string());
             println!(
                 "[{kind}] {i}: verify p99 idle {:.3} ms, during the login flood {:.3} ms \
                  ({:.1}×); p50 {:.3} → {:.3} ms; {}; verifications that read the store \
@@ -442,6 +439,13 @@ fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix("sessiond_verify_store_reads_total "))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// The verifications that read the store since `before` (an earlier [`store_reads`]).
+fn store_reads_since(addr: std::net::SocketAddr, before: Option<u64>) -> Option<u64> {
+    before
+        .zip(store_reads(addr))
+        .map(|(a, b)| b.saturating_sub(a))
 }
 
 /// A server on `store` and the closed-loop rows' requests: `/healthz`, and `/api/session`
@@ -557,9 +561,7 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         let idle = load::run(&cfg.probe(addr, session.clone(), cfg.warmup, cfg.window))?;
         let before = store_reads(addr);
         let (queue_flood, during) = flood(cfg, addr, &session, cfg.queue_flood_connections)?;
-        let reads = before
-            .zip(store_reads(addr))
-            .map(|(a, b)| b.saturating_sub(a));
+        let reads = store_reads_since(addr, before);
         cfg.say(format!(
             "[{kind}] probe round {round}/{}: verify p99 idle {:.3} ms, during a queue-sized \
              login flood {:.3} ms; verifications that read the store: {}",
@@ -754,22 +756,17 @@ fn bench_scale(cfg: &Config) -> (Outcome<Scale>, Outcome<Purge>) {
             })?
             .try_into()
             .map_err(|_| anyhow::anyhow!("two jobs, two results"))?;
-        let reads = |before: Option<u64>, addr| {
-            before
-                .zip(store_reads(addr))
-                .map(|(a, b)| b.saturating_sub(a))
-        };
         let small = ScalePoint {
             stored: cfg.small_sessions,
             verify: small_rounds,
             rss_kib: small_server.rss_kib(),
-            store_reads: reads(reads_before[0], small_server.addr),
+            store_reads: store_reads_since(small_server.addr, reads_before[0]),
         };
         let large = ScalePoint {
             stored: cfg.small_sessions + cfg.large_sessions,
             verify: large_rounds,
             rss_kib: large_server.rss_kib(),
-            store_reads: reads(reads_before[1], large_server.addr),
+            store_reads: store_reads_since(large_server.addr, reads_before[1]),
         };
         cfg.say(format!(
             "[scale] verifications that read the store during the rounds: {:?} with {} stored, \
