@@ -42,6 +42,18 @@ pub struct FileConfig {
     pub access: FileAccess,
     #[serde(default)]
     pub hashing: FileHashing,
+    /// Origins besides the public URL's that may send unsafe requests (CSRF check).
+    pub trusted_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub server: FileServer,
+}
+
+/// `[server]`: connection limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,14 +106,17 @@ pub struct Overrides {
     pub sweep_interval: Option<String>,
     pub hash_worker: Option<String>,
     pub admin_password: Option<String>,
+    /// Comma-separated (`SESSIOND_TRUSTED_ORIGINS`); replaces the file's list.
+    pub trusted_origins: Option<String>,
 }
 
-/// The validated configuration.
+/// The validated configuration. Its `Debug` output is safe to log: store URLs show no
+/// password and the admin password shows as `***`.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database: String,
-    pub session_store: String,
+    pub database: StoreUrl,
+    pub session_store: StoreUrl,
     pub public_url: Url,
     pub policy: ExpiryPolicy,
     /// How often the server deletes expired sessions; `None`: never (left to
@@ -119,9 +134,97 @@ pub struct Config {
     /// Forward-auth access rules.
     pub access: AccessRules,
     /// Password for the first `admin` user, when the user table is empty at start.
-    pub admin_password: Option<String>,
+    pub admin_password: Option<Secret>,
     /// Where the server hashes passwords.
     pub hash_worker: HashWorker,
+    /// Origins (`scheme://host[:port]`, as browsers send them in `Origin`) besides the public
+    /// URL's whose unsafe requests pass the CSRF check (`trusted_origins`).
+    pub trusted_origins: Vec<String>,
+    /// Limits on client connections (`[server]`).
+    pub connections: ConnectionLimits,
+}
+
+/// A store URL. `Debug` shows it with its password replaced, so a logged or printed
+/// configuration never leaks database credentials; the code that connects reads the full URL
+/// through `Deref`. (No `Display`: formatting it by mistake does not compile.)
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+}
+
+impl std::ops::Deref for StoreUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for StoreUrl {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for StoreUrl {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&crate::server::redact(&self.0), f)
+    }
+}
+
+/// A secret from the configuration (the first admin's password): `Debug` prints `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// Limits on client connections (issue 15 #2): a client that sends its request head slowly,
+/// or holds a connection idle, or opens many, cannot exhaust the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A request head must arrive in full within this long of the server being ready for it;
+    /// hyper starts that clock whenever a connection waits for a request, so this is also how
+    /// long an idle keep-alive connection stays open.
+    pub header_read_timeout: Duration,
+    /// Open connections at most; one more is answered `503 overloaded` and closed.
+    pub max_connections: usize,
+}
+
+/// Default `server.header_read_timeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `server.max_connections` ceiling (lower when the descriptor limit is lower).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The default connection cap: 10,000, or three quarters of the process's file descriptor
+/// limit less a reserve for stores, logs and the hashing worker, whichever is lower; so the
+/// cap is reached (and answered `503`) before `accept` fails for lack of descriptors.
+pub fn default_max_connections() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    let usable = soft.saturating_sub(128).saturating_mul(3) / 4;
+    usize::try_from(usable)
+        .unwrap_or(usize::MAX)
+        .clamp(16, DEFAULT_MAX_CONNECTIONS)
 }
 
 /// Where `sessiond serve` runs password hashing (`hashing.worker`).
@@ -217,9 +320,11 @@ impl Config {
             .or(f.database)
             .unwrap_or_else(|| DEFAULT_DATABASE.into());
         check_database_url(&database)?;
+        let database = StoreUrl::new(database);
         let session_store = o
             .session_store
             .or(f.session_store)
+            .map(StoreUrl::new)
             .unwrap_or_else(|| database.clone());
         const REDIS: [&str; 3] = ["redis://", "redis+sentinel://", "redis+cluster://"];
         if session_store != database && !REDIS.iter().any(|s| session_store.starts_with(s)) {
@@ -368,6 +473,39 @@ impl Config {
         };
         let access = AccessRules::parse(&f.access.rules).map_err(ConfigError)?;
 
+        let trusted_origins = match o.trusted_origins {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(origin)
+                .collect::<Result<Vec<_>, _>>()?,
+            None => f
+                .trusted_origins
+                .unwrap_or_default()
+                .iter()
+                .map(|s| origin(s.trim()))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+
+        let header_read_timeout = duration(
+            "server.header_read_timeout",
+            f.server.header_read_timeout,
+            DEFAULT_HEADER_READ_TIMEOUT,
+        )?;
+        if header_read_timeout > Duration::from_secs(300) {
+            return err("server.header_read_timeout: must be at most 5m");
+        }
+        let max_connections = match f.server.max_connections {
+            None => default_max_connections(),
+            Some(0) => return err("server.max_connections: must be at least 1"),
+            Some(n) => n,
+        };
+        let connections = ConnectionLimits {
+            header_read_timeout,
+            max_connections,
+        };
+
         Ok(Self {
             listen,
             database,
@@ -380,8 +518,10 @@ impl Config {
             device_cookie,
             trusted_proxies,
             access,
-            admin_password: o.admin_password.filter(|p| !p.is_empty()),
+            admin_password: o.admin_password.filter(|p| !p.is_empty()).map(Secret),
             hash_worker,
+            trusted_origins,
+            connections,
         })
     }
 
@@ -409,6 +549,28 @@ impl Config {
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()
     }
+}
+
+/// A `trusted_origins` entry as browsers send it in `Origin`: `scheme://host[:port]`, the
+/// port left out when it is the scheme's default.
+fn origin(s: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "trusted_origins: {s:?} must be an origin such as https://app.example.com"
+        ))
+    };
+    let url = Url::parse(s).map_err(|_| bad())?;
+    if !matches!(url.scheme(), "http" | "https")
+        || url.host_str().is_none()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 fn check_database_url(url: &str) -> Result<(), ConfigError> {
@@ -628,6 +790,74 @@ mod tests {
         .unwrap();
         assert!(c.host_is_ours("auth.example.com"));
         assert!(!c.host_is_ours("app.example.com"));
+    }
+
+    #[test]
+    fn debug_output_shows_no_secrets() {
+        let over = Overrides {
+            database: Some("postgres://sessiond:pg-hunter2@db.internal:5432/sessiond".into()),
+            session_store: Some("redis://:redis-s3cret@redis.internal:6379/0".into()),
+            admin_password: Some("first admin pw".into()),
+            ..Overrides::default()
+        };
+        let c = check("", over).unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["pg-hunter2", "redis-s3cret", "first admin pw"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("postgres://sessiond:***@db.internal:5432/sessiond"),
+            "{shown}"
+        );
+        assert!(shown.contains("admin_password: Some(***)"), "{shown}");
+        // The code that connects still gets the real URL.
+        assert!(c.database.contains("pg-hunter2"));
+        assert_eq!(c.admin_password.unwrap().expose(), "first admin pw");
+    }
+
+    #[test]
+    fn trusted_origins_and_connection_limits() {
+        let c = check("", Overrides::default()).unwrap();
+        assert!(c.trusted_origins.is_empty());
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(10));
+        assert!(c.connections.max_connections >= 16);
+        let c = check(
+            "trusted_origins = [\"https://App.Example.com:443\", \"http://dev.example.com:8080\"]\n\
+             [server]\nheader_read_timeout = \"3s\"\nmax_connections = 50",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.trusted_origins,
+            ["https://app.example.com", "http://dev.example.com:8080"]
+        );
+        assert_eq!(c.connections.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(c.connections.max_connections, 50);
+        let env = Overrides {
+            trusted_origins: Some("https://a.example.com, https://b.example.com".into()),
+            ..Overrides::default()
+        };
+        let c = check("trusted_origins = [\"https://c.example.com\"]", env).unwrap();
+        assert_eq!(
+            c.trusted_origins,
+            ["https://a.example.com", "https://b.example.com"]
+        );
+        for (file, needle) in [
+            (
+                "trusted_origins = [\"https://a.example.com/path\"]",
+                "trusted_origins",
+            ),
+            ("trusted_origins = [\"*.example.com\"]", "trusted_origins"),
+            ("trusted_origins = [\"null\"]", "trusted_origins"),
+            ("[server]\nmax_connections = 0", "max_connections"),
+            (
+                "[server]\nheader_read_timeout = \"1h\"",
+                "header_read_timeout",
+            ),
+        ] {
+            let e = check(file, Overrides::default()).unwrap_err();
+            assert!(e.contains(needle), "{file:?}: {e}");
+        }
     }
 
     #[test]

@@ -26,34 +26,46 @@ static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-metho
 /// Longest forwarded target accepted.
 pub const MAX_TARGET: usize = 8 * 1024;
 
-/// The client's address: the rightmost `X-Forwarded-For` entry that is not a trusted proxy,
-/// when the socket's peer is a trusted proxy; otherwise the peer. (The leftmost entries are
-/// whatever the client chose to send; only those appended by our own proxies can be trusted.)
-/// A malformed header is ignored: the peer is the only address we know then.
+/// The client's address (SPEC §4): when the socket's peer is a trusted proxy, walk
+/// `X-Forwarded-For` from the right, past the entries our own proxies appended, to the first
+/// entry that is not a trusted proxy; otherwise the peer. (Entries further left are whatever
+/// the client chose to send; only those appended by our own proxies can be believed.)
+///
+/// Junk entries (`unknown`, `_hidden`, an empty entry, anything not an address) are judged by
+/// where they sit, not by discarding the whole header (issue 15 #5):
+/// * left of where the walk stops: never read, so they change nothing
+///   (`unknown, 198.51.100.7` from a proxy is `198.51.100.7`);
+/// * where the walk stops: a trusted proxy recorded a client it could not name. The walk ends
+///   there, and the answer is the peer, as when the header is absent or names only our
+///   proxies (SPEC §4: "else the socket's peer"). It must not go on to the entries further
+///   left: those are the client's own words, and skipping the junk would let a client pick
+///   its address by sending `X-Forwarded-For: <any address>, unknown`.
 pub fn client_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let peer = peer.to_canonical();
     if !config.is_trusted_proxy(peer) {
         return peer;
     }
-    match forwarded_for(headers) {
-        Some(chain) => chain
-            .into_iter()
-            .rev()
-            .find(|ip| !config.is_trusted_proxy(*ip))
-            .unwrap_or(peer),
-        None => peer,
-    }
-}
-
-/// Every `X-Forwarded-For` entry in order, or `None` if absent or any entry is malformed.
-fn forwarded_for(headers: &HeaderMap) -> Option<Vec<IpAddr>> {
-    let mut out = Vec::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        for entry in value.to_str().ok()?.split(',') {
-            out.push(parse_forwarded_ip(entry.trim())?);
+    for entry in forwarded_for(headers).rev() {
+        match entry {
+            Some(ip) if config.is_trusted_proxy(ip) => {}
+            Some(ip) => return ip,
+            None => return peer,
         }
     }
-    (!out.is_empty()).then_some(out)
+    peer
+}
+
+/// Every `X-Forwarded-For` entry in order (over all such headers), each parsed or `None` when
+/// it is not an address (a header value that is not visible ASCII counts as one such entry).
+fn forwarded_for(headers: &HeaderMap) -> impl DoubleEndedIterator<Item = Option<IpAddr>> + '_ {
+    let mut out = Vec::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        match value.to_str() {
+            Ok(v) => out.extend(v.split(',').map(|e| parse_forwarded_ip(e.trim()))),
+            Err(_) => out.push(None),
+        }
+    }
+    out.into_iter()
 }
 
 /// `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]`, `[::1]:5678`.
@@ -493,9 +505,24 @@ mod tests {
             ("127.0.0.1", Some("1.1.1.1:5555"), "1.1.1.1"),
             // Only proxies in the chain: the peer.
             ("127.0.0.1", Some("10.0.0.1"), "127.0.0.1"),
-            // Malformed: the peer.
+            // Junk where the walk stops: the peer, never an entry further left (the
+            // client's own words).
             ("127.0.0.1", Some("1.1.1.1, not-an-ip"), "127.0.0.1"),
+            ("127.0.0.1", Some("6.6.6.6, unknown, 10.0.0.5"), "127.0.0.1"),
+            ("127.0.0.1", Some("6.6.6.6,"), "127.0.0.1"),
             ("127.0.0.1", Some(""), "127.0.0.1"),
+            // Junk left of where the walk stops changes nothing (issue 15 #5).
+            ("127.0.0.1", Some("unknown, 198.51.100.7"), "198.51.100.7"),
+            (
+                "127.0.0.1",
+                Some("_hidden, , 198.51.100.7, 10.0.0.9"),
+                "198.51.100.7",
+            ),
+            (
+                "10.0.0.2",
+                Some("unknown,198.51.100.7:4711"),
+                "198.51.100.7",
+            ),
             ("127.0.0.1", None, "127.0.0.1"),
             ("::ffff:127.0.0.1", Some("1.1.1.1"), "1.1.1.1"),
         ];

@@ -21,6 +21,7 @@ pub mod config;
 pub mod device;
 pub mod error;
 pub mod forwarded;
+pub mod logging;
 pub mod password;
 pub mod redirect;
 pub mod routes;

@@ -13,9 +13,15 @@ pub const MAX_LEN: usize = 2048;
 
 /// The target to send the browser to, or `None` (then the caller uses `/`).
 ///
-/// Allowed: a path on this site (`/app?x=1`), an absolute `http(s)` URL whose host is the
-/// public URL's host (any port), or a host under the cookie domain. Userinfo (`user@host`) is
-/// refused: it only ever serves to disguise the real host.
+/// Allowed: a path on this site (`/app?x=1`), or an absolute URL whose host is the public
+/// URL's host or a host under the cookie domain, and
+/// * whose scheme is `https` when the public URL's is: never a downgrade to plain `http`
+///   (the page the user lands on, and the cookie's next request, in the clear);
+/// * whose port is the scheme's default or the public URL's own: another port of an allowed
+///   host is often another service (an admin console, a dev server) that the rules were not
+///   written for (issue 15).
+///
+/// Userinfo (`user@host`) is refused: it only ever serves to disguise the real host.
 pub fn safe_redirect(target: &str, public: &Url, cookie_domain: Option<&str>) -> Option<String> {
     if target.is_empty() || target.len() > MAX_LEN {
         return None;
@@ -61,7 +67,11 @@ pub fn safe_redirect(target: &str, public: &Url, cookie_domain: Option<&str>) ->
     let allowed = host == public_host
         || cookie_domain
             .is_some_and(|d| host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')));
-    allowed.then(|| url.to_string())
+    let scheme_ok = public.scheme() != "https" || url.scheme() == "https";
+    // `port()` is `None` for the scheme's default port (WHATWG parsing drops it).
+    let port_ok =
+        url.port().is_none() || url.port_or_known_default() == public.port_or_known_default();
+    (allowed && scheme_ok && port_ok).then(|| url.to_string())
 }
 
 #[cfg(test)]
@@ -94,10 +104,19 @@ mod tests {
                 None,
                 Some("https://auth.example.com/x"),
             ),
+            ("https://auth.example.com:8443/x", None, None),
             (
-                "https://auth.example.com:8443/x",
+                "https://auth.example.com:443/x",
                 None,
-                Some("https://auth.example.com:8443/x"),
+                Some("https://auth.example.com/x"),
+            ),
+            ("http://auth.example.com/x", None, None),
+            ("http://app.example.com/", d, None),
+            ("https://app.example.com:8080/", d, None),
+            (
+                "https://app.example.com:443/",
+                d,
+                Some("https://app.example.com/"),
             ),
             (
                 "https://app.example.com/",
@@ -128,13 +147,81 @@ mod tests {
         assert!(safe_redirect(&format!("/{}", "a".repeat(MAX_LEN)), &public(), None).is_none());
     }
 
-    /// Where a browser lands if sent to `location` from our login page.
+    #[test]
+    fn an_http_public_url_allows_http_and_https_on_its_own_port() {
+        let public = Url::parse("http://auth.example.com:8080").unwrap();
+        for (input, expected) in [
+            (
+                "http://auth.example.com:8080/x",
+                Some("http://auth.example.com:8080/x"),
+            ),
+            (
+                "https://auth.example.com/x",
+                Some("https://auth.example.com/x"),
+            ),
+            (
+                "http://auth.example.com/x",
+                Some("http://auth.example.com/x"),
+            ),
+            ("http://auth.example.com:9090/x", None),
+        ] {
+            assert_eq!(
+                safe_redirect(input, &public, None).as_deref(),
+                expected,
+                "{input}"
+            );
+        }
+    }
+
+    /// The 559 payloads of `shared/data/openredirects.txt` (query-unescaped), with and
+    /// without a cookie domain: whatever is accepted lands on our hosts, over https, on the
+    /// default port.
+    #[test]
+    fn open_redirect_payloads_stay_on_our_hosts_over_https() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let Some(text) = [
+            here.join("../../../shared/data/openredirects.txt"),
+            here.join("../../../../shared/data/openredirects.txt"),
+        ]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok()) else {
+            eprintln!("SKIP: shared/data/openredirects.txt not found");
+            return;
+        };
+        let payloads: Vec<String> = text
+            .lines()
+            .map(|l| {
+                url::form_urlencoded::parse(format!("x={l}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(payloads.len(), 559);
+        let mut accepted = 0;
+        for (i, p) in payloads.iter().enumerate() {
+            for domain in [None, Some("example.com")] {
+                if let Some(out) = safe_redirect(p, &public(), domain) {
+                    accepted += 1;
+                    assert!(
+                        lands_on_our_hosts(&out, domain),
+                        "payload {i} {p:?} -> {out:?}"
+                    );
+                }
+            }
+        }
+        assert!(accepted > 0, "some payloads are plain paths");
+    }
+
+    /// Where a browser lands if sent to `location` from our login page: one of our hosts,
+    /// over https, on the default port.
     fn lands_on_our_hosts(location: &str, domain: Option<&str>) -> bool {
         let Ok(landed) = public().join(location) else {
             return false;
         };
         let host = landed.host_str().unwrap_or("").to_ascii_lowercase();
-        matches!(landed.scheme(), "http" | "https")
+        landed.scheme() == "https"
+            && landed.port().is_none()
             && (host == "auth.example.com"
                 || domain.is_some_and(|d| host == d || host.ends_with(&format!(".{d}"))))
     }

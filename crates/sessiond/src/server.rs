@@ -5,15 +5,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use anyhow::Context as _;
-use axum::ServiceExt as _;
+use axum::extract::ConnectInfo;
+use axum::response::IntoResponse as _;
 use base64::Engine as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiond_axum::SessionManager;
 use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
 use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt as _;
 
 use crate::config::Config;
 use crate::password::Hasher;
@@ -131,7 +138,7 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     }
     let (password, generated) = match &state.config.admin_password {
         Some(p) => (
-            Password::new(p.clone())
+            Password::new(p.expose().to_owned())
                 .map_err(|e| anyhow::anyhow!("SESSIOND_ADMIN_PASSWORD: {e}"))?,
             false,
         ),
@@ -211,14 +218,147 @@ pub async fn run(
             }
         })
     });
-    let app = routes::app(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let limits = state.config.connections;
+    let result = serve(listener, routes::app(state), limits, shutdown).await;
     if let Some(sweeper) = sweeper {
         sweeper.abort();
     }
     result
+}
+
+/// Connections past the cap that get a `503 overloaded` answer (each for at most
+/// [`REFUSAL_READ_TIMEOUT`]); beyond these, new connections are closed at once.
+const MAX_REFUSING: usize = 64;
+/// How long a connection past the cap may take to send its request head before it is closed.
+const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The accept loop: HTTP/1.1 over hyper, with the limits that keep a slow or idle client from
+/// holding the server's descriptors and memory (issue 15 #2).
+///
+/// * hyper's header-read timeout, on a real timer (`axum::serve` runs without one, so it was
+///   off): a request head must arrive in full within `header_read_timeout` of the server
+///   being ready for it. hyper starts that clock whenever a connection waits for a request,
+///   so it is also the idle keep-alive timeout.
+/// * a cap on open connections (a semaphore permit per connection); a connection past it is
+///   answered `503 overloaded` (a few at a time, quickly) rather than left to exhaust file
+///   descriptors.
+///
+/// Per request this does what `axum::serve` did: the body wrapped as axum's `Body`, the
+/// peer address inserted as `ConnectInfo` (forward auth and throttling read it), the service
+/// cloned and called through `Oneshot`; no boxed future.
+pub async fn serve<S>(
+    listener: TcpListener,
+    app: S,
+    limits: crate::config::ConnectionLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let mut refusal = hyper::server::conn::http1::Builder::new();
+    refusal
+        .timer(TokioTimer::new())
+        .header_read_timeout(REFUSAL_READ_TIMEOUT)
+        .keep_alive(false);
+    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
+    // Every connection task holds a receiver: `closed()` resolves once all have ended.
+    let (close_tx, close_rx) = watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before accept: back
+                    // off a little rather than spin; the connections we hold will end.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let io = TokioIo::new(stream);
+        if let Ok(permit) = Arc::clone(&open).try_acquire_owned() {
+            let conn = http.serve_connection(
+                io,
+                Connection {
+                    app: app.clone(),
+                    remote,
+                },
+            );
+            let mut close = close_rx.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => return,
+                    _ = close.changed() => {}
+                }
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            });
+        } else if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+            let conn = refusal.serve_connection(
+                io,
+                hyper::service::service_fn(|_req| async {
+                    Ok::<_, Infallible>(
+                        crate::error::ApiError::Overloaded { retry_after: 1 }.into_response(),
+                    )
+                }),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _ = conn.await;
+            });
+        } else {
+            drop(io);
+        }
+    }
+    drop(listener);
+    let _ = close_tx.send(());
+    drop(close_rx);
+    close_tx.closed().await;
+    Ok(())
+}
+
+/// One accepted connection's hyper service: the app, told the peer's address.
+#[derive(Debug)]
+struct Connection<S> {
+    app: S,
+    remote: SocketAddr,
+}
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Connection<S>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone,
+{
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<S, axum::extract::Request>;
+
+    fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let mut req = req.map(axum::body::Body::new);
+        req.extensions_mut().insert(ConnectInfo(self.remote));
+        self.app.clone().oneshot(req)
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

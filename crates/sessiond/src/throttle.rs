@@ -24,6 +24,20 @@ pub struct Attempt {
     device: Option<TokenHash>,
 }
 
+/// The address a per-IP counter is kept for: an IPv4 address as it is, an IPv6 address as its
+/// /64 network (`2001:db8:1:2::/64`). One IPv6 subscriber usually gets a whole /64 (often
+/// more), so counting single addresses would hand a guesser 2^64 fresh budgets.
+pub fn ip_bucket(ip: &str) -> String {
+    match ip.parse::<std::net::IpAddr>().map(|a| a.to_canonical()) {
+        Ok(std::net::IpAddr::V6(v6)) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            format!("{}/64", std::net::Ipv6Addr::from(net))
+        }
+        Ok(v4) => v4.to_string(),
+        Err(_) => ip.to_owned(),
+    }
+}
+
 fn hex(h: &TokenHash) -> String {
     h.to_hex()
 }
@@ -38,7 +52,7 @@ impl Attempt {
             .collect();
         Self {
             account,
-            ip: ip.unwrap_or("unknown").to_owned(),
+            ip: ip.map_or_else(|| "unknown".to_owned(), ip_bucket),
             device: device_cookie
                 .and_then(SessionToken::parse)
                 .map(|t| t.hash()),
@@ -215,4 +229,32 @@ pub fn describe(key: &str, rec: &sessiond_core::ThrottleRecord, now: Timestamp) 
         window_ends: fmt(rec.expires_at),
         key: key.to_owned(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_are_counted_per_64() {
+        for (ip, bucket) in [
+            ("198.51.100.7", "198.51.100.7"),
+            ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+            ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+            ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+            ("::ffff:198.51.100.7", "198.51.100.7"),
+            ("::1", "::/64"),
+            ("unknown", "unknown"),
+        ] {
+            assert_eq!(ip_bucket(ip), bucket, "{ip}");
+        }
+        let a = Attempt::new("max", Some("2001:db8:1:2::1"), None);
+        let b = Attempt::new("max", Some("2001:db8:1:2:ffff::9"), None);
+        assert_eq!(a.ip_key(), b.ip_key());
+        assert_eq!(a.pair_key(), b.pair_key());
+        assert_ne!(
+            a.ip_key(),
+            Attempt::new("max", Some("2001:db8:1:3::1"), None).ip_key()
+        );
+    }
 }

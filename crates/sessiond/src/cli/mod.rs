@@ -139,8 +139,10 @@ fn init_tracing(default: &str) {
     let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
         builder.json().flatten_event(true).try_init()
     } else {
+        // Client-chosen values (a typed username) quoted, so they cannot plant fields.
         builder
             .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(crate::logging::QuotedFields)
             .try_init()
     };
 }
@@ -151,6 +153,7 @@ fn run(cli: Cli) -> CliResult {
         session_store: cli.session_store,
         public_url: env("SESSIOND_PUBLIC_URL"),
         admin_password: env("SESSIOND_ADMIN_PASSWORD"),
+        trusted_origins: env("SESSIOND_TRUSTED_ORIGINS"),
         ..Overrides::default()
     };
     match cli.command {

@@ -17,7 +17,7 @@ pub enum Command {
         /// Only counters of this account (case-insensitive)
         #[arg(long, value_name = "NAME")]
         user: Option<String>,
-        /// Only counters of this client address
+        /// Only counters of this client address (an IPv6 address: its /64)
         #[arg(long, value_name = "IP")]
         ip: Option<String>,
     },
@@ -54,6 +54,8 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
             }
         }
         Command::Clear { user, ip } => {
+            // An IPv6 address is counted as its /64: `--ip 2001:db8::5` clears that /64.
+            let ip = ip.as_deref().map(crate::throttle::ip_bucket);
             let user = user.map(|u| u.to_ascii_lowercase());
             let mut n = 0;
             for l in &listed {

@@ -146,7 +146,7 @@ fn limits(req: &Request) -> Option<ApiError> {
 /// Refuses cross-site unsafe requests (SPEC §6) with `403 csrf_rejected`.
 ///
 /// `Sec-Fetch-Site: cross-site` is the browser telling us outright; otherwise an `Origin`
-/// that is not ours (or `null`, as sandboxed frames send). Requests with neither header come
+/// that is not ours or a trusted one (or `null`, as sandboxed frames send). Requests with neither header come
 /// from non-browser clients (curl, scripts), which carry no ambient cookies an attacker could
 /// ride on, so they pass. This applies to login too: login CSRF (logging the victim into the
 /// attacker's account) is refused the same way. Forms carry a token as well (see `pages`).
@@ -169,26 +169,19 @@ fn csrf_origin(state: &AppState, req: &Request) -> Option<ApiError> {
     }
 }
 
+/// The public URL's origin, or one listed in `trusted_origins`, compared exactly.
+///
+/// A cookie domain does not widen this: every host under it (a sibling app, a user-content
+/// host, a forgotten staging box) would otherwise be able to post to us with the user's
+/// cookies (issue 15 #7). Sibling apps that must post here are listed by name.
 fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
-    let Ok(origin) = origin.to_str() else {
-        return false;
-    };
-    if origin == state.public_origin {
-        return true;
-    }
-    // With SSO across subdomains, pages of sibling apps may post to us (e.g. a logout
-    // button); they are ours by configuration. Only over https.
-    let Some(domain) = state.config.cookie.domain() else {
-        return false;
-    };
-    let Ok(url) = url::Url::parse(origin) else {
-        return false;
-    };
-    let Some(host) = url.host_str() else {
-        return false;
-    };
-    url.scheme() == "https"
-        && (host == domain || host.strip_suffix(domain).is_some_and(|p| p.ends_with('.')))
+    let origin = origin.as_bytes();
+    origin == state.public_origin.as_bytes()
+        || state
+            .config
+            .trusted_origins
+            .iter()
+            .any(|o| o.as_bytes() == origin)
 }
 
 /// Headers every response carries. On HTML a strict CSP: no script at all, nothing framed.

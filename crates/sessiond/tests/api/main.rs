@@ -9,6 +9,7 @@ mod helpers;
 mod hostile;
 mod lifecycle;
 mod login;
+mod net;
 mod pages;
 mod proxies;
 mod shared;
