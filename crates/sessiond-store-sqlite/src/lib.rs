@@ -32,11 +32,11 @@ pub use migrations::MIGRATIONS;
 
 /// How long a write may wait, in all, for the file's write lock (held by another process such
 /// as the CLI or another server) and for this store's own writer connection, before it fails
-/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s (SPEC §6); 1.5 s
-/// leaves room for the request's other work. Shared by the server and the CLI: every writer
-/// holds the lock for milliseconds (sweeps are batched), so a longer wait would only hide a
-/// stuck process.
-pub const WRITE_BUDGET: Duration = Duration::from_millis(1500);
+/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s (SPEC §6); 1 s
+/// leaves room for the request's other work (a login hashes a password first, which takes
+/// longer on a loaded machine). Shared by the server and the CLI: every writer holds the lock
+/// for milliseconds (sweeps are batched), so a longer wait would only hide a stuck process.
+pub const WRITE_BUDGET: Duration = Duration::from_secs(1);
 /// How long a read waits for a lock (in WAL mode only recovery or a checkpoint truncation
 /// takes one): the same budget.
 const BUSY_TIMEOUT: Duration = WRITE_BUDGET;
@@ -108,6 +108,24 @@ impl SqliteStore {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The database file's permission bits, when group or others have any access to it (a
+    /// file from before sessiond created them `0600`, or made by hand): the server warns.
+    /// An existing file's mode is left as the operator set it.
+    pub fn loose_permissions(&self) -> Option<u32> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&self.inner.path)
+                .ok()?
+                .permissions()
+                .mode()
+                & 0o777;
+            (mode & 0o077 != 0).then_some(mode)
+        }
+        #[cfg(not(unix))]
+        None
     }
 
     /// The schema version the file is at.
@@ -810,11 +828,11 @@ mod tests {
         for (failed, after) in results {
             assert!(failed, "a write went through another process's lock");
             assert!(
-                after < WRITE_BUDGET + Duration::from_millis(300),
+                after < WRITE_BUDGET + Duration::from_millis(700),
                 "gave up only after {after:?}"
             );
         }
-        assert!(WRITE_BUDGET <= Duration::from_millis(1500));
+        assert!(WRITE_BUDGET <= Duration::from_secs(1));
         holder.execute_batch("ROLLBACK").unwrap();
         // The lock gone, writes go through again.
         let key = "after".to_owned();
@@ -860,6 +878,16 @@ mod tests {
             }
         }
         assert!(seen >= 3, "the database, its -wal and -shm files exist");
+        assert_eq!(store.loose_permissions(), None);
+
+        // A file from an earlier version keeps its mode, and is reported.
+        let old = dir.path().join("old.db");
+        std::fs::write(&old, b"").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            SqliteStore::open(&old).unwrap().loose_permissions(),
+            Some(0o644)
+        );
     }
 
     #[test]

@@ -57,6 +57,15 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
                 SqliteStore::open_url(db)
                     .with_context(|| format!("cannot open database {}", redact(db)))?,
             );
+            if let Some(mode) = sqlite.loose_permissions() {
+                // New files are created 0600; an older one keeps its mode (docs/security.md).
+                tracing::warn!(
+                    path = %sqlite.path().display(),
+                    mode = %format!("{mode:o}"),
+                    "the database file (password hashes, emails, IP addresses) is readable by \
+                     other users: chmod 600 it and its -wal and -shm files"
+                );
+            }
             (sqlite.clone(), sqlite)
         };
     let sessions: Arc<dyn SessionStore> = if config.session_store == config.database {

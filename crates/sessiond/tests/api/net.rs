@@ -381,3 +381,82 @@ fn field_names(line: &str) -> Vec<String> {
     }
     names
 }
+
+/// The address a login from behind our (loopback) proxy is recorded with, for `xff`.
+async fn recorded_ip(app: &TestApp, name: &str, xff: &str) -> serde_json::Value {
+    let c = app.bare_client();
+    let res = c
+        .post(app.url("/api/login"))
+        .header("x-forwarded-for", xff)
+        .json(&serde_json::json!({ "username": name, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{xff}");
+    let t = session_cookie(&res).unwrap();
+    let list = json(
+        c.get(app.url("/api/sessions"))
+            .header("cookie", format!("__Host-sessiond={t}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mine = list["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["current"] == true)
+        .unwrap()
+        .clone();
+    mine["ip"].clone()
+}
+
+/// One junk `X-Forwarded-For` entry left of the client no longer discards the header (which
+/// recorded, and throttled, the proxy's address); junk where the walk stops never lets the
+/// entries further left (the client's own words) be believed.
+#[tokio::test]
+async fn junk_forwarded_for_entries_are_skipped_safely() {
+    let app = spawn_app().await;
+    app.add_user("quinn").await;
+    for (xff, ip) in [
+        ("unknown, 198.51.100.7", "198.51.100.7"),
+        ("_hidden,,198.51.100.8:4711", "198.51.100.8"),
+        ("203.0.113.9, unknown", "127.0.0.1"),
+        ("203.0.113.9, 127.0.0.1, unknown", "127.0.0.1"),
+    ] {
+        assert_eq!(recorded_ip(&app, "quinn", xff).await, ip, "{xff}");
+    }
+}
+
+/// Addresses of one IPv6 /64 share their throttling counters: a guesser who rotates through
+/// its /64 is backed off like one address, and another /64 is not.
+#[tokio::test]
+async fn ipv6_addresses_of_one_64_share_a_back_off() {
+    let app = spawn_app().await;
+    app.add_user("rosa").await;
+    let c = app.bare_client();
+    let login = |ip: String, pw: &'static str| {
+        c.post(app.url("/api/login"))
+            .header("x-forwarded-for", ip)
+            .json(&serde_json::json!({ "username": "rosa", "password": pw }))
+            .send()
+    };
+    for i in 1..=5 {
+        let res = login(format!("2001:db8:7:7::{i:x}"), "wrong password")
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "failure {i}");
+    }
+    let res = login("2001:db8:7:7:ffff::6".into(), PASSWORD)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(json(res).await["code"], "throttled");
+    let res = login("2001:db8:7:8::1".into(), PASSWORD).await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "another /64 is not backed off"
+    );
+}
