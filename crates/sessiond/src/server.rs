@@ -307,6 +307,7 @@ where
                 Connection {
                     app: app.clone(),
                     remote,
+                    body_timeout: limits.header_read_timeout,
                 },
             );
             let mut close = close_rx.clone();
@@ -349,6 +350,8 @@ where
 struct Connection<S> {
     app: S,
     remote: SocketAddr,
+    /// How long a request body may take to arrive, from its head (see [`BodyDeadline`]).
+    body_timeout: Duration,
 }
 
 impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Connection<S>
@@ -364,7 +367,18 @@ where
     type Future = tower::util::Oneshot<S, axum::extract::Request>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let mut req = req.map(axum::body::Body::new);
+        // Bodiless requests (every GET: verification, forward auth) skip the deadline's timer.
+        let timeout = self.body_timeout;
+        let mut req = req.map(|body| {
+            if hyper::body::Body::is_end_stream(&body) {
+                axum::body::Body::new(body)
+            } else {
+                axum::body::Body::new(BodyDeadline {
+                    inner: body,
+                    deadline: tokio::time::sleep(timeout),
+                })
+            }
+        });
         req.extensions_mut().insert(ConnectInfo(self.remote));
         self.app.clone().oneshot(req)
     }
@@ -391,4 +405,47 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down: finishing requests in flight");
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that must arrive in full within a deadline: the header-read timeout
+    /// ends "slowloris" heads, and this ends their twin, a body sent a byte at a time (a
+    /// handler waiting for it would hold its connection, and a place under the connection cap,
+    /// for as long as the client liked). Past the deadline reading fails, and the extractor
+    /// answers `400`.
+    struct BodyDeadline {
+        #[pin]
+        inner: hyper::body::Incoming,
+        #[pin]
+        deadline: tokio::time::Sleep,
+    }
+}
+
+impl hyper::body::Body for BodyDeadline {
+    type Data = hyper::body::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if let std::task::Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match this.deadline.poll(cx) {
+            std::task::Poll::Ready(()) => {
+                std::task::Poll::Ready(Some(Err("the request body did not arrive in time".into())))
+            }
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }

@@ -460,3 +460,68 @@ async fn ipv6_addresses_of_one_64_share_a_back_off() {
         "another /64 is not backed off"
     );
 }
+
+/// A body sent a byte at a time (the slow twin of a slow head): once the header-read timeout
+/// has passed since the head, reading it fails and the server answers `400` with the JSON
+/// body, freeing the connection, instead of waiting as long as the client likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_full(
+        dir,
+        "[server]\nheader_read_timeout = \"1s\"",
+        Overrides::default(),
+    )
+    .await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    s.write_all(
+        b"POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 200\r\n\r\n{\"username\":",
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    // Another client is served meanwhile.
+    let mut other = TcpStream::connect(&addr).await.unwrap();
+    other
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (served, _) = read_until_closed(&mut other, Duration::from_secs(2)).await;
+    assert!(served.starts_with(b"HTTP/1.1 200"));
+    // One more byte every 100 ms, while reading whatever the server answers.
+    let (mut rd, mut wr) = s.split();
+    let trickle = async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let read = async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => return got,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let answer = tokio::select! {
+        got = read => got,
+        () = trickle => unreachable!(),
+        () = tokio::time::sleep(Duration::from_secs(5)) => panic!("no answer within 5 s"),
+    };
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer:?}");
+    assert!(answer.contains(r#""code":"bad_request""#), "{answer}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "answered after {:?}",
+        start.elapsed()
+    );
+}
