@@ -18,7 +18,11 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        // `.` and `..` are refused: they are path segments, and usernames end up in paths
+        // (URLs like `/admin/users/{name}/…`, files an operator may name after a user).
         let ok = (1..=64).contains(&s.len())
+            && s != "."
+            && s != ".."
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
         if ok {
@@ -167,6 +171,22 @@ mod tests {
             );
         }
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
+    }
+
+    /// `.` and `..` are path segments, not names (issue 15); names that merely contain dots
+    /// stay valid.
+    #[test]
+    fn dot_segments_are_not_usernames() {
+        for bad in [".", ".."] {
+            assert_eq!(
+                Username::parse(bad),
+                Err(ValidationError::Username),
+                "{bad:?}"
+            );
+        }
+        for ok in ["...", ".a", "a.", "a..b", ".alice"] {
+            assert!(Username::parse(ok).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

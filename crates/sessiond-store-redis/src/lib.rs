@@ -404,8 +404,17 @@ impl Scripts {
         let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         Self {
             create: with("return create(2)"),
-            // Insert first: if the new session cannot be created, the old one stays.
-            rotate: with("if create(3) == 0 then return 0 end del(ARGV[2]) return 1"),
+            // Only while the old session exists (a revoked one is never carried on under a
+            // new secret): 2 = old gone, nothing done. Then insert first: if the new session
+            // cannot be created, the old one stays (0).
+            rotate: with(
+                r#"
+                if redis.call('EXISTS', tag .. ':s:' .. ARGV[2]) == 0 then return 2 end
+                if create(3) == 0 then return 0 end
+                del(ARGV[2])
+                return 1
+                "#,
+            ),
             // ARGV: tag, hash, l, e, ttl. Never recreates a session that is gone; never moves
             // activity backwards.
             touch: with(
@@ -552,12 +561,13 @@ impl SessionStore for RedisStore {
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let mut inv = self.scripts.rotate.key(self.session_key(&new.token_hash));
         inv.arg(&*self.tag).arg(old.to_hex());
         create_args(&mut inv, new);
         match self.run::<i64>(inv).await? {
-            1 => Ok(()),
+            1 => Ok(true),
+            2 => Ok(false),
             _ => Err(StoreError::Conflict),
         }
     }

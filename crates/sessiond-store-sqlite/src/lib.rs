@@ -254,17 +254,24 @@ impl SessionStore for SqliteStore {
         .await
     }
 
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let old = *old;
         let new = new.clone();
         // One transaction: another reader sees either the old session or the new one, never
-        // both, never neither.
+        // both, never neither. The delete comes first and decides: when the old session is
+        // gone (revoked meanwhile), nothing is inserted and the transaction rolls back.
         self.write(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let gone = tx
+                .prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute([old.as_bytes().as_slice()])?
+                == 0;
+            if gone {
+                return Ok(false); // dropped: rolled back
+            }
             insert_session(&tx, &new)?;
-            tx.prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
-                .execute([old.as_bytes().as_slice()])?;
-            tx.commit()
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -648,6 +655,23 @@ impl UserStore for SqliteStore {
             Ok(c.execute(
                 "UPDATE users SET password_hash = ?2 WHERE id = ?1",
                 params![id.0, phc],
+            )? > 0)
+        })
+        .await
+    }
+
+    async fn set_password_hash_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        phc: &str,
+    ) -> Result<bool, StoreError> {
+        let (expected, phc) = (expected.to_owned(), phc.to_owned());
+        // One statement on the one writer: the comparison and the write are atomic.
+        self.write(move |c| {
+            Ok(c.execute(
+                "UPDATE users SET password_hash = ?3 WHERE id = ?1 AND password_hash = ?2",
+                params![id.0, expected, phc],
             )? > 0)
         })
         .await

@@ -57,6 +57,8 @@ pub struct FileSession {
     pub absolute_timeout: Option<String>,
     pub remember_me_timeout: Option<String>,
     pub sweep_interval: Option<String>,
+    /// Sessions one user may hold at once (`0`: no cap); a login beyond it ends the oldest.
+    pub max_per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +124,9 @@ pub struct Config {
     pub admin_password: Option<String>,
     /// Where the server hashes passwords.
     pub hash_worker: HashWorker,
+    /// `[session] max_per_user`: sessions one user may hold at once (`None`: no cap). A
+    /// login beyond it ends that user's oldest sessions (issue 15 #16).
+    pub max_sessions_per_user: Option<usize>,
 }
 
 /// Where `sessiond serve` runs password hashing (`hashing.worker`).
@@ -183,6 +188,8 @@ pub fn server_on_this_host(url: &str) -> bool {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
 pub const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
+/// `[session] max_per_user` unless configured.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 /// How often a running server deletes expired sessions, unless configured.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -290,6 +297,14 @@ impl Config {
             s => Some(duration("sweep_interval", s, DEFAULT_SWEEP_INTERVAL)?),
         };
 
+        // Bounded by default: without a cap one account could grow its sessions (and every
+        // list, page and revoke-all over them) without limit.
+        let max_sessions_per_user = match f.session.max_per_user {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(DEFAULT_MAX_SESSIONS_PER_USER),
+        };
+
         let hash_worker = match o.hash_worker.or(f.hashing.worker).as_deref().map(str::trim) {
             None | Some("auto") => HashWorker::Auto,
             Some("process") => HashWorker::Process,
@@ -382,6 +397,7 @@ impl Config {
             access,
             admin_password: o.admin_password.filter(|p| !p.is_empty()),
             hash_worker,
+            max_sessions_per_user,
         })
     }
 

@@ -149,7 +149,9 @@ pub(super) async fn log_in(
     }
     let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
     let counters = throttle::check(state, &attempt).await?;
-    let user = match accounts::authenticate(state, username, password).await {
+    let (user, verified_phc) = match accounts::authenticate_verified(state, username, password)
+        .await
+    {
         Ok(u) => u,
         Err(e) => {
             let counter = match e {
@@ -177,6 +179,25 @@ pub(super) async fn log_in(
         user_agent: client.user_agent,
     };
     let (token, record) = state.sessions.begin(new, presented.as_ref()).await?;
+    // A password change, reset or disable that landed while this password was being
+    // verified must not leave this session behind it (issue 15 #12): checked now that the
+    // session exists, so either the change's sweep ends it or this sees the change.
+    if !accounts::still_current(state, &user, &verified_phc).await? {
+        state.sessions.store().delete(&record.token_hash).await?;
+        tracing::info!(target: "sessiond::audit", event = "login_failed", reason = "changed_meanwhile", user = %user.username, ip = ?record.ip);
+        return Err(ApiError::InvalidCredentials);
+    }
+    if let Some(cap) = state.config.max_sessions_per_user {
+        // The per-user cap (issue 15 #16): the oldest sessions end first.
+        let ended = state
+            .sessions
+            .store()
+            .delete_oldest_for_user(user.id, cap)
+            .await?;
+        if ended > 0 {
+            tracing::info!(target: "sessiond::audit", event = "sessions_capped", user = %user.username, count = ended);
+        }
+    }
     tracing::info!(target: "sessiond::audit", event = "login", user = %user.username, session = %record.id, ip = ?record.ip);
     Ok(LoggedIn {
         user,
