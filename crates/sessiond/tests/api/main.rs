@@ -1,6 +1,7 @@
 //! Integration tests: the real router on a real socket, driven by a real HTTP client with a
 //! real cookie jar. One test binary (faster to link); one module per area.
 
+mod accounts;
 mod authz;
 mod cli;
 mod cookies;

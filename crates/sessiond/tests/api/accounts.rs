@@ -1,0 +1,515 @@
+//! Account changes under failure and races (issue 15 #12, #15, #16): the stores are wrapped
+//! so a test can fail a call, or make another change land at the worst moment, exactly.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use sessiond::config::{Config, FileConfig, Overrides};
+use sessiond::password::{hash_blocking, Hasher};
+use sessiond::state::AppState;
+use sessiond::{accounts, server};
+use sessiond_axum::SessionManager;
+use sessiond_core::{
+    NewUser, Password, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+};
+use sessiond_store_sqlite::SqliteStore;
+
+use crate::helpers::{db_url, json, PASSWORD};
+
+type Hook = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Runs `hook` once, the first time it is taken.
+#[derive(Default)]
+struct Once(Mutex<Option<Hook>>);
+
+impl Once {
+    fn set(&self, hook: impl Future<Output = ()> + Send + 'static) {
+        *self.0.lock().unwrap() = Some(Box::pin(hook));
+    }
+    async fn fire(&self) {
+        let hook = self.0.lock().unwrap().take();
+        if let Some(h) = hook {
+            h.await;
+        }
+    }
+}
+
+/// A session store that can fail `delete_for_user`, and run a hook just before a `create`
+/// or a `rotate` reaches the store.
+#[derive(Default)]
+struct Sessions {
+    inner: Option<Arc<SqliteStore>>,
+    fail_delete_for_user: AtomicBool,
+    delete_for_user_calls: AtomicUsize,
+    before_create: Once,
+    before_rotate: Once,
+}
+
+impl std::fmt::Debug for Sessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookedSessions")
+    }
+}
+
+impl Sessions {
+    fn s(&self) -> &SqliteStore {
+        self.inner.as_deref().unwrap()
+    }
+}
+
+fn injected() -> StoreError {
+    StoreError::Unavailable("injected failure".into())
+}
+
+#[async_trait]
+impl SessionStore for Sessions {
+    async fn create(&self, s: &SessionRecord) -> Result<(), StoreError> {
+        self.before_create.fire().await;
+        self.s().create(s).await
+    }
+    async fn load(&self, h: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        self.s().load(h).await
+    }
+    async fn touch(&self, h: &TokenHash, l: Timestamp, e: Timestamp) -> Result<(), StoreError> {
+        self.s().touch(h, l, e).await
+    }
+    async fn delete(&self, h: &TokenHash) -> Result<bool, StoreError> {
+        self.s().delete(h).await
+    }
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
+        self.before_rotate.fire().await;
+        self.s().rotate(old, new).await
+    }
+    async fn list_for_user(&self, u: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+        self.s().list_for_user(u).await
+    }
+    async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+        self.s().list_all().await
+    }
+    async fn delete_by_id(&self, id: &SessionId, o: Option<UserId>) -> Result<bool, StoreError> {
+        self.s().delete_by_id(id, o).await
+    }
+    async fn delete_for_user(
+        &self,
+        u: UserId,
+        keep: Option<&SessionId>,
+    ) -> Result<u64, StoreError> {
+        self.delete_for_user_calls.fetch_add(1, Ordering::SeqCst);
+        if self.fail_delete_for_user.load(Ordering::SeqCst) {
+            return Err(injected());
+        }
+        self.s().delete_for_user(u, keep).await
+    }
+    async fn delete_all(&self) -> Result<u64, StoreError> {
+        self.s().delete_all().await
+    }
+    async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+        self.s().purge_expired(now, limit).await
+    }
+    async fn load_data(&self, h: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+        self.s().load_data(h).await
+    }
+    async fn save_data(&self, h: &TokenHash, d: &SessionData) -> Result<bool, StoreError> {
+        self.s().save_data(h, d).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.s().ping().await
+    }
+    async fn generation(&self) -> Result<u64, StoreError> {
+        self.s().generation().await
+    }
+    async fn throttle_hit(
+        &self,
+        k: &str,
+        now: Timestamp,
+        w: Duration,
+    ) -> Result<ThrottleRecord, StoreError> {
+        self.s().throttle_hit(k, now, w).await
+    }
+    async fn throttle_get(
+        &self,
+        k: &str,
+        now: Timestamp,
+    ) -> Result<Option<ThrottleRecord>, StoreError> {
+        self.s().throttle_get(k, now).await
+    }
+    async fn throttle_list(
+        &self,
+        now: Timestamp,
+    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+        self.s().throttle_list(now).await
+    }
+    async fn throttle_delete(&self, k: &str) -> Result<bool, StoreError> {
+        self.s().throttle_delete(k).await
+    }
+}
+
+/// A user store that runs a hook just before the first password write reaches the store.
+struct Users {
+    inner: Arc<SqliteStore>,
+    before_password_write: Once,
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookedUsers")
+    }
+}
+
+#[async_trait]
+impl UserStore for Users {
+    async fn create_user(&self, new: &NewUser) -> Result<User, StoreError> {
+        self.inner.create_user(new).await
+    }
+    async fn create_user_if_none(&self, new: &NewUser) -> Result<Option<User>, StoreError> {
+        self.inner.create_user_if_none(new).await
+    }
+    async fn user_by_name(&self, n: &Username) -> Result<Option<UserCredentials>, StoreError> {
+        self.inner.user_by_name(n).await
+    }
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.inner.user_by_id(id).await
+    }
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        self.inner.list_users().await
+    }
+    async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError> {
+        self.before_password_write.fire().await;
+        self.inner.set_password_hash(id, phc).await
+    }
+    async fn set_password_hash_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        phc: &str,
+    ) -> Result<bool, StoreError> {
+        self.before_password_write.fire().await;
+        self.inner.set_password_hash_if(id, expected, phc).await
+    }
+    async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {
+        self.inner.set_disabled(id, disabled).await
+    }
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.inner.delete_user(id).await
+    }
+}
+
+/// A server over the hooked stores (one SQLite file underneath both).
+struct Hooked {
+    base: String,
+    state: AppState,
+    db: Arc<SqliteStore>,
+    users: Arc<Users>,
+    sessions: Arc<Sessions>,
+    _dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn spawn_hooked(file: &str) -> Hooked {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let over = Overrides {
+        listen: Some(addr.to_string()),
+        database: Some(db_url(dir.path())),
+        ..Overrides::default()
+    };
+    let file: FileConfig = toml::from_str(file).unwrap();
+    let config = Config::resolve(file, over).unwrap();
+    let db = Arc::new(SqliteStore::open(dir.path().join("sessiond.db")).unwrap());
+    let users = Arc::new(Users {
+        inner: Arc::clone(&db),
+        before_password_write: Once::default(),
+    });
+    let sessions = Arc::new(Sessions {
+        inner: Some(Arc::clone(&db)),
+        ..Sessions::default()
+    });
+    let manager = SessionManager::new(
+        Arc::clone(&sessions) as Arc<dyn SessionStore>,
+        config.cookie.clone(),
+        config.policy,
+    )
+    .with_cache(1_000);
+    let state = AppState::new(
+        config,
+        Arc::clone(&users) as Arc<dyn UserStore>,
+        manager,
+        Hasher::for_this_machine().unwrap(),
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(server::run(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Hooked {
+        base: format!("http://{addr}"),
+        state,
+        db,
+        users,
+        sessions,
+        _dir: dir,
+        _stop: tx,
+    }
+}
+
+impl Hooked {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn add_user(&self, name: &str, admin: bool) -> User {
+        let phc = hash_blocking(&Password::new(PASSWORD.into()).unwrap()).unwrap();
+        self.db
+            .create_user(&NewUser {
+                username: Username::parse(name).unwrap(),
+                name: String::new(),
+                email: String::new(),
+                groups: vec![],
+                admin,
+                password_hash: phc,
+                created_at: server::now(),
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A logged-in client (its own cookie jar).
+    async fn login(&self, name: &str, password: &str) -> (reqwest::Client, StatusCode) {
+        let c = reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let status = c
+            .post(self.url("/api/login"))
+            .json(&serde_json::json!({ "username": name, "password": password }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        (c, status)
+    }
+
+    async fn whoami(&self, c: &reqwest::Client) -> StatusCode {
+        c.get(self.url("/api/session"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn change_password(&self, c: &reqwest::Client, new: &str) -> reqwest::Response {
+        c.post(self.url("/api/password"))
+            .json(&serde_json::json!({ "current_password": PASSWORD, "new_password": new }))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Whether `password` logs `name` in now (a fresh client, then logged out again).
+    async fn password_works(&self, name: &str, password: &str) -> bool {
+        let (c, status) = self.login(name, password).await;
+        if status == StatusCode::OK {
+            c.post(self.url("/api/logout")).send().await.unwrap();
+        }
+        status == StatusCode::OK
+    }
+
+    async fn sessions_of(&self, user: &User) -> usize {
+        self.db.list_for_user(user.id).await.unwrap().len()
+    }
+}
+
+fn phc(password: &str) -> String {
+    hash_blocking(&Password::new(password.into()).unwrap()).unwrap()
+}
+
+const NEW: &str = "a brand new password";
+const ADMINS: &str = "the admin's reset password";
+
+/// #12: the session store fails while a user changes their password (the attacker's
+/// session cannot be ended). The change must not half-happen: refused with `503`, and the
+/// password unchanged (the user knows it failed and can try again), never "password
+/// changed" with the attacker still logged in.
+#[tokio::test]
+async fn password_change_fails_safe_when_sessions_cannot_end() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (attacker, s1) = app.login("alice", PASSWORD).await;
+    let (owner, s2) = app.login("alice", PASSWORD).await;
+    assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+
+    app.sessions
+        .fail_delete_for_user
+        .store(true, Ordering::SeqCst);
+    let res = app.change_password(&owner, NEW).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(res).await["code"], "store_unavailable");
+    app.sessions
+        .fail_delete_for_user
+        .store(false, Ordering::SeqCst);
+
+    assert!(
+        app.password_works("alice", PASSWORD).await,
+        "the old password must stay while the attacker's session could not be ended"
+    );
+    assert!(!app.password_works("alice", NEW).await);
+    // The attacker's session still exists (the store refused to end it), but nobody was
+    // told otherwise; trying again once the store is back ends it.
+    assert_eq!(app.whoami(&attacker).await, StatusCode::OK);
+    let (owner, _) = app.login("alice", PASSWORD).await;
+    let res = app.change_password(&owner, NEW).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.whoami(&owner).await, StatusCode::OK);
+    assert_eq!(app.sessions_of(&alice).await, 1);
+}
+
+/// #12, the admin side (admin page, CLI `user passwd`): the same order in
+/// `accounts::set_password`, and disable/delete never leave a working session behind.
+#[tokio::test]
+async fn admin_changes_fail_safe_when_sessions_cannot_end() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (attacker, _) = app.login("alice", PASSWORD).await;
+    let (users, sessions) = (app.users.as_ref(), app.sessions.as_ref());
+
+    app.sessions
+        .fail_delete_for_user
+        .store(true, Ordering::SeqCst);
+    let reset = accounts::set_password(users, sessions, alice.id, &phc(ADMINS)).await;
+    assert!(
+        reset.is_err(),
+        "a reset that could not end sessions reports it"
+    );
+    assert!(
+        app.password_works("alice", PASSWORD).await,
+        "the reset must not have happened while the sessions live"
+    );
+    assert!(!app.password_works("alice", ADMINS).await);
+    assert!(
+        app.sessions.delete_for_user_calls.load(Ordering::SeqCst) >= 2,
+        "a transient failure is retried"
+    );
+
+    // Disable: the flag lands first, so even though ending the sessions fails, none works.
+    assert!(accounts::disable(users, sessions, alice.id).await.is_err());
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    app.db.set_disabled(alice.id, false).await.unwrap();
+
+    // Delete: refused while the sessions cannot end; the user stays.
+    let (attacker, _) = app.login("alice", PASSWORD).await;
+    assert!(accounts::delete(users, sessions, alice.id).await.is_err());
+    assert!(app.db.user_by_id(alice.id).await.unwrap().is_some());
+
+    app.sessions
+        .fail_delete_for_user
+        .store(false, Ordering::SeqCst);
+    accounts::set_password(users, sessions, alice.id, &phc(ADMINS))
+        .await
+        .unwrap();
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    assert!(app.password_works("alice", ADMINS).await);
+}
+
+/// #15: an admin's reset lands while the attacker's password change is in flight (current
+/// password verified, new hash not yet written). The reset wins: the change is refused with
+/// `409 conflict`, the admin's password works and the attacker's does not, and the attacker
+/// has no session.
+#[tokio::test]
+async fn a_change_in_flight_never_undoes_an_admin_reset() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (attacker, _) = app.login("alice", PASSWORD).await;
+    let (users, sessions) = (Arc::clone(&app.users), Arc::clone(&app.sessions));
+    let reset = phc(ADMINS);
+    app.users.before_password_write.set(async move {
+        accounts::set_password(users.as_ref(), sessions.as_ref(), alice.id, &reset)
+            .await
+            .unwrap();
+    });
+    let res = app
+        .change_password(&attacker, "the attacker's choice")
+        .await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert_eq!(json(res).await["code"], "conflict");
+    assert!(app.password_works("alice", ADMINS).await);
+    assert!(!app.password_works("alice", "the attacker's choice").await);
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.sessions_of(&alice).await, 0);
+}
+
+/// #15: the attacker's session is revoked (by an admin) between its verification and its
+/// rotation in a password change: the rotation must fail, not carry the session on, and the
+/// password must not change.
+#[tokio::test]
+async fn a_revoked_session_cannot_change_the_password() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (attacker, _) = app.login("alice", PASSWORD).await;
+    let db = Arc::clone(&app.db);
+    app.sessions.before_rotate.set(async move {
+        db.delete_for_user(alice.id, None).await.unwrap();
+    });
+    let res = app
+        .change_password(&attacker, "the attacker's choice")
+        .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(app.password_works("alice", PASSWORD).await);
+    assert!(!app.password_works("alice", "the attacker's choice").await);
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.sessions_of(&alice).await, 0);
+}
+
+/// #12: a reset lands while a login with the old password is being verified (argon2), so
+/// the login creates its session after the reset ended all sessions. The login must not
+/// leave a session behind the reset.
+#[tokio::test]
+async fn a_login_verified_before_a_reset_leaves_no_session() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (users, sessions) = (Arc::clone(&app.users), Arc::clone(&app.sessions));
+    let reset = phc(ADMINS);
+    app.sessions.before_create.set(async move {
+        accounts::set_password(users.as_ref(), sessions.as_ref(), alice.id, &reset)
+            .await
+            .unwrap();
+    });
+    let (attacker, status) = app.login("alice", PASSWORD).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.sessions_of(&alice).await, 0);
+    assert!(app.password_works("alice", ADMINS).await);
+}
+
+/// A login that presents a session revoked meanwhile still succeeds (the password was just
+/// proven) with a fresh session; the revoked one stays dead.
+#[tokio::test]
+async fn a_login_over_a_revoked_session_starts_afresh() {
+    let app = spawn_hooked("").await;
+    let alice = app.add_user("alice", false).await;
+    let (c, _) = app.login("alice", PASSWORD).await;
+    let old = app.db.list_for_user(alice.id).await.unwrap()[0].clone();
+    let db = Arc::clone(&app.db);
+    app.sessions.before_rotate.set(async move {
+        db.delete_for_user(alice.id, None).await.unwrap();
+    });
+    let res = c
+        .post(app.url("/api/login"))
+        .json(&serde_json::json!({ "username": "alice", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let now = app.db.list_for_user(alice.id).await.unwrap();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0].id, old.id);
+    assert_eq!(app.whoami(&c).await, StatusCode::OK);
+    let _ = &app.state;
+}
