@@ -137,7 +137,51 @@ pub async fn set_password(
     Ok(n)
 }
 
-/// Disables a user and ends all their sessions.
+/// Why an account change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The change would leave no enabled admin: nobody could administer the server any more
+    /// (short of editing the database).
+    #[error("refused: {0} is the last enabled admin (make another user an admin first)")]
+    LastAdmin(Username),
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Store(e) => e.into(),
+            e @ ChangeError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+/// Sets the disabled flag, refusing to disable the last enabled admin. The flag is written
+/// first and the admins counted after: of two admins disabling each other at once, at
+/// least one sees the other's write and puts its own back, so the server never ends up
+/// without an enabled admin (a check made before the write could not promise that).
+async fn disable_guarded(users: &dyn UserStore, id: UserId) -> Result<(), ChangeError> {
+    let Some(user) = users.user_by_id(id).await? else {
+        return Ok(());
+    };
+    users.set_disabled(id, true).await?;
+    if user.admin && !user.disabled {
+        let admins = users
+            .list_users()
+            .await?
+            .iter()
+            .filter(|u| u.admin && !u.disabled)
+            .count();
+        if admins == 0 {
+            users.set_disabled(id, false).await?;
+            return Err(ChangeError::LastAdmin(user.username));
+        }
+    }
+    Ok(())
+}
+
+/// Disables a user and ends all their sessions; refused for the last enabled admin.
 ///
 /// The flag comes first: from that instant no login succeeds and verification refuses
 /// every session of the user (a disabled user means no session), so even if ending the
@@ -146,21 +190,29 @@ pub async fn disable(
     users: &dyn UserStore,
     sessions: &dyn SessionStore,
     id: UserId,
-) -> Result<u64, StoreError> {
-    users.set_disabled(id, true).await?;
-    end_sessions(sessions, id, None).await
+) -> Result<u64, ChangeError> {
+    disable_guarded(users, id).await?;
+    Ok(end_sessions(sessions, id, None).await?)
 }
 
-/// Ends a user's sessions, then deletes the user. If ending fails the user stays (the
-/// error is reported); once the user is gone, verification refuses any session left.
+/// Deletes a user and ends their sessions; refused for the last enabled admin (the user is
+/// disabled first, with the same guard as [`disable`], so two deletes racing cannot remove
+/// the last two admins). If ending the sessions fails the user stays, disabled (the error is
+/// reported); once the user is gone, verification refuses any session left.
 pub async fn delete(
     users: &dyn UserStore,
     sessions: &dyn SessionStore,
     id: UserId,
-) -> Result<u64, StoreError> {
+) -> Result<u64, ChangeError> {
+    disable_guarded(users, id).await?;
     let n = end_sessions(sessions, id, None).await?;
     users.delete_user(id).await?;
     Ok(n + end_sessions(sessions, id, None).await?)
+}
+
+/// Re-enables a user (audited like every account change).
+pub async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreError> {
+    users.set_disabled(id, false).await
 }
 
 /// Changes the caller's own password (SPEC §4 `POST /api/password`).

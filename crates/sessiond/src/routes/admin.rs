@@ -197,7 +197,7 @@ pub async fn create_user(
     };
     match state.users.create_user(&new).await {
         Ok(u) => {
-            tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, by = %me.user.username);
+            tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, admin = u.admin, by = %me.user.username);
             Ok(see_other("/admin?done=created"))
         }
         Err(StoreError::Conflict) => {
@@ -240,11 +240,19 @@ pub async fn user_action(
     let (users, sessions) = (state.users.as_ref(), state.sessions.store().as_ref());
     let done = match action.as_str() {
         "disable" => {
-            accounts::disable(users, sessions, user.id).await?;
+            match accounts::disable(users, sessions, user.id).await {
+                Ok(_) => {}
+                Err(e @ accounts::ChangeError::LastAdmin(_)) => {
+                    let msg = sentence(&e.to_string());
+                    return render(&state, &me, StatusCode::CONFLICT, None, Some(msg)).await;
+                }
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
             "disabled"
         }
         "enable" => {
-            users.set_disabled(user.id, false).await?;
+            accounts::enable(users, user.id).await?;
+            tracing::info!(target: "sessiond::audit", event = "admin_action", action = "enable", user = %user.username, by = %me.user.username);
             return Ok(see_other("/admin?done=enabled"));
         }
         "password" => {

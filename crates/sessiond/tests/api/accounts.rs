@@ -403,10 +403,14 @@ async fn admin_changes_fail_safe_when_sessions_cannot_end() {
     assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
     app.db.set_disabled(alice.id, false).await.unwrap();
 
-    // Delete: refused while the sessions cannot end; the user stays.
+    // Delete: refused while the sessions cannot end; the user stays, disabled (so the
+    // session left behind does not work either).
     let (attacker, _) = app.login("alice", PASSWORD).await;
     assert!(accounts::delete(users, sessions, alice.id).await.is_err());
-    assert!(app.db.user_by_id(alice.id).await.unwrap().is_some());
+    let left = app.db.user_by_id(alice.id).await.unwrap().unwrap();
+    assert!(left.disabled);
+    assert_eq!(app.whoami(&attacker).await, StatusCode::UNAUTHORIZED);
+    app.db.set_disabled(alice.id, false).await.unwrap();
 
     app.sessions
         .fail_delete_for_user
@@ -512,4 +516,81 @@ async fn a_login_over_a_revoked_session_starts_afresh() {
     assert_ne!(now[0].id, old.id);
     assert_eq!(app.whoami(&c).await, StatusCode::OK);
     let _ = &app.state;
+}
+
+/// The last enabled admin cannot disable itself from the admin page (`409`, still enabled,
+/// still logged in); with a second admin it can.
+#[tokio::test]
+async fn the_last_admin_cannot_disable_itself_on_the_admin_page() {
+    let app = crate::helpers::spawn_app().await;
+    app.add_user_with("boss", PASSWORD, true).await;
+    let admin = app.client();
+    app.form_login(&admin, "boss", PASSWORD).await;
+    let (_, _, csrf) = app.page(&admin, "/admin").await;
+    let res = admin
+        .post(app.url("/admin/users/boss/disable"))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+    assert!(res.text().await.unwrap().contains("last enabled admin"));
+    let boss = Username::parse("boss").unwrap();
+    let creds = app.state.users.user_by_name(&boss).await.unwrap().unwrap();
+    assert!(!creds.user.disabled);
+    assert_eq!(app.whoami(&admin).await.status(), StatusCode::OK);
+
+    // A disabled admin does not count: still the last enabled one.
+    let other = app.add_user_with("deputy", PASSWORD, true).await;
+    app.state.users.set_disabled(other.id, true).await.unwrap();
+    let res = admin
+        .post(app.url("/admin/users/boss/disable"))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+
+    app.state.users.set_disabled(other.id, false).await.unwrap();
+    let res = admin
+        .post(app.url("/admin/users/boss/disable"))
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let creds = app.state.users.user_by_name(&boss).await.unwrap().unwrap();
+    assert!(creds.user.disabled);
+}
+
+/// Two admins disabling each other at once never leave the server without an enabled admin.
+#[tokio::test]
+async fn racing_disables_keep_an_admin() {
+    let app = spawn_hooked("").await;
+    for round in 0..10 {
+        let a = app.add_user(&format!("a{round}"), true).await;
+        let b = app.add_user(&format!("b{round}"), true).await;
+        // Only these two are enabled admins.
+        for u in app.db.list_users().await.unwrap() {
+            if u.admin && u.id != a.id && u.id != b.id {
+                app.db.set_disabled(u.id, true).await.unwrap();
+            }
+        }
+        let (u1, s1) = (Arc::clone(&app.users), Arc::clone(&app.sessions));
+        let (u2, s2) = (Arc::clone(&app.users), Arc::clone(&app.sessions));
+        let t1 =
+            tokio::spawn(async move { accounts::disable(u1.as_ref(), s1.as_ref(), a.id).await });
+        let t2 =
+            tokio::spawn(async move { accounts::delete(u2.as_ref(), s2.as_ref(), b.id).await });
+        let (r1, r2) = (t1.await.unwrap(), t2.await.unwrap());
+        let enabled = app
+            .db
+            .list_users()
+            .await
+            .unwrap()
+            .iter()
+            .filter(|u| u.admin && !u.disabled)
+            .count();
+        assert!(enabled >= 1, "round {round}: {r1:?} {r2:?}");
+    }
 }
