@@ -60,6 +60,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).
 const BATCH: usize = 1000;
+/// Members of a user's session set one revoke-all script visits at most (issue 15 #16).
+pub const REVOKE_BATCH: usize = 500;
 
 /// Sessions in Redis. Cheap to clone.
 #[derive(Clone)]
@@ -445,16 +447,26 @@ impl Scripts {
                 return del(h)
                 "#,
             ),
-            // ARGV: tag, uid, keep id or ''.
+            // ARGV: tag, uid, keep id or '', batch size. One batch of the user's set: each
+            // member but the kept one is deleted (and taken off the set even when its session
+            // already expired by TTL, so every call shrinks the set). Returns {deleted,
+            // members visited other than the kept one}; the caller calls again until a call
+            // visits none, so no single script holds Redis for more than one batch.
             delete_for_user: with(
                 r#"
-                local n = 0
-                for _, h in ipairs(redis.call('ZRANGE', tag .. ':u:' .. ARGV[2], 0, -1)) do
+                local uk = tag .. ':u:' .. ARGV[2]
+                local n, visited = 0, 0
+                local batch = tonumber(ARGV[4])
+                for _, h in ipairs(redis.call('ZRANGE', uk, 0, batch)) do
                   if ARGV[3] == '' or redis.call('HGET', tag .. ':s:' .. h, 'id') ~= ARGV[3] then
-                    n = n + del(h)
+                    if visited < batch then
+                      n = n + del(h)
+                      redis.call('ZREM', uk, h)
+                      visited = visited + 1
+                    end
                   end
                 end
-                return n
+                return {n, visited}
                 "#,
             ),
             // ARGV: tag, now, limit. Counts every expired entry it clears (Redis may have
@@ -608,14 +620,25 @@ impl SessionStore for RedisStore {
         user: UserId,
         keep: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
-        let mut inv = self
-            .scripts
-            .delete_for_user
-            .key(self.key("u", &user.0.to_string()));
-        inv.arg(&*self.tag)
-            .arg(user.0)
-            .arg(keep.map(|k| k.as_str()).unwrap_or(""));
-        Ok(self.run::<i64>(inv).await?.max(0) as u64)
+        // In batches of `REVOKE_BATCH` members, one script each: "log out everywhere" of a
+        // user with many sessions must not block the shared Redis for long (issue 15 #16).
+        // Each call is atomic; sessions created between calls are new logins, not survivors.
+        let mut total = 0;
+        loop {
+            let mut inv = self
+                .scripts
+                .delete_for_user
+                .key(self.key("u", &user.0.to_string()));
+            inv.arg(&*self.tag)
+                .arg(user.0)
+                .arg(keep.map(|k| k.as_str()).unwrap_or(""))
+                .arg(REVOKE_BATCH);
+            let (n, visited): (i64, i64) = self.run(inv).await?;
+            total += n.max(0) as u64;
+            if visited == 0 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn delete_all(&self) -> Result<u64, StoreError> {
