@@ -385,6 +385,19 @@ const LIST_ALL: &str = concat!(
     session_columns!(),
     " FROM sessions ORDER BY created_at, id"
 );
+/// One page of a user's sessions in `(created_at, id)` order after a cursor (indexed).
+const LIST_PAGE_FOR_USER: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE user_id = $1 AND (created_at, id) > ($2, $3) \
+     ORDER BY created_at, id LIMIT $4"
+);
+/// One page of every session in `(created_at, id)` order after a cursor.
+const LIST_PAGE_ALL: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT $3"
+);
 const USER_BY_NAME: &str = concat!(
     "SELECT ",
     user_columns!(),
@@ -584,6 +597,49 @@ impl SessionStore for PostgresStore {
                 let sql = "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2";
                 let first = exec(&*c, sql, &[&user.0, &keep]).await?;
                 Ok(first + exec(&*c, sql, &[&user.0, &keep]).await?)
+            })
+        })
+        .await
+    }
+
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        let keep = i64::try_from(keep_newest).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            Box::pin(async move {
+                exec(
+                    &*c,
+                    "DELETE FROM sessions WHERE user_id = $1 AND token_hash NOT IN \
+                     (SELECT token_hash FROM sessions WHERE user_id = $1 \
+                      ORDER BY created_at DESC, id DESC LIMIT $2)",
+                    &[&user.0, &keep],
+                )
+                .await
+            })
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        user: Option<UserId>,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (t, id) = after.map_or((i64::MIN, String::new()), |(t, id)| {
+            (t.as_millis(), id.as_str().to_owned())
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            Box::pin(async move {
+                let rows = match user {
+                    Some(u) => query(&*c, LIST_PAGE_FOR_USER, &[&u.0, &t, &id, &limit]).await?,
+                    None => query(&*c, LIST_PAGE_ALL, &[&t, &id, &limit]).await?,
+                };
+                sessions_from_rows(&rows)
             })
         })
         .await

@@ -331,6 +331,58 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        let keep = i64::try_from(keep_newest).unwrap_or(i64::MAX);
+        self.write(move |c| {
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM sessions WHERE user_id = ?1 AND token_hash NOT IN \
+                     (SELECT token_hash FROM sessions WHERE user_id = ?1 \
+                      ORDER BY created_at DESC, id DESC LIMIT ?2)",
+                )?
+                .execute(params![user.0, keep])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn list_page(
+        &self,
+        user: Option<UserId>,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (t, id) = after.map_or((i64::MIN, String::new()), |(t, id)| {
+            (t.as_millis(), id.as_str().to_owned())
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Two statements rather than `?1 IS NULL OR …`, so the per-user one uses the
+        // (user_id, created_at) index: a page costs its size, not the user's whole list.
+        self.read(|c| match user {
+            Some(u) => collect_sessions(
+                c,
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions \
+                     WHERE user_id = ?1 AND (created_at, id) > (?2, ?3) \
+                     ORDER BY created_at, id LIMIT ?4"
+                ),
+                params![u.0, t, id, limit],
+            ),
+            None => collect_sessions(
+                c,
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE (created_at, id) > (?1, ?2) \
+                     ORDER BY created_at, id LIMIT ?3"
+                ),
+                params![t, id, limit],
+            ),
+        })
+    }
+
     async fn delete_all(&self) -> Result<u64, StoreError> {
         self.write(|c| Ok(c.execute("DELETE FROM sessions", [])? as u64))
             .await

@@ -594,3 +594,185 @@ async fn racing_disables_keep_an_admin() {
         assert!(enabled >= 1, "round {round}: {r1:?} {r2:?}");
     }
 }
+
+/// #16: with `max_per_user = N`, N + 3 logins leave N sessions: the newest, the three
+/// oldest ended (their clients logged out).
+#[tokio::test]
+async fn sessions_per_user_are_capped_oldest_first() {
+    const N: usize = 4;
+    let app = crate::helpers::spawn_app_full(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &format!("[session]\nmax_per_user = {N}"),
+        Overrides::default(),
+    )
+    .await;
+    let alice = app.add_user("alice").await;
+    let bob = app.add_user("bob").await;
+    let bobs = app.client();
+    assert_eq!(
+        app.api_login(&bobs, "bob", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let mut clients = Vec::new();
+    for _ in 0..N + 3 {
+        let c = app.client();
+        assert_eq!(
+            app.api_login(&c, "alice", PASSWORD).await.status(),
+            StatusCode::OK
+        );
+        clients.push(c);
+        // Distinct creation times, so "oldest" is unambiguous.
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    let store = app.state.sessions.store();
+    assert_eq!(store.list_for_user(alice.id).await.unwrap().len(), N);
+    for (i, c) in clients.iter().enumerate() {
+        let want = if i < 3 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(app.whoami(c).await.status(), want, "client {i}");
+    }
+    // Other users are untouched.
+    assert_eq!(store.list_for_user(bob.id).await.unwrap().len(), 1);
+    assert_eq!(app.whoami(&bobs).await.status(), StatusCode::OK);
+}
+
+/// The cap holds under a parallel burst of logins too (at most N remain once they are done).
+#[tokio::test]
+async fn the_cap_holds_under_parallel_logins() {
+    const N: usize = 3;
+    let app = crate::helpers::spawn_app_full(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &format!("[session]\nmax_per_user = {N}"),
+        Overrides::default(),
+    )
+    .await;
+    let alice = app.add_user("alice").await;
+    let app = Arc::new(app);
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                let c = app.client();
+                app.api_login(&c, "alice", PASSWORD).await.status()
+            })
+        })
+        .collect();
+    for t in tasks {
+        let s = t.await.unwrap();
+        assert!(
+            s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE,
+            "{s}"
+        );
+    }
+    let n = app
+        .state
+        .sessions
+        .store()
+        .list_for_user(alice.id)
+        .await
+        .unwrap()
+        .len();
+    assert!(n <= N, "{n} sessions");
+}
+
+/// #16: `/api/sessions` is paginated: every session exactly once across the pages, in
+/// order, `next` null on the last; bad `limit`/`after` are `400` with the JSON error body.
+#[tokio::test]
+async fn session_lists_are_paginated() {
+    let app = crate::helpers::spawn_app().await;
+    let alice = app.add_user("alice").await;
+    let me = app.client();
+    assert_eq!(
+        app.api_login(&me, "alice", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    // Sessions made straight in the store (no password hashing: quick).
+    let store = app.state.sessions.store();
+    for i in 0..22 {
+        let (_, mut rec) = sessiond_store_tests::sessions::session_at(
+            alice.id.0,
+            Timestamp::from_millis(server::now().as_millis() - 1_000 + i),
+        );
+        rec.user_id = alice.id;
+        store.create(&rec).await.unwrap();
+    }
+    let all = store.list_for_user(alice.id).await.unwrap();
+    assert_eq!(all.len(), 23);
+
+    for limit in [1usize, 5, 23, 100] {
+        let mut seen = Vec::new();
+        let mut url = app.url(&format!("/api/sessions?limit={limit}"));
+        loop {
+            let res = me.get(&url).send().await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+            let body = json(res).await;
+            let page = body["sessions"].as_array().unwrap();
+            assert!(page.len() <= limit);
+            seen.extend(page.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+            match body["next"].as_str() {
+                Some(next) => url = app.url(&format!("/api/sessions?limit={limit}&after={next}")),
+                None => break,
+            }
+        }
+        let want: Vec<String> = all.iter().map(|s| s.id.to_string()).collect();
+        assert_eq!(seen, want, "limit {limit}");
+    }
+    // Without parameters: the first page of DEFAULT_PAGE, so all 23 here.
+    let body = json(me.get(app.url("/api/sessions")).send().await.unwrap()).await;
+    assert_eq!(body["sessions"].as_array().unwrap().len(), 23);
+    assert!(body["next"].is_null());
+    for bad in [
+        "limit=0",
+        "limit=100000",
+        "limit=x",
+        "after=nonsense",
+        "after=1.x",
+    ] {
+        let res = me
+            .get(app.url(&format!("/api/sessions?{bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(json(res).await["code"], "bad_request", "{bad}");
+    }
+}
+
+/// #16: the account page and the admin page show one page of sessions with a link to the
+/// next.
+#[tokio::test]
+async fn session_pages_are_paginated() {
+    let app = crate::helpers::spawn_app().await;
+    let boss = app.add_user_with("boss", PASSWORD, true).await;
+    let me = app.client();
+    app.form_login(&me, "boss", PASSWORD).await;
+    let store = app.state.sessions.store();
+    for i in 0..150 {
+        let (_, mut rec) = sessiond_store_tests::sessions::session_at(
+            boss.id.0,
+            Timestamp::from_millis(server::now().as_millis() - 10_000 + i),
+        );
+        rec.user_id = boss.id;
+        store.create(&rec).await.unwrap();
+    }
+    for (path, table) in [("/", "id=\"sessions\""), ("/admin", "id=\"all-sessions\"")] {
+        let (status, html, _) = app.page(&me, path).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        let t = &html[html.find(table).unwrap()..];
+        let t = &t[..t.find("</table>").unwrap()];
+        let rows = t.matches("<tr").count() - 1; // minus the header row
+        assert_eq!(rows, 100, "{path}: {rows} rows");
+        let i = html.find("id=\"next-sessions\"").expect("a next link");
+        let href = html[..i].rsplit("href=\"").next().unwrap();
+        let href = href.split('"').next().unwrap().replace("&amp;", "&");
+        let (status, html2, _) = app.page(&me, &href).await;
+        assert_eq!(status, StatusCode::OK, "{href}");
+        assert!(
+            !html2.contains("id=\"next-sessions\""),
+            "{href}: one more page only"
+        );
+    }
+}
