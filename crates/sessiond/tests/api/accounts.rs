@@ -776,3 +776,67 @@ async fn session_pages_are_paginated() {
         );
     }
 }
+
+/// #16: each cookie-less login used to register another year-long device key. An account
+/// gets at most `MAX_NEW_DEVICES` new registrations a day; later logins still succeed,
+/// without a new device cookie; a known device keeps working.
+#[tokio::test]
+async fn device_registrations_per_account_are_bounded() {
+    use sessiond::throttle::MAX_NEW_DEVICES;
+    let app = crate::helpers::spawn_app().await;
+    app.add_user("alice").await;
+    let bare = app.bare_client();
+    let login = |cookie: Option<String>| {
+        let mut req = bare
+            .post(app.url("/api/login"))
+            .json(&serde_json::json!({ "username": "alice", "password": PASSWORD }));
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        req.send()
+    };
+    let device_of = |res: &reqwest::Response| {
+        crate::helpers::set_cookies(res.headers())
+            .into_iter()
+            .find(|c| c.starts_with("__Host-sessiond_device="))
+            .map(|c| c.split(';').next().unwrap().to_owned())
+    };
+    let mut first = None;
+    for i in 0..MAX_NEW_DEVICES + 3 {
+        let res = login(None).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "login {i}");
+        let device = device_of(&res);
+        assert_eq!(device.is_some(), i < MAX_NEW_DEVICES, "login {i}");
+        first = first.or(device);
+    }
+    let now = app.state.sessions.now();
+    let registrations = app
+        .state
+        .sessions
+        .store()
+        .throttle_list(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("dv:") && k.ends_with("|alice"))
+        .count() as u64;
+    assert_eq!(registrations, MAX_NEW_DEVICES);
+    // Junk cookies count against the bound too (no registration for them now).
+    let junk = format!("__Host-sessiond_device={}", "B".repeat(43));
+    let res = login(Some(junk)).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // A device registered before still logs in and stays registered.
+    let res = login(first.clone()).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let after = app
+        .state
+        .sessions
+        .store()
+        .throttle_list(now)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("dv:") && k.ends_with("|alice"))
+        .count() as u64;
+    assert_eq!(after, MAX_NEW_DEVICES);
+}
