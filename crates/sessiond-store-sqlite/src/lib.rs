@@ -774,6 +774,38 @@ mod tests {
         assert_eq!(rows, MIGRATIONS.len() as i64);
     }
 
+    /// A change of a user's admin flag or groups made straight in the database (another
+    /// process, no sessiond code) moves the generation, so verification caches reload the
+    /// user (issue 15).
+    #[tokio::test]
+    async fn direct_changes_of_admin_or_groups_move_the_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let u = store
+            .create_user(&sessiond_store_tests::users::new_user("gina"))
+            .await
+            .unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        for sql in [
+            "UPDATE users SET admin = 1 WHERE id = ?1",
+            "UPDATE users SET groups = '[\"ops\"]' WHERE id = ?1",
+        ] {
+            let before = store.generation().await.unwrap();
+            raw.execute(sql, [u.id.0]).unwrap();
+            assert_ne!(store.generation().await.unwrap(), before, "{sql}");
+        }
+        // Unrelated columns leave it alone (no needless cache flushes).
+        let before = store.generation().await.unwrap();
+        raw.execute(
+            "UPDATE users SET email = 'g@example.com' WHERE id = ?1",
+            [u.id.0],
+        )
+        .unwrap();
+        assert_eq!(store.generation().await.unwrap(), before);
+    }
+
     #[test]
     fn concurrent_opens_of_a_fresh_file_migrate_once() {
         let dir = tempfile::tempdir().unwrap();

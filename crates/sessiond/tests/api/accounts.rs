@@ -840,3 +840,59 @@ async fn device_registrations_per_account_are_bounded() {
         .count() as u64;
     assert_eq!(after, MAX_NEW_DEVICES);
 }
+
+/// A change of groups or the admin flag made straight in the database (the `sqlite3` shell,
+/// another process) reaches a running server within SPEC §5's 100 ms, like a CLI change:
+/// the store's generation moves with it (issue 15).
+#[tokio::test]
+async fn direct_database_changes_of_groups_and_admin_are_seen() {
+    let app = crate::helpers::spawn_app().await;
+    app.add_user("gus").await;
+    let c = app.client();
+    assert_eq!(
+        app.api_login(&c, "gus", PASSWORD).await.status(),
+        StatusCode::OK
+    );
+    let groups = |v: serde_json::Value| v["user"]["groups"].clone();
+    assert_eq!(
+        groups(json(app.whoami(&c).await).await),
+        serde_json::json!(["dev"])
+    );
+    // Warm the verification cache.
+    for _ in 0..3 {
+        app.whoami(&c).await;
+    }
+    let sql = |stmt: &str| {
+        let out = std::process::Command::new("sqlite3")
+            .args(["-cmd", ".timeout 5000"])
+            .arg(app.db_path())
+            .arg(stmt)
+            .output()
+            .expect("sqlite3 runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    sql("UPDATE users SET groups = '[\"ops\"]' WHERE username_key = 'gus';");
+    let start = std::time::Instant::now();
+    loop {
+        let body = json(app.whoami(&c).await).await;
+        if groups(body.clone()) == serde_json::json!(["ops"]) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_millis(100), "still {body}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sql("UPDATE users SET admin = 1 WHERE username_key = 'gus';");
+    let start = std::time::Instant::now();
+    loop {
+        let body = json(app.whoami(&c).await).await;
+        if body["user"]["admin"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_millis(100), "still {body}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
