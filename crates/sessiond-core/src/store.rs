@@ -122,8 +122,9 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// A number that changes, atomically with the change, whenever a session ends before its
-    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag or
-    /// existence changes, whoever made the change (this process, another instance, the CLI).
+    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag, admin
+    /// flag, groups or existence changes, whoever made the change (this process, another
+    /// instance, the CLI, a hand-made change in the database).
     /// Verification caches watch it to stay coherent across processes. It may also change
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.

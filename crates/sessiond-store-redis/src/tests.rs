@@ -395,3 +395,79 @@ async fn revoke_all_of_many_sessions_runs_in_bounded_batches() {
         1
     );
 }
+
+/// The measurement behind `REVOKE_BATCH` (run by hand: `cargo test -p sessiond-store-redis
+/// --release -- --ignored --nocapture measure_revoke_all`): "log out everywhere" of one user
+/// with 50,000 sessions, on a redis-server of its own; prints the script calls and the
+/// longest time one of them held Redis (SLOWLOG, every command logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_revoke_all_of_50k() {
+    if !redis_server_available() {
+        return;
+    }
+    let port = spare_port();
+    let _server = Server::start(port, &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let total = 50_000;
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (w..total).step_by(8) {
+                    let (_, rec) = sessiond_store_tests::sessions::session_at(
+                        9,
+                        sessiond_core::Timestamp::from_millis(
+                            sessiond_store_tests::sessions::T0.as_millis() + i as i64,
+                        ),
+                    );
+                    store.create(&rec).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    store
+        .delete_for_user(sessiond_core::UserId(8), None)
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["config", "set", "slowlog-log-slower-than", "0"]);
+    cli(&["config", "set", "slowlog-max-len", "100000"]);
+    cli(&["slowlog", "reset"]);
+    cli(&["config", "resetstat"]);
+    let start = Instant::now();
+    let n = store
+        .delete_for_user(sessiond_core::UserId(9), None)
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(n, total as u64);
+    // `SLOWLOG GET` entries: id, timestamp, microseconds, args…; the durations of EVALSHA.
+    let log = cli(&["slowlog", "get", "100000"]);
+    let lines: Vec<&str> = log.lines().collect();
+    let mut longest = 0u64;
+    for (i, l) in lines.iter().enumerate() {
+        if l.eq_ignore_ascii_case("evalsha") && i >= 3 {
+            longest = longest.max(lines[i - 1].trim().parse::<u64>().unwrap_or(0));
+        }
+    }
+    eprintln!(
+        "revoke-all of {total} sessions: {n} ended in {took:?}, {} script calls, longest {longest} µs",
+        script_calls(port)
+    );
+}
