@@ -641,6 +641,29 @@ impl SessionStore for RedisStore {
         }
     }
 
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        // Every login asks; almost always nobody is over the cap: one ZCARD, no records read.
+        // The set may still hold members that expired by TTL, so over the cap by its count,
+        // the records decide (the default: list, then delete the oldest live ones).
+        let held: usize = self
+            .query(redis::cmd("ZCARD").arg(self.key("u", &user.0.to_string())))
+            .await?;
+        if held <= keep_newest {
+            return Ok(0);
+        }
+        let all = self.list_for_user(user).await?;
+        let excess = all.len().saturating_sub(keep_newest);
+        let mut n = 0;
+        for s in all.iter().take(excess) {
+            n += u64::from(self.delete_by_id(&s.id, Some(user)).await?);
+        }
+        Ok(n)
+    }
+
     async fn delete_all(&self) -> Result<u64, StoreError> {
         // Batches by deadline, each one script: Redis stays responsive meanwhile.
         let mut total = 0;
