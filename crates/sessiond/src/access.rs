@@ -182,7 +182,6 @@ impl AccessRules {
             },
         }
     }
-
 }
 
 /// Whole-segment prefix match; ASCII letters in any case when `any_case`.
@@ -274,7 +273,10 @@ pub fn canonical_path(uri: &str) -> Result<String, NotCanonical> {
         decoded.push(b);
     }
     let path = String::from_utf8(decoded).map_err(|_| NotCanonical::NotUtf8)?;
-    if path.chars().any(|c| !c.is_ascii() && (c.is_control() || c.is_whitespace() || LOOK_ALIKES.contains(&c))) {
+    if path
+        .chars()
+        .any(|c| !c.is_ascii() && (c.is_control() || c.is_whitespace() || LOOK_ALIKES.contains(&c)))
+    {
         return Err(NotCanonical::LookAlike);
     }
     let segments = path[1..].split('/');
@@ -297,7 +299,8 @@ pub fn canonical_path(uri: &str) -> Result<String, NotCanonical> {
 /// Characters that Unicode compatibility normalisation (NFKC, applied by some frameworks
 /// and file systems) turns into `/`, `\`, `.`, `;` or `%`, or into several dots.
 const LOOK_ALIKES: &[char] = &[
-    '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}', '\u{FF0E}', // . .. ... small and wide full stops
+    '\u{2024}', '\u{2025}', '\u{2026}', '\u{FE52}',
+    '\u{FF0E}', // . .. ... small and wide full stops
     '\u{2044}', '\u{2215}', '\u{FF0F}', // fraction slash, division slash, wide solidus
     '\u{2216}', '\u{29F5}', '\u{29F9}', '\u{FE68}', '\u{FF3C}', // backslash look-alikes
     '\u{037E}', '\u{FE54}', '\u{FF1B}', // Greek question mark, small and wide semicolons
@@ -322,6 +325,12 @@ impl fmt::Display for Policy {
         })
     }
 }
+
+/// The lenient back end of the differential test (`tests/api/paths.rs`), shared with the
+/// property test below.
+#[cfg(test)]
+#[path = "../tests/api/lenient.rs"]
+mod lenient;
 
 #[cfg(test)]
 mod tests {
@@ -493,6 +502,68 @@ mod tests {
         ] {
             let e = rules(src).unwrap_err();
             assert!(e.contains(needle), "{src:?}: {e}");
+        }
+    }
+
+    use super::lenient;
+
+    /// Whether a person in `groups` (`None`: anonymous) gets through a decision.
+    fn lets_through(d: Decision<'_>, groups: Option<&[&str]>) -> bool {
+        match (d.policy, groups) {
+            (Policy::Bypass, _) => true,
+            (Policy::Deny, _) | (Policy::Authenticated, None) => false,
+            (Policy::Authenticated, Some(mine)) => {
+                d.groups.is_empty() || d.groups.iter().any(|g| mine.contains(&g.as_str()))
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// Whatever path a proxy forwards, if it is decided on at all, nobody gets through
+        /// who would not also get through for the path that the most lenient back end
+        /// serves for it.
+        #[test]
+        fn a_decided_path_is_never_more_permissive_than_the_path_served(
+            tokens in proptest::collection::vec(proptest::sample::select(vec![
+                "/", "/", "/", "public", "Public", "deny", "DENY", "ops", "Ops", "docs", "x",
+                "a.b", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", ";", ";x", "%3b",
+                "%00", "%20", " ", "%252e", "%252f", "%c0%ae", "%EF%BC%8E", "%EF%BC%8F", "?",
+                "#", "%3f", "%23", "%41", "%64eny", "~", "%", "%zz",
+            ]), 1..12),
+        ) {
+            let r = rules(
+                r#"
+                [[access.rules]]
+                path_prefix = "/public"
+                policy = "bypass"
+                [[access.rules]]
+                path_prefix = "/deny"
+                policy = "deny"
+                [[access.rules]]
+                path_prefix = "/ops"
+                policy = "authenticated"
+                groups = ["ops"]
+                [[access.rules]]
+                path_prefix = "/docs/"
+                policy = "bypass"
+            "#,
+            )
+            .unwrap();
+            let uri = format!("/{}", tokens.concat());
+            if let Ok(path) = canonical_path(&uri) {
+                let decided = r.decide("app.example.com", &path);
+                let served = lenient::lenient_path(&uri);
+                let as_served = r.decide("app.example.com", &served);
+                for who in [None, Some(&["dev"][..]), Some(&["ops"][..])] {
+                    proptest::prop_assert!(
+                        !lets_through(decided, who) || lets_through(as_served, who),
+                        "{:?} as {:?}: {:?} for {:?}, but {:?} for the {:?} served",
+                        uri, who, decided, path, as_served, served
+                    );
+                }
+            }
         }
     }
 }

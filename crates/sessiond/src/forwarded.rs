@@ -294,8 +294,8 @@ pub struct Resolved {
 /// sent it (decoded, never cleaned up: the URL parser's reading of `..` or `%2e` is one of
 /// several), and only when it is canonical; any other is refused, whatever the rules.
 pub fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolved, TargetError> {
-    let path = canonical_path(parts.uri)?;
     let url = parts.url()?;
+    let path = canonical_path(parts.uri)?;
     let host = url.host_str().unwrap_or("").to_ascii_lowercase();
     let ours = config.host_is_ours(&host);
     let rule = if ours {
@@ -454,7 +454,10 @@ mod tests {
             ("x-forwarded-method", "post"),
         ]))
         .unwrap();
-        assert_eq!(url.as_str(), "https://app.example.com:8443/%61dmin/x?q=/../1");
+        assert_eq!(
+            url.as_str(),
+            "https://app.example.com:8443/%61dmin/x?q=/../1"
+        );
         assert_eq!(path, "/admin/x");
         assert_eq!(method, Some(Method::POST));
         // Paths that back ends read in more than one way are refused, never cleaned up.
