@@ -26,6 +26,10 @@ use crate::helpers::session_cookie;
 const USERS: usize = 4;
 /// Kills of the server per store.
 const KILLS: usize = 5;
+/// Whether a password change cut off after its new hash was stored must also have ended the
+/// user's other sessions (issue 15 #12, fixed in another slice; on `main` a kill between the
+/// two writes leaves them valid, seen here on SQLite). Until then it is counted and printed.
+const PASSWORD_CHANGE_IS_ATOMIC: bool = false;
 
 /// A `sessiond serve` child process.
 struct Server {
@@ -35,15 +39,20 @@ struct Server {
 }
 
 impl Server {
-    /// Starts the binary on `database` and waits until it answers `/readyz`.
-    async fn start(database: &str, dir: &Path, n: usize) -> Server {
+    /// Starts the binary on the stores `stores` name (`--database URL`, and
+    /// `--session-store URL`) and waits until it answers `/readyz`.
+    async fn start(stores: &[String], dir: &Path, n: usize) -> Server {
         let client = reqwest::Client::new();
         for _attempt in 0..5 {
             let port = spare_port();
             let log = dir.join(format!("server-{n}.log"));
             let child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
                 .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-                .args(["--database", database])
+                .args(stores)
+                // The stores are under test, not where hashes run: the worker process (the
+                // default when a store server is on this host) runs at nice 19 in a group of
+                // its own and crawled at ~1 login/s while other work loaded this machine.
+                .args(["--hash-worker", "threads"])
                 .env("SESSIOND_ADMIN_PASSWORD", "crash test admin password")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
@@ -71,7 +80,7 @@ impl Server {
             eprintln!("sessiond did not become ready; its log:\n{log}");
             server.kill();
         }
-        panic!("sessiond would not start on {database}");
+        panic!("sessiond would not start on {stores:?}");
     }
 
     fn url(&self, path: &str) -> String {
@@ -116,6 +125,11 @@ struct Account {
     changes: usize,
     /// Cut-off password changes found landed / not landed after the restart.
     doubts: [usize; 2],
+    /// The other sessions when a password change was cut off: if the new password landed,
+    /// they should be gone too (issue 15 #12, another slice; counted here, not asserted).
+    orphans: Vec<Sess>,
+    /// Of those, still valid after a change that landed.
+    outlived: usize,
 }
 
 /// Acknowledged operations of one load round, by kind.
@@ -313,7 +327,7 @@ async fn drive(base: String, mut a: Account, progress: Arc<AtomicUsize>) -> (Acc
                         // `overloaded` is refused before any work; `store_unavailable` may
                         // come part-way: treat both as cut off.
                         a.in_doubt = Some(new);
-                        a.live.clear();
+                        a.orphans = a.live.drain(..).filter(|s| s.id != by.id).collect();
                         a.changes += 1;
                         acked.cut += 1;
                         return (a, acked);
@@ -323,7 +337,7 @@ async fn drive(base: String, mut a: Account, progress: Arc<AtomicUsize>) -> (Acc
                         // The password is the old or the new one; any session of the user
                         // may have ended.
                         a.in_doubt = Some(new);
-                        a.live.clear();
+                        a.orphans = a.live.drain(..).filter(|s| s.id != by.id).collect();
                         a.changes += 1;
                         acked.cut += 1;
                         return (a, acked);
@@ -362,7 +376,8 @@ async fn check(server: &Server, a: &mut Account, bad: &mut Vec<String>) {
     let c = client();
     let base = server.base.clone();
     if let Some(new) = a.in_doubt.take() {
-        // Exactly one of the two holds: the change landed whole, or not at all.
+        let orphans = std::mem::take(&mut a.orphans);
+        // Exactly one of the two passwords works: the new hash was stored, or it was not.
         let old = a.password.clone();
         let s_new = login_status(&c, &base, a, &new).await;
         let s_old = login_status(&c, &base, a, &old).await;
@@ -371,6 +386,28 @@ async fn check(server: &Server, a: &mut Account, bad: &mut Vec<String>) {
                 a.old_passwords
                     .push(std::mem::replace(&mut a.password, new));
                 a.doubts[0] += 1;
+                for o in orphans {
+                    let res = c
+                        .get(format!("{base}/api/session"))
+                        .header("cookie", cookie(&o))
+                        .send()
+                        .await
+                        .expect("server is up");
+                    if res.status() == StatusCode::OK {
+                        if PASSWORD_CHANGE_IS_ATOMIC {
+                            bad.push(format!(
+                                "{}: session {} outlived a password change that landed",
+                                a.name, o.id
+                            ));
+                        }
+                        eprintln!(
+                            "NOTE {}: session {} outlived a password change the kill cut off \
+                             after the new password was stored (issue 15 #12)",
+                            a.name, o.id
+                        );
+                        a.outlived += 1;
+                    }
+                }
             }
             (StatusCode::UNAUTHORIZED, StatusCode::OK) => a.doubts[1] += 1,
             other => bad.push(format!(
@@ -419,7 +456,7 @@ async fn check(server: &Server, a: &mut Account, bad: &mut Vec<String>) {
 }
 
 /// Runs the load, kills the server `KILLS` times mid-load, and checks after every restart.
-async fn kill_during_writes(label: &str, database: &str, users: Arc<dyn UserStore>) {
+async fn kill_during_writes(label: &str, stores: &[String], users: Arc<dyn UserStore>) {
     let dir = tempfile::tempdir().unwrap();
     let mut accounts = Vec::new();
     for i in 0..USERS {
@@ -448,13 +485,15 @@ async fn kill_during_writes(label: &str, database: &str, users: Arc<dyn UserStor
             ended: Vec::new(),
             changes: 0,
             doubts: [0, 0],
+            orphans: Vec::new(),
+            outlived: 0,
         });
     }
     drop(users);
     let started = Instant::now();
     let mut total = Acked::default();
     for round in 0..KILLS {
-        let mut server = Server::start(database, dir.path(), round).await;
+        let mut server = Server::start(stores, dir.path(), round).await;
         let progress = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = accounts
             .drain(..)
@@ -465,10 +504,12 @@ async fn kill_during_writes(label: &str, database: &str, users: Arc<dyn UserStor
         // request in flight.
         let target = 16 + usize::from(rand_byte() % 48);
         let load = Instant::now();
-        while progress.load(Ordering::SeqCst) < target {
+        // A worker that ended before the kill failed: its panic shows at the join below.
+        while progress.load(Ordering::SeqCst) < target && !workers.iter().any(|w| w.is_finished()) {
             assert!(
                 load.elapsed() < Duration::from_secs(30),
-                "{label}: the load made no progress"
+                "{label}: the load made no progress; the server's log:\n{}",
+                std::fs::read_to_string(&server.log).unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -482,7 +523,7 @@ async fn kill_during_writes(label: &str, database: &str, users: Arc<dyn UserStor
         }
         eprintln!("{label}: round {round}: killed after {wait:?}; acknowledged {acked:?}");
         total.add(acked);
-        let server = Server::start(database, dir.path(), 100 + round).await;
+        let server = Server::start(stores, dir.path(), 100 + round).await;
         let mut bad = Vec::new();
         for a in &mut accounts {
             check(&server, a, &mut bad).await;
@@ -500,11 +541,12 @@ async fn kill_during_writes(label: &str, database: &str, users: Arc<dyn UserStor
         .fold([0, 0], |d, a| [d[0] + a.doubts[0], d[1] + a.doubts[1]]);
     eprintln!(
         "{label}: {KILLS} kills in {:?}: {total:?}; {} sessions asserted ended; cut-off \
-         password changes: {} landed, {} not",
+         password changes: {} landed, {} not; sessions that outlived a landed one: {}",
         started.elapsed(),
         accounts.iter().map(|a| a.ended.len()).sum::<usize>(),
         doubts[0],
         doubts[1],
+        accounts.iter().map(|a| a.outlived).sum::<usize>(),
     );
     // The load did exercise every kind of change.
     assert!(
@@ -524,7 +566,7 @@ async fn kill_9_during_writes_loses_nothing_acknowledged_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("sessiond.db").display());
     let store = sessiond_store_sqlite::SqliteStore::open_url(&db).unwrap();
-    kill_during_writes("sqlite", &db, Arc::new(store)).await;
+    kill_during_writes("sqlite", &["--database".into(), db], Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,5 +580,27 @@ async fn kill_9_during_writes_loses_nothing_acknowledged_on_postgres() {
         return;
     };
     let db = format!("{url}?application_name={schema}&options=-c%20search_path%3D{schema}");
-    kill_during_writes("postgres", &db, Arc::new(store)).await;
+    kill_during_writes("postgres", &["--database".into(), db], Arc::new(store)).await;
+}
+
+/// Sessions and throttling in Redis (users in SQLite): killing `sessiond` must not lose what
+/// Redis acknowledged either (what Redis itself keeps through its own crash is its
+/// persistence's business: docs/deployment.md, "Durability").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_writes_loses_nothing_acknowledged_on_sqlite_with_redis() {
+    let redis = std::env::var("SESSIOND_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into());
+    let probe = match sessiond_store_redis::RedisStore::connect(&redis).await {
+        Ok(s) => sessiond_core::SessionStore::ping(&s).await,
+        Err(e) => Err(e),
+    };
+    if sessiond_store_tests::service_or_skip("Redis", probe).is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("sessiond.db").display());
+    let store = sessiond_store_sqlite::SqliteStore::open_url(&db).unwrap();
+    let sessions = format!("{redis}?prefix={}", fresh_prefix());
+    let args = ["--database".into(), db, "--session-store".into(), sessions];
+    kill_during_writes("sqlite+redis", &args, Arc::new(store)).await;
 }
