@@ -4,6 +4,7 @@
 mod authz;
 mod cli;
 mod cookies;
+mod crash;
 mod hashing;
 mod helpers;
 mod hostile;
