@@ -28,9 +28,9 @@ const USERS: usize = 4;
 /// Kills of the server per store.
 const KILLS: usize = 5;
 /// Whether a password change cut off after its new hash was stored must also have ended the
-/// user's other sessions (issue 15 #12, fixed in another slice; on `main` a kill between the
-/// two writes leaves them valid, seen here on SQLite). Until then it is counted and printed.
-const PASSWORD_CHANGE_IS_ATOMIC: bool = false;
+/// user's other sessions (issue 15 #12: on the old code a kill between the two writes left
+/// them valid; a change now ends the other sessions *before* it writes the hash).
+const PASSWORD_CHANGE_IS_ATOMIC: bool = true;
 
 /// A `sessiond serve` child process.
 struct Server {
