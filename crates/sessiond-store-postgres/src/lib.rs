@@ -894,7 +894,7 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
     Ok(UserCredentials {
         user: User {
             id: UserId(col(r, 0)?),
-            username: Username::parse(username)
+            username: Username::from_stored(username)
                 .map_err(|e| StoreError::Corrupt(format!("username {username:?}: {e}")))?,
             name: col(r, 2)?,
             email: col(r, 3)?,

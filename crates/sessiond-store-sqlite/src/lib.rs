@@ -621,7 +621,7 @@ fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserCredentials> {
     Ok(UserCredentials {
         user: User {
             id: UserId(r.get(0)?),
-            username: Username::parse(&username).map_err(|e| conv(Box::new(e)))?,
+            username: Username::from_stored(&username).map_err(|e| conv(Box::new(e)))?,
             name: r.get(2)?,
             email: r.get(3)?,
             groups: serde_json::from_str(&groups).map_err(|e| conv(Box::new(e)))?,
@@ -824,6 +824,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.generation().await.unwrap(), before);
+    }
+
+    /// A user named `..` stored before `Username::parse` refused it still lists and loads.
+    #[tokio::test]
+    async fn names_refused_later_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.db");
+        let store = SqliteStore::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .execute(
+                "INSERT INTO users (username, username_key, created_at, password_hash) \
+                 VALUES ('..', '..', 0, 'x')",
+                [],
+            )
+            .unwrap();
+        let users = store.list_users().await.unwrap();
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0].username.as_str(), "..");
+        assert!(store.user_by_id(users[0].id).await.unwrap().is_some());
     }
 
     #[test]
