@@ -282,8 +282,10 @@ pub async fn user_action(
             match accounts::disable(users, sessions, user.id).await {
                 Ok(_) => {}
                 Err(e @ accounts::ChangeError::LastAdmin(_)) => {
+                    // The page again with the reason; the status comes from `ApiError`.
+                    let e = ApiError::from(e);
                     let msg = sentence(&e.to_string());
-                    return render(&state, &me, StatusCode::CONFLICT, None, Some(msg)).await;
+                    return render(&state, &me, e.status(), None, Some(msg)).await;
                 }
                 Err(e) => return Err(ApiError::from(e).into()),
             }
