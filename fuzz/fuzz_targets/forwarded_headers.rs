@@ -1,7 +1,7 @@
 //! What a reverse proxy tells us, through the production entry point: arbitrary
 //! `X-Forwarded-*` / `X-Original-*` values from an arbitrary peer, as a request to
 //! `/api/authz/forward-auth` and to `/api/authz/auth-request` on the real router
-//! (`sessiond::routes::router` on an `AppState` from `server::build_state_with_clock`, SQLite in
+//! (`sessiond::routes::app`, the routes inside every layer, on an `AppState` from `server::build_state_with_clock`, SQLite in
 //! a temporary directory), anonymously or with the session of `bob` (groups: dev) or `olga`
 //! (groups: ops); and `sessiond::forwarded::client_ip` on the same headers.
 //!
@@ -102,7 +102,8 @@ static APP: LazyLock<App> = LazyLock::new(|| {
     let state = rt
         .block_on(server::build_state_with_clock(config.clone(), server::now))
         .expect("app state");
-    let router = sessiond::routes::router(state.clone());
+    // The production entry point: the routes inside every layer a request passes.
+    let router = Router::new().fallback_service(sessiond::routes::app(state.clone()));
     let cookies = ["bob", "olga"].map(|name| {
         let phc = hash_blocking(&Password::new(PASSWORD.into()).unwrap()).expect("hash");
         rt.block_on(state.users.create_user(&NewUser {
