@@ -1,31 +1,64 @@
-//! What a reverse proxy tells us: `sessiond::forwarded::{forward_auth_target,
-//! auth_request_target, client_ip}` with arbitrary `X-Forwarded-*` / `X-Original-*` values
-//! and an arbitrary peer address.
+//! What a reverse proxy tells us, through the production entry point: arbitrary
+//! `X-Forwarded-*` / `X-Original-*` values from an arbitrary peer, as a request to
+//! `/api/authz/forward-auth` and to `/api/authz/auth-request` on the real router
+//! (`sessiond::routes::app`, the routes inside every layer, on an `AppState` from `server::build_state_with_clock`, SQLite in
+//! a temporary directory), anonymously or with the session of `bob` (groups: dev) or `olga`
+//! (groups: ops); and `sessiond::forwarded::client_ip` on the same headers.
 //!
 //! Asserts:
-//! * nothing panics;
-//! * an `Ok` target is an `http`/`https` URL with a host and no userinfo; its `rule_path()`
-//!   is absolute and has no `.`/`..` segment left; access rules decide on it without panicking;
-//! * without `X-Original-URL`, `auth_request_target` sees the same URL as
-//!   `forward_auth_target`, and fails only where it does or on a malformed
-//!   `X-Original-Method`;
+//! * nothing panics, and no answer is a 5xx;
+//! * **a decision for a path is never more permissive than the decision for the path a
+//!   lenient back end would serve** (`lenient_path`: decoded until stable, `\` as `/`,
+//!   `;params` and trailing dots dropped, case folded, dot segments resolved; shared with the
+//!   differential test `crates/sessiond/tests/api/paths.rs`): whenever forward auth lets a
+//!   request through (`200`) or asks for a login (`302`/`401`), asking about that lenient path
+//!   on the same host, as the same person, gets at least as much (permissiveness: 200 > login
+//!   > refused);
+//! * without `X-Original-URL`, both endpoints decide alike (up to the flavour's login answer:
+//!   `302` vs `401`) or the nginx one fails only on a malformed `X-Original-Method`;
 //! * `client_ip` is the peer, or an address listed in `X-Forwarded-For`; it is the peer
 //!   whenever the peer is not a trusted proxy; when it is not the peer, it is not a trusted
 //!   proxy itself.
 #![no_main]
 
+#[path = "../../crates/sessiond/tests/api/lenient.rs"]
+mod lenient;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
+use axum::Router;
 use libfuzzer_sys::fuzz_target;
 use sessiond::config::{Config, Overrides};
-use sessiond::forwarded::{
-    auth_request_target, client_ip, forward_auth_target, Target, TargetError,
-};
+use sessiond::forwarded::client_ip;
+use sessiond::password::hash_blocking;
+use sessiond::server;
+use sessiond_core::{NewUser, Password, Username};
+use tower::ServiceExt as _;
 
-static CONFIG: LazyLock<Config> = LazyLock::new(|| {
+use lenient::lenient_path;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+struct App {
+    rt: tokio::runtime::Runtime,
+    router: Router,
+    config: Config,
+    /// `Cookie` header values of bob and olga.
+    cookies: [String; 2],
+    /// Kept for the life of the process.
+    _dir: tempfile::TempDir,
+}
+
+static APP: LazyLock<App> = LazyLock::new(|| {
+    let dir = tempfile::Builder::new()
+        .prefix("sessiond-fuzz-forwarded-")
+        .tempdir()
+        .expect("temporary directory");
     let file = r#"
         public_url = "https://auth.example.com"
         [cookie]
@@ -36,31 +69,92 @@ static CONFIG: LazyLock<Config> = LazyLock::new(|| {
         domain = "public.example.com"
         policy = "bypass"
         [[access.rules]]
+        domain = "app.example.com"
+        path_prefix = "/public"
+        policy = "bypass"
+        [[access.rules]]
         domain = "*.example.com"
-        path_prefix = "/admin"
+        path_prefix = "/deny"
         policy = "deny"
         [[access.rules]]
-        path_prefix = "/ops/"
+        path_prefix = "/ops"
         policy = "authenticated"
         groups = ["ops"]
+        [[access.rules]]
+        path_prefix = "/docs/"
+        policy = "bypass"
     "#;
-    Config::resolve(
+    let config = Config::resolve(
         toml::from_str(file).expect("fuzz config parses"),
-        Overrides::default(),
+        Overrides {
+            database: Some(format!(
+                "sqlite://{}",
+                dir.path().join("sessiond.db").display()
+            )),
+            ..Overrides::default()
+        },
     )
-    .expect("fuzz config is valid")
+    .expect("fuzz config is valid");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let state = rt
+        .block_on(server::build_state_with_clock(config.clone(), server::now))
+        .expect("app state");
+    // The production entry point: the routes inside every layer a request passes.
+    let router = Router::new().fallback_service(sessiond::routes::app(state.clone()));
+    let cookies = ["bob", "olga"].map(|name| {
+        let phc = hash_blocking(&Password::new(PASSWORD.into()).unwrap()).expect("hash");
+        rt.block_on(state.users.create_user(&NewUser {
+            username: Username::parse(name).unwrap(),
+            name: name.into(),
+            email: format!("{name}@example.com"),
+            groups: vec![if name == "olga" { "ops" } else { "dev" }.into()],
+            admin: false,
+            password_hash: phc,
+            created_at: server::now(),
+        }))
+        .expect("create user");
+        let body = format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#);
+        let req = Request::post("/api/login")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body))
+            .unwrap();
+        let (status, headers) = call(&rt, &router, req, Ipv4Addr::new(192, 0, 2, 1).into());
+        assert_eq!(status, StatusCode::OK, "login of {name}");
+        let session = format!("{}=", config.cookie.name());
+        headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&session))
+            .expect("session cookie")
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned()
+    });
+    App {
+        rt,
+        router,
+        config,
+        cookies,
+        _dir: dir,
+    }
 });
 
 /// `SESSIOND_FUZZ_VERBOSE=1`: print what each input gave (for reading a reproducer).
 static VERBOSE: LazyLock<bool> =
     LazyLock::new(|| std::env::var_os("SESSIOND_FUZZ_VERBOSE").is_some());
 
-/// The headers a proxy may send, each absent or any bytes. (`&[u8]` rather than `Vec<u8>`:
-/// `arbitrary` encodes a `Vec<u8>` with a continuation byte before every element, so
-/// dictionary words such as `https` would never land in one piece; a slice is contiguous.)
-/// make-forwarded-seeds.py writes seeds in this encoding.
+/// Who asks, and the headers a proxy may send, each absent or any bytes. (`&[u8]` rather
+/// than `Vec<u8>`: `arbitrary` encodes a `Vec<u8>` with a continuation byte before every
+/// element, so dictionary words such as `https` would never land in one piece; a slice is
+/// contiguous.) make-forwarded-seeds.py writes seeds in this encoding.
 #[derive(Debug, Arbitrary)]
 struct Input<'a> {
+    identity: Identity,
     peer: Peer,
     proto: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
@@ -71,6 +165,13 @@ struct Input<'a> {
     forwarded_for_2: Option<&'a [u8]>,
     original_url: Option<&'a [u8]>,
     original_method: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, Copy, Arbitrary)]
+enum Identity {
+    Anonymous,
+    Bob,
+    Olga,
 }
 
 /// Mostly peers that are trusted proxies, where the headers are believed at all.
@@ -97,8 +198,69 @@ impl Peer {
     }
 }
 
+/// One request through the router, from `peer`: its status and headers.
+fn call(
+    rt: &tokio::runtime::Runtime,
+    router: &Router,
+    mut req: Request<Body>,
+    peer: IpAddr,
+) -> (StatusCode, HeaderMap) {
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::new(peer, 40000)));
+    rt.block_on(async {
+        let res = router.clone().oneshot(req).await.expect("infallible");
+        (res.status(), res.headers().clone())
+    })
+}
+
+/// Forward auth's answer about the request described by `h`, at `endpoint`.
+fn ask(app: &App, endpoint: &str, h: &HeaderMap, identity: Identity, peer: IpAddr) -> StatusCode {
+    let mut req = Request::get(endpoint)
+        .header(header::ACCEPT, "text/html")
+        .body(Body::empty())
+        .unwrap();
+    req.headers_mut()
+        .extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
+    match identity {
+        Identity::Anonymous => {}
+        Identity::Bob | Identity::Olga => {
+            let cookie = &app.cookies[matches!(identity, Identity::Olga) as usize];
+            req.headers_mut()
+                .insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+        }
+    }
+    let (status, _) = call(&app.rt, &app.router, req, peer);
+    assert!(
+        !status.is_server_error(),
+        "{endpoint} answered {status} for {h:?}"
+    );
+    status
+}
+
+/// How much an answer lets through: 2 allowed, 1 a login is asked for, 0 refused.
+fn permits(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        200..=299 => 2,
+        302 | 401 => 1,
+        _ => 0,
+    }
+}
+
+/// `path` with every byte that may not stand in a request target escaped.
+fn escape(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    for b in path.bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~!$&'()*+,=:@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fuzz_target!(|input: Input<'_>| {
-    let config = &*CONFIG;
+    let app = &*APP;
     let mut h = HeaderMap::new();
     let fields: [(&str, Option<&[u8]>); 8] = [
         ("x-forwarded-proto", input.proto),
@@ -119,50 +281,69 @@ fuzz_target!(|input: Input<'_>| {
             h.append(name, v);
         }
     }
-
-    let forward = forward_auth_target(&h);
-    if let Ok(t) = &forward {
-        check_target(config, t);
-    }
-    let auth = auth_request_target(&h);
-    if let Ok(t) = &auth {
-        check_target(config, t);
-    }
-    if input.original_url.is_none() {
-        // Without X-Original-URL both styles must see the same target; only a malformed
-        // X-Original-Method can make the nginx style fail where the other succeeds.
-        let bad_method = TargetError::Malformed("x-original-method");
-        match (&forward, &auth) {
-            (Ok(f), Ok(a)) => assert_eq!(f.url, a.url, "the two styles disagree"),
-            (Err(f), Err(a)) => assert_eq!(f, a, "the two styles fail differently"),
-            (Ok(_), Err(a)) => assert_eq!(*a, bad_method, "auth-request alone failed"),
-            (Err(f), Ok(a)) => panic!("forward-auth failed ({f}), auth-request gave {}", a.url),
-        }
-    }
-
     let peer = input.peer.addr();
-    let ip = client_ip(config, peer, &h);
+    let who = input.identity;
+
+    let forward = ask(app, "/api/authz/forward-auth", &h, who, peer);
+    let nginx = ask(app, "/api/authz/auth-request", &h, who, peer);
     if *VERBOSE {
         for (name, v) in fields {
             if let Some(v) = v {
                 eprintln!("{name}: {:?}", String::from_utf8_lossy(v));
             }
         }
-        eprintln!(
-            "peer: {:?}\nforward-auth: {:?}\nauth-request: {:?}\nclient_ip({peer}) = {ip}",
-            input.peer,
-            forward.as_ref().map(|t| t.url.as_str()),
-            auth.as_ref().map(|t| t.url.as_str()),
+        eprintln!("{who:?} from {peer}: forward-auth {forward}, auth-request {nginx}");
+    }
+    if input.original_url.is_none() {
+        // The same target either way; only the login answer differs by flavour, and a
+        // malformed X-Original-Method can fail the nginx one alone.
+        let same = permits(forward) == permits(nginx)
+            && (forward == nginx
+                || (forward, nginx) == (StatusCode::FOUND, StatusCode::UNAUTHORIZED));
+        assert!(
+            same || (nginx == StatusCode::BAD_REQUEST && input.original_method.is_some()),
+            "forward-auth {forward} but auth-request {nginx}"
         );
+    }
+
+    // The property: never more than for the path a lenient back end would serve.
+    for (status, target) in [
+        (forward, forwarded_target(&h)),
+        (nginx, original_target(&h)),
+    ] {
+        let Some((proto, host, uri)) = target else {
+            continue;
+        };
+        if permits(status) == 0 {
+            continue;
+        }
+        let served = escape(&lenient_path(&uri));
+        let mut clean = HeaderMap::new();
+        clean.insert("x-forwarded-proto", HeaderValue::from_str(&proto).unwrap());
+        clean.insert("x-forwarded-host", HeaderValue::from_str(&host).unwrap());
+        clean.insert("x-forwarded-uri", HeaderValue::from_str(&served).unwrap());
+        let as_served = ask(app, "/api/authz/forward-auth", &clean, who, peer);
+        if *VERBOSE {
+            eprintln!("{uri:?} is served as {served:?}: {status} vs {as_served}");
+        }
+        assert!(
+            permits(status) <= permits(as_served),
+            "{who:?}: {status} for {proto}://{host}{uri}, but {as_served} for the {served:?} a lenient back end serves"
+        );
+    }
+
+    let ip = client_ip(&app.config, peer, &h);
+    if *VERBOSE {
+        eprintln!("client_ip({peer}) = {ip}");
     }
     let peer = peer.to_canonical();
     if ip != peer {
         assert!(
-            config.is_trusted_proxy(peer),
+            app.config.is_trusted_proxy(peer),
             "believed X-Forwarded-For from an untrusted peer {peer}: {ip}"
         );
         assert!(
-            !config.is_trusted_proxy(ip),
+            !app.config.is_trusted_proxy(ip),
             "client_ip {ip} is one of our own proxies"
         );
         assert!(
@@ -173,30 +354,32 @@ fuzz_target!(|input: Input<'_>| {
     }
 });
 
-fn check_target(config: &Config, t: &Target) {
-    let url = &t.url;
-    assert!(
-        matches!(url.scheme(), "http" | "https"),
-        "target scheme {:?}: {url}",
-        url.scheme()
-    );
-    assert!(
-        url.host_str().is_some_and(|h| !h.is_empty()),
-        "target without a host: {url}"
-    );
-    assert!(
-        url.username().is_empty() && url.password().is_none(),
-        "target with userinfo: {url}"
-    );
-    let path = t.rule_path();
-    assert!(path.starts_with('/'), "rule path {path:?} of {url}");
-    assert!(
-        !path.split('/').any(|s| s == "." || s == ".."),
-        "rule path {path:?} of {url} keeps a dot segment"
-    );
-    let host = t.host();
-    let _ = config.host_is_ours(&host);
-    let _ = config.access.decide(&host, &path);
+fn text<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name)?.to_str().ok().map(str::trim)
+}
+
+/// The target of a Traefik / Caddy style request: proto, host, URI as sent.
+fn forwarded_target(h: &HeaderMap) -> Option<(String, String, String)> {
+    Some((
+        text(h, "x-forwarded-proto")?.to_owned(),
+        text(h, "x-forwarded-host")?.to_owned(),
+        text(h, "x-forwarded-uri").unwrap_or("/").to_owned(),
+    ))
+}
+
+/// The target of an nginx style request: from `X-Original-URL`, else as above.
+fn original_target(h: &HeaderMap) -> Option<(String, String, String)> {
+    let Some(url) = text(h, "x-original-url") else {
+        return forwarded_target(h);
+    };
+    let (proto, rest) = url.split_once("://")?;
+    let at = rest.find('/').unwrap_or(rest.len());
+    let (host, uri) = rest.split_at(at);
+    Some((
+        proto.to_owned(),
+        host.to_owned(),
+        if uri.is_empty() { "/" } else { uri }.to_owned(),
+    ))
 }
 
 /// Our own reading of `X-Forwarded-For`: any comma-separated entry that names `ip`, as an

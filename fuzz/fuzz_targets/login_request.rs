@@ -1,4 +1,4 @@
-//! Login bodies through the real router, in memory: `sessiond::routes::router` on a real
+//! Login bodies through the real router, in memory: `sessiond::routes::app` on a real
 //! `AppState` (SQLite in a temporary directory, the real hashing pool), one request per
 //! input via `tower::ServiceExt::oneshot`.
 //!
@@ -108,7 +108,8 @@ static APP: LazyLock<App> = LazyLock::new(|| {
     let csrf_cookie = format!("{}={}", config.csrf_cookie.name(), csrf.expose());
     App {
         rt,
-        router: sessiond::routes::router(state),
+        // The production entry point: the routes inside every layer a request passes.
+        router: Router::new().fallback_service(sessiond::routes::app(state)),
         config,
         csrf_cookie,
         offset_ms,

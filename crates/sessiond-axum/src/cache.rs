@@ -182,7 +182,7 @@ impl SessionStore for WatchedStore {
         let r = self.inner.delete(h).await;
         self.changed(r)
     }
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let r = self.inner.rotate(old, new).await;
         self.changed(r)
     }
@@ -211,6 +211,23 @@ impl SessionStore for WatchedStore {
     async fn delete_all(&self) -> Result<u64, StoreError> {
         let r = self.inner.delete_all().await;
         self.changed(r)
+    }
+    async fn delete_oldest_for_user(&self, u: UserId, keep: usize) -> Result<u64, StoreError> {
+        let r = self.inner.delete_oldest_for_user(u, keep).await;
+        // Every login calls this; flushing the cache when nothing ended would empty it at
+        // the rate of logins.
+        if matches!(r, Ok(0)) {
+            return r;
+        }
+        self.changed(r)
+    }
+    async fn list_page(
+        &self,
+        u: Option<UserId>,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.inner.list_page(u, after, limit).await
     }
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
         // Expired sessions are refused by their deadline already; no flush needed.

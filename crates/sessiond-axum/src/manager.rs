@@ -286,6 +286,10 @@ impl SessionManager {
     /// Starts a session with a fresh secret. A session the request presented (`replacing`)
     /// ends in the same atomic step: every login gets a new token, and an id planted before
     /// login is never adopted.
+    ///
+    /// When the presented session was ended meanwhile (revoked between its verification and
+    /// now), the rotation does nothing and a fresh session is created instead: a login proves
+    /// the password again, so it may start a session, but the revoked one is never carried on.
     #[tracing::instrument(level = "debug", skip_all, fields(user = new.user_id.0))]
     pub async fn begin(
         &self,
@@ -294,20 +298,49 @@ impl SessionManager {
     ) -> Result<(SessionToken, SessionRecord), StoreError> {
         let token = SessionToken::generate();
         let record = self.inner.policy.start(new, token.hash(), self.now());
-        match replacing {
+        let rotated = match replacing {
             Some(old) => {
                 self.inner
                     .store
                     .rotate(&old.record.token_hash, &record)
                     .await?
             }
-            None => self.inner.store.create(&record).await?,
+            None => false,
+        };
+        if !rotated {
+            self.inner.store.create(&record).await?;
         }
         self.inner
             .counters
             .sessions_started
             .fetch_add(1, Ordering::Relaxed);
         Ok((token, record))
+    }
+
+    /// Replaces `old` by a session with a fresh secret (and the same user), atomically, only
+    /// while `old` still exists: `None` when it was ended meanwhile. For changes made *by* a
+    /// session (a password change), which must not outlive a revocation that raced with them.
+    #[tracing::instrument(level = "debug", skip_all, fields(user = new.user_id.0))]
+    pub async fn rotate(
+        &self,
+        new: NewSession,
+        old: &ActiveSession,
+    ) -> Result<Option<(SessionToken, SessionRecord)>, StoreError> {
+        let token = SessionToken::generate();
+        let record = self.inner.policy.start(new, token.hash(), self.now());
+        if !self
+            .inner
+            .store
+            .rotate(&old.record.token_hash, &record)
+            .await?
+        {
+            return Ok(None);
+        }
+        self.inner
+            .counters
+            .sessions_started
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(Some((token, record)))
     }
 
     /// Ends a session on the server.

@@ -23,7 +23,7 @@ impl StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ValidationError {
-    #[error("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@'")]
+    #[error("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@' (not '.' or '..' alone)")]
     Username,
     #[error("password must be at least 8 bytes long")]
     PasswordTooShort,

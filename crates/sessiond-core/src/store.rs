@@ -36,9 +36,12 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Deletes one session; `true` if it existed.
     async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError>;
 
-    /// Atomically inserts `new` and deletes `old` (if it still exists): no moment where both or
-    /// neither are valid.
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError>;
+    /// Atomically inserts `new` and deletes `old`: no moment where both or neither are valid.
+    ///
+    /// Only while `old` still exists: when it is gone (logged out, revoked, its user's
+    /// password reset meanwhile) nothing is inserted and the answer is `false`, so a rotation
+    /// racing with a revocation can never carry the revoked session on under a new secret.
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError>;
 
     /// A user's sessions, oldest first.
     async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError>;
@@ -60,6 +63,49 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// Deletes every session; returns how many went.
     async fn delete_all(&self) -> Result<u64, StoreError>;
 
+    /// Ends the oldest sessions of `user` (by `created_at`, then id) so that at most
+    /// `keep_newest` remain; returns how many went. The per-user session cap: a login that
+    /// would exceed it ends the oldest first. This default lists and deletes one by one;
+    /// stores that can do it in one statement override it.
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        let all = self.list_for_user(user).await?;
+        let excess = all.len().saturating_sub(keep_newest);
+        let mut n = 0;
+        for s in all.iter().take(excess) {
+            n += u64::from(self.delete_by_id(&s.id, Some(user)).await?);
+        }
+        Ok(n)
+    }
+
+    /// One page of `user`'s sessions (or every session with `None`), ordered by
+    /// `(created_at, id)`, starting after the cursor `after` (the last item of the previous
+    /// page), at most `limit` of them. This default pages over the full lists; SQL stores
+    /// override it with an indexed range query.
+    async fn list_page(
+        &self,
+        user: Option<UserId>,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let all = match user {
+            Some(u) => self.list_for_user(u).await?,
+            None => self.list_all().await?,
+        };
+        Ok(all
+            .into_iter()
+            .filter(|s| {
+                after
+                    .as_ref()
+                    .is_none_or(|(t, id)| (s.created_at, s.id.as_str()) > (*t, id.as_str()))
+            })
+            .take(limit)
+            .collect())
+    }
+
     /// Deletes up to `limit` sessions whose `expires_at` is at or before `now`. Bounded so a
     /// sweep never holds the store for long; call again while it returns `limit`.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError>;
@@ -76,8 +122,9 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// A number that changes, atomically with the change, whenever a session ends before its
-    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag or
-    /// existence changes, whoever made the change (this process, another instance, the CLI).
+    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag, admin
+    /// flag, groups or existence changes, whoever made the change (this process, another
+    /// instance, the CLI, a hand-made change in the database).
     /// Verification caches watch it to stay coherent across processes. It may also change
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.
@@ -191,6 +238,17 @@ pub trait UserStore: Send + Sync + Debug + 'static {
 
     /// Replaces the password hash; `false` if no such user.
     async fn set_password_hash(&self, id: UserId, phc: &str) -> Result<bool, StoreError>;
+
+    /// Replaces the password hash only if it is still `expected` (compare-and-set, atomic in
+    /// the store); `false` if it changed meanwhile or there is no such user. A change that
+    /// verified a password against `expected` writes with this, so it can never overwrite a
+    /// reset that landed after its verification (an admin's reset is never silently undone).
+    async fn set_password_hash_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        phc: &str,
+    ) -> Result<bool, StoreError>;
 
     /// `false` if no such user.
     async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError>;

@@ -18,13 +18,28 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        // `.` and `..` are refused: they are path segments, and usernames end up in paths
+        // (URLs like `/admin/users/{name}/…`, files an operator may name after a user).
         let ok = (1..=64).contains(&s.len())
+            && s != "."
+            && s != ".."
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
             Err(ValidationError::Username)
+        }
+    }
+
+    /// A name read back from a store: the rules of [`Username::parse`] except the refusal of
+    /// `.` and `..` (added later), so a database holding such a name from before still lists
+    /// and loads; such a user can no longer log in (logins parse what is typed) and an
+    /// operator renames it in the database.
+    pub fn from_stored(s: &str) -> Result<Self, ValidationError> {
+        match s {
+            "." | ".." => Ok(Self(s.to_owned())),
+            _ => Self::parse(s),
         }
     }
 
@@ -167,6 +182,25 @@ mod tests {
             );
         }
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
+    }
+
+    /// `.` and `..` are path segments, not names (issue 15); names that merely contain dots
+    /// stay valid.
+    #[test]
+    fn dot_segments_are_not_usernames() {
+        for bad in [".", ".."] {
+            assert_eq!(
+                Username::parse(bad),
+                Err(ValidationError::Username),
+                "{bad:?}"
+            );
+        }
+        for ok in ["...", ".a", "a.", "a..b", ".alice"] {
+            assert!(Username::parse(ok).is_ok(), "{ok:?}");
+        }
+        // Names stored before the rule still load.
+        assert_eq!(Username::from_stored("..").unwrap().as_str(), "..");
+        assert!(Username::from_stored("a/b").is_err());
     }
 
     #[test]

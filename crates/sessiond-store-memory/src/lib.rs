@@ -97,15 +97,18 @@ impl SessionStore for MemoryStore {
         Ok(existed)
     }
 
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let mut g = self.lock();
         if g.sessions.contains_key(new.token_hash.as_bytes()) {
             return Err(StoreError::Conflict);
         }
-        g.sessions.remove(old.as_bytes());
+        // Under the same lock as the insert: a revoked session is never carried on.
+        if g.sessions.remove(old.as_bytes()).is_none() {
+            return Ok(false);
+        }
         g.sessions.insert(*new.token_hash.as_bytes(), new.clone());
         g.forget_orphans();
-        Ok(())
+        Ok(true)
     }
 
     async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
@@ -302,6 +305,29 @@ impl UserStore for MemoryStore {
             }
             None => false,
         })
+    }
+
+    async fn set_password_hash_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        phc: &str,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(
+            match g
+                .users
+                .iter_mut()
+                .find(|u| u.user.id == id && u.password_hash == expected)
+            {
+                Some(u) => {
+                    u.password_hash = phc.to_owned();
+                    g.generation += 1;
+                    true
+                }
+                None => false,
+            },
+        )
     }
 
     async fn set_disabled(&self, id: UserId, disabled: bool) -> Result<bool, StoreError> {

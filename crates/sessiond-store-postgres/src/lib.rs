@@ -385,6 +385,19 @@ const LIST_ALL: &str = concat!(
     session_columns!(),
     " FROM sessions ORDER BY created_at, id"
 );
+/// One page of a user's sessions in `(created_at, id)` order after a cursor (indexed).
+const LIST_PAGE_FOR_USER: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE user_id = $1 AND (created_at, id) > ($2, $3) \
+     ORDER BY created_at, id LIMIT $4"
+);
+/// One page of every session in `(created_at, id)` order after a cursor.
+const LIST_PAGE_ALL: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions WHERE (created_at, id) > ($1, $2) ORDER BY created_at, id LIMIT $3"
+);
 const USER_BY_NAME: &str = concat!(
     "SELECT ",
     user_columns!(),
@@ -506,17 +519,22 @@ impl SessionStore for PostgresStore {
         .await
     }
 
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let old = *old;
         let new = new.clone();
         // One transaction: another reader sees either the old session or the new one, never
-        // both, never neither. On an error the dropped transaction rolls back.
+        // both, never neither. The delete comes first and decides (it locks the row, so a
+        // concurrent revocation is either before it — nothing deleted, nothing inserted — or
+        // after the commit). On an error or `false` the dropped transaction rolls back.
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(pg)?;
+                if exec(&tx, DELETE_SESSION, &[&old.as_bytes().as_slice()]).await? == 0 {
+                    return Ok(false);
+                }
                 insert_session(&tx, &new).await?;
-                exec(&tx, DELETE_SESSION, &[&old.as_bytes().as_slice()]).await?;
-                tx.commit().await.map_err(pg)
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
             })
         })
         .await
@@ -569,11 +587,34 @@ impl SessionStore for PostgresStore {
         keep: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         let keep = keep.map(|k| k.as_str().to_owned());
+        // Twice, as two statements (two snapshots): a rotation of one of these sessions that
+        // was in flight when the first began inserted its successor in a snapshot the first
+        // cannot see (under READ COMMITTED it waits on the old row's lock, then finds it
+        // gone). The first statement ends only after that rotation committed, so the second
+        // sees and ends the successor: a rotation never carries a session past a revocation.
+        self.run(move |c| {
+            Box::pin(async move {
+                let sql = "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2";
+                let first = exec(&*c, sql, &[&user.0, &keep]).await?;
+                Ok(first + exec(&*c, sql, &[&user.0, &keep]).await?)
+            })
+        })
+        .await
+    }
+
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        let keep = i64::try_from(keep_newest).unwrap_or(i64::MAX);
         self.run(move |c| {
             Box::pin(async move {
                 exec(
                     &*c,
-                    "DELETE FROM sessions WHERE user_id = $1 AND id IS DISTINCT FROM $2",
+                    "DELETE FROM sessions WHERE user_id = $1 AND token_hash NOT IN \
+                     (SELECT token_hash FROM sessions WHERE user_id = $1 \
+                      ORDER BY created_at DESC, id DESC LIMIT $2)",
                     &[&user.0, &keep],
                 )
                 .await
@@ -582,9 +623,37 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    async fn list_page(
+        &self,
+        user: Option<UserId>,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let (t, id) = after.map_or((i64::MIN, String::new()), |(t, id)| {
+            (t.as_millis(), id.as_str().to_owned())
+        });
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            Box::pin(async move {
+                let rows = match user {
+                    Some(u) => query(&*c, LIST_PAGE_FOR_USER, &[&u.0, &t, &id, &limit]).await?,
+                    None => query(&*c, LIST_PAGE_ALL, &[&t, &id, &limit]).await?,
+                };
+                sessions_from_rows(&rows)
+            })
+        })
+        .await
+    }
+
     async fn delete_all(&self) -> Result<u64, StoreError> {
-        self.run(|c| Box::pin(async move { exec(&*c, "DELETE FROM sessions", &[]).await }))
-            .await
+        // Twice, for the reason given in `delete_for_user`: a rotation in flight.
+        self.run(|c| {
+            Box::pin(async move {
+                let first = exec(&*c, "DELETE FROM sessions", &[]).await?;
+                Ok(first + exec(&*c, "DELETE FROM sessions", &[]).await?)
+            })
+        })
+        .await
     }
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
@@ -825,7 +894,7 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
     Ok(UserCredentials {
         user: User {
             id: UserId(col(r, 0)?),
-            username: Username::parse(username)
+            username: Username::from_stored(username)
                 .map_err(|e| StoreError::Corrupt(format!("username {username:?}: {e}")))?,
             name: col(r, 2)?,
             email: col(r, 3)?,
@@ -950,6 +1019,29 @@ impl UserStore for PostgresStore {
                     &*c,
                     "UPDATE users SET password_hash = $2 WHERE id = $1",
                     &[&id.0, &phc],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn set_password_hash_if(
+        &self,
+        id: UserId,
+        expected: &str,
+        phc: &str,
+    ) -> Result<bool, StoreError> {
+        let (expected, phc) = (expected.to_owned(), phc.to_owned());
+        // One statement: the row lock makes the comparison and the write atomic (a concurrent
+        // writer re-evaluates the WHERE after the first commits, under READ COMMITTED).
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2",
+                    &[&id.0, &expected, &phc],
                 )
                 .await?
                     > 0)

@@ -80,6 +80,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
     "#,
     ),
+    (
+        4,
+        r#"
+    -- A user's admin flag and groups decide forward-auth answers and the admin pages, so a
+    -- change to them made straight in the database (there is no CLI for it) must reach
+    -- every verification cache too, like a password or disabled change (issue 15).
+    DROP TRIGGER users_changed ON users;
+    CREATE TRIGGER users_changed AFTER UPDATE OF password_hash, disabled, admin, groups ON users
+        FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every

@@ -322,3 +322,44 @@ fn key_value_url(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
     }
     parts.join(" ")
 }
+
+/// A change of a user's admin flag or groups made straight in the database moves the
+/// generation, so verification caches reload the user (issue 15).
+#[tokio::test]
+async fn direct_changes_of_admin_or_groups_move_the_generation() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    use sessiond_core::UserStore;
+    let u = store
+        .create_user(&sessiond_store_tests::users::new_user("gina"))
+        .await
+        .unwrap();
+    let schema = store.schema().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // As an operator's psql session on this database would: the store's schema on the path
+    // (the trigger function finds `generation` through it).
+    client
+        .batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    let table = "users";
+    for set in ["admin = true", "groups = ARRAY['ops']"] {
+        let before = store.generation().await.unwrap();
+        let sql = format!("UPDATE {table} SET {set} WHERE id = $1");
+        client.execute(&sql, &[&u.id.0]).await.unwrap();
+        assert_ne!(store.generation().await.unwrap(), before, "{set}");
+    }
+    let before = store.generation().await.unwrap();
+    client
+        .execute(
+            &format!("UPDATE {table} SET email = 'g@example.com' WHERE id = $1"),
+            &[&u.id.0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.generation().await.unwrap(), before);
+}

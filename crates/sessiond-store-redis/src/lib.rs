@@ -60,6 +60,8 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).
 const BATCH: usize = 1000;
+/// Members of a user's session set one revoke-all script visits at most (issue 15 #16).
+pub const REVOKE_BATCH: usize = 500;
 
 /// Sessions in Redis. Cheap to clone.
 #[derive(Clone)]
@@ -404,8 +406,17 @@ impl Scripts {
         let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         Self {
             create: with("return create(2)"),
-            // Insert first: if the new session cannot be created, the old one stays.
-            rotate: with("if create(3) == 0 then return 0 end del(ARGV[2]) return 1"),
+            // Only while the old session exists (a revoked one is never carried on under a
+            // new secret): 2 = old gone, nothing done. Then insert first: if the new session
+            // cannot be created, the old one stays (0).
+            rotate: with(
+                r#"
+                if redis.call('EXISTS', tag .. ':s:' .. ARGV[2]) == 0 then return 2 end
+                if create(3) == 0 then return 0 end
+                del(ARGV[2])
+                return 1
+                "#,
+            ),
             // ARGV: tag, hash, l, e, ttl. Never recreates a session that is gone; never moves
             // activity backwards.
             touch: with(
@@ -436,16 +447,26 @@ impl Scripts {
                 return del(h)
                 "#,
             ),
-            // ARGV: tag, uid, keep id or ''.
+            // ARGV: tag, uid, keep id or '', batch size. One batch of the user's set: each
+            // member but the kept one is deleted (and taken off the set even when its session
+            // already expired by TTL, so every call shrinks the set). Returns {deleted,
+            // members visited other than the kept one}; the caller calls again until a call
+            // visits none, so no single script holds Redis for more than one batch.
             delete_for_user: with(
                 r#"
-                local n = 0
-                for _, h in ipairs(redis.call('ZRANGE', tag .. ':u:' .. ARGV[2], 0, -1)) do
+                local uk = tag .. ':u:' .. ARGV[2]
+                local n, visited = 0, 0
+                local batch = tonumber(ARGV[4])
+                for _, h in ipairs(redis.call('ZRANGE', uk, 0, batch)) do
                   if ARGV[3] == '' or redis.call('HGET', tag .. ':s:' .. h, 'id') ~= ARGV[3] then
-                    n = n + del(h)
+                    if visited < batch then
+                      n = n + del(h)
+                      redis.call('ZREM', uk, h)
+                      visited = visited + 1
+                    end
                   end
                 end
-                return n
+                return {n, visited}
                 "#,
             ),
             // ARGV: tag, now, limit. Counts every expired entry it clears (Redis may have
@@ -552,12 +573,13 @@ impl SessionStore for RedisStore {
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
-    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<(), StoreError> {
+    async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let mut inv = self.scripts.rotate.key(self.session_key(&new.token_hash));
         inv.arg(&*self.tag).arg(old.to_hex());
         create_args(&mut inv, new);
         match self.run::<i64>(inv).await? {
-            1 => Ok(()),
+            1 => Ok(true),
+            2 => Ok(false),
             _ => Err(StoreError::Conflict),
         }
     }
@@ -598,14 +620,48 @@ impl SessionStore for RedisStore {
         user: UserId,
         keep: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
-        let mut inv = self
-            .scripts
-            .delete_for_user
-            .key(self.key("u", &user.0.to_string()));
-        inv.arg(&*self.tag)
-            .arg(user.0)
-            .arg(keep.map(|k| k.as_str()).unwrap_or(""));
-        Ok(self.run::<i64>(inv).await?.max(0) as u64)
+        // In batches of `REVOKE_BATCH` members, one script each: "log out everywhere" of a
+        // user with many sessions must not block the shared Redis for long (issue 15 #16).
+        // Each call is atomic; sessions created between calls are new logins, not survivors.
+        let mut total = 0;
+        loop {
+            let mut inv = self
+                .scripts
+                .delete_for_user
+                .key(self.key("u", &user.0.to_string()));
+            inv.arg(&*self.tag)
+                .arg(user.0)
+                .arg(keep.map(|k| k.as_str()).unwrap_or(""))
+                .arg(REVOKE_BATCH);
+            let (n, visited): (i64, i64) = self.run(inv).await?;
+            total += n.max(0) as u64;
+            if visited == 0 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn delete_oldest_for_user(
+        &self,
+        user: UserId,
+        keep_newest: usize,
+    ) -> Result<u64, StoreError> {
+        // Every login asks; almost always nobody is over the cap: one ZCARD, no records read.
+        // The set may still hold members that expired by TTL, so over the cap by its count,
+        // the records decide (the default: list, then delete the oldest live ones).
+        let held: usize = self
+            .query(redis::cmd("ZCARD").arg(self.key("u", &user.0.to_string())))
+            .await?;
+        if held <= keep_newest {
+            return Ok(0);
+        }
+        let all = self.list_for_user(user).await?;
+        let excess = all.len().saturating_sub(keep_newest);
+        let mut n = 0;
+        for s in all.iter().take(excess) {
+            n += u64::from(self.delete_by_id(&s.id, Some(user)).await?);
+        }
+        Ok(n)
     }
 
     async fn delete_all(&self) -> Result<u64, StoreError> {

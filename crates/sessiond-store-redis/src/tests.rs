@@ -314,3 +314,160 @@ async fn conformance_through_a_real_sentinel() {
     })
     .await;
 }
+
+/// Script calls (`EVALSHA` and `EVAL`) the server has run since its stats were reset.
+fn script_calls(port: u16) -> u64 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "commandstats"])
+        .output()
+        .expect("redis-cli runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// "Log out everywhere" of a user with many sessions runs in batches of `REVOKE_BATCH`
+/// (issue 15 #16: one unbatched script blocked the shared Redis for 788 ms at 50,000): the
+/// number of script calls is the number of batches, each visiting at most `REVOKE_BATCH`
+/// members, and every session but the kept one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoke_all_of_many_sessions_runs_in_bounded_batches() {
+    if !redis_server_available() {
+        return;
+    }
+    let port = spare_port();
+    let _server = Server::start(port, &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let total = 2 * crate::REVOKE_BATCH + 250;
+    let mut kept = None;
+    for i in 0..=total {
+        let (_, rec) = sessiond_store_tests::sessions::session_at(
+            7,
+            sessiond_core::Timestamp::from_millis(
+                sessiond_store_tests::sessions::T0.as_millis() + i as i64,
+            ),
+        );
+        store.create(&rec).await.unwrap();
+        if i == total / 2 {
+            kept = Some(rec);
+        }
+    }
+    let kept = kept.unwrap();
+    // Loads the script first, so the count below has no NOSCRIPT retry in it.
+    store
+        .delete_for_user(sessiond_core::UserId(8), None)
+        .await
+        .unwrap();
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "config", "resetstat"])
+        .output()
+        .unwrap();
+    let n = store
+        .delete_for_user(sessiond_core::UserId(7), Some(&kept.id))
+        .await
+        .unwrap();
+    assert_eq!(n, total as u64);
+    // ceil(total / batch) batches with work, then one that finds nothing left.
+    let batches = total.div_ceil(crate::REVOKE_BATCH) as u64 + 1;
+    assert_eq!(script_calls(port), batches);
+    let left = store.list_for_user(sessiond_core::UserId(7)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, kept.id);
+    assert_eq!(
+        store
+            .delete_for_user(sessiond_core::UserId(7), None)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// The measurement behind `REVOKE_BATCH` (run by hand: `cargo test -p sessiond-store-redis
+/// --release -- --ignored --nocapture measure_revoke_all`): "log out everywhere" of one user
+/// with 50,000 sessions, on a redis-server of its own; prints the script calls and the
+/// longest time one of them held Redis (SLOWLOG, every command logged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn measure_revoke_all_of_50k() {
+    if !redis_server_available() {
+        return;
+    }
+    let port = spare_port();
+    let _server = Server::start(port, &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let total = 50_000;
+    let tasks: Vec<_> = (0..8)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in (w..total).step_by(8) {
+                    let (_, rec) = sessiond_store_tests::sessions::session_at(
+                        9,
+                        sessiond_core::Timestamp::from_millis(
+                            sessiond_store_tests::sessions::T0.as_millis() + i as i64,
+                        ),
+                    );
+                    store.create(&rec).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    store
+        .delete_for_user(sessiond_core::UserId(8), None)
+        .await
+        .unwrap();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    cli(&["config", "set", "slowlog-log-slower-than", "0"]);
+    cli(&["config", "set", "slowlog-max-len", "100000"]);
+    cli(&["slowlog", "reset"]);
+    cli(&["config", "resetstat"]);
+    let start = Instant::now();
+    let n = store
+        .delete_for_user(sessiond_core::UserId(9), None)
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert_eq!(n, total as u64);
+    // `SLOWLOG GET` entries: id, timestamp, microseconds, args…; the durations of EVALSHA.
+    let log = cli(&["slowlog", "get", "100000"]);
+    let lines: Vec<&str> = log.lines().collect();
+    let mut longest = 0u64;
+    for (i, l) in lines.iter().enumerate() {
+        if l.eq_ignore_ascii_case("evalsha") && i >= 3 {
+            longest = longest.max(lines[i - 1].trim().parse::<u64>().unwrap_or(0));
+        }
+    }
+    eprintln!(
+        "revoke-all of {total} sessions: {n} ended in {took:?}, {} script calls, longest {longest} µs",
+        script_calls(port)
+    );
+}

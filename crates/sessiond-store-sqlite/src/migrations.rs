@@ -77,6 +77,17 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
     ",
     ),
+    (
+        5,
+        "
+    -- A user's admin flag and groups decide forward-auth answers and the admin pages, so a
+    -- change to them made straight in the database (there is no CLI for it) must reach
+    -- every verification cache too, like a password or disabled change (issue 15).
+    DROP TRIGGER users_changed;
+    CREATE TRIGGER users_changed AFTER UPDATE OF password_hash, disabled, admin, groups ON users
+        BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
+    ",
+    ),
 ];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction

@@ -32,7 +32,10 @@ macro_rules! __session_behaviours {
             touch_after_delete_does_not_resurrect,
             delete_reports_whether_it_existed,
             rotate_swaps_old_for_new,
-            rotate_when_old_is_gone_still_inserts,
+            rotate_when_old_is_gone_inserts_nothing,
+            rotate_racing_with_revocation_never_revives,
+            delete_oldest_for_user_keeps_the_newest,
+            list_page_returns_each_session_once,
             list_for_user_is_per_user_and_oldest_first,
             delete_by_id_respects_the_owner,
             delete_for_user_can_keep_one,
@@ -137,6 +140,7 @@ macro_rules! user_store_tests {
             duplicate_username_is_a_conflict_whatever_the_case,
             first_user_is_created_once_under_a_race,
             password_disable_and_delete,
+            password_compare_and_set_never_undoes_a_reset,
             list_users_sorted_by_name,
         );
     };

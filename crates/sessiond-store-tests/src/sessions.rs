@@ -131,7 +131,7 @@ pub async fn rotate_swaps_old_for_new<S: SessionStore>(store: S) {
     let (old_t, old) = session(1);
     store.create(&old).await.unwrap();
     let (new_t, new) = session_at(1, at(1_000));
-    store.rotate(&old_t.hash(), &new).await.unwrap();
+    assert!(store.rotate(&old_t.hash(), &new).await.unwrap());
     assert_eq!(store.load(&old_t.hash()).await.unwrap(), None);
     assert_eq!(store.load(&new_t.hash()).await.unwrap(), Some(new.clone()));
     assert_eq!(
@@ -140,13 +140,130 @@ pub async fn rotate_swaps_old_for_new<S: SessionStore>(store: S) {
     );
 }
 
-pub async fn rotate_when_old_is_gone_still_inserts<S: SessionStore>(store: S) {
+/// A rotation of a session that is gone (revoked, logged out) fails and inserts nothing:
+/// it must never carry a revoked session on under a new secret (issue 15 #15).
+pub async fn rotate_when_old_is_gone_inserts_nothing<S: SessionStore>(store: S) {
     let (new_t, new) = session(1);
-    store
+    assert!(!store
         .rotate(&SessionToken::generate().hash(), &new)
         .await
-        .unwrap();
-    assert_eq!(store.load(&new_t.hash()).await.unwrap(), Some(new));
+        .unwrap());
+    assert_eq!(store.load(&new_t.hash()).await.unwrap(), None);
+    // Revoked a moment before: same answer.
+    let (old_t, old) = session(1);
+    store.create(&old).await.unwrap();
+    assert_eq!(store.delete_for_user(UserId(1), None).await.unwrap(), 1);
+    assert!(!store.rotate(&old_t.hash(), &new).await.unwrap());
+    assert_eq!(store.load(&new_t.hash()).await.unwrap(), None);
+    assert!(store.list_for_user(UserId(1)).await.unwrap().is_empty());
+}
+
+/// A rotation racing with a revocation of every session of the user: whatever the order,
+/// no session of the user survives both (the revocation either removes the rotated session,
+/// or came first and the rotation refused), and exactly one of a rotation and a single
+/// delete of the old session wins.
+pub async fn rotate_racing_with_revocation_never_revives<S: SessionStore>(store: S) {
+    let store = Arc::new(store);
+    for round in 0..20 {
+        let (old_t, old) = session(1);
+        store.create(&old).await.unwrap();
+        let (new_t, new) = session_at(1, at(round));
+        let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
+        let rotator = tokio::spawn(async move { s1.rotate(&old_t.hash(), &new).await.unwrap() });
+        let revoker =
+            tokio::spawn(async move { s2.delete_for_user(UserId(1), None).await.unwrap() });
+        let (rotated, revoked) = (rotator.await.unwrap(), revoker.await.unwrap());
+        assert!(revoked >= 1, "round {round}: the revocation found nothing");
+        assert!(
+            store.list_for_user(UserId(1)).await.unwrap().is_empty(),
+            "round {round}: a session survived the revocation (rotated: {rotated})"
+        );
+        assert_eq!(store.load(&new_t.hash()).await.unwrap(), None);
+
+        let (old_t, old) = session(1);
+        store.create(&old).await.unwrap();
+        let (new_t, new) = session_at(1, at(round));
+        let (s1, s2) = (Arc::clone(&store), Arc::clone(&store));
+        let h = old_t.hash();
+        let rotator = tokio::spawn(async move { s1.rotate(&h, &new).await.unwrap() });
+        let deleter = tokio::spawn(async move { s2.delete(&h).await.unwrap() });
+        let (rotated, deleted) = (rotator.await.unwrap(), deleter.await.unwrap());
+        assert!(
+            rotated ^ deleted,
+            "round {round}: rotated {rotated}, deleted {deleted}"
+        );
+        assert_eq!(store.load(&new_t.hash()).await.unwrap().is_some(), rotated);
+        store.delete_for_user(UserId(1), None).await.unwrap();
+    }
+}
+
+/// The per-user cap: the oldest sessions go first, other users are untouched.
+pub async fn delete_oldest_for_user_keeps_the_newest<S: SessionStore>(store: S) {
+    let recs: Vec<_> = (0..7).map(|i| session_at(1, at(i * 1_000))).collect();
+    // Created out of order: the store orders by creation time, not by insertion.
+    for (_, r) in recs.iter().rev() {
+        store.create(r).await.unwrap();
+    }
+    let (_, other) = session_at(2, at(0));
+    store.create(&other).await.unwrap();
+    assert_eq!(store.delete_oldest_for_user(UserId(1), 7).await.unwrap(), 0);
+    assert_eq!(store.delete_oldest_for_user(UserId(1), 4).await.unwrap(), 3);
+    assert_eq!(
+        ids(&store.list_for_user(UserId(1)).await.unwrap()),
+        ids(&recs[3..].iter().map(|(_, r)| r.clone()).collect::<Vec<_>>())
+    );
+    for (t, _) in &recs[..3] {
+        assert_eq!(store.load(&t.hash()).await.unwrap(), None);
+    }
+    assert_eq!(store.delete_oldest_for_user(UserId(1), 0).await.unwrap(), 4);
+    assert!(store.list_for_user(UserId(1)).await.unwrap().is_empty());
+    assert_eq!(
+        ids(&store.list_for_user(UserId(2)).await.unwrap()),
+        vec![other.id]
+    );
+}
+
+/// Pages give every session exactly once, in `(created_at, id)` order, per user or for all.
+pub async fn list_page_returns_each_session_once<S: SessionStore>(store: S) {
+    let mut mine = Vec::new();
+    for i in 0..23 {
+        // Several sessions share a creation time: the id breaks the tie.
+        let (_, r) = session_at(1, at(i / 3));
+        store.create(&r).await.unwrap();
+        mine.push(r);
+        let (_, o) = session_at(2, at(i));
+        store.create(&o).await.unwrap();
+    }
+    mine.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
+    for (user, total) in [(Some(UserId(1)), 23), (None, 46)] {
+        for limit in [1, 5, 23, 100] {
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_page(user, after.clone(), limit).await.unwrap();
+                assert!(page.len() <= limit);
+                if let Some(last) = page.last() {
+                    after = Some((last.created_at, last.id.clone()));
+                }
+                let done = page.len() < limit;
+                got.extend(page);
+                if done {
+                    break;
+                }
+            }
+            assert_eq!(got.len(), total, "user {user:?}, limit {limit}");
+            let mut seen = std::collections::HashSet::new();
+            assert!(got.iter().all(|s| seen.insert(s.id.clone())), "duplicates");
+            assert!(
+                got.windows(2)
+                    .all(|w| (w[0].created_at, w[0].id.as_str())
+                        < (w[1].created_at, w[1].id.as_str()))
+            );
+            if user.is_some() {
+                assert_eq!(ids(&got), ids(&mine));
+            }
+        }
+    }
 }
 
 pub async fn list_for_user_is_per_user_and_oldest_first<S: SessionStore>(store: S) {

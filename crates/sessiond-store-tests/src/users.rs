@@ -141,6 +141,71 @@ pub async fn password_disable_and_delete<S: UserStore>(store: S) {
     store.create_user(&new_user("Dave")).await.unwrap();
 }
 
+/// `set_password_hash_if` writes only over the hash that was verified: a change in flight
+/// (current password checked against the old hash) can never overwrite a reset that landed
+/// meanwhile (issue 15 #15), and of racing changes from one hash exactly one wins.
+pub async fn password_compare_and_set_never_undoes_a_reset<S: UserStore>(store: S) {
+    let erin = store.create_user(&new_user("erin")).await.unwrap();
+    let name = erin.username.clone();
+    let hash = |store: &Arc<S>| {
+        let (store, name) = (Arc::clone(store), name.clone());
+        async move {
+            store
+                .user_by_name(&name)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash
+        }
+    };
+    let store = Arc::new(store);
+    let verified = hash(&store).await;
+    // The admin's reset lands between the user's verification and write.
+    assert!(store
+        .set_password_hash(erin.id, "$admin$reset")
+        .await
+        .unwrap());
+    assert!(!store
+        .set_password_hash_if(erin.id, &verified, "$attacker$choice")
+        .await
+        .unwrap());
+    assert_eq!(hash(&store).await, "$admin$reset");
+    // Over the current hash it writes.
+    assert!(store
+        .set_password_hash_if(erin.id, "$admin$reset", "$user$new")
+        .await
+        .unwrap());
+    assert_eq!(hash(&store).await, "$user$new");
+    // Unknown user: false.
+    assert!(!store
+        .set_password_hash_if(UserId(erin.id.0 + 1000), "$user$new", "x")
+        .await
+        .unwrap());
+    // Racing writers from the same verified hash: exactly one wins, and the stored hash is
+    // the winner's.
+    for round in 0..10 {
+        let from = hash(&store).await;
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (s, from) = (Arc::clone(&store), from.clone());
+                tokio::spawn(async move {
+                    let to = format!("$r{round}$w{i}");
+                    s.set_password_hash_if(erin.id, &from, &to)
+                        .await
+                        .unwrap()
+                        .then_some(to)
+                })
+            })
+            .collect();
+        let mut winners = Vec::new();
+        for t in tasks {
+            winners.extend(t.await.unwrap());
+        }
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(hash(&store).await, winners[0]);
+    }
+}
+
 pub async fn list_users_sorted_by_name<S: UserStore>(store: S) {
     for n in ["zoe", "Bob", "alice"] {
         store.create_user(&new_user(n)).await.unwrap();

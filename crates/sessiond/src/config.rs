@@ -69,6 +69,8 @@ pub struct FileSession {
     pub absolute_timeout: Option<String>,
     pub remember_me_timeout: Option<String>,
     pub sweep_interval: Option<String>,
+    /// Sessions one user may hold at once (`0`: no cap); a login beyond it ends the oldest.
+    pub max_per_user: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +144,9 @@ pub struct Config {
     pub trusted_origins: Vec<String>,
     /// Limits on client connections (`[server]`).
     pub connections: ConnectionLimits,
+    /// `[session] max_per_user`: sessions one user may hold at once (`None`: no cap). A
+    /// login beyond it ends that user's oldest sessions (issue 15 #16).
+    pub max_sessions_per_user: Option<usize>,
 }
 
 /// A store URL. `Debug` shows it with its password replaced, so a logged or printed
@@ -286,6 +291,8 @@ pub fn server_on_this_host(url: &str) -> bool {
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
 pub const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
+/// `[session] max_per_user` unless configured.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 /// How often a running server deletes expired sessions, unless configured.
 pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -393,6 +400,14 @@ impl Config {
         let sweep_interval = match o.sweep_interval.or(f.session.sweep_interval) {
             Some(s) if s.trim().eq_ignore_ascii_case("off") => None,
             s => Some(duration("sweep_interval", s, DEFAULT_SWEEP_INTERVAL)?),
+        };
+
+        // Bounded by default: without a cap one account could grow its sessions (and every
+        // list, page and revoke-all over them) without limit.
+        let max_sessions_per_user = match f.session.max_per_user {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some(DEFAULT_MAX_SESSIONS_PER_USER),
         };
 
         let hash_worker = match o.hash_worker.or(f.hashing.worker).as_deref().map(str::trim) {
@@ -520,6 +535,7 @@ impl Config {
             access,
             admin_password: o.admin_password.filter(|p| !p.is_empty()).map(Secret),
             hash_worker,
+            max_sessions_per_user,
             trusted_origins,
             connections,
         })

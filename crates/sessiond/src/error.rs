@@ -49,6 +49,10 @@ pub enum ApiError {
     StoreUnavailable(#[source] StoreError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// The change conflicts with the account's current state (a password reset that landed
+    /// meanwhile, the last enabled admin); the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl ApiError {
@@ -70,6 +74,7 @@ impl ApiError {
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Overloaded { .. } | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
@@ -90,6 +95,7 @@ impl ApiError {
             Self::Overloaded { .. } => "overloaded",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal",
+            Self::Conflict(_) => "conflict",
         }
     }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use url::Url;
 
+use crate::access::{canonical_path, NotCanonical};
 use crate::config::Config;
 
 // The headers forward auth reads, named once: a lookup by `&str` parses and checks the name
@@ -90,60 +91,9 @@ pub enum TargetError {
     Missing(&'static str),
     #[error("malformed {0}")]
     Malformed(&'static str),
-}
-
-/// The request a proxy asks about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    pub url: Url,
-    pub method: Option<Method>,
-}
-
-impl Target {
-    /// The host, lowercase, without the port.
-    pub fn host(&self) -> String {
-        self.url.host_str().unwrap_or("").to_ascii_lowercase()
-    }
-
-    /// The path as access rules see it: percent-escapes decoded, then dot segments resolved
-    /// (again: `%2F..%2F` only becomes a `..` segment once decoded), so neither an escape nor
-    /// a `..` can move a request from under one rule to under another.
-    pub fn rule_path(&self) -> String {
-        remove_dot_segments(&percent_decode(self.url.path()))
-    }
-}
-
-/// RFC 3986 §5.2.4 on an absolute path, with `\` and empty segments kept as they are.
-fn remove_dot_segments(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let last = segments.len().saturating_sub(1);
-    for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "." => {
-                if i == last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if i == last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/"))
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(
-        format!("p={}", s.replace('+', "%2B").replace('&', "%26")).as_bytes(),
-    )
-    .next()
-    .map(|(_, v)| v.into_owned())
-    .unwrap_or_default()
+    /// The path is not one that every back end reads alike (`access::canonical_path`).
+    #[error("the target's path {0}; such paths are refused, since the proxy's back end may read them otherwise")]
+    NotCanonical(#[from] NotCanonical),
 }
 
 /// A host header value: a DNS name or IP literal, optionally with a port; nothing that could
@@ -339,46 +289,6 @@ impl<'a> Forwarded<'a> {
     }
 }
 
-/// [`Forwarded::forward_auth_parts`] of `h`.
-pub fn forward_auth_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    Forwarded::scan(h).forward_auth_parts()
-}
-
-/// [`Forwarded::auth_request_parts`] of `h`.
-pub fn auth_request_parts(h: &HeaderMap) -> Result<TargetParts<'_>, TargetError> {
-    Forwarded::scan(h).auth_request_parts()
-}
-
-/// [`Forwarded::forward_auth_method`] of `h`.
-pub fn forward_auth_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    Forwarded::scan(h).forward_auth_method()
-}
-
-/// [`Forwarded::auth_request_method`] of `h`.
-pub fn auth_request_method(h: &HeaderMap) -> Result<Option<Method>, TargetError> {
-    Forwarded::scan(h).auth_request_method()
-}
-
-/// Traefik / Caddy style: `X-Forwarded-Proto`, `X-Forwarded-Host`, `X-Forwarded-Uri`,
-/// `X-Forwarded-Method`.
-pub fn forward_auth_target(h: &HeaderMap) -> Result<Target, TargetError> {
-    let url = forward_auth_parts(h)?.url()?;
-    Ok(Target {
-        url,
-        method: forward_auth_method(h)?,
-    })
-}
-
-/// nginx `auth_request` style: `X-Original-URL` (else the `X-Forwarded-*` set) and
-/// `X-Original-Method`.
-pub fn auth_request_target(h: &HeaderMap) -> Result<Target, TargetError> {
-    let url = auth_request_parts(h)?.url()?;
-    Ok(Target {
-        url,
-        method: auth_request_method(h)?,
-    })
-}
-
 /// A target as forward auth decides on it: everything here depends only on the target's
 /// parts and the configuration.
 #[derive(Debug)]
@@ -392,21 +302,21 @@ pub struct Resolved {
     pub rule: Option<usize>,
 }
 
-/// Resolves `parts` against `config`.
+/// Resolves `parts` against `config`. The rules decide on the path exactly as the proxy
+/// sent it (decoded, never cleaned up: the URL parser's reading of `..` or `%2e` is one of
+/// several), and only when it is canonical; any other is refused, whatever the rules.
 pub fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolved, TargetError> {
-    let target = Target {
-        url: parts.url()?,
-        method: None,
-    };
-    let host = target.host();
+    let url = parts.url()?;
+    let path = canonical_path(parts.uri)?;
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
     let ours = config.host_is_ours(&host);
     let rule = if ours {
-        config.access.matching_rule(&host, || target.rule_path())
+        config.access.matching_rule(&host, &path)
     } else {
         None
     };
     Ok(Resolved {
-        url: target.url,
+        url,
         host,
         ours,
         rule,
@@ -539,37 +449,61 @@ mod tests {
         }
     }
 
+    /// What forward auth reads from `h`, Traefik / Caddy style: the URL, the path the rules
+    /// see, the method.
+    fn forward_auth(h: &HeaderMap) -> Result<(Url, String, Option<Method>), TargetError> {
+        let f = Forwarded::scan(h);
+        let parts = f.forward_auth_parts()?;
+        Ok((
+            parts.url()?,
+            canonical_path(parts.uri)?,
+            f.forward_auth_method()?,
+        ))
+    }
+
+    /// The same, nginx `auth_request` style.
+    fn auth_request(h: &HeaderMap) -> Result<(Url, String, Option<Method>), TargetError> {
+        let f = Forwarded::scan(h);
+        let parts = f.auth_request_parts()?;
+        Ok((
+            parts.url()?,
+            canonical_path(parts.uri)?,
+            f.auth_request_method()?,
+        ))
+    }
+
     #[test]
     fn forward_auth_targets() {
-        let ok = forward_auth_target(&headers(&[
+        let (url, path, method) = forward_auth(&headers(&[
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "App.Example.com:8443"),
-            ("x-forwarded-uri", "/a/../admin/%2e%2e/x?q=1"),
+            ("x-forwarded-uri", "/%61dmin/x?q=/../1"),
             ("x-forwarded-method", "post"),
         ]))
         .unwrap();
-        // The WHATWG parser treats %2e%2e as a dot segment too.
-        assert_eq!(ok.url.as_str(), "https://app.example.com:8443/x?q=1");
-        assert_eq!(ok.host(), "app.example.com");
-        assert_eq!(ok.method, Some(Method::POST));
-        assert_eq!(ok.rule_path(), "/x");
-        let rule_path = |uri: &str| {
-            forward_auth_target(&headers(&[
+        assert_eq!(
+            url.as_str(),
+            "https://app.example.com:8443/%61dmin/x?q=/../1"
+        );
+        assert_eq!(path, "/admin/x");
+        assert_eq!(method, Some(Method::POST));
+        // Paths that back ends read in more than one way are refused, never cleaned up.
+        for uri in [
+            "/a/../admin",
+            "/public%2F..%2Fadmin",
+            "/public//../admin",
+            "/..%2f..%2fadmin",
+            "/a/./b",
+        ] {
+            let h = headers(&[
                 ("x-forwarded-proto", "https"),
                 ("x-forwarded-host", "a.com"),
                 ("x-forwarded-uri", uri),
-            ]))
-            .unwrap()
-            .rule_path()
-        };
-        for (uri, path) in [
-            ("/public%2F..%2Fadmin", "/admin"),
-            ("/%61dmin/x", "/admin/x"),
-            ("/a/./b/../c/", "/a/c/"),
-            ("/a/b/..", "/a/"),
-            ("/..%2f..%2fadmin", "/admin"),
-        ] {
-            assert_eq!(rule_path(uri), path, "{uri}");
+            ]);
+            assert!(
+                matches!(forward_auth(&h), Err(TargetError::NotCanonical(_))),
+                "{uri}"
+            );
         }
 
         let bad: &[&[(&'static str, &str)]] = &[
@@ -611,7 +545,7 @@ mod tests {
             ],
         ];
         for h in bad {
-            assert!(forward_auth_target(&headers(h)).is_err(), "{h:?}");
+            assert!(forward_auth(&headers(h)).is_err(), "{h:?}");
         }
     }
 
@@ -675,33 +609,36 @@ mod tests {
 
     #[test]
     fn auth_request_targets() {
-        let t = auth_request_target(&headers(&[
+        let (url, path, method) = auth_request(&headers(&[
             ("x-original-url", "https://app.example.com/x?y"),
             ("x-original-method", "GET"),
         ]))
         .unwrap();
-        assert_eq!(t.url.as_str(), "https://app.example.com/x?y");
-        let t =
-            auth_request_target(&headers(&[("x-original-url", "http://app.example.com")])).unwrap();
-        assert_eq!(t.url.path(), "/");
-        let t = auth_request_target(&headers(&[
+        assert_eq!(url.as_str(), "https://app.example.com/x?y");
+        assert_eq!((path.as_str(), method), ("/x", Some(Method::GET)));
+        let (url, path, _) =
+            auth_request(&headers(&[("x-original-url", "http://app.example.com")])).unwrap();
+        assert_eq!((url.path(), path.as_str()), ("/", "/"));
+        let (url, _, _) = auth_request(&headers(&[
             ("x-forwarded-proto", "http"),
             ("x-forwarded-host", "a.com"),
         ]))
         .unwrap();
-        assert_eq!(t.url.as_str(), "http://a.com/");
+        assert_eq!(url.as_str(), "http://a.com/");
         for bad in [
             "app.example.com/x",
             "javascript:alert(1)",
             "https://u:p@app.example.com/",
             "https://a.com\\@evil.com/",
+            "https://a.com//ops/x",
+            "https://a.com/public/%2e%2e/deny",
         ] {
             assert!(
-                auth_request_target(&headers(&[("x-original-url", bad)])).is_err(),
+                auth_request(&headers(&[("x-original-url", bad)])).is_err(),
                 "{bad}"
             );
         }
-        assert!(auth_request_target(&HeaderMap::new()).is_err());
+        assert!(auth_request(&HeaderMap::new()).is_err());
     }
 
     fn ruled_config() -> Config {
@@ -734,15 +671,15 @@ groups = ["ops"]
         let cases = [
             ("https", "app.example.com", "/"),
             ("https", "APP.Example.COM:8443", "/admin"),
-            ("https", "app.example.com", "/x/../admin/y"),
+            ("https", "app.example.com", "/ADMIN/y"),
             ("https", "app.example.com", "/%61dmin"),
             ("https", "app.example.com", "/administrator"),
             ("HTTPS", "public.example.com", "/admin?x=1"),
-            ("http", "app.example.com", "/ops/deploy#frag"),
+            ("http", "app.example.com", "/ops/deploy?x#frag"),
             ("http", "app.example.com", "/ops"),
             ("https", "evil.com", "/"),
             ("https", "example.com.evil.com", "/"),
-            ("https", "auth.example.com", "/ops/%2e%2e/admin"),
+            ("https", "auth.example.com", "/ops/%2e%2e/admin?x"),
         ];
         for _ in 0..2 {
             for (proto, host, uri) in cases {
@@ -752,7 +689,10 @@ groups = ["ops"]
                     uri,
                     from_original_url: false,
                 };
-                let want = resolve(&c, &parts).unwrap();
+                let Ok(want) = resolve(&c, &parts) else {
+                    assert!(cache.resolve(&c, &parts).is_err(), "{uri}");
+                    continue;
+                };
                 let got = cache.resolve(&c, &parts).unwrap();
                 assert_eq!(
                     (&got.url, &got.host, got.ours, got.rule),
@@ -760,25 +700,22 @@ groups = ["ops"]
                     "{proto} {host} {uri}"
                 );
                 // And what the uncached decision path says.
-                let t = Target {
-                    url: want.url.clone(),
-                    method: None,
-                };
                 assert_eq!(
                     c.access.decision(got.rule),
-                    c.access.decide(&t.host(), &t.rule_path()),
+                    c.access.decide(&want.host, &canonical_path(uri).unwrap()),
                     "{uri}"
                 );
             }
         }
-        assert_eq!(cache.lock().len(), cases.len());
+        // Every case but the one refused (not canonical) is kept.
+        assert_eq!(cache.lock().len(), cases.len() - 1);
         let admin = cache
             .resolve(
                 &c,
                 &TargetParts {
                     proto: "https",
                     host: "app.example.com",
-                    uri: "/x/../admin/y",
+                    uri: "/ADMIN/y",
                     from_original_url: false,
                 },
             )
@@ -795,7 +732,7 @@ groups = ["ops"]
             from_original_url: false,
         };
         assert!(cache.resolve(&c, &bad).is_err());
-        assert_eq!(cache.lock().len(), cases.len());
+        assert_eq!(cache.lock().len(), cases.len() - 1);
     }
 
     #[test]

@@ -12,6 +12,14 @@ use crate::state::AppState;
 
 /// How long a device cookie (and its registration) lasts.
 pub const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
+/// New device registrations one account may get per [`DEVICE_WINDOW`] (issue 15 #16:
+/// every cookie-less login registered another year-long device key). Beyond it a login
+/// still succeeds but registers no device: the client is throttled like any client without
+/// a device cookie (the account ceiling). An account so holds at most
+/// `MAX_NEW_DEVICES × (DEVICE_LIFETIME / DEVICE_WINDOW)` registrations (3,650).
+pub const MAX_NEW_DEVICES: u64 = 10;
+/// The window of [`MAX_NEW_DEVICES`].
+pub const DEVICE_WINDOW: Duration = Duration::from_secs(86400);
 
 /// Who is trying to log in, as far as throttling is concerned.
 #[derive(Debug)]
@@ -78,6 +86,9 @@ impl Attempt {
     }
     fn device_registration_key(h: &TokenHash, account: &str) -> String {
         format!("dv:{}|{account}", hex(h))
+    }
+    fn new_devices_key(&self) -> String {
+        format!("dn:{}", self.account)
     }
 }
 
@@ -169,9 +180,28 @@ pub async fn succeeded(
         Attempt::device_failures_key(&h),
         Attempt::device_registration_key(&h, &a.account),
     );
-    state
-        .sessions
-        .store()
+    let store = state.sessions.store();
+    let now = state.sessions.now();
+    // A registration this account does not hold yet counts against its bound (a presented
+    // cookie may be junk or another account's: it counts too).
+    let known = !fresh && store.throttle_get(&registration, now).await?.is_some();
+    if !known {
+        let new_devices = a.new_devices_key();
+        let r = store.throttle_hit(&new_devices, now, DEVICE_WINDOW).await?;
+        if r.count > MAX_NEW_DEVICES {
+            store
+                .throttle_apply(
+                    &[
+                        ThrottleChange::Delete { key: &pair },
+                        ThrottleChange::Delete { key: &failures },
+                    ],
+                    now,
+                )
+                .await?;
+            return Ok(None);
+        }
+    }
+    store
         .throttle_apply(
             &[
                 ThrottleChange::Delete { key: &pair },
@@ -181,7 +211,7 @@ pub async fn succeeded(
                     window: DEVICE_LIFETIME,
                 },
             ],
-            state.sessions.now(),
+            now,
         )
         .await?;
     Ok(fresh.then_some(token))

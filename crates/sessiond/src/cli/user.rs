@@ -124,11 +124,14 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
                 created_at: now(),
             };
             match rt.block_on(stores.users.create_user(&new)) {
-                Ok(u) => println!(
-                    "created user {}{}",
-                    u.username,
-                    if u.admin { " (admin)" } else { "" }
-                ),
+                Ok(u) => {
+                    tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, admin = u.admin, by = "cli");
+                    println!(
+                        "created user {}{}",
+                        u.username,
+                        if u.admin { " (admin)" } else { "" }
+                    )
+                }
                 Err(StoreError::Conflict) => {
                     return Err(CliError::Runtime(anyhow::anyhow!(
                         "user {name:?} already exists"
@@ -200,7 +203,8 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
         }
         Command::Enable { name } => {
             let user = rt.block_on(find(&stores, &name))?;
-            rt.block_on(stores.users.set_disabled(user.id, false))?;
+            rt.block_on(accounts::enable(stores.users.as_ref(), user.id))?;
+            tracing::info!(target: "sessiond::audit", event = "user_enabled", user = %user.username, by = "cli");
             println!("enabled {}", user.username);
         }
         Command::Delete { name } => {

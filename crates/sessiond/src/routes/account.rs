@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_core::SessionId;
 
-use super::api::{cookie_headers, list_own, rfc3339, SessionListItem, UserView};
+use super::api::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
 use super::extract::{ClientInfo, CurrentUser, FormBody};
 use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
 use crate::accounts;
@@ -24,6 +24,8 @@ struct AccountPage<'a> {
     user: UserView<'a>,
     session: ThisSession,
     sessions: Vec<SessionListItem>,
+    /// The next page's cursor (`/?after=…`), if there are more sessions.
+    next: Option<String>,
     csrf_token: String,
     notice: Option<&'static str>,
     error: Option<String>,
@@ -53,7 +55,19 @@ async fn render(
     notice: Option<&'static str>,
     error: Option<String>,
 ) -> HtmlResult<Response> {
+    render_page(state, me, status, notice, error, &PageQuery::default()).await
+}
+
+async fn render_page(
+    state: &AppState,
+    me: &CurrentUser,
+    status: StatusCode,
+    notice: Option<&'static str>,
+    error: Option<String>,
+    q: &PageQuery,
+) -> HtmlResult<Response> {
     let rec = me.session.record();
+    let (sessions, next) = list_own(state, me, q).await?;
     let ctx = AccountPage {
         user: UserView::of(&me.user),
         session: ThisSession {
@@ -61,7 +75,8 @@ async fn render(
             expires_at: rfc3339(state.sessions.policy().deadline(rec, rec.last_seen_at)),
             remember: rec.remember,
         },
-        sessions: list_own(state, me).await?,
+        sessions,
+        next,
         csrf_token: form_token(&me.session),
         notice,
         error,
@@ -73,9 +88,12 @@ pub async fn account(
     State(state): State<AppState>,
     me: Result<CurrentUser, ApiError>,
     Query(q): Query<Done>,
+    page: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> HtmlResult<Response> {
     let me = me?;
-    render(&state, &me, StatusCode::OK, notice(q.done.as_deref()), None).await
+    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let done = notice(q.done.as_deref());
+    render_page(&state, &me, StatusCode::OK, done, None, &page).await
 }
 
 pub async fn revoke_one(

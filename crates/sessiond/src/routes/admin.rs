@@ -11,7 +11,7 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_core::{NewUser, Password, SessionId, StoreError, User, UserId, Username};
 
-use super::api::{cookie_headers, rfc3339};
+use super::api::{cookie_headers, rfc3339, session_page, PageQuery};
 use super::extract::{CurrentUser, FormBody};
 use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
 use crate::accounts;
@@ -60,7 +60,7 @@ struct UserRow<'a> {
     groups: String,
     admin: bool,
     disabled: bool,
-    sessions: usize,
+    sessions: String,
 }
 
 #[derive(Serialize)]
@@ -80,10 +80,15 @@ struct AdminPage<'a> {
     me: &'a str,
     users: Vec<UserRow<'a>>,
     sessions: Vec<SessionRow>,
+    /// The next page's cursor (`/admin?after=…`), if there are more sessions.
+    next: Option<String>,
     csrf_token: String,
     notice: Option<&'static str>,
     error: Option<String>,
 }
+
+/// Users' session counts are read up to this many (shown as "N+" beyond).
+const COUNT_BOUND: usize = 1_000;
 
 async fn render(
     state: &AppState,
@@ -92,12 +97,42 @@ async fn render(
     notice: Option<&'static str>,
     error: Option<String>,
 ) -> HtmlResult<Response> {
+    render_page(state, me, status, notice, error, &PageQuery::default()).await
+}
+
+async fn render_page(
+    state: &AppState,
+    me: &CurrentUser,
+    status: StatusCode,
+    notice: Option<&'static str>,
+    error: Option<String>,
+    q: &PageQuery,
+) -> HtmlResult<Response> {
     let users: Vec<User> = state.users.list_users().await?;
     let names: HashMap<UserId, &str> = users.iter().map(|u| (u.id, u.username.as_str())).collect();
-    let all = state.sessions.store().list_all().await?;
-    let mut counts: HashMap<UserId, usize> = HashMap::new();
-    for s in &all {
-        *counts.entry(s.user_id).or_default() += 1;
+    // One page of all sessions (issue 15 #16: every session on one page was 20 MB at 50,000).
+    let (all, next) = session_page(state, None, q).await?;
+    // Per-user counts from indexed, bounded reads (at most the cap + 1 records each), not
+    // from a list of every session.
+    let bound = state
+        .config
+        .max_sessions_per_user
+        .unwrap_or(COUNT_BOUND)
+        .min(COUNT_BOUND);
+    let mut counts: HashMap<UserId, String> = HashMap::new();
+    for u in &users {
+        let n = state
+            .sessions
+            .store()
+            .list_page(Some(u.id), None, bound + 1)
+            .await?
+            .len();
+        let shown = if n > bound {
+            format!("{bound}+")
+        } else {
+            n.to_string()
+        };
+        counts.insert(u.id, shown);
     }
     let sessions = all
         .iter()
@@ -123,13 +158,14 @@ async fn render(
             groups: u.groups.join(", "),
             admin: u.admin,
             disabled: u.disabled,
-            sessions: counts.get(&u.id).copied().unwrap_or(0),
+            sessions: counts.remove(&u.id).unwrap_or_default(),
         })
         .collect();
     let ctx = AdminPage {
         me: me.user.username.as_str(),
         users,
         sessions,
+        next,
         csrf_token: form_token(&me.session),
         notice,
         error,
@@ -141,8 +177,11 @@ pub async fn index(
     State(state): State<AppState>,
     Admin(me): Admin,
     Query(q): Query<Done>,
+    page: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> HtmlResult<Response> {
-    render(&state, &me, StatusCode::OK, notice(q.done.as_deref()), None).await
+    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let done = notice(q.done.as_deref());
+    render_page(&state, &me, StatusCode::OK, done, None, &page).await
 }
 
 #[derive(Deserialize)]
@@ -197,7 +236,7 @@ pub async fn create_user(
     };
     match state.users.create_user(&new).await {
         Ok(u) => {
-            tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, by = %me.user.username);
+            tracing::info!(target: "sessiond::audit", event = "user_created", user = %u.username, admin = u.admin, by = %me.user.username);
             Ok(see_other("/admin?done=created"))
         }
         Err(StoreError::Conflict) => {
@@ -240,11 +279,21 @@ pub async fn user_action(
     let (users, sessions) = (state.users.as_ref(), state.sessions.store().as_ref());
     let done = match action.as_str() {
         "disable" => {
-            accounts::disable(users, sessions, user.id).await?;
+            match accounts::disable(users, sessions, user.id).await {
+                Ok(_) => {}
+                Err(e @ accounts::ChangeError::LastAdmin(_)) => {
+                    // The page again with the reason; the status comes from `ApiError`.
+                    let e = ApiError::from(e);
+                    let msg = sentence(&e.to_string());
+                    return render(&state, &me, e.status(), None, Some(msg)).await;
+                }
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
             "disabled"
         }
         "enable" => {
-            users.set_disabled(user.id, false).await?;
+            accounts::enable(users, user.id).await?;
+            tracing::info!(target: "sessiond::audit", event = "admin_action", action = "enable", user = %user.username, by = %me.user.username);
             return Ok(see_other("/admin?done=enabled"));
         }
         "password" => {

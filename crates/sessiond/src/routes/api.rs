@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sessiond_axum::ActiveSession;
-use sessiond_core::{NewSession, SessionRecord, SessionToken, Timestamp, User};
+use sessiond_core::{NewSession, SessionId, SessionRecord, SessionToken, Timestamp, User, UserId};
 
 use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
 use crate::error::{ApiError, ApiResult};
@@ -149,7 +149,9 @@ pub(super) async fn log_in(
     }
     let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
     let counters = throttle::check(state, &attempt).await?;
-    let user = match accounts::authenticate(state, username, password).await {
+    let (user, verified_phc) = match accounts::authenticate_verified(state, username, password)
+        .await
+    {
         Ok(u) => u,
         Err(e) => {
             let counter = match e {
@@ -177,6 +179,25 @@ pub(super) async fn log_in(
         user_agent: client.user_agent,
     };
     let (token, record) = state.sessions.begin(new, presented.as_ref()).await?;
+    // A password change, reset or disable that landed while this password was being
+    // verified must not leave this session behind it (issue 15 #12): checked now that the
+    // session exists, so either the change's sweep ends it or this sees the change.
+    if !accounts::still_current(state, &user, &verified_phc).await? {
+        state.sessions.store().delete(&record.token_hash).await?;
+        tracing::info!(target: "sessiond::audit", event = "login_failed", reason = "changed_meanwhile", user = %user.username, ip = ?record.ip);
+        return Err(ApiError::InvalidCredentials);
+    }
+    if let Some(cap) = state.config.max_sessions_per_user {
+        // The per-user cap (issue 15 #16): the oldest sessions end first.
+        let ended = state
+            .sessions
+            .store()
+            .delete_oldest_for_user(user.id, cap)
+            .await?;
+        if ended > 0 {
+            tracing::info!(target: "sessiond::audit", event = "sessions_capped", user = %user.username, count = ended);
+        }
+    }
     tracing::info!(target: "sessiond::audit", event = "login", user = %user.username, session = %record.id, ip = ?record.ip);
     Ok(LoggedIn {
         user,
@@ -341,16 +362,89 @@ pub struct SessionListItem {
     pub current: bool,
 }
 
-/// The caller's sessions, oldest first, without any secret.
+/// `?limit=&after=` of a session list (issue 15 #16: one user with 50,000 sessions made
+/// `/api/sessions` 37 MB). `after` is the `next` cursor of the previous page.
+#[derive(Deserialize, Default, Debug, Clone)]
+pub struct PageQuery {
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Sessions per page unless `limit` says otherwise (the default per-user cap: one page
+/// shows a capped user's sessions whole).
+pub const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` accepted.
+pub const MAX_PAGE: usize = 500;
+
+impl PageQuery {
+    /// Validated `limit` and decoded cursor; anything malformed is `400`.
+    fn parse(&self) -> ApiResult<(usize, Option<(Timestamp, SessionId)>)> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let after = match self.after.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                ApiError::BadRequest("after: not a cursor from a previous page".into())
+            })?),
+        };
+        Ok((limit, after))
+    }
+}
+
+/// The cursor after `s`: `<created_at ms>.<session id>` (URL-safe as it is; both parts
+/// public).
+pub fn cursor_of(s: &SessionRecord) -> String {
+    format!("{}.{}", s.created_at.as_millis(), s.id)
+}
+
+fn parse_cursor(c: &str) -> Option<(Timestamp, SessionId)> {
+    let (ms, id) = c.split_once('.')?;
+    let ms: i64 = ms.parse().ok()?;
+    Some((Timestamp::from_millis(ms), SessionId::parse(id)?))
+}
+
+/// One page of `user`'s sessions (all sessions with `None`) and the cursor of the next page,
+/// if there is one.
+pub(super) async fn session_page(
+    state: &AppState,
+    user: Option<UserId>,
+    q: &PageQuery,
+) -> ApiResult<(Vec<SessionRecord>, Option<String>)> {
+    let (limit, after) = q.parse()?;
+    // One more than asked: whether a next page exists, without an empty last page.
+    let mut page = state
+        .sessions
+        .store()
+        .list_page(user, after, limit + 1)
+        .await?;
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(cursor_of)
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// One page of the caller's sessions, oldest first, without any secret, and the next
+/// page's cursor.
 pub(super) async fn list_own(
     state: &AppState,
     me: &CurrentUser,
-) -> ApiResult<Vec<SessionListItem>> {
+    q: &PageQuery,
+) -> ApiResult<(Vec<SessionListItem>, Option<String>)> {
     let policy = state.sessions.policy();
     let now = state.sessions.now();
     let current = &me.session.record().id;
     let mut out = Vec::new();
-    for s in state.sessions.store().list_for_user(me.user.id).await? {
+    let (page, next) = session_page(state, Some(me.user.id), q).await?;
+    for s in page {
         // Expired but not swept yet: not a session any more.
         if matches!(policy.evaluate(&s, now), sessiond_core::Verdict::Expired(_)) {
             continue;
@@ -367,12 +461,18 @@ pub(super) async fn list_own(
             user_agent: s.user_agent,
         });
     }
-    Ok(out)
+    Ok((out, next))
 }
 
-pub async fn sessions(State(state): State<AppState>, me: CurrentUser) -> ApiResult<Response> {
-    let list = list_own(&state, &me).await?;
-    let mut res = Json(serde_json::json!({ "sessions": list })).into_response();
+/// `GET /api/sessions[?limit=N&after=CURSOR]` → `{"sessions": [...], "next": CURSOR|null}`.
+pub async fn sessions(
+    State(state): State<AppState>,
+    me: CurrentUser,
+    query: Result<axum::extract::Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (list, next) = list_own(&state, &me, &q).await?;
+    let mut res = Json(serde_json::json!({ "sessions": list, "next": next })).into_response();
     res.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(res)

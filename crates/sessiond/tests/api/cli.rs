@@ -150,6 +150,11 @@ async fn users_are_managed_from_the_cli_and_changes_end_sessions() {
         StatusCode::OK
     );
 
+    // Nina is about to be disabled and deleted: she must not be the last enabled admin.
+    ok(&run(
+        &["user", "add", "zed-keeper", "--admin", "--password-stdin"],
+        Some("zed-keeper password\n"),
+    ));
     assert!(ok(&run(&["user", "disable", "nina"], None)).contains("1 session(s) ended"));
     whoami_becomes(
         &app,
@@ -176,7 +181,10 @@ async fn users_are_managed_from_the_cli_and_changes_end_sessions() {
         Duration::from_millis(100),
     )
     .await;
-    assert_eq!(ok(&run(&["user", "list", "--json"], None)).trim(), "[]");
+    let list: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["user", "list", "--json"], None))).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert_eq!(list[0]["username"], "zed-keeper");
 }
 
 #[tokio::test]
@@ -260,5 +268,86 @@ fn hash_password_prints_a_phc_string() {
     let text = ok(&help);
     for cmd in ["serve", "user", "session", "hash-password"] {
         assert!(text.contains(cmd), "--help lists {cmd}");
+    }
+}
+
+/// The CLI refuses to disable or delete the last enabled admin (one clear line, exit 1),
+/// and `user add` / `user enable` write audit events (saying whether the user is an admin).
+#[tokio::test]
+async fn the_cli_keeps_the_last_admin_and_audits_enable() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let db = db_url(dir.path());
+    let audited = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(args)
+            .env("SESSIOND_DATABASE", &db)
+            .env("RUST_LOG", "sessiond::audit=info")
+            .env("SESSIOND_LOG_FORMAT", "json")
+            .env_remove("SESSIOND_CONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if let Some(input) = stdin {
+            let _ = child.stdin.take().unwrap().write_all(input.as_bytes());
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let out = audited(
+        &["user", "add", "root", "--admin", "--password-stdin"],
+        Some("first password\n"),
+    );
+    ok(&out);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("\"event\":\"user_created\"") && log.contains("\"admin\":true"),
+        "{log}"
+    );
+    fails(
+        &sessiond(&db, &["user", "disable", "root"], None),
+        1,
+        "last enabled admin",
+    );
+    fails(
+        &sessiond(&db, &["user", "delete", "root"], None),
+        1,
+        "last enabled admin",
+    );
+    ok(&sessiond(&db, &["user", "list"], None));
+
+    ok(&sessiond(
+        &db,
+        &["user", "add", "second", "--admin", "--password-stdin"],
+        Some("second password\n"),
+    ));
+    assert!(ok(&sessiond(&db, &["user", "disable", "root"], None)).contains("disabled root"));
+    fails(
+        &sessiond(&db, &["user", "delete", "second"], None),
+        1,
+        "last enabled admin",
+    );
+    let out = audited(&["user", "enable", "root"], None);
+    assert!(ok(&out).contains("enabled root"));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("\"event\":\"user_enabled\""), "{log}");
+    assert!(ok(&sessiond(&db, &["user", "delete", "second"], None)).contains("deleted second"));
+    let out = audited(
+        &["user", "add", "plain", "--password-stdin"],
+        Some("third password\n"),
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"admin\":false"));
+    // `.` and `..` are not usernames.
+    for bad in [".", ".."] {
+        fails(
+            &sessiond(
+                &db,
+                &["user", "add", bad, "--password-stdin"],
+                Some("a password\n"),
+            ),
+            2,
+            "username",
+        );
     }
 }

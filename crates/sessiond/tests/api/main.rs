@@ -1,16 +1,20 @@
 //! Integration tests: the real router on a real socket, driven by a real HTTP client with a
 //! real cookie jar. One test binary (faster to link); one module per area.
 
+mod accounts;
 mod authz;
 mod cli;
 mod cookies;
+mod crash;
 mod hashing;
 mod helpers;
 mod hostile;
+mod lenient;
 mod lifecycle;
 mod login;
 mod net;
 mod pages;
+mod paths;
 mod proxies;
 mod shared;
 mod throttle;

@@ -68,11 +68,18 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-struct Proxy {
+pub struct Proxy {
     child: Child,
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
-    name: &'static str,
+    pub name: &'static str,
+}
+
+/// What the protected app is: an upstream server, or files the proxy serves itself (nginx
+/// `root`, Caddy `file_server`).
+pub enum Backend {
+    Upstream(SocketAddr),
+    Files(std::path::PathBuf),
 }
 
 impl Drop for Proxy {
@@ -82,9 +89,13 @@ impl Drop for Proxy {
     }
 }
 
-fn installed(bin: &str) -> bool {
-    let found = Command::new(bin).arg("-v").output().is_ok()
-        || Command::new(bin).arg("version").output().is_ok();
+pub fn installed(bin: &str) -> bool {
+    // Only whether it runs at all: `--version` is understood, or refused, by each of them.
+    let found = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok();
     if !found && sessiond_store_tests::services_required() {
         panic!("{bin} is required (SESSIOND_REQUIRE_SERVICES=1) but not installed");
     }
@@ -94,23 +105,42 @@ fn installed(bin: &str) -> bool {
     found
 }
 
-/// The example config with this test's host names and ports filled in.
-fn example(name: &str, sessiond: SocketAddr, upstream: SocketAddr) -> String {
+/// The example config with this test's host names and ports filled in, and the app's
+/// `upstream` line replaced by `files` when the proxy serves files itself.
+fn example(
+    name: &str,
+    sessiond: SocketAddr,
+    backend: &Backend,
+    upstream: &str,
+    files: &str,
+) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../examples")
         .join(name);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .replace("example.com", "example.test")
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(text.contains(upstream), "{name} no longer has {upstream:?}");
+    let text = match backend {
+        Backend::Upstream(addr) => text.replace("127.0.0.1:8080", &addr.to_string()),
+        Backend::Files(dir) => text.replace(
+            upstream,
+            &files.replace("{dir}", &dir.display().to_string()),
+        ),
+    };
+    text.replace("example.com", "example.test")
         .replace("127.0.0.1:7444", &sessiond.to_string())
-        .replace("127.0.0.1:8080", &upstream.to_string())
 }
 
-fn start_nginx(port: u16, sessiond: SocketAddr, upstream: SocketAddr) -> Proxy {
+pub fn start_nginx(port: u16, sessiond: SocketAddr, backend: &Backend) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display().to_string();
-    let site = example("nginx.conf", sessiond, upstream)
-        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
+    let site = example(
+        "nginx.conf",
+        sessiond,
+        backend,
+        "proxy_pass http://127.0.0.1:8080;",
+        "root {dir};",
+    )
+    .replace("listen 80;", &format!("listen 127.0.0.1:{port};"));
     // The example is a site file; wrap it in a minimal main config of the test's own.
     let conf = format!(
         "daemon off;\nmaster_process off;\nuser root;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
@@ -139,17 +169,23 @@ fn start_nginx(port: u16, sessiond: SocketAddr, upstream: SocketAddr) -> Proxy {
     }
 }
 
-fn start_caddy(port: u16, sessiond: SocketAddr, upstream: SocketAddr) -> Proxy {
+pub fn start_caddy(port: u16, sessiond: SocketAddr, backend: &Backend) -> Proxy {
     let dir = tempfile::tempdir().unwrap();
-    let sites = example("Caddyfile", sessiond, upstream)
-        .replace(
-            "auth.example.test {",
-            &format!("http://auth.example.test:{port} {{"),
-        )
-        .replace(
-            "app.example.test {",
-            &format!("http://app.example.test:{port} {{"),
-        );
+    let sites = example(
+        "Caddyfile",
+        sessiond,
+        backend,
+        "reverse_proxy 127.0.0.1:8080",
+        "root * {dir}\n\tfile_server",
+    )
+    .replace(
+        "auth.example.test {",
+        &format!("http://auth.example.test:{port} {{"),
+    )
+    .replace(
+        "app.example.test {",
+        &format!("http://app.example.test:{port} {{"),
+    );
     let global = format!(
         "{{\n\tadmin off\n\tauto_https off\n\tstorage file_system {}\n}}\n",
         dir.path().display()
@@ -175,7 +211,7 @@ fn start_caddy(port: u16, sessiond: SocketAddr, upstream: SocketAddr) -> Proxy {
 
 impl Proxy {
     /// A browser-like client that resolves our test host names to the proxy.
-    fn client(&self, jar: bool) -> reqwest::Client {
+    pub fn client(&self, jar: bool) -> reqwest::Client {
         let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         reqwest::Client::builder()
             .cookie_store(jar)
@@ -187,15 +223,15 @@ impl Proxy {
             .unwrap()
     }
 
-    fn app(&self, path: &str) -> String {
+    pub fn app(&self, path: &str) -> String {
         format!("http://app.example.test:{}{path}", self.port)
     }
 
-    fn auth(&self, path: &str) -> String {
+    pub fn auth(&self, path: &str) -> String {
         format!("http://auth.example.test:{}{path}", self.port)
     }
 
-    async fn wait_up(&self) {
+    pub async fn wait_up(&self) {
         let c = self.client(false);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
@@ -403,9 +439,10 @@ async fn run(proxy_name: &'static str) {
     .await;
     app.add_user("nia").await;
     let sessiond: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let backend = Backend::Upstream(upstream);
     let proxy = match proxy_name {
-        "nginx" => start_nginx(port, sessiond, upstream),
-        _ => start_caddy(port, sessiond, upstream),
+        "nginx" => start_nginx(port, sessiond, &backend),
+        _ => start_caddy(port, sessiond, &backend),
     };
     proxy.wait_up().await;
     walk(&proxy, &app).await;
