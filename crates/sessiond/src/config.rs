@@ -206,9 +206,10 @@ impl std::fmt::Debug for Secret {
 /// or holds a connection idle, or opens many, cannot exhaust the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// A request head must arrive in full within this long of the server being ready for it;
-    /// hyper starts that clock whenever a connection waits for a request, so this is also how
-    /// long an idle keep-alive connection stays open.
+    /// A connection on which, for this long, no request head has arrived in full, no request
+    /// was in flight and no answer bytes were written is closed (`server::serve`): a slow head,
+    /// an idle keep-alive connection, a client that stopped reading. A request body must
+    /// arrive within this long of its head too.
     pub header_read_timeout: Duration,
     /// Open connections at most; one more is answered `503 overloaded` and closed.
     pub max_connections: usize,

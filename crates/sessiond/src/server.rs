@@ -242,10 +242,10 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The accept loop: HTTP/1.1 over hyper, with the limits that keep a slow or idle client from
 /// holding the server's descriptors and memory (issue 15 #2).
 ///
-/// * hyper's header-read timeout, on a real timer (`axum::serve` runs without one, so it was
-///   off): a request head must arrive in full within `header_read_timeout` of the server
-///   being ready for it. hyper starts that clock whenever a connection waits for a request,
-///   so it is also the idle keep-alive timeout.
+/// * a header-read timeout (`axum::serve` had none): a connection on which no request head
+///   has arrived in full for `header_read_timeout` (idle, or sending a head slowly), with no
+///   request in flight, is closed ([`Watchdog`]). So it is also the idle keep-alive timeout,
+///   and it ends a client that does not read its answer too.
 /// * a cap on open connections (a semaphore permit per connection); a connection past it is
 ///   answered `503 overloaded` (a few at a time, quickly) rather than left to exhaust file
 ///   descriptors.
@@ -269,10 +269,10 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // No timer: hyper's own header-read timeout would allocate and arm a timer for every
+    // request head; the watchdog below costs a timer per connection and a counter per request.
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    http.keep_alive(true);
     let mut refusal = hyper::server::conn::http1::Builder::new();
     refusal
         .timer(TokioTimer::new())
@@ -298,28 +298,41 @@ where
                 }
             },
         };
-        let io = TokioIo::new(stream);
         if let Ok(permit) = Arc::clone(&open).try_acquire_owned() {
+            let activity = Arc::new(Activity::default());
+            let io = TokioIo::new(Counted {
+                stream,
+                activity: Arc::clone(&activity),
+            });
             let conn = http.serve_connection(
                 io,
                 Connection {
                     app: app.clone(),
                     remote,
                     body_timeout: limits.header_read_timeout,
+                    activity: Arc::clone(&activity),
                 },
             );
             let mut close = close_rx.clone();
+            let mut watchdog = Watchdog::new(activity, limits.header_read_timeout);
             tokio::spawn(async move {
                 let _permit = permit;
                 let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = close.changed() => {}
+                let mut closing = false;
+                loop {
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = close.changed(), if !closing => {
+                            closing = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        // Dropping the connection closes its socket.
+                        () = watchdog.expired() => return,
+                    }
                 }
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
             });
         } else if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+            let io = TokioIo::new(stream);
             let conn = refusal.serve_connection(
                 io,
                 hyper::service::service_fn(|_req| async {
@@ -333,7 +346,7 @@ where
                 let _ = conn.await;
             });
         } else {
-            drop(io);
+            drop(stream);
         }
     }
     drop(listener);
@@ -343,6 +356,175 @@ where
     Ok(())
 }
 
+/// What a connection's [`Watchdog`] looks at: request heads parsed, requests in flight, and
+/// bytes of answers written (a client reading a long answer slowly is not idle).
+#[derive(Debug, Default)]
+struct Activity {
+    heads: std::sync::atomic::AtomicU64,
+    in_flight: std::sync::atomic::AtomicU32,
+    written: std::sync::atomic::AtomicU64,
+}
+
+/// The socket, counting the bytes written to it for the [`Watchdog`]. (Bytes read do not
+/// count: a slowloris client sends bytes too, just never a whole head.)
+#[derive(Debug)]
+struct Counted {
+    stream: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl Counted {
+    fn wrote(&self, r: &std::task::Poll<std::io::Result<usize>>) {
+        if let std::task::Poll::Ready(Ok(n)) = r {
+            self.activity
+                .written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.wrote(&r);
+        r
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let r = std::pin::Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.wrote(&r);
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// Closes a connection on which, for the header-read timeout, no request head has completed,
+/// no request was in flight and no answer bytes were written: a client sending its head
+/// slowly (slowloris), an idle keep-alive connection, a client that stopped reading. It looks every quarter of
+/// the timeout and closes after three looks in a row saw nothing new, so a connection is
+/// closed between ¾ of the timeout and the timeout after its last request. One timer per
+/// connection, none per request.
+#[derive(Debug)]
+struct Watchdog {
+    activity: Arc<Activity>,
+    tick: tokio::time::Interval,
+    last: (u64, u64),
+    quiet: u8,
+}
+
+impl Watchdog {
+    fn new(activity: Arc<Activity>, timeout: Duration) -> Self {
+        let period = timeout / 4;
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            activity,
+            tick,
+            last: (0, 0),
+            quiet: 0,
+        }
+    }
+
+    /// Resolves when the connection has been quiet for the timeout.
+    async fn expired(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        loop {
+            self.tick.tick().await;
+            let now = (
+                self.activity.heads.load(Relaxed),
+                self.activity.written.load(Relaxed),
+            );
+            if now != self.last || self.activity.in_flight.load(Relaxed) > 0 {
+                self.last = now;
+                self.quiet = 0;
+            } else {
+                self.quiet += 1;
+                if self.quiet >= 3 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A request in flight, for the [`Watchdog`]: counted from its head to its answer.
+#[derive(Debug)]
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        activity.heads.fetch_add(1, Relaxed);
+        activity.in_flight.fetch_add(1, Relaxed);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The app's answer to one request, with its [`InFlight`] mark (dropped with it).
+    struct Answer<F> {
+        #[pin]
+        inner: F,
+        _in_flight: InFlight,
+    }
+}
+
+impl<F: Future> Future for Answer<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
 /// One accepted connection's hyper service: the app, told the peer's address.
 #[derive(Debug)]
 struct Connection<S> {
@@ -350,6 +532,7 @@ struct Connection<S> {
     remote: SocketAddr,
     /// How long a request body may take to arrive, from its head (see [`BodyDeadline`]).
     body_timeout: Duration,
+    activity: Arc<Activity>,
 }
 
 impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Connection<S>
@@ -362,9 +545,10 @@ where
 {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<S, axum::extract::Request>;
+    type Future = Answer<tower::util::Oneshot<S, axum::extract::Request>>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.activity);
         // Bodiless requests (every GET: verification, forward auth) skip the deadline's timer.
         let timeout = self.body_timeout;
         let mut req = req.map(|body| {
@@ -378,7 +562,10 @@ where
             }
         });
         req.extensions_mut().insert(ConnectInfo(self.remote));
-        self.app.clone().oneshot(req)
+        Answer {
+            inner: self.app.clone().oneshot(req),
+            _in_flight: in_flight,
+        }
     }
 }
 

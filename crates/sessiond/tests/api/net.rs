@@ -529,3 +529,61 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_off() {
         start.elapsed()
     );
 }
+
+/// The header-read watchdog never cuts a request in flight: with a 1 s timeout, a login that
+/// waits about as long for a locked database still gets its answer (`503`), not a closed
+/// connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_outlives_the_header_timeout() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let app = spawn_app_full(
+        dir,
+        "[server]\nheader_read_timeout = \"1s\"",
+        Overrides::default(),
+    )
+    .await;
+    app.add_user("sam").await;
+    let Some(mut holder) = sessiond_store_tests::service_or_skip(
+        "the sqlite3 shell",
+        Command::new("sqlite3")
+            .arg(app.db_path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn(),
+    ) else {
+        return;
+    };
+    {
+        use std::io::{BufRead as _, Write as _};
+        let stdin = holder.stdin.as_mut().unwrap();
+        stdin
+            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+            .unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+    }
+    // Idle for most of the timeout first, so the request starts late in a watchdog period.
+    let c = app.bare_client();
+    assert_eq!(
+        c.get(app.url("/healthz")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let start = Instant::now();
+    let res = app.api_login(&c, "sam", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(res).await["code"], "store_unavailable");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(holder.stdin.take());
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
