@@ -10,8 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
-    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 
 #[derive(Debug, Default)]
@@ -249,6 +249,69 @@ impl SessionStore for MemoryStore {
 
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.lock().throttle.remove(key).is_some())
+    }
+
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        apply_throttle(&mut g.throttle, changes, now);
+        Ok(())
+    }
+
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, Option<ThrottleRecord>)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // Compare and apply under one lock: atomic.
+        let mut g = self.lock();
+        let unchanged = expected
+            .iter()
+            .all(|(k, e)| g.throttle.get(*k).filter(|r| r.expires_at > now).copied() == *e);
+        if unchanged {
+            apply_throttle(&mut g.throttle, changes, now);
+        }
+        Ok(unchanged)
+    }
+}
+
+fn apply_throttle(
+    map: &mut std::collections::BTreeMap<String, ThrottleRecord>,
+    changes: &[ThrottleChange<'_>],
+    now: Timestamp,
+) {
+    for change in changes {
+        match *change {
+            ThrottleChange::Hit { key, window } => {
+                let rec = match map.get(key) {
+                    Some(r) if r.expires_at > now => ThrottleRecord {
+                        count: r.count + 1,
+                        last_at: now,
+                        expires_at: r.expires_at,
+                    },
+                    _ => ThrottleRecord {
+                        count: 1,
+                        last_at: now,
+                        expires_at: now.plus(window),
+                    },
+                };
+                map.insert(key.to_owned(), rec);
+            }
+            ThrottleChange::Delete { key } => {
+                map.remove(key);
+            }
+            ThrottleChange::Refund { key } => match map.get_mut(key) {
+                Some(r) if r.expires_at > now && r.count > 1 => r.count -= 1,
+                Some(_) => {
+                    map.remove(key);
+                }
+                None => {}
+            },
+        }
     }
 }
 
