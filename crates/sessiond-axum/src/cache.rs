@@ -268,7 +268,7 @@ impl SessionStore for WatchedStore {
     }
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, sessiond_core::ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {

@@ -163,10 +163,11 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     }
 
     /// Compare-and-apply, the step that makes login throttling atomic (issue 15 #4): in one
-    /// atomic step across every instance, if each of `expected`'s keys still reads as
-    /// [`Self::throttle_get`] would answer at `now` (`None`: absent or expired), applies
-    /// `changes` as [`Self::throttle_apply`] would and returns `true`; otherwise changes
-    /// nothing and returns `false` (the caller reads again, decides again, and retries).
+    /// atomic step across every instance, if each of `expected`'s keys still meets its
+    /// [`ThrottleExpect`] (on the counter as [`Self::throttle_get`] would answer at `now`),
+    /// applies `changes` as [`Self::throttle_apply`] would and returns `true`; otherwise
+    /// changes nothing and returns `false` (the caller reads again, decides again, and
+    /// retries).
     ///
     /// The throttle reads the counters, decides with the pure rules of [`crate::Counter`],
     /// and reserves the attempt with this call *before* any password work: of many parallel
@@ -176,17 +177,39 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// wrappers that forget to delegate.
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         let keys: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
         let current = self.throttle_get_many(&keys, now).await?;
-        if current.iter().zip(expected).any(|(c, (_, e))| c != e) {
+        if current.iter().zip(expected).any(|(c, (_, e))| !e.holds(*c)) {
             return Ok(false);
         }
         self.throttle_apply(changes, now).await?;
         Ok(true)
+    }
+}
+
+/// What [`SessionStore::throttle_reserve`] expects of a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleExpect {
+    /// Exactly this counter (`None`: absent, or its window is over). For a counter at or
+    /// past its threshold, whose verdict depends on every field.
+    Exactly(Option<ThrottleRecord>),
+    /// A live count (0 when absent or over) below this. For a counter below its threshold:
+    /// it cannot hold an attempt back until it reaches the threshold, so any count below it
+    /// gives the same verdict, and attempts far from the limit never conflict.
+    Below(u64),
+}
+
+impl ThrottleExpect {
+    /// Whether `current` (as [`SessionStore::throttle_get`] answers) meets this.
+    pub fn holds(&self, current: Option<ThrottleRecord>) -> bool {
+        match *self {
+            Self::Exactly(e) => current == e,
+            Self::Below(n) => current.map_or(0, |r| r.count) < n,
+        }
     }
 }
 

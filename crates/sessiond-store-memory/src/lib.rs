@@ -11,7 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore,
+    Username,
 };
 
 #[derive(Debug, Default)]
@@ -171,6 +172,9 @@ impl SessionStore for MemoryStore {
             g.sessions.remove(k);
             g.data.remove(k);
         }
+        // The sweeper's call also drops throttle counters whose window is over (issue 15 #6),
+        // as the other stores do.
+        g.throttle.retain(|_, r| r.expires_at > now);
         g.generation += 1;
         Ok(doomed.len() as u64)
     }
@@ -263,7 +267,7 @@ impl SessionStore for MemoryStore {
 
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {
@@ -271,7 +275,7 @@ impl SessionStore for MemoryStore {
         let mut g = self.lock();
         let unchanged = expected
             .iter()
-            .all(|(k, e)| g.throttle.get(*k).filter(|r| r.expires_at > now).copied() == *e);
+            .all(|(k, e)| e.holds(g.throttle.get(*k).filter(|r| r.expires_at > now).copied()));
         if unchanged {
             apply_throttle(&mut g.throttle, changes, now);
         }

@@ -56,8 +56,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore,
-    Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
+    UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -725,11 +725,11 @@ impl SessionStore for PostgresStore {
 
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let expected: Vec<(String, Option<ThrottleRecord>)> = expected
+        let expected: Vec<(String, ThrottleExpect)> = expected
             .iter()
             .map(|(k, r)| ((*k).to_owned(), *r))
             .collect();
@@ -766,7 +766,7 @@ impl SessionStore for PostgresStore {
                     .await?
                     .map(|r| throttle_from_row(&r))
                     .transpose()?;
-                    if got != *want {
+                    if !want.holds(got) {
                         return Ok(false); // dropped: rolled back
                     }
                 }

@@ -13,6 +13,8 @@
 //! | `{p}:i:<id>` | string | public id → hash, for revoking by id |
 //! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time |
 //! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps |
+//! | `{p}:t:<key>` | hash | a throttle counter (count, latest, window end), with a TTL to its window's end |
+//! | `{p}:tidx` | sorted set | throttle keys by window end, trimmed on every counter write, expiring with the longest |
 //!
 //! One hash tag puts all of a deployment's keys in one Cluster slot. That is what lets every
 //! change be one Lua script, atomic on Cluster exactly as on a single server: a rotation
@@ -51,7 +53,7 @@ use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
     SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, UserId,
+    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, UserId,
 };
 
 /// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
@@ -517,23 +519,29 @@ impl Scripts {
             throttle_apply: with("tapply(3, tonumber(ARGV[2])) return 1"),
             // ARGV: tag, now, m, then m quadruples key, c, l, e (c = -1: expected absent),
             // then the changes. Compare and apply in one script: atomic.
+            // ARGV: tag, now, m, then m quintuples key, kind, c, l, e (kind 'n': expected
+            // absent; 'x': exactly c, l, e; 'b': a live count below c), then the changes.
+            // Compare and apply in one script: atomic.
             throttle_reserve: with(
                 r#"
                 local now = tonumber(ARGV[2])
                 local m = tonumber(ARGV[3])
                 for i = 0, m - 1 do
-                  local at = 4 + 4 * i
+                  local at = 4 + 5 * i
                   local f = redis.call('HMGET', tag .. ':t:' .. ARGV[at], 'c', 'l', 'e')
                   local live = f[1] and f[2] and f[3] and tonumber(f[3]) > now
-                  if ARGV[at + 1] == '-1' then
+                  local kind = ARGV[at + 1]
+                  if kind == 'n' then
                     if live then return 0 end
-                  elseif not live or tonumber(f[1]) ~= tonumber(ARGV[at + 1])
-                      or tonumber(f[2]) ~= tonumber(ARGV[at + 2])
-                      or tonumber(f[3]) ~= tonumber(ARGV[at + 3]) then
+                  elseif kind == 'b' then
+                    if live and tonumber(f[1]) >= tonumber(ARGV[at + 2]) then return 0 end
+                  elseif not live or tonumber(f[1]) ~= tonumber(ARGV[at + 2])
+                      or tonumber(f[2]) ~= tonumber(ARGV[at + 3])
+                      or tonumber(f[3]) ~= tonumber(ARGV[at + 4]) then
                     return 0
                   end
                 end
-                tapply(4 + 4 * m, now)
+                tapply(4 + 5 * m, now)
                 return 1
                 "#,
             ),
@@ -827,7 +835,7 @@ impl SessionStore for RedisStore {
 
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {
@@ -836,14 +844,16 @@ impl SessionStore for RedisStore {
             .throttle_reserve
             .key(format!("{}:tidx", self.tag));
         inv.arg(&*self.tag).arg(now.as_millis()).arg(expected.len());
-        for (key, rec) in expected {
+        for (key, want) in expected {
             inv.arg(*key);
-            match rec {
-                Some(r) => inv
+            match want {
+                ThrottleExpect::Exactly(Some(r)) => inv
+                    .arg("x")
                     .arg(r.count.to_string())
                     .arg(r.last_at.as_millis().to_string())
                     .arg(r.expires_at.as_millis().to_string()),
-                None => inv.arg("-1").arg("").arg(""),
+                ThrottleExpect::Exactly(None) => inv.arg("n").arg(0).arg(0).arg(0),
+                ThrottleExpect::Below(n) => inv.arg("b").arg(n.to_string()).arg(0).arg(0),
             };
         }
         change_args(&mut inv, changes);

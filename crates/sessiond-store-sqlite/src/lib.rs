@@ -25,8 +25,8 @@ use rusqlite::{
 };
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore,
-    Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
+    UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -430,11 +430,11 @@ impl SessionStore for SqliteStore {
 
     async fn throttle_reserve(
         &self,
-        expected: &[(&str, Option<ThrottleRecord>)],
+        expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<bool, StoreError> {
-        let expected: Vec<(String, Option<ThrottleRecord>)> = expected
+        let expected: Vec<(String, ThrottleExpect)> = expected
             .iter()
             .map(|(k, r)| ((*k).to_owned(), *r))
             .collect();
@@ -451,7 +451,7 @@ impl SessionStore for SqliteStore {
                 )?;
                 for (key, want) in &expected {
                     let got = stmt.query_row(params![key, now], throttle_from_row).optional()?;
-                    if got != *want {
+                    if !want.holds(got) {
                         unchanged = false;
                         break;
                     }

@@ -608,12 +608,13 @@ pub async fn every_early_end_of_a_session_changes_the_generation<S: SessionStore
 
 pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
     use sessiond_core::ThrottleChange::{Delete, Hit, Refund};
+    use sessiond_core::ThrottleExpect::{Below, Exactly};
     let w = secs(900);
     let first = store.throttle_hit("p:e|1.1.1.1", at(0), w).await.unwrap();
     // A stale expectation (the counter moved on): nothing applied.
     let stale = store
         .throttle_reserve(
-            &[("p:e|1.1.1.1", None), ("i:1.1.1.1", None)],
+            &[("p:e|1.1.1.1", Exactly(None)), ("i:1.1.1.1", Exactly(None))],
             &[
                 Hit {
                     key: "p:e|1.1.1.1",
@@ -640,7 +641,10 @@ pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
     // The current state: applied, in order.
     let ok = store
         .throttle_reserve(
-            &[("p:e|1.1.1.1", Some(first)), ("i:1.1.1.1", None)],
+            &[
+                ("p:e|1.1.1.1", Exactly(Some(first))),
+                ("i:1.1.1.1", Below(1)),
+            ],
             &[
                 Hit {
                     key: "p:e|1.1.1.1",
@@ -666,6 +670,19 @@ pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
         .unwrap()
         .unwrap();
     assert_eq!((pair.count, pair.last_at), (2, at(1_000)));
+    // "Below n" holds for any live count under n, absent counters included.
+    assert!(!store
+        .throttle_reserve(&[("p:e|1.1.1.1", Below(2))], &[], at(1_000))
+        .await
+        .unwrap());
+    assert!(store
+        .throttle_reserve(
+            &[("p:e|1.1.1.1", Below(3)), ("never-there", Below(1))],
+            &[],
+            at(1_000)
+        )
+        .await
+        .unwrap());
     assert_eq!(
         store
             .throttle_get("i:1.1.1.1", at(1_000))
@@ -705,11 +722,11 @@ pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
     );
     // A counter whose window is over reads as absent.
     assert!(!store
-        .throttle_reserve(&[("p:e|1.1.1.1", Some(pair))], &[], at(900_000))
+        .throttle_reserve(&[("p:e|1.1.1.1", Exactly(Some(pair)))], &[], at(900_000))
         .await
         .unwrap());
     assert!(store
-        .throttle_reserve(&[("p:e|1.1.1.1", None)], &[], at(900_000))
+        .throttle_reserve(&[("p:e|1.1.1.1", Exactly(None))], &[], at(900_000))
         .await
         .unwrap());
 }
@@ -735,7 +752,11 @@ pub async fn throttle_reservations_admit_at_most_the_limit_in_a_burst<S: Session
                     if seen[0].is_some_and(|r| r.count >= LIMIT) {
                         return false; // refused: the limit is reached
                     }
-                    let expected = [(keys[0], seen[0]), (keys[1], seen[1])];
+                    // As the throttle does: below a threshold, "still below it".
+                    let expected = [
+                        (keys[0], sessiond_core::ThrottleExpect::Below(LIMIT)),
+                        (keys[1], sessiond_core::ThrottleExpect::Below(100)),
+                    ];
                     let changes = keys.map(|key| Hit {
                         key,
                         window: secs(900),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use sessiond_core::{
-    retry_after, Counter, SessionToken, ThrottleChange, ThrottleRecord, Timestamp, TokenHash,
+    retry_after, Counter, SessionToken, ThrottleChange, ThrottleExpect, Timestamp, TokenHash,
 };
 
 use crate::error::ApiError;
@@ -157,15 +157,22 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> 
                 retry_after: retry_after(u, now),
             });
         }
-        // What we judged on (the registration too: it chose the third counter), and the
-        // reservation: one failure on each counter that applies.
-        let mut expected: Vec<(&str, Option<ThrottleRecord>)> = applying
+        // What we judged on, and the reservation: one failure on each counter that applies.
+        // A counter below its threshold cannot hold an attempt back whatever its count below
+        // it, so it is expected only to stay below (attempts far from a limit, such as many
+        // logins of one account at once, never conflict); one at or past it is expected
+        // exactly (its back-off depends on every field). Either way no more than the
+        // threshold's worth of attempts are reserved before the back-off applies.
+        let expected: Vec<(&str, ThrottleExpect)> = applying
             .iter()
-            .map(|&(_, i)| (refs[i], records[i]))
+            .map(|&(counter, i)| {
+                let expect = match records[i] {
+                    Some(r) if r.count >= counter.threshold() => ThrottleExpect::Exactly(Some(r)),
+                    _ => ThrottleExpect::Below(counter.threshold()),
+                };
+                (refs[i], expect)
+            })
             .collect();
-        if known_device {
-            expected.push((refs[3], records[3]));
-        }
         let changes: Vec<ThrottleChange<'_>> = applying
             .iter()
             .map(|&(counter, i)| ThrottleChange::Hit {
@@ -255,7 +262,11 @@ pub async fn guarded<T>(
             Err(e)
         }
         Ok(v) => {
-            settled(state, &reserved).await?;
+            // The work is done (a password changed): a failure to settle must not turn it
+            // into an error. The reservation then stays counted as one failure, the safe side.
+            if let Err(e) = settled(state, &reserved).await {
+                tracing::warn!(error = %e, "throttle reservation not settled");
+            }
             Ok(v)
         }
     }
