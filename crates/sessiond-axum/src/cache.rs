@@ -283,4 +283,12 @@ impl SessionStore for WatchedStore {
     ) -> Result<(), StoreError> {
         self.inner.throttle_apply(changes, now).await
     }
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, sessiond_core::ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.inner.throttle_reserve(expected, changes, now).await
+    }
 }

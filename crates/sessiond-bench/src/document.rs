@@ -75,8 +75,9 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          - **`GET /api/authz/forward-auth`**: the verify endpoint reverse proxies call, with\n\
          \x20 `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Forwarded-Uri`; \"n/a\" while it does not\n\
          \x20 answer 200 for a valid cookie.\n\
-         - **`POST /api/login`**: correct JSON logins as fast as the server takes them; each costs\n\
-         \x20 one argon2id verification and a session insert. `503 overloaded` (hash queue full) and\n\
+         - **`POST /api/login`**: correct JSON logins as fast as the server takes them, each\n\
+         \x20 connection from a loopback address of its own; each costs one argon2id verification,\n\
+         \x20 the throttle's reservation and settlement, and a session insert. `503 overloaded` (hash queue full) and\n\
          \x20 `429 throttled` answers are counted apart, not as failures of the harness.\n\
          - **logins/s ÷ argon2id hashes/s**: the hash rate is measured with the `argon2` crate 0.5\n\
          \x20 at the server's parameters (m = 19,456 KiB, t = 2, p = 1), one thread per core hashing\n\

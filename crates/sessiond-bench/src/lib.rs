@@ -51,5 +51,7 @@ pub mod report;
 pub mod seed;
 pub mod stores;
 
-pub use harness::{peers_only, probe_only, ratio_only, run, Config, PeerSetup, COOKIE, PASSWORD};
+pub use harness::{
+    logins_only, peers_only, probe_only, ratio_only, run, Config, PeerSetup, COOKIE, PASSWORD,
+};
 pub use report::{Outcome, Report};

@@ -61,6 +61,10 @@ struct Args {
     /// their ratios (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     ratio_only: Option<usize>,
+    /// Only correct logins on every store, `N` rounds each next to the machine's hash rate,
+    /// with their medians (for comparing two builds' login path; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    logins_only: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -103,6 +107,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.probe_only {
         return sessiond_bench::probe_only(&cfg, times);
+    }
+    if let Some(times) = args.logins_only {
+        return sessiond_bench::logins_only(&cfg, times);
     }
     if let Some(times) = args.ratio_only {
         return sessiond_bench::ratio_only(&cfg, times);

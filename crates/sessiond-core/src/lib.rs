@@ -38,7 +38,7 @@ mod user;
 pub use error::{StoreError, ValidationError};
 pub use expiry::{Expired, ExpiryPolicy, Verdict};
 pub use session::{NewSession, SessionData, SessionRecord};
-pub use store::{SessionStore, ThrottleChange, UserStore};
+pub use store::{SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, UserStore};
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
 pub use time::{Rfc3339, Timestamp};
 pub use token::{

@@ -191,9 +191,72 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
                 ThrottleChange::Delete { key } => {
                     self.throttle_delete(key).await?;
                 }
+                ThrottleChange::Refund { key } => {
+                    // Not atomic: stores override `throttle_apply`; this default is for
+                    // wrappers and test doubles only.
+                    if let Some(r) = self.throttle_get(key, now).await? {
+                        self.throttle_delete(key).await?;
+                        if r.count > 1 {
+                            let window = r.expires_at.since(now);
+                            for _ in 1..r.count {
+                                self.throttle_hit(key, now, window).await?;
+                            }
+                        }
+                    }
+                }
             }
         }
         Ok(())
+    }
+
+    /// Compare-and-apply, the step that makes login throttling atomic (issue 15 #4): in one
+    /// atomic step across every instance, if each of `expected`'s keys still meets its
+    /// [`ThrottleExpect`] (on the counter as [`Self::throttle_get`] would answer at `now`),
+    /// applies `changes` as [`Self::throttle_apply`] would and returns `true`; otherwise
+    /// changes nothing and returns `false` (the caller reads again, decides again, and
+    /// retries).
+    ///
+    /// The throttle reads the counters, decides with the pure rules of [`crate::Counter`],
+    /// and reserves the attempt with this call *before* any password work: of many parallel
+    /// attempts that read the same counters only one can reserve, so no burst gets past the
+    /// limit. Every store of this workspace overrides it atomically (the conformance suite
+    /// checks it with a parallel burst); this default is check-then-act and only for
+    /// wrappers that forget to delegate.
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let keys: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
+        let current = self.throttle_get_many(&keys, now).await?;
+        if current.iter().zip(expected).any(|(c, (_, e))| !e.holds(*c)) {
+            return Ok(false);
+        }
+        self.throttle_apply(changes, now).await?;
+        Ok(true)
+    }
+}
+
+/// What [`SessionStore::throttle_reserve`] expects of a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleExpect {
+    /// Exactly this counter (`None`: absent, or its window is over). For a counter at or
+    /// past its threshold, whose verdict depends on every field.
+    Exactly(Option<ThrottleRecord>),
+    /// A live count (0 when absent or over) below this. For a counter below its threshold:
+    /// it cannot hold an attempt back until it reaches the threshold, so any count below it
+    /// gives the same verdict, and attempts far from the limit never conflict.
+    Below(u64),
+}
+
+impl ThrottleExpect {
+    /// Whether `current` (as [`SessionStore::throttle_get`] answers) meets this.
+    pub fn holds(&self, current: Option<ThrottleRecord>) -> bool {
+        match *self {
+            Self::Exactly(e) => current == e,
+            Self::Below(n) => current.map_or(0, |r| r.count) < n,
+        }
     }
 }
 
@@ -204,6 +267,10 @@ pub enum ThrottleChange<'a> {
     Hit { key: &'a str, window: Duration },
     /// As [`SessionStore::throttle_delete`].
     Delete { key: &'a str },
+    /// Gives back one event of a live counter (an attempt reserved as a failure that turned
+    /// out not to be one): its count goes down by one, its window and latest time stay; a
+    /// counter that reaches zero is removed. Nothing happens to a missing or expired one.
+    Refund { key: &'a str },
 }
 
 impl ThrottleChange<'_> {
@@ -213,9 +280,38 @@ impl ThrottleChange<'_> {
     pub fn to_owned_at(&self, now: Timestamp) -> (String, Option<i64>) {
         match *self {
             Self::Hit { key, window } => (key.to_owned(), Some(now.plus(window).as_millis())),
-            Self::Delete { key } => (key.to_owned(), None),
+            Self::Delete { key } | Self::Refund { key } => (key.to_owned(), None),
         }
     }
+
+    /// Like [`Self::to_owned_at`], telling refunds apart: the key and what to do to it.
+    pub fn to_op_at(&self, now: Timestamp) -> (String, ThrottleOp) {
+        match *self {
+            Self::Hit { key, window } => (
+                key.to_owned(),
+                ThrottleOp::Hit(now.plus(window).as_millis()),
+            ),
+            Self::Delete { key } => (key.to_owned(), ThrottleOp::Delete),
+            Self::Refund { key } => (key.to_owned(), ThrottleOp::Refund),
+        }
+    }
+
+    /// The key this change is about.
+    pub fn key(&self) -> &str {
+        match *self {
+            Self::Hit { key, .. } | Self::Delete { key } | Self::Refund { key } => key,
+        }
+    }
+}
+
+/// An owned [`ThrottleChange`] for stores that apply it elsewhere (see
+/// [`ThrottleChange::to_op_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThrottleOp {
+    /// A hit; a fresh window ends at this many milliseconds.
+    Hit(i64),
+    Delete,
+    Refund,
 }
 
 /// Where users live (SQLite or PostgreSQL; never Redis).

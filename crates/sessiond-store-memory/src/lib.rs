@@ -10,8 +10,9 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord,
-    Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore,
+    Username,
 };
 
 #[derive(Debug, Default)]
@@ -174,6 +175,9 @@ impl SessionStore for MemoryStore {
             g.sessions.remove(k);
             g.data.remove(k);
         }
+        // The sweeper's call also drops throttle counters whose window is over (issue 15 #6),
+        // as the other stores do.
+        g.throttle.retain(|_, r| r.expires_at > now);
         g.generation += 1;
         Ok(doomed.len() as u64)
     }
@@ -252,6 +256,69 @@ impl SessionStore for MemoryStore {
 
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.lock().throttle.remove(key).is_some())
+    }
+
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut g = self.lock();
+        apply_throttle(&mut g.throttle, changes, now);
+        Ok(())
+    }
+
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        // Compare and apply under one lock: atomic.
+        let mut g = self.lock();
+        let unchanged = expected
+            .iter()
+            .all(|(k, e)| e.holds(g.throttle.get(*k).filter(|r| r.expires_at > now).copied()));
+        if unchanged {
+            apply_throttle(&mut g.throttle, changes, now);
+        }
+        Ok(unchanged)
+    }
+}
+
+fn apply_throttle(
+    map: &mut std::collections::BTreeMap<String, ThrottleRecord>,
+    changes: &[ThrottleChange<'_>],
+    now: Timestamp,
+) {
+    for change in changes {
+        match *change {
+            ThrottleChange::Hit { key, window } => {
+                let rec = match map.get(key) {
+                    Some(r) if r.expires_at > now => ThrottleRecord {
+                        count: r.count + 1,
+                        last_at: now,
+                        expires_at: r.expires_at,
+                    },
+                    _ => ThrottleRecord {
+                        count: 1,
+                        last_at: now,
+                        expires_at: now.plus(window),
+                    },
+                };
+                map.insert(key.to_owned(), rec);
+            }
+            ThrottleChange::Delete { key } => {
+                map.remove(key);
+            }
+            ThrottleChange::Refund { key } => match map.get_mut(key) {
+                Some(r) if r.expires_at > now && r.count > 1 => r.count -= 1,
+                Some(_) => {
+                    map.remove(key);
+                }
+                None => {}
+            },
+        }
     }
 }
 

@@ -56,7 +56,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
+    UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -662,14 +663,27 @@ impl SessionStore for PostgresStore {
         // live sessions there are, and locks only the rows it deletes.
         self.run(move |c| {
             Box::pin(async move {
-                exec(
+                let n = exec(
                     &*c,
                     "DELETE FROM sessions WHERE token_hash IN \
                      (SELECT token_hash FROM sessions WHERE expires_at <= $1 \
                       ORDER BY expires_at LIMIT $2)",
                     &[&now.as_millis(), &limit],
                 )
-                .await
+                .await?;
+                // The sweeper's call also sweeps throttle counters whose window is over
+                // (issue 15 #6: nothing else removed them but `sessiond throttle list`, so
+                // a spray of usernames and addresses grew the table for good). Same bound,
+                // same index walk; not counted in the sessions purged.
+                exec(
+                    &*c,
+                    "DELETE FROM throttle WHERE key IN \
+                     (SELECT key FROM throttle WHERE expires_at <= $1 \
+                      ORDER BY expires_at LIMIT $2)",
+                    &[&now.as_millis(), &limit],
+                )
+                .await?;
+                Ok(n)
             })
         })
         .await
@@ -762,8 +776,8 @@ impl SessionStore for PostgresStore {
         // (key, end of a fresh window or None to delete), sorted by key (stably: changes to one
         // key keep their order): concurrent logins then lock their rows in one global order
         // and never deadlock each other.
-        let mut owned: Vec<(String, Option<i64>)> =
-            changes.iter().map(|c| c.to_owned_at(now)).collect();
+        let mut owned: Vec<(String, ThrottleOp)> =
+            changes.iter().map(|c| c.to_op_at(now)).collect();
         owned.sort_by(|a, b| a.0.cmp(&b.0));
         let now = now.as_millis();
         // One transaction: one round trip of commit and one WAL flush per login instead of
@@ -771,17 +785,63 @@ impl SessionStore for PostgresStore {
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(pg)?;
-                for (key, fresh_until) in &owned {
-                    match fresh_until {
-                        Some(until) => {
-                            query_one(&tx, THROTTLE_HIT, &[key, &now, until]).await?;
-                        }
-                        None => {
-                            exec(&tx, "DELETE FROM throttle WHERE key = $1", &[key]).await?;
-                        }
+                apply_throttle(&tx, &owned, now).await?;
+                tx.commit().await.map_err(pg)
+            })
+        })
+        .await
+    }
+
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let expected: Vec<(String, ThrottleExpect)> = expected
+            .iter()
+            .map(|(k, r)| ((*k).to_owned(), *r))
+            .collect();
+        let mut owned: Vec<(String, ThrottleOp)> =
+            changes.iter().map(|c| c.to_op_at(now)).collect();
+        owned.sort_by(|a, b| a.0.cmp(&b.0));
+        // Every key read or written, locked in one global order (no deadlock between two
+        // reservations). Transaction-scoped advisory locks, because a counter that does not
+        // exist yet has no row to lock: the compare and the apply are then one atomic step
+        // against every other reservation, on every instance.
+        let mut lock_keys: Vec<String> = expected
+            .iter()
+            .map(|(k, _)| k.clone())
+            .chain(owned.iter().map(|(k, _)| k.clone()))
+            .collect();
+        lock_keys.sort();
+        lock_keys.dedup();
+        let now = now.as_millis();
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                exec(
+                    &tx,
+                    "SELECT pg_advisory_xact_lock(hashtextextended('sessiond.throttle:' || k, 0))                      FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
+                    &[&lock_keys],
+                )
+                .await?;
+                for (key, want) in &expected {
+                    let got = query_opt(
+                        &tx,
+                        "SELECT count, last_at, expires_at FROM throttle WHERE key = $1 AND expires_at > $2",
+                        &[key, &now],
+                    )
+                    .await?
+                    .map(|r| throttle_from_row(&r))
+                    .transpose()?;
+                    if !want.holds(got) {
+                        return Ok(false); // dropped: rolled back
                     }
                 }
-                tx.commit().await.map_err(pg)
+                apply_throttle(&tx, &owned, now).await?;
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
             })
         })
         .await
@@ -869,6 +929,40 @@ impl SessionStore for PostgresStore {
         })
         .await
     }
+}
+
+/// Applies owned throttle changes in order, inside the caller's transaction.
+async fn apply_throttle<C: GenericClient>(
+    tx: &C,
+    owned: &[(String, ThrottleOp)],
+    now: i64,
+) -> Result<(), StoreError> {
+    for (key, op) in owned {
+        match op {
+            ThrottleOp::Hit(until) => {
+                query_one(tx, THROTTLE_HIT, &[key, &now, until]).await?;
+            }
+            ThrottleOp::Delete => {
+                exec(tx, "DELETE FROM throttle WHERE key = $1", &[key]).await?;
+            }
+            ThrottleOp::Refund => {
+                // Remove first (a counter at one, or over), then decrement what is left.
+                exec(
+                    tx,
+                    "DELETE FROM throttle WHERE key = $1 AND (count <= 1 OR expires_at <= $2)",
+                    &[key, &now],
+                )
+                .await?;
+                exec(
+                    tx,
+                    "UPDATE throttle SET count = count - 1 WHERE key = $1 AND expires_at > $2 AND count > 1",
+                    &[key, &now],
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// One more event under $1 at $2 (a fresh window ends at $3), atomic under concurrency: a

@@ -363,3 +363,44 @@ async fn direct_changes_of_admin_or_groups_move_the_generation() {
         .unwrap();
     assert_eq!(store.generation().await.unwrap(), before);
 }
+
+/// Issue 15 #6: expired throttle counters were removed only by `sessiond throttle list`, so
+/// the table grew with every username and address ever tried. The sweeper's
+/// `purge_expired` now removes them too, in bounded batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_sweeps_expired_throttle_counters() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let rows = || async {
+        store
+            .run(|c| {
+                Box::pin(async move {
+                    crate::col::<i64>(
+                        &crate::query_one(&*c, "SELECT count(*) FROM throttle", &[]).await?,
+                        0,
+                    )
+                })
+            })
+            .await
+            .unwrap()
+    };
+    for i in 0..30 {
+        store
+            .throttle_hit(&format!("a:spray{i}"), T0, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    store
+        .throttle_hit("a:live", T0, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(rows().await, 31);
+    let later = T0.plus(Duration::from_secs(120));
+    // Bounded: one batch of 10, then the rest.
+    store.purge_expired(later, 10).await.unwrap();
+    assert_eq!(rows().await, 21);
+    store.purge_expired(later, 1000).await.unwrap();
+    assert_eq!(rows().await, 1, "only the live counter is left");
+    assert!(store.throttle_get("a:live", later).await.unwrap().is_some());
+}

@@ -13,6 +13,8 @@
 //! | `{p}:i:<id>` | string | public id → hash, for revoking by id |
 //! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time |
 //! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps |
+//! | `{p}:t:<key>` | hash | a throttle counter (count, latest, window end), with a TTL to its window's end |
+//! | `{p}:tidx` | sorted set | throttle keys by window end, trimmed on every counter write, expiring with the longest |
 //!
 //! One hash tag puts all of a deployment's keys in one Cluster slot. That is what lets every
 //! change be one Lua script, atomic on Cluster exactly as on a single server: a rotation
@@ -50,8 +52,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
-    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleRecord, Timestamp,
-    TokenHash, UserId,
+    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, UserId,
 };
 
 /// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
@@ -359,6 +361,7 @@ fn ttl_ms(s: &SessionRecord) -> i64 {
 /// of them live in the same Cluster slot as the key passed in KEYS[1].
 const PRELUDE: &str = r#"
 local tag = ARGV[1]
+local USER_TRIM = 64
 local function del(h)
   local sk = tag .. ':s:' .. h
   local f = redis.call('HMGET', sk, 'id', 'uid')
@@ -368,6 +371,49 @@ local function del(h)
   redis.call('DEL', sk, tag .. ':i:' .. f[1])
   redis.call('ZREM', tag .. ':u:' .. f[2], h)
   return 1
+end
+-- Login throttling counters: `{p}:t:<key>` hashes (c count, l latest, e window end) with a TTL
+-- to the window's end, listed in `{p}:tidx` by window end. The index is trimmed by score on
+-- every write and expires with its longest counter, so it never outgrows the live counters.
+local function thit(key, now, window)
+  local k = tag .. ':t:' .. key
+  local idx = tag .. ':tidx'
+  redis.call('ZREMRANGEBYSCORE', idx, '-inf', now)
+  local f = redis.call('HMGET', k, 'e')
+  if f[1] and tonumber(f[1]) > now then
+    local c = redis.call('HINCRBY', k, 'c', 1)
+    redis.call('HSET', k, 'l', now)
+    return {c, now, tonumber(f[1])}
+  end
+  local e = now + window
+  redis.call('HSET', k, 'c', 1, 'l', now, 'e', e)
+  redis.call('PEXPIRE', k, window)
+  redis.call('ZADD', idx, e, key)
+  if redis.call('PTTL', idx) < window then redis.call('PEXPIRE', idx, window) end
+  return {1, now, e}
+end
+local function tdel(key)
+  redis.call('ZREM', tag .. ':tidx', key)
+  return redis.call('DEL', tag .. ':t:' .. key)
+end
+local function trefund(key, now)
+  local k = tag .. ':t:' .. key
+  local f = redis.call('HMGET', k, 'c', 'e')
+  if not f[1] then return 0 end
+  if tonumber(f[2]) > now and tonumber(f[1]) > 1 then
+    redis.call('HINCRBY', k, 'c', -1)
+  else
+    tdel(key)
+  end
+  return 1
+end
+-- ARGV from `at`: n, then n triples of op ('h' hit, 'd' delete, 'r' refund), key, window ms.
+local function tapply(at, now)
+  local n = tonumber(ARGV[at])
+  for i = 0, n - 1 do
+    local op, key, w = ARGV[at + 1 + 3 * i], ARGV[at + 2 + 3 * i], tonumber(ARGV[at + 3 + 3 * i])
+    if op == 'h' then thit(key, now, w) elseif op == 'd' then tdel(key) else trefund(key, now) end
+  end
 end
 -- ARGV from `at`: hash, id, uid, c, l, a, e, r, ttl, ip or '', has_ip, ua or '', has_ua
 local function create(at)
@@ -383,7 +429,14 @@ local function create(at)
   local ttl = tonumber(ARGV[at + 8])
   redis.call('PEXPIRE', sk, ttl)
   redis.call('SET', tag .. ':i:' .. id, h, 'PX', ttl)
-  redis.call('ZADD', tag .. ':u:' .. uid, ARGV[at + 3], h)
+  -- The user's set keeps the hashes of sessions Redis dropped by TTL (their uid is gone
+  -- with them, so the sweeper cannot find them): trim them here, on write, from the oldest,
+  -- a bounded number per login, so the set never grows far past the live sessions.
+  local uk = tag .. ':u:' .. uid
+  for _, old in ipairs(redis.call('ZRANGE', uk, 0, USER_TRIM - 1)) do
+    if redis.call('EXISTS', tag .. ':s:' .. old) == 0 then redis.call('ZREM', uk, old) end
+  end
+  redis.call('ZADD', uk, ARGV[at + 3], h)
   redis.call('ZADD', tag .. ':exp', ARGV[at + 6], h)
   return 1
 end
@@ -399,6 +452,8 @@ struct Scripts {
     purge: Script,
     save_data: Script,
     throttle_hit: Script,
+    throttle_apply: Script,
+    throttle_reserve: Script,
 }
 
 impl Scripts {
@@ -480,21 +535,35 @@ impl Scripts {
             ),
             // ARGV: tag, key, now, window ms. A live counter is incremented; a missing or
             // expired one starts again. `{p}:tidx` lists counters by the end of their window.
-            throttle_hit: with(
+            throttle_hit: with("return thit(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))"),
+            // ARGV: tag, now, then the changes (see `tapply`).
+            throttle_apply: with("tapply(3, tonumber(ARGV[2])) return 1"),
+            // ARGV: tag, now, m, then m quadruples key, c, l, e (c = -1: expected absent),
+            // then the changes. Compare and apply in one script: atomic.
+            // ARGV: tag, now, m, then m quintuples key, kind, c, l, e (kind 'n': expected
+            // absent; 'x': exactly c, l, e; 'b': a live count below c), then the changes.
+            // Compare and apply in one script: atomic.
+            throttle_reserve: with(
                 r#"
-                local k = tag .. ':t:' .. ARGV[2]
-                local now = tonumber(ARGV[3])
-                local f = redis.call('HMGET', k, 'e')
-                if f[1] and tonumber(f[1]) > now then
-                  local c = redis.call('HINCRBY', k, 'c', 1)
-                  redis.call('HSET', k, 'l', ARGV[3])
-                  return {c, now, tonumber(f[1])}
+                local now = tonumber(ARGV[2])
+                local m = tonumber(ARGV[3])
+                for i = 0, m - 1 do
+                  local at = 4 + 5 * i
+                  local f = redis.call('HMGET', tag .. ':t:' .. ARGV[at], 'c', 'l', 'e')
+                  local live = f[1] and f[2] and f[3] and tonumber(f[3]) > now
+                  local kind = ARGV[at + 1]
+                  if kind == 'n' then
+                    if live then return 0 end
+                  elseif kind == 'b' then
+                    if live and tonumber(f[1]) >= tonumber(ARGV[at + 2]) then return 0 end
+                  elseif not live or tonumber(f[1]) ~= tonumber(ARGV[at + 2])
+                      or tonumber(f[2]) ~= tonumber(ARGV[at + 3])
+                      or tonumber(f[3]) ~= tonumber(ARGV[at + 4]) then
+                    return 0
+                  end
                 end
-                local e = now + tonumber(ARGV[4])
-                redis.call('HSET', k, 'c', 1, 'l', ARGV[3], 'e', e)
-                redis.call('PEXPIRE', k, ARGV[4])
-                redis.call('ZADD', tag .. ':tidx', e, ARGV[2])
-                return {1, now, e}
+                tapply(4 + 5 * m, now)
+                return 1
                 "#,
             ),
             // ARGV: tag, hash, json.
@@ -507,6 +576,20 @@ impl Scripts {
                 "#,
             ),
         }
+    }
+}
+
+/// A list of throttle changes as `tapply` reads them.
+fn change_args(inv: &mut redis::ScriptInvocation<'_>, changes: &[ThrottleChange<'_>]) {
+    inv.arg(changes.len());
+    for c in changes {
+        match *c {
+            ThrottleChange::Hit { key, window } => {
+                inv.arg("h").arg(key).arg(window.as_millis().max(1) as u64)
+            }
+            ThrottleChange::Delete { key } => inv.arg("d").arg(key).arg(0),
+            ThrottleChange::Refund { key } => inv.arg("r").arg(key).arg(0),
+        };
     }
 }
 
@@ -789,6 +872,48 @@ impl SessionStore for RedisStore {
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
+    }
+
+    async fn throttle_apply(
+        &self,
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut inv = self
+            .scripts
+            .throttle_apply
+            .key(format!("{}:tidx", self.tag));
+        inv.arg(&*self.tag).arg(now.as_millis());
+        change_args(&mut inv, changes);
+        let _: i64 = self.run(inv).await?;
+        Ok(())
+    }
+
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self
+            .scripts
+            .throttle_reserve
+            .key(format!("{}:tidx", self.tag));
+        inv.arg(&*self.tag).arg(now.as_millis()).arg(expected.len());
+        for (key, want) in expected {
+            inv.arg(*key);
+            match want {
+                ThrottleExpect::Exactly(Some(r)) => inv
+                    .arg("x")
+                    .arg(r.count.to_string())
+                    .arg(r.last_at.as_millis().to_string())
+                    .arg(r.expires_at.as_millis().to_string()),
+                ThrottleExpect::Exactly(None) => inv.arg("n").arg(0).arg(0).arg(0),
+                ThrottleExpect::Below(n) => inv.arg("b").arg(n.to_string()).arg(0).arg(0),
+            };
+        }
+        change_args(&mut inv, changes);
+        Ok(self.run::<i64>(inv).await? == 1)
     }
 
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError> {

@@ -471,3 +471,80 @@ async fn measure_revoke_all_of_50k() {
         script_calls(port)
     );
 }
+
+/// Issue 15 #6: `{p}:tidx` had no TTL and was trimmed only by `sessiond throttle list`. Now
+/// every counter write trims the entries whose window is over, and the index expires with
+/// its longest counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_throttle_index_shrinks_on_write_and_expires() {
+    let Some(store) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let t0 = sessiond_store_tests::sessions::T0;
+    let index = format!("{}:tidx", store.tag);
+    for i in 0..50 {
+        store
+            .throttle_hit(&format!("i:203.0.113.{i}"), t0, Duration::from_secs(60))
+            .await
+            .unwrap();
+    }
+    let card = || async {
+        store
+            .query::<i64>(redis::cmd("ZCARD").arg(&index))
+            .await
+            .unwrap()
+    };
+    assert_eq!(card().await, 50);
+    let ttl: i64 = store.query(redis::cmd("PTTL").arg(&index)).await.unwrap();
+    assert!(ttl > 0 && ttl <= 60_000, "the index expires: PTTL {ttl}");
+    // Two minutes later (the store's clock is the caller's), one more counter: the 50 whose
+    // window is over leave the index.
+    let later = t0.plus(Duration::from_secs(120));
+    store
+        .throttle_apply(
+            &[sessiond_core::ThrottleChange::Hit {
+                key: "i:198.51.100.1",
+                window: Duration::from_secs(60),
+            }],
+            later,
+        )
+        .await
+        .unwrap();
+    assert_eq!(card().await, 1);
+}
+
+/// Issue 15 #6: a user's set `{p}:u:<uid>` kept the hashes of sessions Redis had dropped by
+/// TTL, for good. The next session of the user trims them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_set_sheds_sessions_that_expired_by_ttl() {
+    let Some(store) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let t0 = sessiond_store_tests::sessions::T0;
+    let set = store.key("u", "77");
+    for _ in 0..40 {
+        let (_, mut rec) = sessiond_store_tests::sessions::session_at(77, t0);
+        // A remaining life of 1 s: Redis drops the session key by itself.
+        rec.expires_at = rec.last_seen_at.plus(Duration::from_millis(1_000));
+        store.create(&rec).await.unwrap();
+    }
+    let card = || async {
+        store
+            .query::<i64>(redis::cmd("ZCARD").arg(&set))
+            .await
+            .unwrap()
+    };
+    assert_eq!(card().await, 40);
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (_, rec) = sessiond_store_tests::sessions::session_at(77, t0);
+    store.create(&rec).await.unwrap();
+    assert_eq!(card().await, 1, "only the live session is left");
+    assert_eq!(
+        store
+            .list_for_user(sessiond_core::UserId(77))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}

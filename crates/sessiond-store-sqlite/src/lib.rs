@@ -25,7 +25,8 @@ use rusqlite::{
 };
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
+    UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -560,9 +561,8 @@ impl SessionStore for SqliteStore {
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        // Owned for the writer thread: (key, end of a fresh window, or None to delete).
-        let owned: Vec<(String, Option<i64>)> =
-            changes.iter().map(|c| c.to_owned_at(now)).collect();
+        // Owned for the writer thread: (key, what to do).
+        let owned: Vec<(String, ThrottleOp)> = changes.iter().map(|c| c.to_op_at(now)).collect();
         let now = now.as_millis();
         // All of a login's counter changes in one transaction: one fsync (synchronous=FULL)
         // instead of one per change, which under a login flood was most of the writer's
@@ -570,18 +570,48 @@ impl SessionStore for SqliteStore {
         self.write(move |c| {
             let tx = c.transaction()?;
             sweep_throttle(&tx, now)?;
-            for (key, fresh_until) in &owned {
-                match fresh_until {
-                    Some(until) => {
-                        hit_throttle(&tx, key, now, *until)?;
-                    }
-                    None => {
-                        tx.prepare_cached("DELETE FROM throttle WHERE key = ?1")?
-                            .execute([key])?;
+            apply_throttle(&tx, &owned, now)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn throttle_reserve(
+        &self,
+        expected: &[(&str, ThrottleExpect)],
+        changes: &[ThrottleChange<'_>],
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let expected: Vec<(String, ThrottleExpect)> = expected
+            .iter()
+            .map(|(k, r)| ((*k).to_owned(), *r))
+            .collect();
+        let owned: Vec<(String, ThrottleOp)> = changes.iter().map(|c| c.to_op_at(now)).collect();
+        let now = now.as_millis();
+        // Compare and apply in one write transaction: SQLite's write lock (`BEGIN
+        // IMMEDIATE` on the writer) makes it atomic across every process on the file.
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut unchanged = true;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT count, last_at, expires_at FROM throttle WHERE key = ?1 AND expires_at > ?2",
+                )?;
+                for (key, want) in &expected {
+                    let got = stmt.query_row(params![key, now], throttle_from_row).optional()?;
+                    if !want.holds(got) {
+                        unchanged = false;
+                        break;
                     }
                 }
             }
-            tx.commit()
+            if !unchanged {
+                return Ok(false);
+            }
+            sweep_throttle(&tx, now)?;
+            apply_throttle(&tx, &owned, now)?;
+            tx.commit()?;
+            Ok(true)
         })
         .await
     }
@@ -640,6 +670,37 @@ impl SessionStore for SqliteStore {
         })
         .await
     }
+}
+
+/// Applies owned throttle changes in order, inside the caller's transaction.
+fn apply_throttle(
+    c: &Connection,
+    owned: &[(String, ThrottleOp)],
+    now: i64,
+) -> rusqlite::Result<()> {
+    for (key, op) in owned {
+        match op {
+            ThrottleOp::Hit(until) => {
+                hit_throttle(c, key, now, *until)?;
+            }
+            ThrottleOp::Delete => {
+                c.prepare_cached("DELETE FROM throttle WHERE key = ?1")?
+                    .execute([key])?;
+            }
+            ThrottleOp::Refund => {
+                // Remove first (a counter at one, or over), then decrement what is left.
+                c.prepare_cached(
+                    "DELETE FROM throttle WHERE key = ?1 AND (count <= 1 OR expires_at <= ?2)",
+                )?
+                .execute(params![key, now])?;
+                c.prepare_cached(
+                    "UPDATE throttle SET count = count - 1 WHERE key = ?1 AND expires_at > ?2 AND count > 1",
+                )?
+                .execute(params![key, now])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes counters whose window is over.

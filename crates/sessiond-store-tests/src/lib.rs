@@ -49,6 +49,8 @@ macro_rules! __session_behaviours {
             throttle_get_many_answers_as_single_gets_in_order,
             throttle_changes_apply_in_order_as_single_calls_would,
             throttle_hits_are_atomic_across_concurrent_callers,
+            throttle_reserve_compares_then_applies,
+            throttle_reservations_admit_at_most_the_limit_in_a_burst,
             every_early_end_of_a_session_changes_the_generation,
             ping_answers,
         );

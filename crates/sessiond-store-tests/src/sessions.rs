@@ -722,3 +722,184 @@ pub async fn every_early_end_of_a_session_changes_the_generation<S: SessionStore
     store.delete_all().await.unwrap();
     changed("delete_all", store.generation().await.unwrap());
 }
+
+pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
+    use sessiond_core::ThrottleChange::{Delete, Hit, Refund};
+    use sessiond_core::ThrottleExpect::{Below, Exactly};
+    let w = secs(900);
+    let first = store.throttle_hit("p:e|1.1.1.1", at(0), w).await.unwrap();
+    // A stale expectation (the counter moved on): nothing applied.
+    let stale = store
+        .throttle_reserve(
+            &[("p:e|1.1.1.1", Exactly(None)), ("i:1.1.1.1", Exactly(None))],
+            &[
+                Hit {
+                    key: "p:e|1.1.1.1",
+                    window: w,
+                },
+                Hit {
+                    key: "i:1.1.1.1",
+                    window: w,
+                },
+            ],
+            at(1_000),
+        )
+        .await
+        .unwrap();
+    assert!(!stale, "an expectation that no longer holds must refuse");
+    assert_eq!(
+        store.throttle_get("p:e|1.1.1.1", at(1_000)).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(
+        store.throttle_get("i:1.1.1.1", at(1_000)).await.unwrap(),
+        None
+    );
+    // The current state: applied, in order.
+    let ok = store
+        .throttle_reserve(
+            &[
+                ("p:e|1.1.1.1", Exactly(Some(first))),
+                ("i:1.1.1.1", Below(1)),
+            ],
+            &[
+                Hit {
+                    key: "p:e|1.1.1.1",
+                    window: w,
+                },
+                Hit {
+                    key: "i:1.1.1.1",
+                    window: w,
+                },
+                Hit {
+                    key: "i:1.1.1.1",
+                    window: w,
+                },
+            ],
+            at(1_000),
+        )
+        .await
+        .unwrap();
+    assert!(ok);
+    let pair = store
+        .throttle_get("p:e|1.1.1.1", at(1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((pair.count, pair.last_at), (2, at(1_000)));
+    // "Below n" holds for any live count under n, absent counters included.
+    assert!(!store
+        .throttle_reserve(&[("p:e|1.1.1.1", Below(2))], &[], at(1_000))
+        .await
+        .unwrap());
+    assert!(store
+        .throttle_reserve(
+            &[("p:e|1.1.1.1", Below(3)), ("never-there", Below(1))],
+            &[],
+            at(1_000)
+        )
+        .await
+        .unwrap());
+    assert_eq!(
+        store
+            .throttle_get("i:1.1.1.1", at(1_000))
+            .await
+            .unwrap()
+            .map(|r| r.count),
+        Some(2)
+    );
+    // Refunds: one event back, window kept; a counter at one is removed; a missing one is
+    // left alone.
+    store
+        .throttle_apply(
+            &[
+                Refund { key: "p:e|1.1.1.1" },
+                Refund { key: "i:1.1.1.1" },
+                Refund { key: "i:1.1.1.1" },
+                Refund { key: "never-there" },
+                Delete { key: "never-there" },
+            ],
+            at(2_000),
+        )
+        .await
+        .unwrap();
+    let pair = store
+        .throttle_get("p:e|1.1.1.1", at(2_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((pair.count, pair.expires_at), (1, at(900_000)));
+    assert_eq!(
+        store.throttle_get("i:1.1.1.1", at(2_000)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.throttle_get("never-there", at(2_000)).await.unwrap(),
+        None
+    );
+    // A counter whose window is over reads as absent.
+    assert!(!store
+        .throttle_reserve(&[("p:e|1.1.1.1", Exactly(Some(pair)))], &[], at(900_000))
+        .await
+        .unwrap());
+    assert!(store
+        .throttle_reserve(&[("p:e|1.1.1.1", Exactly(None))], &[], at(900_000))
+        .await
+        .unwrap());
+}
+
+/// The throttle's use of [`SessionStore::throttle_reserve`] under a burst: many callers read
+/// the same counters, decide "under the limit", and try to reserve at once. Exactly the limit
+/// may get through, however the burst interleaves (issue 15 #4: 12 of 12 parallel wrong
+/// passwords were hashed where 10 was the limit).
+pub async fn throttle_reservations_admit_at_most_the_limit_in_a_burst<S: SessionStore>(store: S) {
+    use sessiond_core::ThrottleChange::Hit;
+    const LIMIT: u64 = 5;
+    let store = Arc::new(store);
+    let start = Arc::new(tokio::sync::Barrier::new(30));
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let (s, start) = (Arc::clone(&store), Arc::clone(&start));
+            tokio::spawn(async move {
+                let keys = ["p:burst|9.9.9.9", "a:burst"];
+                let now = at(1_000);
+                start.wait().await;
+                for _ in 0..1_000 {
+                    let seen = s.throttle_get_many(&keys, now).await.unwrap();
+                    if seen[0].is_some_and(|r| r.count >= LIMIT) {
+                        return false; // refused: the limit is reached
+                    }
+                    // As the throttle does: below a threshold, "still below it".
+                    let expected = [
+                        (keys[0], sessiond_core::ThrottleExpect::Below(LIMIT)),
+                        (keys[1], sessiond_core::ThrottleExpect::Below(100)),
+                    ];
+                    let changes = keys.map(|key| Hit {
+                        key,
+                        window: secs(900),
+                    });
+                    if s.throttle_reserve(&expected, &changes, now).await.unwrap() {
+                        return true;
+                    }
+                    // Lost the race: read again. Jitter so the burst spreads out.
+                    tokio::time::sleep(Duration::from_millis((i % 3) as u64)).await;
+                }
+                panic!("a reservation never went through");
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += u64::from(t.await.unwrap());
+    }
+    assert_eq!(
+        admitted, LIMIT,
+        "of a burst of 30, exactly the limit gets through"
+    );
+    let counts = store
+        .throttle_get_many(&["p:burst|9.9.9.9", "a:burst"], at(1_000))
+        .await
+        .unwrap();
+    assert_eq!(counts[0].map(|r| r.count), Some(LIMIT));
+    assert_eq!(counts[1].map(|r| r.count), Some(LIMIT), "all or nothing");
+}

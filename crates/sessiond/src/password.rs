@@ -14,6 +14,7 @@
 pub mod worker;
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -53,6 +54,52 @@ pub struct Verified {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Who a password job is for (an account, an address, a session), for the pool's fairness:
+/// see [`Hasher`]. Set around a request's password work with [`with_owners`]; jobs
+/// submitted outside one have no owner.
+#[derive(Clone, Debug, Default)]
+pub struct Owners(Vec<String>);
+
+impl Owners {
+    /// Owners from labelled keys (`"a:alice"`, `"i:192.0.2.1"`, `"s:<session id>"`).
+    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+        Self(keys.into_iter().collect())
+    }
+}
+
+tokio::task_local! {
+    static OWNERS: Owners;
+}
+
+/// Runs `f` with its password jobs counted against `owners`' shares of the pool.
+pub async fn with_owners<F: std::future::Future>(owners: Owners, f: F) -> F::Output {
+    OWNERS.scope(owners, f).await
+}
+
+/// The places of the pool each owner holds (jobs submitted and not finished).
+#[derive(Default)]
+struct Shares(Mutex<HashMap<String, usize>>);
+
+/// One job's places, given back when the job is finished (or refused).
+struct Share {
+    shares: Arc<Shares>,
+    keys: Vec<String>,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut m = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
+        for k in &self.keys {
+            if let Some(n) = m.get_mut(k) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(k);
+                }
+            }
+        }
+    }
+}
+
 /// A pool of hashing threads with a bounded queue: in this process, or in a worker process of
 /// its own (see [`worker`]). Cheap to clone.
 #[derive(Clone)]
@@ -62,12 +109,56 @@ pub struct Hasher {
     /// Jobs submitted and not yet finished, and how many the pool takes (threads + queue).
     busy: Arc<AtomicUsize>,
     room: usize,
+    /// Places held per owner (issue 15 #3: 40 parallel password checks by one user filled
+    /// the pool and the admin's login got `503`).
+    shares: Arc<Shares>,
 }
 
 #[derive(Clone)]
 enum Backend {
     Threads(SyncSender<Job>),
-    Process(Arc<worker::WorkerProcess>),
+    /// The worker process, and threads in this process for the jobs it cannot take (not
+    /// started until one needs them).
+    Process(Arc<worker::WorkerProcess>, Arc<Fallback>),
+}
+
+/// In-process threads for a worker process that died and cannot start again.
+struct Fallback {
+    threads: usize,
+    queue: usize,
+    tx: std::sync::OnceLock<Result<SyncSender<Job>, HashError>>,
+}
+
+impl Fallback {
+    fn sender(&self) -> Result<&SyncSender<Job>, HashError> {
+        self.tx
+            .get_or_init(|| spawn_threads(self.threads, self.queue))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+/// `threads` hashing threads at the lowest priority, fed by a queue of `queue` jobs.
+fn spawn_threads(threads: usize, queue: usize) -> Result<SyncSender<Job>, HashError> {
+    let (tx, rx) = mpsc::sync_channel::<Job>(queue);
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..threads.max(1) {
+        let rx = Arc::clone(&rx);
+        std::thread::Builder::new()
+            .name(format!("argon2-{i}"))
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                        Ok(job) => job,
+                        Err(_) => return, // every sender dropped: shut down
+                    };
+                    job();
+                }
+            })
+            .map_err(|e| HashError::Failed(e.to_string()))?;
+    }
+    Ok(tx)
 }
 
 impl std::fmt::Debug for Hasher {
@@ -242,25 +333,7 @@ impl Hasher {
     /// Starts `threads` workers with room for `queue` waiting jobs, and computes the dummy
     /// hash (one real hash, ~50 ms).
     pub fn start(threads: usize, queue: usize) -> Result<Self, HashError> {
-        let (tx, rx) = mpsc::sync_channel::<Job>(queue);
-        let backend = Backend::Threads(tx);
-        let rx = Arc::new(Mutex::new(rx));
-        for i in 0..threads.max(1) {
-            let rx = Arc::clone(&rx);
-            std::thread::Builder::new()
-                .name(format!("argon2-{i}"))
-                .spawn(move || {
-                    lower_priority();
-                    loop {
-                        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                            Ok(job) => job,
-                            Err(_) => return, // every sender dropped: shut down
-                        };
-                        job();
-                    }
-                })
-                .map_err(|e| HashError::Failed(e.to_string()))?;
-        }
+        let backend = Backend::Threads(spawn_threads(threads, queue)?);
         Self::with_backend(backend, Arc::default(), threads.max(1) + queue)
     }
 
@@ -269,8 +342,14 @@ impl Hasher {
     pub fn start_isolated(exe: &Path, threads: usize, queue: usize) -> Result<Self, HashError> {
         let busy = Arc::new(AtomicUsize::new(0));
         let process = worker::WorkerProcess::start(exe, threads, Arc::clone(&busy))?;
+        let fallback = Fallback {
+            threads: threads.max(1),
+            // As many as the pool takes: a job the pool admitted always finds a place.
+            queue: threads.max(1) + queue,
+            tx: std::sync::OnceLock::new(),
+        };
         Self::with_backend(
-            Backend::Process(Arc::new(process)),
+            Backend::Process(Arc::new(process), Arc::new(fallback)),
             busy,
             threads.max(1) + queue,
         )
@@ -294,6 +373,42 @@ impl Hasher {
             dummy: Arc::new(dummy),
             busy,
             room,
+            shares: Arc::default(),
+        })
+    }
+
+    /// Most places one owner may hold while the pool is at least half full: a small share
+    /// (an eighth), so a single account, address or session never crowds out the others.
+    fn small_share(&self) -> usize {
+        (self.room / 8).max(1)
+    }
+
+    /// Takes places for the current task's owners, or refuses ([`HashError::Overloaded`],
+    /// a `503` like a full pool). Fairness rule: no owner ever holds more than half the
+    /// pool's places; once the pool is half full, no owner holding its small share may take
+    /// another. The other half therefore always has room for everyone else: one account,
+    /// address or session flooding the pool cannot refuse another's login. (Below half full
+    /// nothing is refused, so one client's honest burst, such as the benchmark's logins,
+    /// runs at full speed.)
+    fn admit(&self) -> Result<Share, HashError> {
+        let owners = OWNERS.try_with(|o| o.0.clone()).unwrap_or_default();
+        let mut m = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
+        let half = (self.room / 2).max(1);
+        let cap = if self.busy.load(Ordering::Acquire) >= half {
+            self.small_share()
+        } else {
+            half
+        };
+        if owners.iter().any(|k| m.get(k).copied().unwrap_or(0) >= cap) {
+            return Err(HashError::Overloaded);
+        }
+        for k in &owners {
+            *m.entry(k.clone()).or_default() += 1;
+        }
+        drop(m);
+        Ok(Share {
+            shares: Arc::clone(&self.shares),
+            keys: owners,
         })
     }
 
@@ -321,7 +436,7 @@ impl Hasher {
     pub fn worker_pid(&self) -> Option<u32> {
         match &self.backend {
             Backend::Threads(_) => None,
-            Backend::Process(p) => p.pid(),
+            Backend::Process(p, _) => p.pid(),
         }
     }
 
@@ -337,11 +452,16 @@ impl Hasher {
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, HashError> {
         let (done, result) = oneshot::channel();
+        let share = self.admit()?;
         let busy = Arc::clone(&self.busy);
         busy.fetch_add(1, Ordering::AcqRel);
+        // The share travels with the job: it is held until the job is done, even if the
+        // request that submitted it went away.
         let job: Job = Box::new(move || {
-            let _ = done.send(f());
+            let out = f();
             busy.fetch_sub(1, Ordering::AcqRel);
+            drop(share);
+            let _ = done.send(out);
         });
         match tx.try_send(job) {
             Ok(()) => {}
@@ -369,20 +489,43 @@ impl Hasher {
     /// Runs `op` in the worker process, counted in `busy` until it answers (or dies).
     async fn call(
         &self,
-        process: &worker::WorkerProcess,
+        process: &Arc<worker::WorkerProcess>,
+        fallback: &Arc<Fallback>,
         op: worker::Op,
     ) -> Result<worker::Reply, HashError> {
+        let share = self.admit()?;
         if self.busy.fetch_add(1, Ordering::AcqRel) >= self.room {
             self.busy.fetch_sub(1, Ordering::AcqRel);
             return Err(HashError::Overloaded);
         }
-        process.call(op).await
+        // On a task of its own, which holds the share until the job is done, even if the
+        // request that submitted it went away.
+        let (process, fallback, busy) = (
+            Arc::clone(process),
+            Arc::clone(fallback),
+            Arc::clone(&self.busy),
+        );
+        tokio::spawn(async move {
+            let reply = match process.call(&op).await {
+                Ok(reply) => Ok(reply),
+                // No worker answered (none running, or it died with the job): the job runs
+                // here instead. Safe to repeat: hashing and verifying change nothing.
+                Err(e) => {
+                    tracing::debug!(error = %e, "hashing in the server's threads");
+                    run_in_fallback(&fallback, &busy, op).await
+                }
+            };
+            drop(share);
+            reply
+        })
+        .await
+        .map_err(|_| HashError::Failed("hashing task failed".into()))?
     }
 
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || hash_blocking(&password)).await?,
-            Backend::Process(p) => match self.call(p, worker::Op::Hash(password)).await? {
+            Backend::Process(p, f) => match self.call(p, f, worker::Op::Hash(password)).await? {
                 worker::Reply::Hashed(h) => Ok(h),
                 worker::Reply::Failed(e) => Err(HashError::Failed(e)),
                 other => Err(unexpected(&other)),
@@ -393,11 +536,13 @@ impl Hasher {
     pub async fn verify(&self, password: Password, phc: String) -> Result<Verified, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || verify_blocking(&password, &phc)).await,
-            Backend::Process(p) => match self.call(p, worker::Op::Verify(password, phc)).await? {
-                worker::Reply::Verified(v) => Ok(v),
-                worker::Reply::Failed(e) => Err(HashError::Failed(e)),
-                other => Err(unexpected(&other)),
-            },
+            Backend::Process(p, f) => {
+                match self.call(p, f, worker::Op::Verify(password, phc)).await? {
+                    worker::Reply::Verified(v) => Ok(v),
+                    worker::Reply::Failed(e) => Err(HashError::Failed(e)),
+                    other => Err(unexpected(&other)),
+                }
+            }
         }
     }
 
@@ -408,6 +553,39 @@ impl Hasher {
             .await
             .map(|_| ())
     }
+}
+
+/// Runs a worker's job on the fallback threads, counted in `busy` while it runs.
+async fn run_in_fallback(
+    fallback: &Fallback,
+    busy: &Arc<AtomicUsize>,
+    op: worker::Op,
+) -> Result<worker::Reply, HashError> {
+    let tx = fallback.sender()?;
+    let (done, result) = oneshot::channel();
+    busy.fetch_add(1, Ordering::AcqRel);
+    let counted = Arc::clone(busy);
+    let job: Job = Box::new(move || {
+        let reply = match op {
+            worker::Op::Hash(p) => match hash_blocking(&p) {
+                Ok(h) => worker::Reply::Hashed(h),
+                Err(e) => worker::Reply::Failed(e.to_string()),
+            },
+            worker::Op::Verify(p, phc) => worker::Reply::Verified(verify_blocking(&p, &phc)),
+        };
+        let _ = done.send(reply);
+        counted.fetch_sub(1, Ordering::AcqRel);
+    });
+    if let Err(e) = tx.try_send(job) {
+        busy.fetch_sub(1, Ordering::AcqRel);
+        return Err(match e {
+            TrySendError::Full(_) => HashError::Overloaded,
+            TrySendError::Disconnected(_) => HashError::Failed("hashing pool stopped".into()),
+        });
+    }
+    result
+        .await
+        .map_err(|_| HashError::Failed("hashing thread died".into()))
 }
 
 /// One hashing thread per core, a queue of 16 per thread.
@@ -515,6 +693,47 @@ mod tests {
         ] {
             assert!(!verify_blocking(&pw("whatever1"), h).matches, "{h}");
         }
+    }
+
+    /// Issue 15 #3: one owner (an account, address or session) flooding the pool must not
+    /// get every place: once the pool is half full it gets no more, and another owner's job
+    /// still gets in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_owner_never_crowds_out_another() {
+        // Room 16: half is 8, a small share 2.
+        let hasher = Hasher::start(1, 15).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let h = hasher.clone();
+                let owners = Owners::new(["i:203.0.113.9".to_owned(), "a:mallory".to_owned()]);
+                tokio::spawn(with_owners(owners, async move {
+                    h.hash(pw("correct horse")).await
+                }))
+            })
+            .collect();
+        // Every flood job submitted (taken or refused) before the other owner's.
+        for _ in 0..500 {
+            if hasher.busy.load(Ordering::Acquire) >= 8 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let other = with_owners(
+            Owners::new(["i:198.51.100.1".to_owned(), "a:admin".to_owned()]),
+            hasher.hash(pw("correct horse")),
+        )
+        .await;
+        assert!(other.is_ok(), "another owner's job: {other:?}");
+        let mut refused = 0;
+        for t in tasks {
+            if let Err(HashError::Overloaded) = t.await.unwrap() {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 8, "the flood's owner gets half the pool, no more");
+        // Shares are given back when the jobs are done.
+        assert!(hasher.shares.0.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -1,11 +1,15 @@
 //! Login throttling (SPEC §6), on counters in the session store so every instance shares
 //! them. The rules themselves are pure and live in `sessiond_core::Counter`; this module
-//! names the counters of an attempt, checks them before any password work, and counts the
-//! outcome.
+//! names the counters of an attempt, checks them and reserves the attempt atomically before
+//! any password work, and settles the reservation by the outcome. Logins and the current
+//! password of a password change share the same counters: a guess is a guess wherever it
+//! is made.
 
 use std::time::Duration;
 
-use sessiond_core::{retry_after, Counter, SessionToken, ThrottleChange, Timestamp, TokenHash};
+use sessiond_core::{
+    retry_after, Counter, SessionToken, ThrottleChange, ThrottleExpect, Timestamp, TokenHash,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -67,6 +71,23 @@ impl Attempt {
         }
     }
 
+    /// The signed-in user checking their current password (a password change): counted on
+    /// the same counters as their logins from this address. No device cookie: a password
+    /// change falls under the account's ceiling, not a device's budget.
+    pub fn for_user(me: &crate::routes::CurrentUser, ip: Option<&str>) -> Self {
+        Self::new(me.user.username.as_str(), ip, None)
+    }
+
+    /// The attempt's owners for the hashing pool's fairness: its account and address, and
+    /// the session making it when there is one.
+    pub fn owners(&self, session: Option<&str>) -> crate::password::Owners {
+        let mut keys = vec![format!("a:{}", self.account), format!("i:{}", self.ip)];
+        if let Some(s) = session {
+            keys.push(format!("s:{s}"));
+        }
+        crate::password::Owners::new(keys)
+    }
+
     /// The account as counted (what the client typed, case-folded, control characters out).
     pub fn account(&self) -> &str {
         &self.account
@@ -92,14 +113,33 @@ impl Attempt {
     }
 }
 
-/// Refuses the attempt with `429 throttled` while any of its counters holds, before any
-/// password work (so a locked-out guesser costs us nothing, and learns nothing: right and
-/// wrong passwords get the same answer). Returns the counters that apply: the device's own
-/// budget when it presents a device cookie registered for this account, else the account
-/// ceiling.
-pub async fn check(state: &AppState, a: &Attempt) -> Result<Vec<(Counter, String)>, ApiError> {
+/// How many times a reservation is tried again when another attempt changed the counters
+/// between our read and our reservation. Only a burst on the same counters loses races; one
+/// that loses this many is refused like a throttled attempt (fail closed).
+const RESERVE_TRIES: usize = 24;
+
+/// An attempt reserved on its counters: counted as a failure before any password work. It
+/// stays counted unless the attempt turns out right ([`succeeded`], [`settled`]) or never
+/// got to check a password ([`release`]).
+#[derive(Debug)]
+pub struct Reserved {
+    counters: Vec<(Counter, String)>,
+}
+
+/// Refuses the attempt with `429 throttled` while any of its counters holds; otherwise
+/// reserves it, before any password work (so a locked-out guesser costs us nothing, and
+/// learns nothing: right and wrong passwords get the same answer).
+///
+/// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the
+/// pure rules of [`Counter`], and the attempt is counted as a failure on every counter that
+/// applies with [`sessiond_core::SessionStore::throttle_reserve`], which succeeds only if
+/// none of them changed since the read. Of a burst of parallel attempts that all read "one
+/// attempt left", exactly one gets it; the others read again and are refused. The counters
+/// that apply: the device's own budget when the client presents a device cookie registered
+/// for this account, else the account ceiling; the (account, address) pair and the address
+/// always.
+pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> {
     let store = state.sessions.store();
-    let now = state.sessions.now();
     // Every counter that may apply, and the device's registration, in one store call (one
     // round trip on PostgreSQL instead of four or five).
     let mut keys = vec![a.pair_key(), a.ip_key(), a.account_key()];
@@ -108,51 +148,91 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Vec<(Counter, String
         keys.push(Attempt::device_failures_key(h));
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-    let records = store.throttle_get_many(&refs, now).await?;
-    if records.len() != keys.len() {
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "throttle store answered {} of {} counters",
-            records.len(),
-            keys.len()
-        )));
-    }
-    // Indices into `keys`: 0 pair, 1 ip, 2 account, 3 device registration, 4 device failures.
-    let known_device = records.get(3).is_some_and(Option::is_some);
-    let third = if known_device {
-        (Counter::Device, 4)
-    } else {
-        (Counter::Account, 2)
-    };
-    let mut until: Option<Timestamp> = None;
-    let mut counters = Vec::with_capacity(3);
-    for (counter, i) in [(Counter::Pair, 0), (Counter::Ip, 1), third] {
-        if let Some(u) = records[i]
-            .as_ref()
-            .and_then(|r| counter.locked_until(r, now))
-        {
-            until = Some(until.map_or(u, |x| x.max(u)));
+    for _ in 0..RESERVE_TRIES {
+        let now = state.sessions.now();
+        let records = store.throttle_get_many(&refs, now).await?;
+        if records.len() != keys.len() {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "throttle store answered {} of {} counters",
+                records.len(),
+                keys.len()
+            )));
         }
-        counters.push((counter, std::mem::take(&mut keys[i])));
-    }
-    match until {
-        Some(u) => {
+        // Indices into `keys`: 0 pair, 1 ip, 2 account, 3 device registration, 4 device
+        // failures.
+        let known_device = records.get(3).is_some_and(Option::is_some);
+        let third = if known_device {
+            (Counter::Device, 4)
+        } else {
+            (Counter::Account, 2)
+        };
+        let applying = [(Counter::Pair, 0), (Counter::Ip, 1), third];
+        let mut until: Option<Timestamp> = None;
+        for (counter, i) in applying {
+            if let Some(u) = records[i]
+                .as_ref()
+                .and_then(|r| counter.locked_until(r, now))
+            {
+                until = Some(until.map_or(u, |x| x.max(u)));
+            }
+        }
+        if let Some(u) = until {
             tracing::warn!(target: "sessiond::audit", event = "throttled", account = %a.account, ip = %a.ip);
-            Err(ApiError::Throttled {
+            return Err(ApiError::Throttled {
                 retry_after: retry_after(u, now),
-            })
+            });
         }
-        None => Ok(counters),
+        // What we judged on, and the reservation: one failure on each counter that applies.
+        // A counter below its threshold cannot hold an attempt back whatever its count below
+        // it, so it is expected only to stay below (attempts far from a limit, such as many
+        // logins of one account at once, never conflict); one at or past it is expected
+        // exactly (its back-off depends on every field). Either way no more than the
+        // threshold's worth of attempts are reserved before the back-off applies.
+        let expected: Vec<(&str, ThrottleExpect)> = applying
+            .iter()
+            .map(|&(counter, i)| {
+                let expect = match records[i] {
+                    Some(r) if r.count >= counter.threshold() => ThrottleExpect::Exactly(Some(r)),
+                    _ => ThrottleExpect::Below(counter.threshold()),
+                };
+                (refs[i], expect)
+            })
+            .collect();
+        let changes: Vec<ThrottleChange<'_>> = applying
+            .iter()
+            .map(|&(counter, i)| ThrottleChange::Hit {
+                key: refs[i],
+                window: counter.window(),
+            })
+            .collect();
+        if store.throttle_reserve(&expected, &changes, now).await? {
+            return Ok(Reserved {
+                counters: applying
+                    .iter()
+                    .map(|&(counter, i)| (counter, keys[i].clone()))
+                    .collect(),
+            });
+        }
+        // Another attempt changed these counters since our read: judge again. A short
+        // pause spreads a burst out.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
+    tracing::warn!(target: "sessiond::audit", event = "throttled", account = %a.account, ip = %a.ip, reason = "contention");
+    Err(ApiError::Throttled { retry_after: 1 })
 }
 
-/// Counts a failed attempt on every counter that applies.
-pub async fn failed(state: &AppState, counters: &[(Counter, String)]) -> Result<(), ApiError> {
-    let changes: Vec<ThrottleChange<'_>> = counters
+/// A reserved attempt failed on its password: it was counted when it was reserved.
+pub async fn failed(_state: &AppState, _reserved: &Reserved) -> Result<(), ApiError> {
+    Ok(())
+}
+
+/// The attempt never got to a verdict on its password (a bad request, an overloaded pool, a
+/// store error): its reservation is given back.
+pub async fn release(state: &AppState, reserved: &Reserved) -> Result<(), ApiError> {
+    let changes: Vec<ThrottleChange<'_>> = reserved
+        .counters
         .iter()
-        .map(|(counter, key)| ThrottleChange::Hit {
-            key,
-            window: counter.window(),
-        })
+        .map(|(_, key)| ThrottleChange::Refund { key })
         .collect();
     state
         .sessions
@@ -162,12 +242,69 @@ pub async fn failed(state: &AppState, counters: &[(Counter, String)]) -> Result<
     Ok(())
 }
 
-/// After a successful login: the pair's and the device's counters start over, and the client
-/// gets (or keeps) a device cookie registered for this account. Returns the secret of a new
-/// device cookie to set.
+/// The reservation's bookkeeping after a right password: the pair's counter (and the
+/// device's) start over, the address and account counters get their event back.
+fn settle_changes(reserved: &Reserved) -> Vec<ThrottleChange<'_>> {
+    reserved
+        .counters
+        .iter()
+        .map(|(counter, key)| match counter {
+            Counter::Pair | Counter::Device => ThrottleChange::Delete { key },
+            Counter::Ip | Counter::Account => ThrottleChange::Refund { key },
+        })
+        .collect()
+}
+
+/// A right password outside a login (the current password of a password change): as
+/// after a successful login, without device cookies.
+pub async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), ApiError> {
+    state
+        .sessions
+        .store()
+        .throttle_apply(&settle_changes(reserved), state.sessions.now())
+        .await?;
+    Ok(())
+}
+
+/// Runs `work`, a check of `a`'s password (and what follows it), under the throttle: refused
+/// while a counter holds, reserved before `work` starts, and settled by its outcome
+/// ([`ApiError::InvalidCredentials`]: stays counted; success: [`settled`]; any other
+/// error: [`release`]d). Its password work is tagged with the attempt's account and address
+/// for the hashing queue's fairness ([`crate::password::Owners`]).
+pub async fn guarded<T>(
+    state: &AppState,
+    a: &Attempt,
+    owners: crate::password::Owners,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let reserved = check(state, a).await?;
+    match crate::password::with_owners(owners, work).await {
+        Err(ApiError::InvalidCredentials) => Err(ApiError::InvalidCredentials),
+        Err(e) => {
+            if let Err(r) = release(state, &reserved).await {
+                tracing::warn!(error = %r, "throttle reservation not released");
+            }
+            Err(e)
+        }
+        Ok(v) => {
+            // The work is done (a password changed): a failure to settle must not turn it
+            // into an error. The reservation then stays counted as one failure, the safe side.
+            if let Err(e) = settled(state, &reserved).await {
+                tracing::warn!(error = %e, "throttle reservation not settled");
+            }
+            Ok(v)
+        }
+    }
+}
+
+/// After a successful login: the pair's and the device's counters start over, the address
+/// and account counters get the reservation's event back, and the client gets (or keeps) a
+/// device cookie registered for this account. Returns the secret of a new device cookie to
+/// set.
 pub async fn succeeded(
     state: &AppState,
     a: &Attempt,
+    reserved: &Reserved,
     presented: Option<&str>,
 ) -> Result<Option<SessionToken>, ApiError> {
     let (token, fresh) = match presented.and_then(SessionToken::parse) {
@@ -175,13 +312,14 @@ pub async fn succeeded(
         None => (SessionToken::generate(), true),
     };
     let h = token.hash();
-    let (pair, failures, registration) = (
-        a.pair_key(),
+    let (failures, registration) = (
         Attempt::device_failures_key(&h),
         Attempt::device_registration_key(&h, &a.account),
     );
     let store = state.sessions.store();
     let now = state.sessions.now();
+    let mut changes = settle_changes(reserved);
+    changes.push(ThrottleChange::Delete { key: &failures });
     // A registration this account does not hold yet counts against its bound (a presented
     // cookie may be junk or another account's: it counts too).
     let known = !fresh && store.throttle_get(&registration, now).await?.is_some();
@@ -189,31 +327,15 @@ pub async fn succeeded(
         let new_devices = a.new_devices_key();
         let r = store.throttle_hit(&new_devices, now, DEVICE_WINDOW).await?;
         if r.count > MAX_NEW_DEVICES {
-            store
-                .throttle_apply(
-                    &[
-                        ThrottleChange::Delete { key: &pair },
-                        ThrottleChange::Delete { key: &failures },
-                    ],
-                    now,
-                )
-                .await?;
+            store.throttle_apply(&changes, now).await?;
             return Ok(None);
         }
     }
-    store
-        .throttle_apply(
-            &[
-                ThrottleChange::Delete { key: &pair },
-                ThrottleChange::Delete { key: &failures },
-                ThrottleChange::Hit {
-                    key: &registration,
-                    window: DEVICE_LIFETIME,
-                },
-            ],
-            now,
-        )
-        .await?;
+    changes.push(ThrottleChange::Hit {
+        key: &registration,
+        window: DEVICE_LIFETIME,
+    });
+    store.throttle_apply(&changes, now).await?;
     Ok(fresh.then_some(token))
 }
 

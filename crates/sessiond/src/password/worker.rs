@@ -14,8 +14,11 @@
 //! The worker is this same binary (`sessiond __hash-worker`), started by the server with an
 //! empty environment and talking over its stdin/stdout in length-prefixed frames. The parent
 //! bounds the jobs in flight (the pool's threads + queue), so the pipes never fill. If the
-//! worker dies, its jobs fail (`500`, the login can be retried) and the next job starts a new
-//! one. Where no worker can be started, the server falls back to threads in its own process.
+//! worker dies, its jobs run again on threads in the server's own process, and a new worker
+//! starts on a thread of its own (never a request's); until it is up, or if it cannot start
+//! (the program was deleted or replaced since the server started), jobs keep running on
+//! those threads, and another start is tried every 30 s. Where no worker can be started at
+//! all, the server uses threads in its own process from the start.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -23,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sessiond_core::Password;
 use tokio::sync::oneshot;
@@ -291,6 +294,10 @@ impl Drop for Link {
     }
 }
 
+/// How long after a failed restart the next one is tried (jobs meanwhile run on the
+/// in-process fallback threads).
+const RESTART_BACKOFF: Duration = Duration::from_secs(30);
+
 /// The server's handle on its worker process (started again after a crash).
 pub(crate) struct WorkerProcess {
     exe: PathBuf,
@@ -300,6 +307,10 @@ pub(crate) struct WorkerProcess {
     /// The pool's jobs in flight, shared with [`super::Hasher`]: a job counts until the
     /// worker answered it or died.
     busy: Arc<AtomicUsize>,
+    /// A restart is running (on a thread of its own, never a request's).
+    restarting: AtomicBool,
+    /// No restart before this (after one failed: the program may be gone).
+    next_restart: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for WorkerProcess {
@@ -339,6 +350,8 @@ impl WorkerProcess {
             link: Mutex::new(None),
             next_id: AtomicU64::new(1),
             busy,
+            restarting: AtomicBool::new(false),
+            next_restart: Mutex::new(None),
         };
         let link = w.spawn()?;
         *w.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
@@ -425,32 +438,69 @@ impl WorkerProcess {
         }
     }
 
-    /// The running worker, started again if the last one died. Starting one is synchronous
-    /// (fork, exec and its hello: a few milliseconds, bounded by [`HELLO_WITHIN`]); it happens
-    /// at start and after a crash, never while the worker is healthy.
-    fn link(&self) -> Result<Arc<Link>, HashError> {
-        let mut link = self.link.lock().unwrap_or_else(|e| e.into_inner());
+    /// The running worker; if the last one died, `None`, and a restart begins on a thread of
+    /// its own (unless one is running, or the last failed less than [`RESTART_BACKOFF`] ago).
+    ///
+    /// Never on the request's thread: starting a worker is fork, exec and its hello (a few
+    /// milliseconds, but up to [`HELLO_WITHIN`] on a struggling machine), and it fails for
+    /// good when the program was deleted or replaced since the server started (an upgrade
+    /// in place): then every job until a restart works runs on the in-process threads
+    /// instead (see `Hasher`), never a `500` or a request held for seconds.
+    fn link(self: &Arc<Self>) -> Option<Arc<Link>> {
+        let link = self.link.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = link.as_ref().filter(|l| l.alive.load(Ordering::Acquire)) {
-            return Ok(Arc::clone(l));
+            return Some(Arc::clone(l));
         }
-        let fresh = self.spawn()?;
-        *link = Some(Arc::clone(&fresh));
-        Ok(fresh)
+        drop(link);
+        self.restart_in_background();
+        None
     }
 
-    /// Sends `op` (the caller has counted it in `busy`) and waits for the answer.
-    pub(crate) async fn call(&self, op: Op) -> Result<Reply, HashError> {
+    fn restart_in_background(self: &Arc<Self>) {
+        let backing_off = self
+            .next_restart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t);
+        if backing_off || self.restarting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let started = std::thread::Builder::new()
+            .name("hash-worker-restart".into())
+            .spawn(move || {
+                match me.spawn() {
+                    Ok(link) => {
+                        *me.link.lock().unwrap_or_else(|e| e.into_inner()) = Some(link);
+                        *me.next_restart.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            error = %e,
+                            "the password hashing worker cannot start again; hashing in the server's own threads meanwhile"
+                        );
+                        *me.next_restart.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(Instant::now() + RESTART_BACKOFF);
+                    }
+                }
+                me.restarting.store(false, Ordering::Release);
+            });
+        if started.is_err() {
+            self.restarting.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sends `op` (the caller has counted it in `busy`) and waits for the answer. An error
+    /// means the worker did not answer (none running, or it died): the job may be run
+    /// elsewhere.
+    pub(crate) async fn call(self: &Arc<Self>, op: &Op) -> Result<Reply, HashError> {
         let died = || HashError::Failed("hashing worker died".into());
         let (tx, rx) = oneshot::channel();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = encode_op(id, &op);
-        drop(op);
-        let link = match self.link() {
-            Ok(l) => l,
-            Err(e) => {
-                self.busy.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
-            }
+        let frame = encode_op(id, op);
+        let Some(link) = self.link() else {
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+            return Err(HashError::Failed("no hashing worker running".into()));
         };
         link.pending
             .lock()

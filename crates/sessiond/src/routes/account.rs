@@ -166,15 +166,17 @@ pub async fn change_password(
         let msg = Some("The new passwords do not match.".to_owned());
         return render(&state, &me, StatusCode::BAD_REQUEST, None, msg).await;
     }
-    match accounts::change_password(
+    // The current password is checked under the login throttle (issue 15 #3).
+    let attempt = crate::throttle::Attempt::for_user(&me, client.ip.as_deref());
+    let owners = attempt.owners(Some(me.session.record().id.as_str()));
+    let change = accounts::change_password(
         &state,
         &me,
         form.current_password,
         form.new_password,
         client,
-    )
-    .await
-    {
+    );
+    match crate::throttle::guarded(&state, &attempt, owners, change).await {
         Ok((token, record)) => {
             let mut res = see_other("/?done=password");
             res.headers_mut().extend(cookie_headers(

@@ -148,16 +148,23 @@ pub(super) async fn log_in(
         return Err(ApiError::Overloaded { retry_after: 1 });
     }
     let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
-    let counters = throttle::check(state, &attempt).await?;
-    let (user, verified_phc) = match accounts::authenticate_verified(state, username, password)
-        .await
-    {
+    // Reserved atomically before any password work (issue 15 #4).
+    let reserved = throttle::check(state, &attempt).await?;
+    let authenticated = crate::password::with_owners(
+        attempt.owners(None),
+        accounts::authenticate_verified(state, username, password),
+    );
+    let (user, verified_phc) = match authenticated.await {
         Ok(u) => u,
         Err(e) => {
+            if !matches!(e, ApiError::InvalidCredentials) {
+                // No verdict on the password: the attempt is given back.
+                throttle::release(state, &reserved).await?;
+            }
             let counter = match e {
                 ApiError::InvalidCredentials => {
                     tracing::info!(target: "sessiond::audit", event = "login_failed", user = %attempt.account(), ip = ?client.ip);
-                    throttle::failed(state, &counters).await?;
+                    throttle::failed(state, &reserved).await?;
                     &state.metrics.logins_failed
                 }
                 ApiError::Overloaded { .. } => &state.metrics.hash_overloaded,
@@ -171,7 +178,7 @@ pub(super) async fn log_in(
         .metrics
         .logins_succeeded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let device = throttle::succeeded(state, &attempt, device_cookie).await?;
+    let device = throttle::succeeded(state, &attempt, &reserved, device_cookie).await?;
     let new = NewSession {
         user_id: user.id,
         remember,
@@ -557,9 +564,12 @@ pub async fn password(
     me: CurrentUser,
     JsonBody(req): JsonBody<PasswordRequest>,
 ) -> ApiResult<Response> {
-    let (token, record) =
-        accounts::change_password(&state, &me, req.current_password, req.new_password, client)
-            .await?;
+    // The current password is checked under the login throttle (issue 15 #3).
+    let attempt = throttle::Attempt::for_user(&me, client.ip.as_deref());
+    let owners = attempt.owners(Some(me.session.record().id.as_str()));
+    let change =
+        accounts::change_password(&state, &me, req.current_password, req.new_password, client);
+    let (token, record) = throttle::guarded(&state, &attempt, owners, change).await?;
     let body = Whoami {
         user: UserView::of(&me.user),
         session: SessionView::of(&state, &record),

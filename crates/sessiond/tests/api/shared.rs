@@ -15,10 +15,10 @@ use crate::helpers::*;
 /// A deployment's stores: the database URL (`None`: the test's SQLite file) and the session
 /// store URL (`None`: the database).
 #[derive(Clone, Debug)]
-struct Stores {
-    label: &'static str,
-    database: Option<String>,
-    session_store: Option<String>,
+pub(crate) struct Stores {
+    pub(crate) label: &'static str,
+    pub(crate) database: Option<String>,
+    pub(crate) session_store: Option<String>,
 }
 
 fn redis_url() -> String {
@@ -54,7 +54,7 @@ async fn redis_up() -> bool {
 
 /// Every combination this machine can run: SQLite alone, SQLite + Redis, PostgreSQL alone,
 /// PostgreSQL + Redis.
-async fn deployments() -> Vec<Stores> {
+pub(crate) async fn deployments() -> Vec<Stores> {
     let redis = redis_up().await;
     let fresh_redis = || Some(format!("{}?prefix={}", redis_url(), fresh_prefix()));
     let mut v = vec![Stores {
