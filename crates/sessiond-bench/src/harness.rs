@@ -255,8 +255,15 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
 fn start_sessiond(cfg: &Config, dir: &Path, args: &[String], tag: &str) -> anyhow::Result<Process> {
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}").parse()?;
+    // The login rows log one user in thousands of times while the probe's session of that
+    // user must stay valid: the per-user session cap (default 100, oldest ended first) would
+    // end it, and add a delete to every login. Off, so the rows measure what they did before.
+    let config = dir.join(format!("sessiond-{tag}.toml"));
+    std::fs::write(&config, "[session]\nmax_per_user = 0\n")?;
     let mut cmd = Command::new(&cfg.sessiond);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&config)
         .args(args)
         .env("SESSIOND_ADMIN_PASSWORD", PASSWORD)
         .env("RUST_LOG", "warn");

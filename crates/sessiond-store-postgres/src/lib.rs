@@ -946,16 +946,19 @@ async fn apply_throttle<C: GenericClient>(
                 exec(tx, "DELETE FROM throttle WHERE key = $1", &[key]).await?;
             }
             ThrottleOp::Refund => {
-                // Remove first (a counter at one, or over), then decrement what is left.
+                // Decrement first, then remove a counter that reached zero (or is over). The
+                // UPDATE locks the row until commit, so concurrent refunds of one counter
+                // queue behind each other; a DELETE-first order let two refunds at two both
+                // skip the delete and decrement once (one event never given back).
                 exec(
                     tx,
-                    "DELETE FROM throttle WHERE key = $1 AND (count <= 1 OR expires_at <= $2)",
+                    "UPDATE throttle SET count = count - 1 WHERE key = $1 AND expires_at > $2",
                     &[key, &now],
                 )
                 .await?;
                 exec(
                     tx,
-                    "UPDATE throttle SET count = count - 1 WHERE key = $1 AND expires_at > $2 AND count > 1",
+                    "DELETE FROM throttle WHERE key = $1 AND (count <= 0 OR expires_at <= $2)",
                     &[key, &now],
                 )
                 .await?;

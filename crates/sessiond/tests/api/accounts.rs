@@ -662,8 +662,12 @@ async fn the_cap_holds_under_parallel_logins() {
         .collect();
     for t in tasks {
         let s = t.await.unwrap();
+        // One address may have only a few attempts of one account in flight (the throttle
+        // reserves each before hashing): the rest are refused with 429.
         assert!(
-            s == StatusCode::OK || s == StatusCode::SERVICE_UNAVAILABLE,
+            s == StatusCode::OK
+                || s == StatusCode::SERVICE_UNAVAILABLE
+                || s == StatusCode::TOO_MANY_REQUESTS,
             "{s}"
         );
     }
