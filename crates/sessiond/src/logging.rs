@@ -75,8 +75,14 @@ fn is_plain(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-:/@+,[]()".contains(&b))
 }
 
+/// The logfmt reader of the integration tests, shared.
+#[cfg(test)]
+#[path = "../tests/api/logfmt.rs"]
+mod logfmt;
+
 #[cfg(test)]
 mod tests {
+    use super::logfmt::field_names;
     use std::sync::{Arc, Mutex};
 
     use super::*;
@@ -105,34 +111,6 @@ mod tests {
         tracing::subscriber::with_default(subscriber, emit);
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
-    }
-
-    /// The field names of a text log line as a logfmt reader sees them: space-separated
-    /// `name=value` tokens after the target, values optionally in quotes with `\` escapes.
-    fn field_names(line: &str) -> Vec<String> {
-        let rest = line.split_once(": ").map_or(line, |(_, r)| r);
-        let (mut names, mut token, mut quoted, mut escaped) =
-            (Vec::new(), String::new(), false, false);
-        for c in rest.chars().chain([' ']) {
-            if quoted {
-                match (escaped, c) {
-                    (true, _) => escaped = false,
-                    (false, '\\') => escaped = true,
-                    (false, '"') => quoted = false,
-                    _ => {}
-                }
-            } else if c == '"' {
-                quoted = true;
-            } else if c == ' ' {
-                if let Some((name, _)) = token.split_once('=') {
-                    names.push(name.to_owned());
-                }
-                token.clear();
-                continue;
-            }
-            token.push(c);
-        }
-        names
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod lenient;
 mod lifecycle;
+mod logfmt;
 mod login;
 mod net;
 mod pages;

@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::helpers::*;
+use crate::logfmt::field_names;
 
 /// Reads until the server closes the connection (or `within` passes); returns what was read
 /// and when the close came.
@@ -357,33 +358,6 @@ async fn typed_usernames_cannot_forge_audit_fields_in_the_text_log() {
             .any(|l| l.contains("event=\"login\"") || l.contains("event=login ")),
         "a forged line: {log}"
     );
-}
-
-/// The field names of a text log line as a logfmt reader sees them: space-separated
-/// `name=value` tokens after the target, values optionally in quotes with `\` escapes.
-fn field_names(line: &str) -> Vec<String> {
-    let rest = line.split_once(": ").map_or(line, |(_, r)| r);
-    let (mut names, mut token, mut quoted, mut escaped) = (Vec::new(), String::new(), false, false);
-    for c in rest.chars().chain([' ']) {
-        if quoted {
-            match (escaped, c) {
-                (true, _) => escaped = false,
-                (false, '\\') => escaped = true,
-                (false, '"') => quoted = false,
-                _ => {}
-            }
-        } else if c == '"' {
-            quoted = true;
-        } else if c == ' ' {
-            if let Some((name, _)) = token.split_once('=') {
-                names.push(name.to_owned());
-            }
-            token.clear();
-            continue;
-        }
-        token.push(c);
-    }
-    names
 }
 
 /// The address a login from behind our (loopback) proxy is recorded with, for `xff`.
