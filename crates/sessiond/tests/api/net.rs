@@ -230,30 +230,9 @@ async fn a_database_locked_by_another_process_answers_503_within_2s() {
         .to_owned();
 
     // The lock, held by a real other process: the sqlite3 shell.
-    let Some(mut holder) = sessiond_store_tests::service_or_skip(
-        "the sqlite3 shell",
-        Command::new("sqlite3")
-            .arg(app.db_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn(),
-    ) else {
+    let Some(mut holder) = lock_database(&app.db_path()) else {
         return;
     };
-    {
-        use std::io::{BufRead as _, Write as _};
-        let stdin = holder.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
-            .unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked");
-    }
 
     let start = Instant::now();
     let res = app.api_login(&c, "pia", PASSWORD).await;
@@ -517,30 +496,9 @@ async fn a_request_in_flight_outlives_the_header_timeout() {
     )
     .await;
     app.add_user("sam").await;
-    let Some(mut holder) = sessiond_store_tests::service_or_skip(
-        "the sqlite3 shell",
-        Command::new("sqlite3")
-            .arg(app.db_path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn(),
-    ) else {
+    let Some(mut holder) = lock_database(&app.db_path()) else {
         return;
     };
-    {
-        use std::io::{BufRead as _, Write as _};
-        let stdin = holder.stdin.as_mut().unwrap();
-        stdin
-            .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
-            .unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(holder.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "locked");
-    }
     // Idle for most of the timeout first, so the request starts late in a watchdog period.
     let c = app.bare_client();
     assert_eq!(
@@ -560,4 +518,31 @@ async fn a_request_in_flight_outlives_the_header_timeout() {
     drop(holder.stdin.take());
     let _ = holder.kill();
     let _ = holder.wait();
+}
+
+/// A real other process holding the database's write lock (the sqlite3 shell inside
+/// `BEGIN IMMEDIATE`), once it holds it; `None` (skipped) without the shell, unless services
+/// are required. Kill it to release the lock.
+fn lock_database(db: &std::path::Path) -> Option<std::process::Child> {
+    use std::io::{BufRead as _, Write as _};
+    let mut holder = sessiond_store_tests::service_or_skip(
+        "the sqlite3 shell",
+        Command::new("sqlite3")
+            .arg(db)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn(),
+    )?;
+    let stdin = holder.stdin.as_mut().unwrap();
+    stdin
+        .write_all(b"BEGIN IMMEDIATE;\nSELECT 'locked';\n")
+        .unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "locked");
+    Some(holder)
 }
