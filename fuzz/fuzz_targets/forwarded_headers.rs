@@ -1,9 +1,9 @@
 //! What a reverse proxy tells us, through the production entry point: arbitrary
 //! `X-Forwarded-*` / `X-Original-*` values from an arbitrary peer, as a request to
 //! `/api/authz/forward-auth` and to `/api/authz/auth-request` on the real router
-//! (`sessiond::routes::app`, the routes inside every layer, on an `AppState` from `server::build_state_with_clock`, SQLite in
+//! (`sessiond::app`, the routes inside every layer, on an `AppState` from `sessiond::build_state_with_clock`, SQLite in
 //! a temporary directory), anonymously or with the session of `bob` (groups: dev) or `olga`
-//! (groups: ops); and `sessiond::forwarded::client_ip` on the same headers.
+//! (groups: ops); and `sessiond::client_ip` on the same headers.
 //!
 //! Asserts:
 //! * nothing panics, and no answer is a 5xx;
@@ -33,10 +33,9 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode};
 use axum::Router;
 use libfuzzer_sys::fuzz_target;
-use sessiond::config::{Config, Overrides};
-use sessiond::forwarded::client_ip;
-use sessiond::password::hash_blocking;
-use sessiond::server;
+use sessiond::{Config, Overrides};
+use sessiond::client_ip;
+use sessiond::hash_blocking;
 use sessiond_core::{NewUser, Password, Username};
 use tower::ServiceExt as _;
 
@@ -100,10 +99,10 @@ static APP: LazyLock<App> = LazyLock::new(|| {
         .build()
         .expect("tokio runtime");
     let state = rt
-        .block_on(server::build_state_with_clock(config.clone(), server::now))
+        .block_on(sessiond::build_state_with_clock(config.clone(), sessiond::now))
         .expect("app state");
     // The production entry point: the routes inside every layer a request passes.
-    let router = Router::new().fallback_service(sessiond::routes::app(state.clone()));
+    let router = Router::new().fallback_service(sessiond::app(state.clone()));
     let cookies = ["bob", "olga"].map(|name| {
         let phc = hash_blocking(&Password::new(PASSWORD.into()).unwrap()).expect("hash");
         rt.block_on(state.users.create_user(&NewUser {
@@ -113,7 +112,7 @@ static APP: LazyLock<App> = LazyLock::new(|| {
             groups: vec![if name == "olga" { "ops" } else { "dev" }.into()],
             admin: false,
             password_hash: phc,
-            created_at: server::now(),
+            created_at: sessiond::now(),
         }))
         .expect("create user");
         let body = format!(r#"{{"username":"{name}","password":"{PASSWORD}"}}"#);

@@ -1,4 +1,4 @@
-//! Login bodies through the real router, in memory: `sessiond::routes::app` on a real
+//! Login bodies through the real router, in memory: `sessiond::app` on a real
 //! `AppState` (SQLite in a temporary directory, the real hashing pool), one request per
 //! input via `tower::ServiceExt::oneshot`.
 //!
@@ -33,9 +33,8 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use libfuzzer_sys::fuzz_target;
-use sessiond::config::{Config, Overrides};
-use sessiond::password::hash_blocking;
-use sessiond::server;
+use sessiond::{Config, Overrides};
+use sessiond::hash_blocking;
 use sessiond_core::{NewUser, Password, SessionToken, Timestamp, Username};
 use tower::ServiceExt as _;
 
@@ -88,8 +87,8 @@ static APP: LazyLock<App> = LazyLock::new(|| {
     let offset_ms = Arc::new(AtomicI64::new(0));
     let clock_offset = Arc::clone(&offset_ms);
     let state = rt
-        .block_on(server::build_state_with_clock(config.clone(), move || {
-            Timestamp::from_millis(server::now().as_millis() + clock_offset.load(Ordering::SeqCst))
+        .block_on(sessiond::build_state_with_clock(config.clone(), move || {
+            Timestamp::from_millis(sessiond::now().as_millis() + clock_offset.load(Ordering::SeqCst))
         }))
         .expect("app state");
     let phc = hash_blocking(&Password::new("correct horse battery staple".into()).unwrap())
@@ -101,7 +100,7 @@ static APP: LazyLock<App> = LazyLock::new(|| {
         groups: vec!["dev".into()],
         admin: false,
         password_hash: phc,
-        created_at: server::now(),
+        created_at: sessiond::now(),
     }))
     .expect("create user");
     let csrf = SessionToken::from_entropy([7; 32]);
@@ -109,7 +108,7 @@ static APP: LazyLock<App> = LazyLock::new(|| {
     App {
         rt,
         // The production entry point: the routes inside every layer a request passes.
-        router: Router::new().fallback_service(sessiond::routes::app(state)),
+        router: Router::new().fallback_service(sessiond::app(state)),
         config,
         csrf_cookie,
         offset_ms,

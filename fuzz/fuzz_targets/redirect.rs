@@ -1,4 +1,4 @@
-//! Where a browser may be sent after login: `sessiond::redirect::safe_redirect` on arbitrary
+//! Where a browser may be sent after login: `sessiond::safe_redirect` on arbitrary
 //! UTF-8, under several configurations (public URL, cookie domain) built by the real
 //! `Config::resolve`.
 //!
@@ -15,8 +15,8 @@
 use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
-use sessiond::config::{Config, Overrides};
-use sessiond::redirect::safe_redirect;
+use sessiond::{Config, Overrides};
+use sessiond::safe_redirect;
 
 static CONFIGS: LazyLock<Vec<Config>> = LazyLock::new(|| {
     [

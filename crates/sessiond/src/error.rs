@@ -7,10 +7,11 @@ use axum::Json;
 use sessiond_axum::SessionRejection;
 use sessiond_core::StoreError;
 
+use crate::accounts::{AuthError, ChangeError};
 use crate::password::HashError;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("invalid username or password")]
     InvalidCredentials,
     #[error("authentication required")]
@@ -56,7 +57,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::InvalidCredentials | Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::LoginRequired { redirect: true, .. } => StatusCode::FOUND,
@@ -78,7 +79,7 @@ impl ApiError {
         }
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Self::InvalidCredentials => "invalid_credentials",
             Self::Unauthenticated | Self::LoginRequired { .. } => "unauthenticated",
@@ -135,6 +136,30 @@ impl From<HashError> for ApiError {
     }
 }
 
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::InvalidCredentials => Self::InvalidCredentials,
+            AuthError::Invalid(msg) => Self::BadRequest(msg),
+            AuthError::SessionEnded => Self::Unauthenticated,
+            AuthError::Conflict(msg) => Self::Conflict(msg),
+            AuthError::Throttled { retry_after } => Self::Throttled { retry_after },
+            AuthError::Hash(e) => e.into(),
+            AuthError::Store(e) => e.into(),
+            AuthError::Internal(msg) => Self::Internal(anyhow::anyhow!(msg)),
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        match e {
+            ChangeError::Store(e) => e.into(),
+            e @ ChangeError::LastAdmin(_) => Self::Conflict(e.to_string()),
+        }
+    }
+}
+
 impl From<SessionRejection> for ApiError {
     fn from(r: SessionRejection) -> Self {
         match r {
@@ -184,12 +209,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-pub type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// An [`ApiError`] on a browser route: the same status and message as an HTML page, except
 /// that "not logged in" sends the browser to the login form.
 #[derive(Debug)]
-pub struct HtmlError(pub ApiError);
+pub(crate) struct HtmlError(pub ApiError);
 
 impl<E: Into<ApiError>> From<E> for HtmlError {
     fn from(e: E) -> Self {
@@ -230,4 +255,4 @@ impl IntoResponse for HtmlError {
     }
 }
 
-pub type HtmlResult<T> = Result<T, HtmlError>;
+pub(crate) type HtmlResult<T> = Result<T, HtmlError>;

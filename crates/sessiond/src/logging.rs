@@ -18,7 +18,7 @@ use tracing_subscriber::fmt::FormatFields;
 
 /// The field formatter of the text log (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct QuotedFields;
+pub(crate) struct QuotedFields;
 
 impl<'w> FormatFields<'w> for QuotedFields {
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
@@ -78,6 +78,7 @@ fn is_plain(v: &str) -> bool {
 /// The logfmt reader of the integration tests, shared.
 #[cfg(test)]
 #[path = "../tests/api/logfmt.rs"]
+#[allow(unreachable_pub)] // `pub` for the integration tests that share the file
 mod logfmt;
 
 #[cfg(test)]

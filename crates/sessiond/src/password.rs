@@ -11,7 +11,7 @@
 //! * **Parameters from stored hashes are bounded** ([`MAX_M_KIB`] …): a tampered or hostile
 //!   hash in the database cannot make one login allocate gigabytes.
 
-pub mod worker;
+pub(crate) mod worker;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -25,15 +25,15 @@ use argon2::{Algorithm, Argon2, Block, Params, Version};
 use sessiond_core::Password;
 use tokio::sync::oneshot;
 
-pub const M_KIB: u32 = 19 * 1024;
-pub const T_COST: u32 = 2;
-pub const P_COST: u32 = 1;
+pub(crate) const M_KIB: u32 = 19 * 1024;
+pub(crate) const T_COST: u32 = 2;
+pub(crate) const P_COST: u32 = 1;
 
 /// Limits on parameters read from stored hashes. The memory bound is also what one hashing
 /// thread may keep allocated for good (see [`with_blocks`]).
-pub const MAX_M_KIB: u32 = 64 * 1024;
-pub const MAX_T_COST: u32 = 16;
-pub const MAX_P_COST: u32 = 8;
+pub(crate) const MAX_M_KIB: u32 = 64 * 1024;
+pub(crate) const MAX_T_COST: u32 = 16;
+pub(crate) const MAX_P_COST: u32 = 8;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HashError {
@@ -58,11 +58,11 @@ type Job = Box<dyn FnOnce() + Send>;
 /// see [`Hasher`]. Set around a request's password work with [`with_owners`]; jobs
 /// submitted outside one have no owner.
 #[derive(Clone, Debug, Default)]
-pub struct Owners(Vec<String>);
+pub(crate) struct Owners(Vec<String>);
 
 impl Owners {
     /// Owners from labelled keys (`"a:alice"`, `"i:192.0.2.1"`, `"s:<session id>"`).
-    pub fn new(keys: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(keys: impl IntoIterator<Item = String>) -> Self {
         Self(keys.into_iter().collect())
     }
 }
@@ -72,7 +72,7 @@ tokio::task_local! {
 }
 
 /// Runs `f` with its password jobs counted against `owners`' shares of the pool.
-pub async fn with_owners<F: std::future::Future>(owners: Owners, f: F) -> F::Output {
+pub(crate) async fn with_owners<F: std::future::Future>(owners: Owners, f: F) -> F::Output {
     OWNERS.scope(owners, f).await
 }
 
@@ -222,7 +222,7 @@ pub fn hash_blocking(password: &Password) -> Result<String, HashError> {
 
 /// Verifies on the calling thread. A malformed, non-argon2id or out-of-bounds stored hash
 /// never matches (and is logged, without the hash).
-pub fn verify_blocking(password: &Password, phc: &str) -> Verified {
+pub(crate) fn verify_blocking(password: &Password, phc: &str) -> Verified {
     let no = Verified {
         matches: false,
         needs_rehash: false,

@@ -8,8 +8,10 @@
 
 use url::Url;
 
+use crate::config::host_is_ours;
+
 /// Longest redirect target accepted.
-pub const MAX_LEN: usize = 2048;
+pub(crate) const MAX_LEN: usize = 2048;
 
 /// The target to send the browser to, or `None` (then the caller uses `/`).
 ///
@@ -63,10 +65,8 @@ pub fn safe_redirect(target: &str, public: &Url, cookie_domain: Option<&str>) ->
         return None;
     }
     let host = url.host_str()?.to_ascii_lowercase();
-    let public_host = public.host_str()?.to_ascii_lowercase();
-    let allowed = host == public_host
-        || cookie_domain
-            .is_some_and(|d| host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')));
+    public.host_str()?;
+    let allowed = host_is_ours(&host, public, cookie_domain);
     let scheme_ok = public.scheme() != "https" || url.scheme() == "https";
     // `port()` is `None` for the scheme's default port (WHATWG parsing drops it).
     let port_ok =

@@ -12,10 +12,7 @@ use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiond_axum::SessionManager;
-use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
-use sessiond_store_postgres::PostgresStore;
-use sessiond_store_redis::RedisStore;
-use sessiond_store_sqlite::SqliteStore;
+use sessiond_core::{NewUser, Password, SessionStore, Timestamp, Username};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
@@ -24,78 +21,13 @@ use crate::config::Config;
 use crate::password::Hasher;
 use crate::routes;
 use crate::state::AppState;
+use crate::stores;
 
 /// Sessions removed per sweep batch: small enough that one batch holds the writer for a few
 /// milliseconds, so requests never stall behind a sweep.
-pub const SWEEP_BATCH: usize = 1_000;
+pub(crate) const SWEEP_BATCH: usize = 1_000;
 /// Sessions kept in the verification cache (a few hundred bytes each).
-pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
-
-/// The stores a configuration names.
-#[derive(Debug, Clone)]
-pub struct Stores {
-    pub users: Arc<dyn UserStore>,
-    pub sessions: Arc<dyn SessionStore>,
-}
-
-/// Opens (and migrates) the stores of `config`: users in the database; sessions there too,
-/// or in Redis when `session_store` names it.
-pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
-    let db = &config.database;
-    let (users, db_sessions): (Arc<dyn UserStore>, Arc<dyn SessionStore>) =
-        if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-            let pg = Arc::new(
-                PostgresStore::connect(db)
-                    .await
-                    .with_context(|| format!("cannot open database {}", redact(db)))?,
-            );
-            (pg.clone(), pg)
-        } else {
-            let sqlite = Arc::new(
-                SqliteStore::open_url(db)
-                    .with_context(|| format!("cannot open database {}", redact(db)))?,
-            );
-            if let Some(mode) = sqlite.loose_permissions() {
-                // New files are created 0600; an older one keeps its mode (docs/security.md).
-                tracing::warn!(
-                    path = %sqlite.path().display(),
-                    mode = %format!("{mode:o}"),
-                    "the database file (password hashes, emails, IP addresses) is readable by \
-                     other users: chmod 600 it and its -wal and -shm files"
-                );
-            }
-            (sqlite.clone(), sqlite)
-        };
-    let sessions: Arc<dyn SessionStore> = if config.session_store == config.database {
-        db_sessions
-    } else {
-        Arc::new(
-            RedisStore::connect(&config.session_store)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open session store {}",
-                        redact(&config.session_store)
-                    )
-                })?,
-        )
-    };
-    Ok(Stores { users, sessions })
-}
-
-/// A store URL fit for messages: the password, if any, replaced.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => format!("{}***{}", &url[..s + 3], &url[at..]),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
+pub(crate) const VERIFY_CACHE_CAPACITY: usize = 100_000;
 
 pub fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
@@ -129,7 +61,7 @@ async fn build_state_with(
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
     hasher: Hasher,
 ) -> anyhow::Result<AppState> {
-    let stores = open_stores(&config).await?;
+    let stores = stores::open(&config.database, &config.session_store).await?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);
@@ -139,7 +71,7 @@ async fn build_state_with(
 /// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a
 /// random one printed once to stderr). Atomic in the store, so several instances starting at
 /// once create it once.
-pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
+pub(crate) async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     if !state.users.list_users().await?.is_empty() {
         return Ok(());
     }
@@ -189,7 +121,7 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
 }
 
 /// Deletes expired sessions in bounded batches until none are left; returns how many.
-pub async fn purge_expired(
+pub(crate) async fn purge_expired(
     sessions: &dyn SessionStore,
     now: Timestamp,
 ) -> Result<u64, sessiond_core::StoreError> {
@@ -253,7 +185,7 @@ const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Per request this does what `axum::serve` did: the body wrapped as axum's `Body`, the
 /// peer address inserted as `ConnectInfo` (forward auth and throttling read it), the service
 /// cloned and called through `Oneshot`; no boxed future.
-pub async fn serve<S>(
+pub(crate) async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: crate::config::ConnectionLimits,
@@ -570,7 +502,7 @@ where
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -1,11 +1,18 @@
+//! What every request handler shares: the configuration, the stores, the hashing pool, the
+//! counters, and the memos of answers already computed.
+
 use std::ops::Deref;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use sessiond_axum::SessionManager;
-use sessiond_core::UserStore;
+use sessiond_core::{SessionRecord, TokenHashState, User, UserId, UserStore};
 
 use crate::config::Config;
+use crate::forward_auth::identity::IdentityCache;
+use crate::forward_auth::target::TargetCache;
+use crate::memo::Memo;
 use crate::password::Hasher;
 
 /// Everything a request handler needs. Cheap to clone.
@@ -25,37 +32,88 @@ pub struct Inner {
     /// served only while `SessionManager::cache_epoch` is the one it was read under).
     pub user_cache: UserCache,
     /// Forward-auth targets already resolved against the configuration.
-    pub targets: crate::forwarded::TargetCache,
+    pub(crate) targets: TargetCache,
     /// Forward-auth identity headers by user object.
-    pub identities: crate::routes::IdentityCache,
+    pub(crate) identities: IdentityCache,
     /// `GET /api/session` bodies by the record and user objects they were rendered from.
-    pub session_bodies: crate::routes::SessionBodies,
+    pub session_bodies: SessionBodies,
 }
 
-/// A bounded map of users by id, tagged with the session cache's epoch.
-#[derive(Debug, Default)]
-pub struct UserCache {
-    entries: std::sync::Mutex<
-        std::collections::HashMap<sessiond_core::UserId, (u64, Arc<sessiond_core::User>)>,
-    >,
+/// Users of verified sessions by id, each tagged with the session cache's epoch it was read
+/// under: served only while that epoch is current.
+#[derive(Debug)]
+pub struct UserCache(Memo<UserId, (u64, Arc<User>)>);
+
+impl Default for UserCache {
+    fn default() -> Self {
+        Self(Memo::new(50_000))
+    }
 }
 
 impl UserCache {
-    const CAPACITY: usize = 50_000;
-
-    pub fn get(&self, id: sessiond_core::UserId, epoch: u64) -> Option<Arc<sessiond_core::User>> {
-        let m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(&id)
-            .filter(|(e, _)| *e == epoch)
-            .map(|(_, u)| Arc::clone(u))
+    pub fn get(&self, id: UserId, epoch: u64) -> Option<Arc<User>> {
+        self.0
+            .get(&id, |(e, u)| (*e == epoch).then(|| Arc::clone(u)))
     }
 
-    pub fn put(&self, epoch: u64, user: Arc<sessiond_core::User>) {
-        let mut m = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        if m.len() >= Self::CAPACITY {
-            m.clear();
+    pub fn put(&self, epoch: u64, user: Arc<User>) {
+        self.0.insert(user.id, (epoch, user));
+    }
+}
+
+/// Rendered `GET /api/session` bodies, one per session.
+///
+/// This is the verify endpoint's whole body, and rendering it (JSON, three RFC 3339
+/// timestamps) is the largest item of session-specific work on that path. The body is a pure
+/// function of the session record, the user and the expiry policy (fixed for the process),
+/// and the caches hand out the *same* objects until something changes: the session cache the
+/// same `Arc<SessionRecord>` until an activity write or a reload makes a new one, the user
+/// cache the same `Arc<User>` until any change moves its epoch on. So an entry is served only
+/// while both are the very objects it was rendered from (`Arc::ptr_eq`; the entry holds them,
+/// so their addresses cannot be reused meanwhile). Verification always runs first: an entry
+/// is never a way to reach a revoked session, it only spares re-rendering an answer already
+/// decided.
+#[derive(Debug)]
+pub struct SessionBodies(Memo<[u8; 32], RenderedBody, TokenHashState>);
+
+#[derive(Debug)]
+pub(crate) struct RenderedBody {
+    record: Arc<SessionRecord>,
+    user: Arc<User>,
+    body: Bytes,
+}
+
+impl Default for SessionBodies {
+    /// At most 16,384 bodies (a few hundred bytes each).
+    fn default() -> Self {
+        Self(Memo::new(16_384))
+    }
+}
+
+impl SessionBodies {
+    pub fn get_or_render<E>(
+        &self,
+        record: &Arc<SessionRecord>,
+        user: &Arc<User>,
+        render: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Bytes, E> {
+        let key = *record.token_hash.as_bytes();
+        let hit = self.0.get(&key, |e| {
+            (Arc::ptr_eq(&e.record, record) && Arc::ptr_eq(&e.user, user)).then(|| e.body.clone())
+        });
+        if let Some(body) = hit {
+            return Ok(body);
         }
-        m.insert(user.id, (epoch, user));
+        let body = Bytes::from(render()?);
+        self.0.insert(
+            key,
+            RenderedBody {
+                record: Arc::clone(record),
+                user: Arc::clone(user),
+                body: body.clone(),
+            },
+        );
+        Ok(body)
     }
 }
 
@@ -83,9 +141,9 @@ impl AppState {
             public_origin,
             metrics: Metrics::default(),
             user_cache: UserCache::default(),
-            targets: crate::forwarded::TargetCache::default(),
-            identities: crate::routes::IdentityCache::default(),
-            session_bodies: crate::routes::SessionBodies::default(),
+            targets: TargetCache::default(),
+            identities: IdentityCache::default(),
+            session_bodies: SessionBodies::default(),
         }))
     }
 }
@@ -94,5 +152,63 @@ impl Deref for AppState {
     type Target = Inner;
     fn deref(&self) -> &Inner {
         &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sessiond_core::{SessionId, SessionToken, Timestamp, Username};
+
+    use super::*;
+
+    fn record(token: &SessionToken, last_seen_ms: i64) -> Arc<SessionRecord> {
+        Arc::new(SessionRecord {
+            id: SessionId::parse("AAAAAAAAAAAAAAAAAAAAAA").unwrap(),
+            token_hash: token.hash(),
+            user_id: UserId(1),
+            created_at: Timestamp::from_millis(0),
+            last_seen_at: Timestamp::from_millis(last_seen_ms),
+            absolute_expires_at: Timestamp::from_millis(10_000_000),
+            expires_at: Timestamp::from_millis(1_000_000),
+            remember: false,
+            ip: None,
+            user_agent: None,
+        })
+    }
+
+    fn user() -> Arc<User> {
+        Arc::new(User {
+            id: UserId(1),
+            username: Username::parse("alice").unwrap(),
+            name: String::new(),
+            email: String::new(),
+            groups: Vec::new(),
+            admin: false,
+            disabled: false,
+            created_at: Timestamp::from_millis(0),
+        })
+    }
+
+    /// A body is reused only for the very record and user objects it was rendered from: a
+    /// new record (an activity write) or a reloaded user renders again.
+    #[test]
+    fn session_bodies_follow_the_record_and_user_objects() {
+        let bodies = SessionBodies::default();
+        let render = |text: &str| {
+            let v = text.as_bytes().to_vec();
+            move || Ok::<_, ()>(v)
+        };
+        let token = SessionToken::generate();
+        let (r1, u1) = (record(&token, 1), user());
+        let a = bodies.get_or_render(&r1, &u1, render("one")).unwrap();
+        let b = bodies.get_or_render(&r1, &u1, render("ignored")).unwrap();
+        assert_eq!((&a[..], &b[..]), (&b"one"[..], &b"one"[..]));
+        let r2 = record(&token, 2);
+        let c = bodies.get_or_render(&r2, &u1, render("two")).unwrap();
+        assert_eq!(&c[..], b"two");
+        let u2 = user();
+        let d = bodies.get_or_render(&r2, &u2, render("three")).unwrap();
+        assert_eq!(&d[..], b"three");
+        assert_eq!(bodies.get_or_render(&r2, &u2, render("x")).unwrap(), d);
     }
 }

@@ -7,13 +7,13 @@ use minijinja::Environment;
 use serde::Serialize;
 
 /// The built-in templates, parsed once.
-pub fn templates() -> &'static Templates {
+pub(crate) fn templates() -> &'static Templates {
     static T: LazyLock<Templates> = LazyLock::new(Templates::new);
     &T
 }
 
 #[derive(Debug)]
-pub struct Templates {
+pub(crate) struct Templates {
     env: Environment<'static>,
 }
 
@@ -24,7 +24,7 @@ impl Default for Templates {
 }
 
 impl Templates {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut env = Environment::new();
         for (name, src) in [
             ("base.html", include_str!("templates/base.html")),
@@ -41,9 +41,13 @@ impl Templates {
 
     /// Renders a built-in template. The templates are part of the binary and tested, so a
     /// failure here is a bug; it is logged and the caller answers `500`.
-    pub fn render(&self, name: &str, ctx: impl Serialize) -> Result<String, minijinja::Error> {
+    pub(crate) fn render(
+        &self,
+        name: &str,
+        ctx: impl Serialize,
+    ) -> Result<String, minijinja::Error> {
         self.env.get_template(name)?.render(ctx)
     }
 }
 
-pub const STYLE_CSS: &str = include_str!("templates/style.css");
+pub(crate) const STYLE_CSS: &str = include_str!("templates/style.css");

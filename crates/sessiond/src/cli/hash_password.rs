@@ -4,13 +4,13 @@ use super::{read_new_password, CliResult};
 use crate::password::hash_blocking;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Read the password from the first line of standard input
     #[arg(long)]
     password_stdin: bool,
 }
 
-pub fn run(args: Args) -> CliResult {
+pub(super) fn run(args: Args) -> CliResult {
     let password = read_new_password(args.password_stdin)?;
     println!("{}", hash_blocking(&password)?);
     Ok(())

@@ -23,7 +23,7 @@ use crate::config::{Config, Overrides};
     version,
     about = "Cookie-based user sessions done right"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Database URL: sqlite://PATH
     #[arg(long, global = true, env = "SESSIOND_DATABASE", value_name = "URL")]
     database: Option<String>,
@@ -67,7 +67,7 @@ enum Command {
 
 /// A CLI failure, with the exit code it maps to.
 #[derive(Debug)]
-pub enum CliError {
+pub(crate) enum CliError {
     /// Bad input: exit code 2.
     Usage(String),
     /// Something failed while doing the work: exit code 1.
@@ -80,9 +80,9 @@ impl<E: Into<anyhow::Error>> From<E> for CliError {
     }
 }
 
-pub type CliResult = Result<(), CliError>;
+pub(crate) type CliResult = Result<(), CliError>;
 
-pub fn usage(msg: impl Into<String>) -> CliError {
+pub(crate) fn usage(msg: impl Into<String>) -> CliError {
     CliError::Usage(msg.into())
 }
 

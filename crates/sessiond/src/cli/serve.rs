@@ -7,7 +7,7 @@ use crate::config::{Config, Overrides};
 use crate::server;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Address to listen on [default: 127.0.0.1:7444]
     #[arg(long, env = "SESSIOND_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
@@ -37,7 +37,7 @@ pub struct Args {
 }
 
 impl Args {
-    pub fn apply(self, over: &mut Overrides) {
+    pub(super) fn apply(self, over: &mut Overrides) {
         over.listen = self.listen;
         over.public_url = self.public_url.or(over.public_url.take());
         over.idle_timeout = self.idle_timeout;
@@ -48,7 +48,7 @@ impl Args {
     }
 }
 
-pub fn run(config: Config) -> CliResult {
+pub(super) fn run(config: Config) -> CliResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

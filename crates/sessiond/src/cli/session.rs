@@ -7,11 +7,12 @@ use sessiond_core::{SessionId, UserId, Username};
 
 use super::{runtime, usage, CliError, CliResult};
 use crate::config::Config;
-use crate::routes::rfc3339;
-use crate::server::{now, open_stores, purge_expired};
+
+use crate::server::{now, purge_expired};
+use crate::stores;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// List sessions
     List {
         /// Only this user's sessions
@@ -51,9 +52,9 @@ struct SessionRow {
     user_agent: Option<String>,
 }
 
-pub fn run(config: Config, cmd: Command) -> CliResult {
+pub(super) fn run(config: Config, cmd: Command) -> CliResult {
     let rt = runtime()?;
-    let stores = rt.block_on(open_stores(&config))?;
+    let stores = rt.block_on(stores::open(&config.database, &config.session_store))?;
     let user_id = |name: &str| -> Result<UserId, CliError> {
         let u = Username::parse(name).map_err(|e| usage(format!("{name:?}: {e}")))?;
         rt.block_on(stores.users.user_by_name(&u))?
@@ -79,9 +80,9 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
                         .get(&s.user_id)
                         .cloned()
                         .unwrap_or_else(|| format!("#{}", s.user_id.0)),
-                    created_at: rfc3339(s.created_at),
-                    last_seen_at: rfc3339(s.last_seen_at),
-                    expires_at: rfc3339(s.expires_at),
+                    created_at: s.created_at.to_rfc3339().as_str().to_owned(),
+                    last_seen_at: s.last_seen_at.to_rfc3339().as_str().to_owned(),
+                    expires_at: s.expires_at.to_rfc3339().as_str().to_owned(),
                     remember: s.remember,
                     ip: s.ip.clone(),
                     user_agent: s.user_agent.clone(),

@@ -1,12 +1,13 @@
 //! `sessiond throttle list | clear [--user NAME] [--ip IP]`
 
 use super::{runtime, CliResult};
+use crate::accounts::throttle::describe;
 use crate::config::Config;
-use crate::server::{now, open_stores};
-use crate::throttle::describe;
+use crate::server::now;
+use crate::stores;
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Failure counters in force, and the back-offs they impose
     List {
         #[arg(long)]
@@ -23,9 +24,9 @@ pub enum Command {
     },
 }
 
-pub fn run(config: Config, cmd: Command) -> CliResult {
+pub(super) fn run(config: Config, cmd: Command) -> CliResult {
     let rt = runtime()?;
-    let stores = rt.block_on(open_stores(&config))?;
+    let stores = rt.block_on(stores::open(&config.database, &config.session_store))?;
     let now = now();
     let listed: Vec<_> = rt
         .block_on(stores.sessions.throttle_list(now))?
@@ -55,7 +56,7 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
         }
         Command::Clear { user, ip } => {
             // An IPv6 address is counted as its /64: `--ip 2001:db8::5` clears that /64.
-            let ip = ip.as_deref().map(crate::throttle::ip_bucket);
+            let ip = ip.as_deref().map(crate::accounts::throttle::ip_bucket);
             let user = user.map(|u| u.to_ascii_lowercase());
             let mut n = 0;
             for l in &listed {

@@ -7,10 +7,11 @@ use super::{read_new_password, runtime, usage, CliError, CliResult};
 use crate::accounts;
 use crate::config::Config;
 use crate::password::hash_blocking;
-use crate::server::{now, open_stores, Stores};
+use crate::server::now;
+use crate::stores::{self, Stores};
 
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(super) enum Command {
     /// Create a user
     Add {
         name: String,
@@ -91,9 +92,9 @@ struct UserRow<'a> {
     created_at: String,
 }
 
-pub fn run(config: Config, cmd: Command) -> CliResult {
+pub(super) fn run(config: Config, cmd: Command) -> CliResult {
     let rt = runtime()?;
-    let stores = rt.block_on(open_stores(&config))?;
+    let stores = rt.block_on(stores::open(&config.database, &config.session_store))?;
     match cmd {
         Command::Add {
             name,
@@ -169,7 +170,7 @@ pub fn run(config: Config, cmd: Command) -> CliResult {
                     groups: &u.groups,
                     admin: u.admin,
                     disabled: u.disabled,
-                    created_at: crate::routes::rfc3339(u.created_at),
+                    created_at: u.created_at.to_rfc3339().as_str().to_owned(),
                 })
                 .collect();
             if json {

@@ -7,15 +7,15 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_core::SessionId;
 
-use super::api::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
 use super::extract::{ClientInfo, CurrentUser, FormBody};
-use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
-use crate::accounts;
+use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use super::views::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
+use crate::accounts::{self, AuthError};
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
 #[derive(Deserialize, Default)]
-pub struct Done {
+pub(super) struct Done {
     done: Option<String>,
 }
 
@@ -84,7 +84,7 @@ async fn render_page(
     page(status, "account.html", ctx)
 }
 
-pub async fn account(
+pub(super) async fn account(
     State(state): State<AppState>,
     me: Result<CurrentUser, ApiError>,
     Query(q): Query<Done>,
@@ -96,7 +96,7 @@ pub async fn account(
     render_page(&state, &me, StatusCode::OK, done, None, &page).await
 }
 
-pub async fn revoke_one(
+pub(super) async fn revoke_one(
     State(state): State<AppState>,
     me: Result<CurrentUser, ApiError>,
     Path(id): Path<String>,
@@ -124,7 +124,7 @@ pub async fn revoke_one(
     Ok(see_other("/?done=revoked"))
 }
 
-pub async fn revoke_others(
+pub(super) async fn revoke_others(
     State(state): State<AppState>,
     me: Result<CurrentUser, ApiError>,
     form: Result<FormBody<TokenForm>, ApiError>,
@@ -142,7 +142,7 @@ pub async fn revoke_others(
 }
 
 #[derive(Deserialize)]
-pub struct PasswordForm {
+pub(super) struct PasswordForm {
     #[serde(default)]
     csrf_token: String,
     #[serde(default)]
@@ -153,7 +153,7 @@ pub struct PasswordForm {
     confirm_password: String,
 }
 
-pub async fn change_password(
+pub(super) async fn change_password(
     State(state): State<AppState>,
     client: ClientInfo,
     me: Result<CurrentUser, ApiError>,
@@ -166,9 +166,6 @@ pub async fn change_password(
         let msg = Some("The new passwords do not match.".to_owned());
         return render(&state, &me, StatusCode::BAD_REQUEST, None, msg).await;
     }
-    // The current password is checked under the login throttle (issue 15 #3).
-    let attempt = crate::throttle::Attempt::for_user(&me, client.ip.as_deref());
-    let owners = attempt.owners(Some(me.session.record().id.as_str()));
     let change = accounts::change_password(
         &state,
         &me,
@@ -176,7 +173,7 @@ pub async fn change_password(
         form.new_password,
         client,
     );
-    match crate::throttle::guarded(&state, &attempt, owners, change).await {
+    match change.await {
         Ok((token, record)) => {
             let mut res = see_other("/?done=password");
             res.headers_mut().extend(cookie_headers(
@@ -184,19 +181,13 @@ pub async fn change_password(
             ));
             Ok(res)
         }
-        Err(ApiError::InvalidCredentials) => {
+        Err(AuthError::InvalidCredentials) => {
             let msg = Some("The current password is not right.".to_owned());
             render(&state, &me, StatusCode::UNAUTHORIZED, None, msg).await
         }
-        Err(e @ ApiError::BadRequest(_)) => {
-            render(
-                &state,
-                &me,
-                e.status(),
-                None,
-                Some(sentence(&e.to_string())),
-            )
-            .await
+        Err(e @ AuthError::Invalid(_)) => {
+            let msg = Some(sentence(&e.to_string()));
+            render(&state, &me, ApiError::from(e).status(), None, msg).await
         }
         Err(e) => Err(e.into()),
     }

@@ -11,15 +11,15 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_core::{NewUser, Password, SessionId, StoreError, User, UserId, Username};
 
-use super::api::{cookie_headers, rfc3339, session_page, PageQuery};
 use super::extract::{CurrentUser, FormBody};
-use super::pages::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use super::views::{cookie_headers, rfc3339, session_page, PageQuery};
 use crate::accounts;
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
 /// A logged-in admin, or `403` (`401` → the login page when not logged in).
-pub struct Admin(pub CurrentUser);
+pub(super) struct Admin(pub CurrentUser);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = crate::error::HtmlError;
@@ -37,7 +37,7 @@ impl FromRequestParts<AppState> for Admin {
 }
 
 #[derive(Deserialize, Default)]
-pub struct Done {
+pub(super) struct Done {
     done: Option<String>,
 }
 
@@ -141,7 +141,7 @@ async fn render_page(
             user: names
                 .get(&s.user_id)
                 .map_or_else(|| format!("#{}", s.user_id.0), |n| (*n).to_owned()),
-            device: crate::device::label(s.user_agent.as_deref()),
+            device: crate::user_agent::label(s.user_agent.as_deref()),
             ip: s.ip.clone(),
             created_at: rfc3339(s.created_at),
             last_seen_at: rfc3339(s.last_seen_at),
@@ -173,7 +173,7 @@ async fn render_page(
     page(status, "admin.html", ctx)
 }
 
-pub async fn index(
+pub(super) async fn index(
     State(state): State<AppState>,
     Admin(me): Admin,
     Query(q): Query<Done>,
@@ -185,7 +185,7 @@ pub async fn index(
 }
 
 #[derive(Deserialize)]
-pub struct CreateForm {
+pub(super) struct CreateForm {
     #[serde(default)]
     csrf_token: String,
     #[serde(default)]
@@ -201,7 +201,7 @@ pub struct CreateForm {
     admin: Option<String>,
 }
 
-pub async fn create_user(
+pub(super) async fn create_user(
     State(state): State<AppState>,
     Admin(me): Admin,
     form: Result<FormBody<CreateForm>, ApiError>,
@@ -267,7 +267,7 @@ fn after(me: &CurrentUser, affected: UserId, done: &str, state: &AppState) -> Re
     see_other(&format!("/admin?done={done}"))
 }
 
-pub async fn user_action(
+pub(super) async fn user_action(
     State(state): State<AppState>,
     Admin(me): Admin,
     Path((name, action)): Path<(String, String)>,
@@ -325,14 +325,14 @@ pub async fn user_action(
 }
 
 #[derive(Deserialize)]
-pub struct ActionForm {
+pub(super) struct ActionForm {
     #[serde(default)]
     csrf_token: String,
     #[serde(default)]
     new_password: String,
 }
 
-pub async fn revoke_session(
+pub(super) async fn revoke_session(
     State(state): State<AppState>,
     Admin(me): Admin,
     Path(id): Path<String>,
@@ -351,7 +351,7 @@ pub async fn revoke_session(
     Ok(see_other("/admin?done=revoked"))
 }
 
-pub async fn revoke_all(
+pub(super) async fn revoke_all(
     State(state): State<AppState>,
     Admin(me): Admin,
     form: Result<FormBody<TokenForm>, ApiError>,

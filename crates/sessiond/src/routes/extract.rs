@@ -9,14 +9,15 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use sessiond_axum::{ActiveSession, MaybeSession};
-use sessiond_core::User;
 
+pub(crate) use crate::accounts::{ClientInfo, CurrentUser};
 use crate::error::ApiError;
+use crate::forward_auth::client_ip;
 use crate::state::AppState;
 
 /// A JSON body (`Content-Type: application/json` required).
 #[derive(Debug)]
-pub struct JsonBody<T>(pub T);
+pub(super) struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
@@ -38,7 +39,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 
 /// A form body (`application/x-www-form-urlencoded` required).
 #[derive(Debug)]
-pub struct FormBody<T>(pub T);
+pub(super) struct FormBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
     type Rejection = ApiError;
@@ -58,13 +59,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
     }
 }
 
-/// Who is asking: client IP and user agent, kept with a new session for the session list.
-#[derive(Debug, Clone, Default)]
-pub struct ClientInfo {
-    pub ip: Option<String>,
-    pub user_agent: Option<String>,
-}
-
 impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = ApiError;
 
@@ -73,9 +67,7 @@ impl FromRequestParts<AppState> for ClientInfo {
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(a)| {
-                crate::forwarded::client_ip(&state.config, a.ip(), &parts.headers).to_string()
-            });
+            .map(|ConnectInfo(a)| client_ip(&state.config, a.ip(), &parts.headers).to_string());
         let user_agent = parts
             .headers
             .get(header::USER_AGENT)
@@ -87,7 +79,7 @@ impl FromRequestParts<AppState> for ClientInfo {
 
 /// The session the request presented, if valid (store errors fail closed).
 #[derive(Debug, Clone)]
-pub struct Presented(pub Option<ActiveSession>);
+pub(super) struct Presented(pub Option<ActiveSession>);
 
 impl FromRequestParts<AppState> for Presented {
     type Rejection = ApiError;
@@ -99,42 +91,6 @@ impl FromRequestParts<AppState> for Presented {
 }
 
 /// A valid session of an enabled user, or `401 unauthenticated`.
-#[derive(Debug, Clone)]
-pub struct CurrentUser {
-    pub user: std::sync::Arc<User>,
-    pub session: ActiveSession,
-}
-
-impl CurrentUser {
-    /// Resolves a verified session to its user. A session whose user is gone or disabled is
-    /// no session (and is ended; disabling a user also revokes, this is the backstop).
-    pub async fn resolve(
-        state: &AppState,
-        session: ActiveSession,
-    ) -> Result<Option<Self>, ApiError> {
-        let id = session.record().user_id;
-        // Cached under the session cache's epoch, read before the store (see UserCache): the
-        // one the session was verified under, read before the session record was.
-        let epoch = session.cache_epoch();
-        if let Some(user) = epoch.and_then(|e| state.user_cache.get(id, e)) {
-            return Ok(Some(Self { user, session }));
-        }
-        match state.users.user_by_id(id).await? {
-            Some(user) if !user.disabled => {
-                let user = std::sync::Arc::new(user);
-                if let Some(e) = epoch {
-                    state.user_cache.put(e, std::sync::Arc::clone(&user));
-                }
-                Ok(Some(Self { user, session }))
-            }
-            _ => {
-                state.sessions.end(&session).await?;
-                Ok(None)
-            }
-        }
-    }
-}
-
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 

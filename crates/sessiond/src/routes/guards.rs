@@ -14,11 +14,11 @@ use crate::error::ApiError;
 use crate::state::AppState;
 
 /// All request headers together.
-pub const MAX_HEADERS: usize = 16 * 1024;
+pub(super) const MAX_HEADERS: usize = 16 * 1024;
 /// All `Cookie` headers together.
-pub const MAX_COOKIE: usize = 8 * 1024;
+pub(super) const MAX_COOKIE: usize = 8 * 1024;
 /// Request target.
-pub const MAX_URI: usize = 8 * 1024;
+pub(super) const MAX_URI: usize = 8 * 1024;
 
 /// The checks every request passes and the headers every response gets, as one layer around
 /// the whole router: SPEC §6 limits, then the CSRF check, then the handler; security headers
@@ -30,13 +30,13 @@ pub const MAX_URI: usize = 8 * 1024;
 /// request as cheap as `/healthz` those were a measurable share of the server's own
 /// instructions (callgrind).
 #[derive(Clone, Debug)]
-pub struct GuardLayer {
+pub(super) struct GuardLayer {
     state: AppState,
     hsts: bool,
 }
 
 impl GuardLayer {
-    pub fn new(state: AppState) -> Self {
+    pub(super) fn new(state: AppState) -> Self {
         let hsts = state.config.public_url.scheme() == "https";
         Self { state, hsts }
     }
@@ -56,7 +56,7 @@ impl<S> Layer<S> for GuardLayer {
 
 /// The service [`GuardLayer`] wraps around the router.
 #[derive(Clone, Debug)]
-pub struct Guard<S> {
+pub(super) struct Guard<S> {
     inner: S,
     state: AppState,
     /// Whether answers carry HSTS (an https public URL).

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 
 use crate::state::AppState;
 
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let c = state.sessions.counters();
     let m = &state.metrics;
     let rows: [(&str, &str, u64); 7] = [

@@ -7,8 +7,10 @@ mod authz;
 mod extract;
 mod guards;
 mod health;
+mod html;
+mod login;
 mod metrics;
-mod pages;
+mod views;
 
 use std::convert::Infallible;
 
@@ -21,12 +23,8 @@ use tower::{Service, ServiceBuilder};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-pub use api::{rfc3339, SessionBodies};
-pub use authz::IdentityCache;
-pub use extract::{ClientInfo, CurrentUser};
-
 /// Largest request body accepted (SPEC §6).
-pub const MAX_BODY: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The whole application: the router inside the layers every request passes (outermost
 /// first): the session layer, the guard (limits, CSRF, security headers), the body limit.
@@ -60,9 +58,9 @@ fn router(state: AppState) -> Router {
         .route("/admin/users/{name}/{action}", post(admin::user_action))
         .route("/admin/sessions/revoke-all", post(admin::revoke_all))
         .route("/admin/sessions/{id}/revoke", post(admin::revoke_session))
-        .route("/login", get(pages::login_form).post(pages::login_submit))
-        .route("/logout", post(pages::logout))
-        .route("/static/style.css", get(pages::style))
+        .route("/login", get(login::login_form).post(login::login_submit))
+        .route("/logout", post(login::logout))
+        .route("/static/style.css", get(html::style))
         .route("/api/login", post(api::login))
         .route("/api/logout", post(api::logout))
         .route("/api/session", get(api::session))

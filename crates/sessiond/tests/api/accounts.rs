@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::StatusCode;
-use sessiond::config::{Config, FileConfig, Overrides};
-use sessiond::password::{hash_blocking, Hasher};
-use sessiond::state::AppState;
-use sessiond::{accounts, server};
+use sessiond::accounts;
+use sessiond::AppState;
+use sessiond::{hash_blocking, Hasher};
+use sessiond::{Config, FileConfig, Overrides};
 use sessiond_axum::SessionManager;
 use sessiond_core::{
     NewUser, Password, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
@@ -244,7 +244,7 @@ async fn spawn_hooked(file: &str) -> Hooked {
         Hasher::for_this_machine().unwrap(),
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(server::run(listener, state.clone(), async {
+    tokio::spawn(sessiond::run(listener, state.clone(), async {
         let _ = rx.await;
     }));
     Hooked {
@@ -273,7 +273,7 @@ impl Hooked {
                 groups: vec![],
                 admin,
                 password_hash: phc,
-                created_at: server::now(),
+                created_at: sessiond::now(),
             })
             .await
             .unwrap()
@@ -698,7 +698,7 @@ async fn session_lists_are_paginated() {
     for i in 0..22 {
         let (_, mut rec) = sessiond_store_tests::sessions::session_at(
             alice.id.0,
-            Timestamp::from_millis(server::now().as_millis() - 1_000 + i),
+            Timestamp::from_millis(sessiond::now().as_millis() - 1_000 + i),
         );
         rec.user_id = alice.id;
         store.create(&rec).await.unwrap();
@@ -757,7 +757,7 @@ async fn session_pages_are_paginated() {
     for i in 0..150 {
         let (_, mut rec) = sessiond_store_tests::sessions::session_at(
             boss.id.0,
-            Timestamp::from_millis(server::now().as_millis() - 10_000 + i),
+            Timestamp::from_millis(sessiond::now().as_millis() - 10_000 + i),
         );
         rec.user_id = boss.id;
         store.create(&rec).await.unwrap();
@@ -786,7 +786,7 @@ async fn session_pages_are_paginated() {
 /// without a new device cookie; a known device keeps working.
 #[tokio::test]
 async fn device_registrations_per_account_are_bounded() {
-    use sessiond::throttle::MAX_NEW_DEVICES;
+    use sessiond::accounts::MAX_NEW_DEVICES;
     let app = crate::helpers::spawn_app().await;
     app.add_user("alice").await;
     let bare = app.bare_client();

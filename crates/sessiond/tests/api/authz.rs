@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 
 use crate::helpers::*;
 

@@ -5,7 +5,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 
 use crate::helpers::*;
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use sessiond::password::hash_blocking;
+use sessiond::hash_blocking;
 use sessiond_core::{NewUser, Password, UserStore, Username};
 use sessiond_store_tests::services::{fresh_prefix, spare_port};
 
@@ -472,7 +472,7 @@ async fn kill_during_writes(label: &str, stores: &[String], users: Arc<dyn UserS
                 groups: vec![],
                 admin: false,
                 password_hash: phc,
-                created_at: sessiond::server::now(),
+                created_at: sessiond::now(),
             })
             .await
             .unwrap();

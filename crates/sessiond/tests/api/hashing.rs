@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use sessiond::password::{HashError, Hasher};
+use sessiond::{HashError, Hasher};
 use sessiond_core::Password;
 
 fn pw(s: &str) -> Password {

@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderValue};
-use sessiond::config::{Config, FileConfig, Overrides};
-use sessiond::password::hash_blocking;
-use sessiond::server;
-use sessiond::state::AppState;
+use sessiond::hash_blocking;
+use sessiond::AppState;
+use sessiond::{Config, FileConfig, Overrides};
 use sessiond_core::{NewUser, Password, User, Username};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -53,15 +52,15 @@ pub async fn spawn_app_full(dir: Arc<tempfile::TempDir>, file: &str, over: Overr
     let config = Config::resolve(file, over).expect("test config is valid");
     let offset = Arc::new(AtomicI64::new(0));
     let clock_offset = Arc::clone(&offset);
-    let state = server::build_state_with_clock(config, move || {
+    let state = sessiond::build_state_with_clock(config, move || {
         sessiond_core::Timestamp::from_millis(
-            server::now().as_millis() + clock_offset.load(Ordering::SeqCst),
+            sessiond::now().as_millis() + clock_offset.load(Ordering::SeqCst),
         )
     })
     .await
     .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server::run(listener, state.clone(), async {
+    let handle = tokio::spawn(sessiond::run(listener, state.clone(), async {
         let _ = rx.await;
     }));
     TestApp {
@@ -121,7 +120,7 @@ impl TestApp {
                 groups: vec!["dev".into()],
                 admin,
                 password_hash: phc,
-                created_at: server::now(),
+                created_at: sessiond::now(),
             })
             .await
             .unwrap()

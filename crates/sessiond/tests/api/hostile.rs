@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 
 use crate::helpers::*;
 

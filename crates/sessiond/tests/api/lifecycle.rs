@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 
 use crate::helpers::*;
 

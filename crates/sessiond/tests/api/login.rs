@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 
 use crate::helpers::*;
 

@@ -17,9 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sessiond::config::Overrides;
-use sessiond::password::hash_blocking;
-use sessiond::server;
+use sessiond::hash_blocking;
+use sessiond::Overrides;
 use sessiond_core::{NewUser, Password, Username};
 use sessiond_store_tests::services::spare_port;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -348,7 +347,7 @@ async fn setup() -> Option<Setup> {
             groups: vec!["ops".into()],
             admin: false,
             password_hash: phc,
-            created_at: server::now(),
+            created_at: sessiond::now(),
         })
         .await
         .unwrap();

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 use sessiond_store_tests::services::spare_port;
 
 use crate::helpers::*;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use sessiond::config::Overrides;
+use sessiond::Overrides;
 use sessiond_store_tests::services::{
     fresh_prefix, redis_server_available, spare_port, RedisServer,
 };

@@ -1,48 +1,30 @@
-//! Server-rendered login and logout. Usable without JavaScript.
-//!
-//! Forms carry a CSRF token on top of the origin check in `guards`: before login a
-//! double-submit token (a random value in an HttpOnly cookie and in the form, compared in
-//! constant time), after login a token derived from the session secret (bound to the session,
-//! and not derivable from a database dump, which holds only the secret's hash).
+//! Server-rendered login and logout. Usable without JavaScript. The login form carries a
+//! double-submit CSRF token (`html.rs` explains both kinds of form token).
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use sessiond_axum::{find_cookie, ActiveSession, CookieLookup};
+use sessiond_axum::{find_cookie, CookieLookup};
 use sessiond_core::SessionToken;
 
-use super::api::{cookie_headers, log_in};
 use super::extract::{ClientInfo, FormBody, Presented};
+use super::html::{check_form_token, page, see_other, sentence, TokenForm};
+use super::views::{cookie_headers, device_cookie, login_headers};
+use crate::accounts::login::log_in;
+use crate::accounts::AuthError;
 use crate::error::{ApiError, HtmlResult};
 use crate::redirect::safe_redirect;
 use crate::state::AppState;
-use crate::templates::templates;
-
-const CSRF_PURPOSE: &str = "csrf-form";
-
-/// The form token bound to a session (see the module docs).
-pub(super) fn form_token(session: &ActiveSession) -> String {
-    session.token().derive(CSRF_PURPOSE)
-}
-
-/// Checks a posted form token against the session's, in constant time (`==` on tokens).
-pub(super) fn check_form_token(session: &ActiveSession, sent: &str) -> Result<(), ApiError> {
-    let expected = SessionToken::parse(&form_token(session));
-    match (expected, SessionToken::parse(sent)) {
-        (Some(e), Some(s)) if e == s => Ok(()),
-        _ => Err(ApiError::CsrfRejected),
-    }
-}
 
 #[derive(Deserialize, Default)]
-pub struct LoginQuery {
+pub(super) struct LoginQuery {
     rd: Option<String>,
     next: Option<String>,
 }
 
 #[derive(Deserialize)]
-pub struct LoginForm {
+pub(super) struct LoginForm {
     #[serde(default)]
     username: String,
     #[serde(default)]
@@ -53,37 +35,12 @@ pub struct LoginForm {
     csrf_token: String,
 }
 
-/// A form whose only field is the CSRF token.
-#[derive(Deserialize)]
-pub struct TokenForm {
-    #[serde(default)]
-    pub csrf_token: String,
-}
-
 #[derive(Serialize)]
 struct LoginPage<'a> {
     csrf_token: &'a str,
     rd: &'a str,
     username: &'a str,
     error: Option<&'a str>,
-}
-
-pub(super) fn see_other(location: &str) -> Response {
-    let mut res = StatusCode::SEE_OTHER.into_response();
-    let value = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
-    res.headers_mut().insert(header::LOCATION, value);
-    res
-}
-
-/// A rendered page, never cached (pages show session state).
-pub(super) fn page(status: StatusCode, name: &str, ctx: impl Serialize) -> HtmlResult<Response> {
-    let html = templates()
-        .render(name, ctx)
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    let mut res = (status, Html(html)).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(res)
 }
 
 /// The login form's double-submit token: the one in the browser's cookie if it has a
@@ -125,7 +82,7 @@ fn render_login(
     Ok(res)
 }
 
-pub async fn login_form(
+pub(super) async fn login_form(
     State(state): State<AppState>,
     headers: HeaderMap,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
@@ -135,7 +92,7 @@ pub async fn login_form(
     render_login(&state, &headers, StatusCode::OK, &rd, "", None)
 }
 
-pub async fn login_submit(
+pub(super) async fn login_submit(
     State(state): State<AppState>,
     headers: HeaderMap,
     client: ClientInfo,
@@ -169,7 +126,7 @@ pub async fn login_submit(
     let login = log_in(
         &state,
         client,
-        &headers,
+        device_cookie(&state, &headers),
         presented,
         &form.username,
         form.password,
@@ -180,12 +137,12 @@ pub async fn login_submit(
             let target = safe_redirect(rd, &state.config.public_url, state.config.cookie.domain())
                 .unwrap_or_else(|| "/".to_owned());
             let mut res = see_other(&target);
-            for (name, value) in &done.headers(&state) {
+            for (name, value) in &login_headers(&state, &done) {
                 res.headers_mut().append(name, value.clone());
             }
             Ok(res)
         }
-        Err(ApiError::Throttled { retry_after }) => {
+        Err(AuthError::Throttled { retry_after }) => {
             let msg = format!("Too many failed attempts. Try again in {retry_after} seconds.");
             let status = StatusCode::TOO_MANY_REQUESTS;
             let mut res = render_login(&state, &headers, status, rd, &form.username, Some(&msg))?;
@@ -193,28 +150,19 @@ pub async fn login_submit(
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             Ok(res)
         }
-        Err(e @ (ApiError::InvalidCredentials | ApiError::BadRequest(_))) => {
+        Err(e @ (AuthError::InvalidCredentials | AuthError::Invalid(_))) => {
             let msg = match &e {
-                ApiError::InvalidCredentials => "Invalid username or password.".to_owned(),
+                AuthError::InvalidCredentials => "Invalid username or password.".to_owned(),
                 other => sentence(&other.to_string()),
             };
-            render_login(&state, &headers, e.status(), rd, &form.username, Some(&msg))
+            let status = ApiError::from(e).status();
+            render_login(&state, &headers, status, rd, &form.username, Some(&msg))
         }
         Err(e) => Err(e.into()),
     }
 }
 
-/// "password must be …" → "Password must be …."
-pub(super) fn sentence(s: &str) -> String {
-    let mut c = s.chars();
-    let first: String = c
-        .next()
-        .map(|f| f.to_uppercase().chain(c).collect())
-        .unwrap_or_default();
-    format!("{first}.")
-}
-
-pub async fn logout(
+pub(super) async fn logout(
     State(state): State<AppState>,
     presented: Result<Presented, ApiError>,
     form: Result<FormBody<TokenForm>, ApiError>,
@@ -230,17 +178,4 @@ pub async fn logout(
     res.headers_mut()
         .extend(cookie_headers(state.sessions.removal_cookie()));
     Ok(res)
-}
-
-pub async fn style() -> Response {
-    let mut res = (
-        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
-        crate::templates::STYLE_CSS,
-    )
-        .into_response();
-    res.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=3600"),
-    );
-    res
 }

@@ -13,7 +13,10 @@ use sessiond_axum::{CookieConfig, SameSite};
 use sessiond_core::ExpiryPolicy;
 use url::Url;
 
-use crate::access::AccessRules;
+pub(crate) mod access;
+
+use crate::stores::StoreUrl;
+use access::AccessRules;
 
 /// A configuration error: the message names the key and says what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -117,8 +120,8 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub database: StoreUrl,
-    pub session_store: StoreUrl,
+    pub(crate) database: StoreUrl,
+    pub(crate) session_store: StoreUrl,
     pub public_url: Url,
     pub policy: ExpiryPolicy,
     /// How often the server deletes expired sessions; `None`: never (left to
@@ -147,43 +150,6 @@ pub struct Config {
     /// `[session] max_per_user`: sessions one user may hold at once (`None`: no cap). A
     /// login beyond it ends that user's oldest sessions (issue 15 #16).
     pub max_sessions_per_user: Option<usize>,
-}
-
-/// A store URL. `Debug` shows it with its password replaced, so a logged or printed
-/// configuration never leaks database credentials; the code that connects reads the full URL
-/// through `Deref`. (No `Display`: formatting it by mistake does not compile.)
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
-
-impl StoreUrl {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-}
-
-impl std::ops::Deref for StoreUrl {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl PartialEq<str> for StoreUrl {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for StoreUrl {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
-impl std::fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&crate::server::redact(&self.0), f)
-    }
 }
 
 /// A secret from the configuration (the first admin's password): `Debug` prints `***`.
@@ -216,14 +182,14 @@ pub struct ConnectionLimits {
 }
 
 /// Default `server.header_read_timeout`.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `server.max_connections` ceiling (lower when the descriptor limit is lower).
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The default connection cap: 10,000, or three quarters of the process's file descriptor
 /// limit less a reserve for stores, logs and the hashing worker, whichever is lower; so the
 /// cap is reached (and answered `503`) before `accept` fails for lack of descriptors.
-pub fn default_max_connections() -> usize {
+pub(crate) fn default_max_connections() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
@@ -251,51 +217,20 @@ impl HashWorker {
             Self::Process => true,
             Self::Threads => false,
             Self::Auto => {
-                server_on_this_host(&config.database) || server_on_this_host(&config.session_store)
+                // A PostgreSQL or Redis server on this host is a process outside sessiond's
+                // scheduling group that verification and login wait on (`password::worker`).
+                config.database.server_on_this_host() || config.session_store.server_on_this_host()
             }
         }
     }
 }
 
-/// Whether `url` names a PostgreSQL or Redis server on this host: a loopback address,
-/// `localhost`, or a Unix socket. Such a server is a process outside sessiond's scheduling
-/// group that verification and login wait on (see `password::worker`).
-pub fn server_on_this_host(url: &str) -> bool {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return false;
-    };
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme == "sqlite" {
-        return false;
-    }
-    if scheme.contains("unix") || rest.contains("host=/") || rest.contains("host=%2F") {
-        return true;
-    }
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let hosts = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if hosts.is_empty() {
-        return true; // postgres:///db: the default Unix socket
-    }
-    hosts.split(',').any(|h| {
-        let host = match h.strip_prefix('[') {
-            Some(v6) => v6.split(']').next().unwrap_or(""),
-            None => h.split(':').next().unwrap_or(""),
-        }
-        .to_ascii_lowercase();
-        host == "localhost"
-            || host.starts_with("%2f")
-            || host
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.to_canonical().is_loopback())
-    })
-}
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
-pub const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:7444";
+pub(crate) const DEFAULT_DATABASE: &str = "sqlite://sessiond.db";
 /// `[session] max_per_user` unless configured.
-pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
+pub(crate) const DEFAULT_MAX_SESSIONS_PER_USER: usize = 100;
 /// How often a running server deletes expired sessions, unless configured.
-pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 
 impl Config {
     /// Reads `file` (if any) and applies `over` on top.
@@ -327,21 +262,30 @@ impl Config {
             .database
             .or(f.database)
             .unwrap_or_else(|| DEFAULT_DATABASE.into());
-        check_database_url(&database)?;
-        let database = StoreUrl::new(database);
-        let session_store = o
-            .session_store
-            .or(f.session_store)
-            .map(StoreUrl::new)
-            .unwrap_or_else(|| database.clone());
-        const REDIS: [&str; 3] = ["redis://", "redis+sentinel://", "redis+cluster://"];
-        if session_store != database && !REDIS.iter().any(|s| session_store.starts_with(s)) {
-            return err(format!(
-                "session_store: must be the database URL or a redis://, redis+sentinel:// or \
-                 redis+cluster:// URL (got {})",
-                crate::server::redact(&session_store)
-            ));
-        }
+        let database = match StoreUrl::parse(&database) {
+            Ok(url @ (StoreUrl::Sqlite { .. } | StoreUrl::Postgres(_))) => url,
+            Ok(url) => {
+                return err(format!(
+                    "database: must be sqlite://PATH or postgres://… (got {})",
+                    url.redacted()
+                ))
+            }
+            Err(e) => return err(format!("database: {e}")),
+        };
+        let session_store = match o.session_store.or(f.session_store) {
+            None => database.clone(),
+            Some(text) => match StoreUrl::parse(&text) {
+                Ok(url) if url == database || matches!(url, StoreUrl::Redis(_)) => url,
+                Ok(url) => {
+                    return err(format!(
+                        "session_store: must be the database URL or a redis://, redis+sentinel:// \
+                         or redis+cluster:// URL (got {})",
+                        url.redacted()
+                    ))
+                }
+                Err(e) => return err(format!("session_store: {e}")),
+            },
+        };
 
         let public_url = match o.public_url.or(f.public_url) {
             Some(u) => {
@@ -551,21 +495,23 @@ impl Config {
     /// Whether the session cookie can belong to `host` (lowercase, no port): the public URL's
     /// host, or a host under the cookie domain.
     pub fn host_is_ours(&self, host: &str) -> bool {
-        let public = self
-            .public_url
-            .host_str()
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        host == public
-            || self.cookie.domain().is_some_and(|d| {
-                host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.'))
-            })
+        host_is_ours(host, &self.public_url, self.cookie.domain())
     }
 
     /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()
     }
+}
+
+/// Whether the session cookie can belong to `host` (lowercase, no port): `public`'s host, or
+/// `cookie_domain` or a host under it. The one copy of this rule: forward auth's targets and
+/// the redirects after login both ask it.
+pub(crate) fn host_is_ours(host: &str, public: &Url, cookie_domain: Option<&str>) -> bool {
+    let public = public.host_str().unwrap_or("").to_ascii_lowercase();
+    host == public
+        || cookie_domain
+            .is_some_and(|d| host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
 }
 
 /// A `trusted_origins` entry as browsers send it in `Origin`: `scheme://host[:port]`, the
@@ -588,25 +534,6 @@ fn origin(s: &str) -> Result<String, ConfigError> {
         return Err(bad());
     }
     Ok(url.origin().ascii_serialization())
-}
-
-fn check_database_url(url: &str) -> Result<(), ConfigError> {
-    if let Some(path) = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))
-    {
-        if path.is_empty() {
-            return err("database: sqlite URL needs a path, e.g. sqlite://sessiond.db");
-        }
-        return Ok(());
-    }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Ok(());
-    }
-    err(format!(
-        "database: must be sqlite://PATH or postgres://… (got {})",
-        crate::server::redact(url)
-    ))
 }
 
 #[cfg(test)]
@@ -652,14 +579,14 @@ mod tests {
             ("redis://127.0.0.53:6379/0", true),
             ("redis://[::1]:6379", true),
             ("redis://[2001:db8::1]:6379", false),
-            ("redis+unix:///run/redis.sock", true),
             (
                 "redis+sentinel://10.0.0.1:26379,127.0.0.1:26379/mymaster",
                 true,
             ),
             ("redis+cluster://10.0.0.1:7000,10.0.0.2:7000", false),
         ] {
-            assert_eq!(server_on_this_host(url), local, "{url}");
+            let url = StoreUrl::parse(url).unwrap();
+            assert_eq!(url.server_on_this_host(), local, "{url:?}");
         }
         let forced = check("[hashing]\nworker = \"threads\"", d.clone()).unwrap();
         assert_eq!(forced.hash_worker, HashWorker::Threads);
@@ -704,7 +631,7 @@ mod tests {
     fn defaults() {
         let c = check("", Overrides::default()).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.1:7444");
-        assert_eq!(c.database, "sqlite://sessiond.db");
+        assert_eq!(c.database.expose(), "sqlite://sessiond.db");
         assert_eq!(c.session_store, c.database);
         assert_eq!(c.public_origin(), "http://127.0.0.1:7444");
         assert_eq!(c.policy, ExpiryPolicy::default());
@@ -828,7 +755,7 @@ mod tests {
         );
         assert!(shown.contains("admin_password: Some(***)"), "{shown}");
         // The code that connects still gets the real URL.
-        assert!(c.database.contains("pg-hunter2"));
+        assert!(c.database.expose().contains("pg-hunter2"));
         assert_eq!(c.admin_password.unwrap().expose(), "first admin pw");
     }
 

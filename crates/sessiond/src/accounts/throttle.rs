@@ -11,11 +11,12 @@ use sessiond_core::{
     retry_after, Counter, SessionToken, ThrottleChange, ThrottleExpect, Timestamp, TokenHash,
 };
 
-use crate::error::ApiError;
+use super::error::AuthError;
+use crate::password::{with_owners, Owners};
 use crate::state::AppState;
 
 /// How long a device cookie (and its registration) lasts.
-pub const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
+pub(crate) const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// New device registrations one account may get per [`DEVICE_WINDOW`] (issue 15 #16:
 /// every cookie-less login registered another year-long device key). Beyond it a login
 /// still succeeds but registers no device: the client is throttled like any client without
@@ -23,11 +24,11 @@ pub const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// `MAX_NEW_DEVICES × (DEVICE_LIFETIME / DEVICE_WINDOW)` registrations (3,650).
 pub const MAX_NEW_DEVICES: u64 = 10;
 /// The window of [`MAX_NEW_DEVICES`].
-pub const DEVICE_WINDOW: Duration = Duration::from_secs(86400);
+pub(crate) const DEVICE_WINDOW: Duration = Duration::from_secs(86400);
 
 /// Who is trying to log in, as far as throttling is concerned.
 #[derive(Debug)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// The case-folded username as typed (counted even when no such user exists, so
     /// unknown and known accounts are throttled alike). Capped in length.
     account: String,
@@ -39,7 +40,7 @@ pub struct Attempt {
 /// The address a per-IP counter is kept for: an IPv4 address as it is, an IPv6 address as its
 /// /64 network (`2001:db8:1:2::/64`). One IPv6 subscriber usually gets a whole /64 (often
 /// more), so counting single addresses would hand a guesser 2^64 fresh budgets.
-pub fn ip_bucket(ip: &str) -> String {
+pub(crate) fn ip_bucket(ip: &str) -> String {
     match ip.parse::<std::net::IpAddr>().map(|a| a.to_canonical()) {
         Ok(std::net::IpAddr::V6(v6)) => {
             let net = u128::from(v6) & !((1u128 << 64) - 1);
@@ -55,7 +56,7 @@ fn hex(h: &TokenHash) -> String {
 }
 
 impl Attempt {
-    pub fn new(username: &str, ip: Option<&str>, device_cookie: Option<&str>) -> Self {
+    pub(crate) fn new(username: &str, ip: Option<&str>, device_cookie: Option<&str>) -> Self {
         let account: String = username
             .to_ascii_lowercase()
             .chars()
@@ -71,25 +72,18 @@ impl Attempt {
         }
     }
 
-    /// The signed-in user checking their current password (a password change): counted on
-    /// the same counters as their logins from this address. No device cookie: a password
-    /// change falls under the account's ceiling, not a device's budget.
-    pub fn for_user(me: &crate::routes::CurrentUser, ip: Option<&str>) -> Self {
-        Self::new(me.user.username.as_str(), ip, None)
-    }
-
     /// The attempt's owners for the hashing pool's fairness: its account and address, and
     /// the session making it when there is one.
-    pub fn owners(&self, session: Option<&str>) -> crate::password::Owners {
+    pub(crate) fn owners(&self, session: Option<&str>) -> Owners {
         let mut keys = vec![format!("a:{}", self.account), format!("i:{}", self.ip)];
         if let Some(s) = session {
             keys.push(format!("s:{s}"));
         }
-        crate::password::Owners::new(keys)
+        Owners::new(keys)
     }
 
     /// The account as counted (what the client typed, case-folded, control characters out).
-    pub fn account(&self) -> &str {
+    pub(crate) fn account(&self) -> &str {
         &self.account
     }
 
@@ -122,7 +116,7 @@ const RESERVE_TRIES: usize = 24;
 /// stays counted unless the attempt turns out right ([`succeeded`], [`settled`]) or never
 /// got to check a password ([`release`]).
 #[derive(Debug)]
-pub struct Reserved {
+pub(crate) struct Reserved {
     counters: Vec<(Counter, String)>,
 }
 
@@ -138,7 +132,7 @@ pub struct Reserved {
 /// that apply: the device's own budget when the client presents a device cookie registered
 /// for this account, else the account ceiling; the (account, address) pair and the address
 /// always.
-pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> {
+pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, AuthError> {
     let store = state.sessions.store();
     // Every counter that may apply, and the device's registration, in one store call (one
     // round trip on PostgreSQL instead of four or five).
@@ -152,7 +146,7 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> 
         let now = state.sessions.now();
         let records = store.throttle_get_many(&refs, now).await?;
         if records.len() != keys.len() {
-            return Err(ApiError::Internal(anyhow::anyhow!(
+            return Err(AuthError::Internal(format!(
                 "throttle store answered {} of {} counters",
                 records.len(),
                 keys.len()
@@ -178,7 +172,7 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> 
         }
         if let Some(u) = until {
             tracing::warn!(target: "sessiond::audit", event = "throttled", account = %a.account, ip = %a.ip);
-            return Err(ApiError::Throttled {
+            return Err(AuthError::Throttled {
                 retry_after: retry_after(u, now),
             });
         }
@@ -218,17 +212,12 @@ pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> 
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     tracing::warn!(target: "sessiond::audit", event = "throttled", account = %a.account, ip = %a.ip, reason = "contention");
-    Err(ApiError::Throttled { retry_after: 1 })
-}
-
-/// A reserved attempt failed on its password: it was counted when it was reserved.
-pub async fn failed(_state: &AppState, _reserved: &Reserved) -> Result<(), ApiError> {
-    Ok(())
+    Err(AuthError::Throttled { retry_after: 1 })
 }
 
 /// The attempt never got to a verdict on its password (a bad request, an overloaded pool, a
 /// store error): its reservation is given back.
-pub async fn release(state: &AppState, reserved: &Reserved) -> Result<(), ApiError> {
+pub(crate) async fn release(state: &AppState, reserved: &Reserved) -> Result<(), AuthError> {
     let changes: Vec<ThrottleChange<'_>> = reserved
         .counters
         .iter()
@@ -257,7 +246,7 @@ fn settle_changes(reserved: &Reserved) -> Vec<ThrottleChange<'_>> {
 
 /// A right password outside a login (the current password of a password change): as
 /// after a successful login, without device cookies.
-pub async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), ApiError> {
+pub(crate) async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), AuthError> {
     state
         .sessions
         .store()
@@ -268,18 +257,18 @@ pub async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), ApiErr
 
 /// Runs `work`, a check of `a`'s password (and what follows it), under the throttle: refused
 /// while a counter holds, reserved before `work` starts, and settled by its outcome
-/// ([`ApiError::InvalidCredentials`]: stays counted; success: [`settled`]; any other
+/// ([`AuthError::InvalidCredentials`]: stays counted; success: [`settled`]; any other
 /// error: [`release`]d). Its password work is tagged with the attempt's account and address
-/// for the hashing queue's fairness ([`crate::password::Owners`]).
-pub async fn guarded<T>(
+/// for the hashing queue's fairness ([`Owners`]).
+pub(crate) async fn guarded<T>(
     state: &AppState,
     a: &Attempt,
-    owners: crate::password::Owners,
-    work: impl std::future::Future<Output = Result<T, ApiError>>,
-) -> Result<T, ApiError> {
+    owners: Owners,
+    work: impl std::future::Future<Output = Result<T, AuthError>>,
+) -> Result<T, AuthError> {
     let reserved = check(state, a).await?;
-    match crate::password::with_owners(owners, work).await {
-        Err(ApiError::InvalidCredentials) => Err(ApiError::InvalidCredentials),
+    match with_owners(owners, work).await {
+        Err(AuthError::InvalidCredentials) => Err(AuthError::InvalidCredentials),
         Err(e) => {
             if let Err(r) = release(state, &reserved).await {
                 tracing::warn!(error = %r, "throttle reservation not released");
@@ -301,12 +290,12 @@ pub async fn guarded<T>(
 /// and account counters get the reservation's event back, and the client gets (or keeps) a
 /// device cookie registered for this account. Returns the secret of a new device cookie to
 /// set.
-pub async fn succeeded(
+pub(crate) async fn succeeded(
     state: &AppState,
     a: &Attempt,
     reserved: &Reserved,
     presented: Option<&str>,
-) -> Result<Option<SessionToken>, ApiError> {
+) -> Result<Option<SessionToken>, AuthError> {
     let (token, fresh) = match presented.and_then(SessionToken::parse) {
         Some(t) => (t, false),
         None => (SessionToken::generate(), true),
@@ -341,7 +330,7 @@ pub async fn succeeded(
 
 /// One counter, for `sessiond throttle list`.
 #[derive(Debug, serde::Serialize)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub kind: &'static str,
     pub account: Option<String>,
     pub ip: Option<String>,
@@ -353,7 +342,11 @@ pub struct Listed {
 }
 
 /// Parses a counter key; device registrations are not counters and are skipped.
-pub fn describe(key: &str, rec: &sessiond_core::ThrottleRecord, now: Timestamp) -> Option<Listed> {
+pub(crate) fn describe(
+    key: &str,
+    rec: &sessiond_core::ThrottleRecord,
+    now: Timestamp,
+) -> Option<Listed> {
     let (kind, counter, account, ip) = if let Some(rest) = key.strip_prefix("p:") {
         let (acct, ip) = rest.rsplit_once('|')?;
         (

@@ -2,7 +2,7 @@
 //! Display only: user agents are self-reported and never used for a security decision.
 
 /// "Browser on OS", or what can be told of it.
-pub fn label(user_agent: Option<&str>) -> String {
+pub(crate) fn label(user_agent: Option<&str>) -> String {
     let Some(ua) = user_agent.filter(|u| !u.trim().is_empty()) else {
         return "Unknown device".to_owned();
     };

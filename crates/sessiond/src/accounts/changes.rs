@@ -1,94 +1,15 @@
-//! Authentication and account changes, shared by the HTTP routes and the CLI.
-//!
-//! Every change that must end sessions (password, disable, delete) does it here, so no entry
-//! point can forget.
+//! Account changes that must end sessions (password, disable, delete), shared by the HTTP
+//! routes and the CLI: each does it here, so no entry point can forget.
 
 use sessiond_core::{
-    Password, SessionId, SessionStore, StoreError, User, UserId, UserStore, Username,
+    NewSession, Password, SessionId, SessionRecord, SessionStore, SessionToken, StoreError, UserId,
+    UserStore,
 };
 
-use crate::error::{ApiError, ApiResult};
+use super::caller::{ClientInfo, CurrentUser};
+use super::error::{AuthError, ChangeError};
+use super::throttle;
 use crate::state::AppState;
-
-/// Checks a username and password. Unknown users, disabled users and wrong passwords all
-/// cost one argon2 verification and give the same [`ApiError::InvalidCredentials`], so
-/// neither the answer nor its timing tells an attacker which usernames exist.
-#[tracing::instrument(level = "debug", skip_all)]
-pub async fn authenticate(state: &AppState, username: &str, password: String) -> ApiResult<User> {
-    authenticate_verified(state, username, password)
-        .await
-        .map(|(user, _)| user)
-}
-
-/// [`authenticate`], also giving the password hash the password was verified against, so
-/// the caller can check that it is still the user's once the session exists (see
-/// [`still_current`]).
-pub async fn authenticate_verified(
-    state: &AppState,
-    username: &str,
-    password: String,
-) -> ApiResult<(User, String)> {
-    // Refused, not truncated: a prefix would make different passwords equal. Checked before
-    // any lookup, so it reveals nothing about the account.
-    let password =
-        Password::presented(password).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if username.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
-            "username must not contain control characters".into(),
-        ));
-    }
-    let creds = match Username::parse(username) {
-        Ok(name) => state.users.user_by_name(&name).await?,
-        Err(_) => None,
-    };
-    let Some(creds) = creds else {
-        state.hasher.verify_dummy(password).await?;
-        return Err(ApiError::InvalidCredentials);
-    };
-    let verified = state
-        .hasher
-        .verify(password.clone(), creds.password_hash.clone())
-        .await?;
-    // The disabled check comes after the verification so a disabled account costs the same.
-    if !verified.matches || creds.user.disabled {
-        return Err(ApiError::InvalidCredentials);
-    }
-    if verified.needs_rehash {
-        // Outdated parameters: upgrade while we hold the password. Off the response path; a
-        // failure just means we try again at the next login.
-        // Written only over the hash just verified: a reset that landed meanwhile wins.
-        let state = state.clone();
-        let id = creds.user.id;
-        let verified_phc = creds.password_hash.clone();
-        tokio::spawn(async move {
-            match state.hasher.hash(password).await {
-                Ok(phc) => match state
-                    .users
-                    .set_password_hash_if(id, &verified_phc, &phc)
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => tracing::info!("password rehash skipped: the password changed"),
-                    Err(e) => tracing::warn!(error = %e, "password rehash not stored"),
-                },
-                Err(e) => tracing::warn!(error = %e, "password rehash failed"),
-            }
-        });
-    }
-    Ok((creds.user, creds.password_hash))
-}
-
-/// Whether `user` still has the password hash `verified` and is enabled. A login checks this
-/// once its session exists: a password change or disable that landed while its password was
-/// being verified (argon2 takes a while) ends the sessions it can see *after* writing, so
-/// either it sees this login's session or this check sees the change.
-pub async fn still_current(state: &AppState, user: &User, verified: &str) -> ApiResult<bool> {
-    Ok(state
-        .users
-        .user_by_name(&user.username)
-        .await?
-        .is_some_and(|c| c.user.id == user.id && !c.user.disabled && c.password_hash == verified))
-}
 
 /// How many times a step that ends sessions is tried before the change is reported failed.
 const END_SESSIONS_TRIES: u32 = 3;
@@ -99,7 +20,7 @@ const END_SESSIONS_RETRY_WITHIN: std::time::Duration = std::time::Duration::from
 
 /// Ends `id`'s sessions (but `keep`), retrying a store that failed fast a few times (after
 /// 50 ms, then 100 ms): a transient error must not leave an account change half done.
-pub async fn end_sessions(
+pub(crate) async fn end_sessions(
     sessions: &dyn SessionStore,
     id: UserId,
     keep: Option<&SessionId>,
@@ -145,26 +66,6 @@ pub async fn set_password(
     }
     n += end_sessions(sessions, id, None).await?;
     Ok(n)
-}
-
-/// Why an account change was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ChangeError {
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The change would leave no enabled admin: nobody could administer the server any more
-    /// (short of editing the database).
-    #[error("refused: {0} is the last enabled admin (make another user an admin first)")]
-    LastAdmin(Username),
-}
-
-impl From<ChangeError> for ApiError {
-    fn from(e: ChangeError) -> Self {
-        match e {
-            ChangeError::Store(e) => e.into(),
-            e @ ChangeError::LastAdmin(_) => ApiError::Conflict(e.to_string()),
-        }
-    }
 }
 
 /// Sets the disabled flag, refusing to disable the last enabled admin. The flag is written
@@ -221,11 +122,27 @@ pub async fn delete(
 }
 
 /// Re-enables a user (audited like every account change).
-pub async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreError> {
+pub(crate) async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreError> {
     users.set_disabled(id, false).await
 }
 
-/// Changes the caller's own password (SPEC §4 `POST /api/password`).
+/// Changes the caller's own password (`POST /api/password`, the account page's form): the
+/// current password is checked under the login throttle (a guess is a guess wherever it is
+/// made), then [`change_password_checked`] runs.
+pub(crate) async fn change_password(
+    state: &AppState,
+    me: &CurrentUser,
+    current: String,
+    new: String,
+    client: ClientInfo,
+) -> Result<(SessionToken, SessionRecord), AuthError> {
+    let attempt = throttle::Attempt::new(me.user.username.as_str(), client.ip.as_deref(), None);
+    let owners = attempt.owners(Some(me.session.record().id.as_str()));
+    let change = change_password_checked(state, me, current, new, client);
+    throttle::guarded(state, &attempt, owners, change).await
+}
+
+/// The password change itself, once the throttle let it through.
 ///
 /// Order matters (issue 15 #12 and #15):
 /// 1. the current password is verified against the stored hash `H`; the new hash is computed
@@ -237,21 +154,21 @@ pub async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreErro
 /// 4. the hash is written only if it is still `H` (compare-and-set): a reset that landed
 ///    since step 1 wins, and the change gets `409 conflict` (the new session is ended);
 /// 5. the other sessions end once more (logins verified with the old password meanwhile).
-pub async fn change_password(
+async fn change_password_checked(
     state: &AppState,
-    me: &crate::routes::CurrentUser,
+    me: &CurrentUser,
     current: String,
     new: String,
-    client: crate::routes::ClientInfo,
-) -> ApiResult<(sessiond_core::SessionToken, sessiond_core::SessionRecord)> {
-    let new = Password::new(new).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let current = Password::presented(current).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    client: ClientInfo,
+) -> Result<(SessionToken, SessionRecord), AuthError> {
+    let new = Password::new(new).map_err(|e| AuthError::Invalid(e.to_string()))?;
+    let current = Password::presented(current).map_err(|e| AuthError::Invalid(e.to_string()))?;
     let creds = state
         .users
         .user_by_name(&me.user.username)
         .await?
         .filter(|c| c.user.id == me.user.id)
-        .ok_or(ApiError::Unauthenticated)?;
+        .ok_or(AuthError::SessionEnded)?;
     let verified_phc = creds.password_hash.clone();
     if !state
         .hasher
@@ -260,11 +177,11 @@ pub async fn change_password(
         .matches
     {
         tracing::info!(target: "sessiond::audit", event = "password_change_failed", user = %me.user.username);
-        return Err(ApiError::InvalidCredentials);
+        return Err(AuthError::InvalidCredentials);
     }
     let phc = state.hasher.hash(new).await?;
     let rec = me.session.record();
-    let fresh = sessiond_core::NewSession {
+    let fresh = NewSession {
         user_id: me.user.id,
         remember: rec.remember,
         ip: client.ip,
@@ -272,7 +189,7 @@ pub async fn change_password(
     };
     let Some((token, record)) = state.sessions.rotate(fresh, &me.session).await? else {
         tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "session_ended", user = %me.user.username);
-        return Err(ApiError::Unauthenticated);
+        return Err(AuthError::SessionEnded);
     };
     let store = state.sessions.store();
     // Undoes step 2 when a later step refuses: the caller ends up logged out, never with a
@@ -295,7 +212,7 @@ pub async fn change_password(
         Ok(false) => {
             abandon().await;
             tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "changed_meanwhile", user = %me.user.username);
-            return Err(ApiError::Conflict(
+            return Err(AuthError::Conflict(
                 "the password was changed meanwhile (e.g. reset by an admin); log in again".into(),
             ));
         }

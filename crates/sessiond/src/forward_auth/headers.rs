@@ -3,15 +3,12 @@
 //! `X-Original-URL/Method`). Believed only from configured proxies (SPEC §4); everything here
 //! is a pure function of the headers, so it is table-tested and fuzzed.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use url::Url;
 
-use crate::access::{canonical_path, NotCanonical};
+use super::path::NotCanonical;
 use crate::config::Config;
 
 // The headers forward auth reads, named once: a lookup by `&str` parses and checks the name
@@ -25,7 +22,7 @@ static X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
 static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
 
 /// Longest forwarded target accepted.
-pub const MAX_TARGET: usize = 8 * 1024;
+pub(crate) const MAX_TARGET: usize = 8 * 1024;
 
 /// The client's address (SPEC §4): when the socket's peer is a trusted proxy, walk
 /// `X-Forwarded-For` from the right, past the entries our own proxies appended, to the first
@@ -86,12 +83,12 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 
 /// Why a forwarded target was refused (all `400`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
+pub(crate) enum TargetError {
     #[error("missing {0}")]
     Missing(&'static str),
     #[error("malformed {0}")]
     Malformed(&'static str),
-    /// The path is not one that every back end reads alike (`access::canonical_path`).
+    /// The path is not one that every back end reads alike (`forward_auth::path::canonical_path`).
     #[error("the target's path {0}; such paths are refused, since the proxy's back end may read them otherwise")]
     NotCanonical(#[from] NotCanonical),
 }
@@ -134,17 +131,17 @@ fn build(proto: &str, host: &str, uri: &str) -> Result<Url, TargetError> {
 /// The three parts a target URL is built from, as the proxy sent them (validated as headers:
 /// present once, visible ASCII, not empty, not oversized), before any URL parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TargetParts<'a> {
+pub(crate) struct TargetParts<'a> {
     pub proto: &'a str,
     pub host: &'a str,
     pub uri: &'a str,
     /// The header a malformed URL is reported against (`None`: the `X-Forwarded-*` set).
-    from_original_url: bool,
+    pub(super) from_original_url: bool,
 }
 
 impl TargetParts<'_> {
     /// The target URL (WHATWG parsing: host lowercased, dot segments resolved).
-    pub fn url(&self) -> Result<Url, TargetError> {
+    pub(crate) fn url(&self) -> Result<Url, TargetError> {
         build(self.proto, self.host, self.uri).map_err(|e| {
             if self.from_original_url {
                 TargetError::Malformed("X-Original-URL")
@@ -160,7 +157,7 @@ impl TargetParts<'_> {
 /// five lookups a request, in forward auth's callgrind profile). Each is kept once; one sent
 /// twice is ambiguous, as a request smuggling attempt would be, and refused where it is read.
 #[derive(Debug, Default)]
-pub struct Forwarded<'a> {
+pub(crate) struct Forwarded<'a> {
     values: [Option<Result<&'a HeaderValue, ()>>; 6],
 }
 
@@ -172,7 +169,7 @@ const ORIGINAL_URL: usize = 4;
 const ORIGINAL_METHOD: usize = 5;
 
 impl<'a> Forwarded<'a> {
-    pub fn scan(h: &'a HeaderMap) -> Self {
+    pub(crate) fn scan(h: &'a HeaderMap) -> Self {
         let mut seen = Self::default();
         for (name, value) in h {
             let i = match name.as_str() {
@@ -237,7 +234,7 @@ impl<'a> Forwarded<'a> {
 
     /// Traefik / Caddy style: the parts of `X-Forwarded-Proto`, `X-Forwarded-Host`,
     /// `X-Forwarded-Uri`.
-    pub fn forward_auth_parts(&self) -> Result<TargetParts<'a>, TargetError> {
+    pub(crate) fn forward_auth_parts(&self) -> Result<TargetParts<'a>, TargetError> {
         let proto = self
             .get(PROTO)?
             .ok_or(TargetError::Missing("X-Forwarded-Proto"))?;
@@ -255,7 +252,7 @@ impl<'a> Forwarded<'a> {
 
     /// nginx `auth_request` style: the parts of `X-Original-URL`, else of the
     /// `X-Forwarded-*` set.
-    pub fn auth_request_parts(&self) -> Result<TargetParts<'a>, TargetError> {
+    pub(crate) fn auth_request_parts(&self) -> Result<TargetParts<'a>, TargetError> {
         let Some(raw) = self.get(ORIGINAL_URL)? else {
             return self.forward_auth_parts();
         };
@@ -274,13 +271,13 @@ impl<'a> Forwarded<'a> {
     }
 
     /// The method a Traefik / Caddy style request names (`X-Forwarded-Method`), if any.
-    pub fn forward_auth_method(&self) -> Result<Option<Method>, TargetError> {
+    pub(crate) fn forward_auth_method(&self) -> Result<Option<Method>, TargetError> {
         self.method(FORWARDED_METHOD)
     }
 
     /// The method an nginx style request names (`X-Original-Method`, else
     /// `X-Forwarded-Method` when the target came from the `X-Forwarded-*` set).
-    pub fn auth_request_method(&self) -> Result<Option<Method>, TargetError> {
+    pub(crate) fn auth_request_method(&self) -> Result<Option<Method>, TargetError> {
         if self.get(ORIGINAL_URL)?.is_some() {
             return self.method(ORIGINAL_METHOD);
         }
@@ -289,101 +286,11 @@ impl<'a> Forwarded<'a> {
     }
 }
 
-/// A target as forward auth decides on it: everything here depends only on the target's
-/// parts and the configuration.
-#[derive(Debug)]
-pub struct Resolved {
-    pub url: Url,
-    /// Lowercase, without the port.
-    pub host: String,
-    /// The host is the public URL's or under the cookie domain (else the request is refused).
-    pub ours: bool,
-    /// The access rule that decides (an index into `config.access`), if any.
-    pub rule: Option<usize>,
-}
-
-/// Resolves `parts` against `config`. The rules decide on the path exactly as the proxy
-/// sent it (decoded, never cleaned up: the URL parser's reading of `..` or `%2e` is one of
-/// several), and only when it is canonical; any other is refused, whatever the rules.
-pub fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolved, TargetError> {
-    let url = parts.url()?;
-    let path = canonical_path(parts.uri)?;
-    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
-    let ours = config.host_is_ours(&host);
-    let rule = if ours {
-        config.access.matching_rule(&host, &path)
-    } else {
-        None
-    };
-    Ok(Resolved {
-        url,
-        host,
-        ours,
-        rule,
-    })
-}
-
-/// [`resolve`], memoised. A proxy asks about the same few URLs over and over, and parsing
-/// them was the largest single item of a forward-auth request's own work in the profile
-/// (URL parsing ~3 %, the whole target ~5 % of the server's CPU). `resolve` is a pure
-/// function of the parts and of a configuration that does not change while the server runs,
-/// so a memo cannot answer differently from it. Bounded: emptied when full, and long targets
-/// (attacker-chosen URIs) are resolved every time, never kept.
-#[derive(Debug, Default)]
-pub struct TargetCache {
-    entries: Mutex<HashMap<Box<str>, Arc<Resolved>>>,
-}
-
-thread_local! {
-    /// The lookup key, built here to look up without allocating.
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
-}
-
-impl TargetCache {
-    pub const CAPACITY: usize = 4096;
-    /// Longest `proto + host + uri` kept.
-    pub const MAX_KEY: usize = 1024;
-
-    pub fn resolve(
-        &self,
-        config: &Config,
-        parts: &TargetParts<'_>,
-    ) -> Result<Arc<Resolved>, TargetError> {
-        if parts.proto.len() + parts.host.len() + parts.uri.len() + 2 > Self::MAX_KEY {
-            return resolve(config, parts).map(Arc::new);
-        }
-        KEY.with(|key| {
-            let mut key = key.borrow_mut();
-            key.clear();
-            // Header values are visible ASCII: '\n' cannot occur in them, so the key is
-            // unambiguous.
-            key.push_str(parts.proto);
-            key.push('\n');
-            key.push_str(parts.host);
-            key.push('\n');
-            key.push_str(parts.uri);
-            if let Some(hit) = self.lock().get(key.as_str()) {
-                return Ok(Arc::clone(hit));
-            }
-            let resolved = Arc::new(resolve(config, parts)?);
-            let mut entries = self.lock();
-            if entries.len() >= Self::CAPACITY {
-                entries.clear();
-            }
-            entries.insert(key.as_str().into(), Arc::clone(&resolved));
-            Ok(resolved)
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Arc<Resolved>>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{FileConfig, Overrides};
+    use crate::forward_auth::path::canonical_path;
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -639,126 +546,5 @@ mod tests {
             );
         }
         assert!(auth_request(&HeaderMap::new()).is_err());
-    }
-
-    fn ruled_config() -> Config {
-        let f: FileConfig = toml::from_str(
-            r#"
-public_url = "https://auth.example.com"
-[cookie]
-domain = "example.com"
-[[access.rules]]
-domain = "public.example.com"
-policy = "bypass"
-[[access.rules]]
-domain = "*.example.com"
-path_prefix = "/admin"
-policy = "deny"
-[[access.rules]]
-path_prefix = "/ops/"
-policy = "authenticated"
-groups = ["ops"]
-"#,
-        )
-        .unwrap();
-        Config::resolve(f, Overrides::default()).unwrap()
-    }
-
-    #[test]
-    fn the_target_memo_answers_exactly_as_resolving_does() {
-        let c = ruled_config();
-        let cache = TargetCache::default();
-        let cases = [
-            ("https", "app.example.com", "/"),
-            ("https", "APP.Example.COM:8443", "/admin"),
-            ("https", "app.example.com", "/ADMIN/y"),
-            ("https", "app.example.com", "/%61dmin"),
-            ("https", "app.example.com", "/administrator"),
-            ("HTTPS", "public.example.com", "/admin?x=1"),
-            ("http", "app.example.com", "/ops/deploy?x#frag"),
-            ("http", "app.example.com", "/ops"),
-            ("https", "evil.com", "/"),
-            ("https", "example.com.evil.com", "/"),
-            ("https", "auth.example.com", "/ops/%2e%2e/admin?x"),
-        ];
-        for _ in 0..2 {
-            for (proto, host, uri) in cases {
-                let parts = TargetParts {
-                    proto,
-                    host,
-                    uri,
-                    from_original_url: false,
-                };
-                let Ok(want) = resolve(&c, &parts) else {
-                    assert!(cache.resolve(&c, &parts).is_err(), "{uri}");
-                    continue;
-                };
-                let got = cache.resolve(&c, &parts).unwrap();
-                assert_eq!(
-                    (&got.url, &got.host, got.ours, got.rule),
-                    (&want.url, &want.host, want.ours, want.rule),
-                    "{proto} {host} {uri}"
-                );
-                // And what the uncached decision path says.
-                assert_eq!(
-                    c.access.decision(got.rule),
-                    c.access.decide(&want.host, &canonical_path(uri).unwrap()),
-                    "{uri}"
-                );
-            }
-        }
-        // Every case but the one refused (not canonical) is kept.
-        assert_eq!(cache.lock().len(), cases.len() - 1);
-        let admin = cache
-            .resolve(
-                &c,
-                &TargetParts {
-                    proto: "https",
-                    host: "app.example.com",
-                    uri: "/ADMIN/y",
-                    from_original_url: false,
-                },
-            )
-            .unwrap();
-        assert_eq!(
-            c.access.decision(admin.rule).policy,
-            crate::access::Policy::Deny
-        );
-        // Errors are not kept.
-        let bad = TargetParts {
-            proto: "ftp",
-            host: "app.example.com",
-            uri: "/",
-            from_original_url: false,
-        };
-        assert!(cache.resolve(&c, &bad).is_err());
-        assert_eq!(cache.lock().len(), cases.len() - 1);
-    }
-
-    #[test]
-    fn the_target_memo_is_bounded_and_keeps_no_long_targets() {
-        let c = ruled_config();
-        let cache = TargetCache::default();
-        for i in 0..TargetCache::CAPACITY + 10 {
-            let uri = format!("/page/{i}");
-            let parts = TargetParts {
-                proto: "https",
-                host: "app.example.com",
-                uri: &uri,
-                from_original_url: false,
-            };
-            cache.resolve(&c, &parts).unwrap();
-            assert!(cache.lock().len() <= TargetCache::CAPACITY);
-        }
-        let long = format!("/{}", "a".repeat(TargetCache::MAX_KEY));
-        let before = cache.lock().len();
-        let parts = TargetParts {
-            proto: "https",
-            host: "app.example.com",
-            uri: &long,
-            from_original_url: false,
-        };
-        assert!(cache.resolve(&c, &parts).unwrap().ours);
-        assert_eq!(cache.lock().len(), before);
     }
 }

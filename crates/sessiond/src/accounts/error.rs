@@ -1,0 +1,43 @@
+//! Why an account use case refused or failed, in the domain's words. `crate::error` maps each
+//! to an HTTP status; the CLI prints them.
+
+use sessiond_core::{StoreError, Username};
+
+use crate::password::HashError;
+
+/// Why a login or a password change did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// Unknown user, disabled user or wrong password: one answer for all three.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// Input no password check is made for (too long, control characters, too weak).
+    #[error("{0}")]
+    Invalid(String),
+    /// The session making the change ended meanwhile.
+    #[error("authentication required")]
+    SessionEnded,
+    /// The change lost to a newer one (an admin's reset); the message says what to do.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("too many failed attempts; try again in {retry_after} s")]
+    Throttled { retry_after: u64 },
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A store answered something it cannot have meant.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Why an account change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The change would leave no enabled admin: nobody could administer the server any more
+    /// (short of editing the database).
+    #[error("refused: {0} is the last enabled admin (make another user an admin first)")]
+    LastAdmin(Username),
+}

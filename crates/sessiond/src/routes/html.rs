@@ -1,0 +1,80 @@
+//! What every HTML page shares: rendering a template, redirects after a form, the form
+//! tokens, and the stylesheet.
+//!
+//! Forms carry a CSRF token on top of the origin check in `guards`: before login a
+//! double-submit token (a random value in an HttpOnly cookie and in the form, compared in
+//! constant time; `login.rs`), after login a token derived from the session secret (bound to
+//! the session, and not derivable from a database dump, which holds only the secret's hash).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use sessiond_axum::ActiveSession;
+use sessiond_core::SessionToken;
+
+use crate::error::{ApiError, HtmlResult};
+use crate::templates::{templates, STYLE_CSS};
+
+const CSRF_PURPOSE: &str = "csrf-form";
+
+/// The form token bound to a session (see the module docs).
+pub(crate) fn form_token(session: &ActiveSession) -> String {
+    session.token().derive(CSRF_PURPOSE)
+}
+
+/// Checks a posted form token against the session's, in constant time (`==` on tokens).
+pub(crate) fn check_form_token(session: &ActiveSession, sent: &str) -> Result<(), ApiError> {
+    let expected = SessionToken::parse(&form_token(session));
+    match (expected, SessionToken::parse(sent)) {
+        (Some(e), Some(s)) if e == s => Ok(()),
+        _ => Err(ApiError::CsrfRejected),
+    }
+}
+
+/// A form whose only field is the CSRF token.
+#[derive(Deserialize)]
+pub(crate) struct TokenForm {
+    #[serde(default)]
+    pub(crate) csrf_token: String,
+}
+
+pub(crate) fn see_other(location: &str) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let value = HeaderValue::from_str(location).unwrap_or(HeaderValue::from_static("/"));
+    res.headers_mut().insert(header::LOCATION, value);
+    res
+}
+
+/// A rendered page, never cached (pages show session state).
+pub(crate) fn page(status: StatusCode, name: &str, ctx: impl Serialize) -> HtmlResult<Response> {
+    let html = templates()
+        .render(name, ctx)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    let mut res = (status, Html(html)).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(res)
+}
+
+/// "password must be …" → "Password must be …."
+pub(crate) fn sentence(s: &str) -> String {
+    let mut c = s.chars();
+    let first: String = c
+        .next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default();
+    format!("{first}.")
+}
+
+pub(crate) async fn style() -> Response {
+    let mut res = (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+        .into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
+}

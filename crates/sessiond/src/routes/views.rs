@@ -1,0 +1,236 @@
+//! What the JSON API and the pages show alike: users, sessions, pages of session lists, and
+//! the headers that set cookies.
+
+use axum::http::{header, HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use sessiond_axum::{find_cookie, CookieLookup};
+use sessiond_core::{SessionId, SessionRecord, Timestamp, User, UserId};
+
+use crate::accounts::login::LoggedIn;
+use crate::accounts::throttle::DEVICE_LIFETIME;
+use crate::accounts::CurrentUser;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+use crate::user_agent;
+
+#[derive(Serialize)]
+pub(super) struct UserView<'a> {
+    username: &'a str,
+    name: &'a str,
+    email: &'a str,
+    groups: &'a [String],
+    admin: bool,
+}
+
+impl<'a> UserView<'a> {
+    pub(super) fn of(u: &'a User) -> Self {
+        Self {
+            username: u.username.as_str(),
+            name: &u.name,
+            email: &u.email,
+            groups: &u.groups,
+            admin: u.admin,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct SessionView<'a> {
+    id: &'a str,
+    created_at: Rfc3339,
+    last_seen_at: Rfc3339,
+    expires_at: Rfc3339,
+    remember: bool,
+}
+
+/// A timestamp serialised as RFC 3339 straight into the output (no `String` per field: this
+/// is on the path of every `GET /api/session`).
+pub(super) struct Rfc3339(Timestamp);
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.to_rfc3339().as_str())
+    }
+}
+
+pub(super) fn rfc3339(t: Timestamp) -> String {
+    t.to_rfc3339().as_str().to_owned()
+}
+
+impl<'a> SessionView<'a> {
+    pub(super) fn of(state: &AppState, s: &'a SessionRecord) -> Self {
+        Self {
+            id: s.id.as_str(),
+            created_at: Rfc3339(s.created_at),
+            last_seen_at: Rfc3339(s.last_seen_at),
+            // When the session ends if it sees no more activity (as of its last write).
+            expires_at: Rfc3339(state.sessions.policy().deadline(s, s.last_seen_at)),
+            remember: s.remember,
+        }
+    }
+}
+
+/// Headers of a response that sets (or clears) the session cookie.
+pub(crate) fn cookie_headers(cookie: HeaderValue) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::SET_COOKIE, cookie);
+    // A response carrying a secret must never be stored by a cache.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h
+}
+
+/// The headers of a successful login: `Set-Cookie` (session, and device when new) and
+/// `Cache-Control: no-store`.
+pub(crate) fn login_headers(state: &AppState, done: &LoggedIn) -> HeaderMap {
+    let mut h = cookie_headers(state.sessions.session_cookie(&done.token, &done.record));
+    if let Some(d) = &done.device {
+        let c = &state.config.device_cookie;
+        h.append(
+            header::SET_COOKIE,
+            c.build(c.name(), d.expose(), Some(DEVICE_LIFETIME)),
+        );
+    }
+    h
+}
+
+/// The throttling device cookie the browser presented (docs/security.md), if exactly one.
+pub(crate) fn device_cookie<'h>(state: &AppState, headers: &'h HeaderMap) -> Option<&'h str> {
+    match find_cookie(headers, state.config.device_cookie.name()) {
+        CookieLookup::One(v) => Some(v),
+        _ => None,
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct SessionListItem {
+    pub id: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+    pub expires_at: String,
+    pub remember: bool,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub device: String,
+    pub current: bool,
+}
+
+/// `?limit=&after=` of a session list (issue 15 #16: one user with 50,000 sessions made
+/// `/api/sessions` 37 MB). `after` is the `next` cursor of the previous page.
+#[derive(Deserialize, Default, Debug, Clone)]
+pub(super) struct PageQuery {
+    #[serde(default)]
+    pub limit: Option<usize>,
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+/// Sessions per page unless `limit` says otherwise (the default per-user cap: one page
+/// shows a capped user's sessions whole).
+pub(super) const DEFAULT_PAGE: usize = 100;
+/// The largest `limit` accepted.
+pub(super) const MAX_PAGE: usize = 500;
+
+impl PageQuery {
+    /// Validated `limit` and decoded cursor; anything malformed is `400`.
+    fn parse(&self) -> ApiResult<(usize, Option<(Timestamp, SessionId)>)> {
+        let limit = self.limit.unwrap_or(DEFAULT_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::BadRequest(format!(
+                "limit must be between 1 and {MAX_PAGE}"
+            )));
+        }
+        let after = match self.after.as_deref() {
+            None | Some("") => None,
+            Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+                ApiError::BadRequest("after: not a cursor from a previous page".into())
+            })?),
+        };
+        Ok((limit, after))
+    }
+}
+
+/// The cursor after `s`: `<created_at ms>.<session id>` (URL-safe as it is; both parts
+/// public).
+pub(super) fn cursor_of(s: &SessionRecord) -> String {
+    format!("{}.{}", s.created_at.as_millis(), s.id)
+}
+
+fn parse_cursor(c: &str) -> Option<(Timestamp, SessionId)> {
+    let (ms, id) = c.split_once('.')?;
+    let ms: i64 = ms.parse().ok()?;
+    Some((Timestamp::from_millis(ms), SessionId::parse(id)?))
+}
+
+/// One page of `user`'s sessions (all sessions with `None`) and the cursor of the next page,
+/// if there is one.
+pub(super) async fn session_page(
+    state: &AppState,
+    user: Option<UserId>,
+    q: &PageQuery,
+) -> ApiResult<(Vec<SessionRecord>, Option<String>)> {
+    let (limit, after) = q.parse()?;
+    // One more than asked: whether a next page exists, without an empty last page.
+    let mut page = state
+        .sessions
+        .store()
+        .list_page(user, after, limit + 1)
+        .await?;
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(cursor_of)
+    } else {
+        None
+    };
+    Ok((page, next))
+}
+
+/// One page of the caller's sessions, oldest first, without any secret, and the next
+/// page's cursor.
+pub(super) async fn list_own(
+    state: &AppState,
+    me: &CurrentUser,
+    q: &PageQuery,
+) -> ApiResult<(Vec<SessionListItem>, Option<String>)> {
+    let policy = state.sessions.policy();
+    let now = state.sessions.now();
+    let current = &me.session.record().id;
+    let mut out = Vec::new();
+    let (page, next) = session_page(state, Some(me.user.id), q).await?;
+    for s in page {
+        // Expired but not swept yet: not a session any more.
+        if matches!(policy.evaluate(&s, now), sessiond_core::Verdict::Expired(_)) {
+            continue;
+        }
+        out.push(SessionListItem {
+            id: s.id.to_string(),
+            created_at: rfc3339(s.created_at),
+            last_seen_at: rfc3339(s.last_seen_at),
+            expires_at: rfc3339(policy.deadline(&s, s.last_seen_at)),
+            remember: s.remember,
+            device: user_agent::label(s.user_agent.as_deref()),
+            current: &s.id == current,
+            ip: s.ip,
+            user_agent: s.user_agent,
+        });
+    }
+    Ok((out, next))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use sessiond_core::Timestamp;
+
+    proptest! {
+        /// Our allocation-free formatter writes what humantime's RFC 3339 formatter writes,
+        /// over the whole range humantime accepts (1970 to 9999).
+        #[test]
+        fn rfc3339_matches_humantime(ms in 0i64..253_402_300_800_000) {
+            let t = Timestamp::from_millis(ms);
+            prop_assert_eq!(
+                super::rfc3339(t),
+                humantime::format_rfc3339_seconds(t.to_system_time()).to_string()
+            );
+        }
+    }
+}
