@@ -1,18 +1,23 @@
 //! # sessiond
 //!
 //! The standalone server and admin CLI built from the sessiond crates. `main.rs` only calls
-//! [`cli::main`]; the server itself is [`server::run`] on a listener, so tests run the real
-//! router on a real socket.
+//! [`main`]; the server itself is [`run`] on a listener, so tests run the real router on a
+//! real socket.
 //!
-//! Module map:
-//! * [`config`]: defaults < TOML < env < flags, validated into one [`config::Config`].
-//! * [`server`]: opening stores, the first admin, the background sweep, serving.
-//! * [`routes`]: one module per area (pages, JSON API, health) plus the request guards
-//!   (limits, CSRF origin check, security headers).
-//! * [`accounts`]: authentication and user changes (shared by the HTTP routes and the CLI).
-//! * [`password`]: argon2id on a bounded thread pool.
-//! * [`error`]: the one place that maps failures to HTTP statuses and JSON bodies.
-//! * [`cli`]: one module per subcommand.
+//! The modules form layers, bottom first; each imports only the layers below it (the order
+//! and the test that enforces it: `layers.rs`; the codemap: ARCHITECTURE.md):
+//! 1. `logging`, `memo`, `templates`, `user_agent`: leaves.
+//! 2. `stores`: store URLs, parsed once, and opening the stores.
+//! 3. `config`: defaults < TOML < env < flags, validated into one [`Config`], with the
+//!    forward-auth access rules.
+//! 4. `password` (argon2id on a bounded pool), `redirect` (where a browser may go after login).
+//! 5. `forward_auth`: what trusted proxies say, the canonical paths, targets, identity headers.
+//! 6. `state`: what every handler shares ([`AppState`]).
+//! 7. [`accounts`]: the use cases, free of HTTP (login, throttle, account changes).
+//! 8. `error`: the one place that maps failures to HTTP statuses and JSON bodies.
+//! 9. `routes`: the HTTP surface (shared extractors, HTML and views; one file per area).
+//! 10. `server`: building the state, the sweeper, the accept loop.
+//! 11. `cli`: one module per subcommand.
 
 #![warn(unreachable_pub)]
 

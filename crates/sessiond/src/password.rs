@@ -101,7 +101,7 @@ impl Drop for Share {
 }
 
 /// A pool of hashing threads with a bounded queue: in this process, or in a worker process of
-/// its own (see [`worker`]). Cheap to clone.
+/// its own (see `password::worker`). Cheap to clone.
 #[derive(Clone)]
 pub struct Hasher {
     backend: Backend,
@@ -338,7 +338,7 @@ impl Hasher {
     }
 
     /// Like [`Self::start`], with the threads in a worker process started from `exe` (this
-    /// program: `sessiond __hash-worker`), in a scheduling group of its own (see [`worker`]).
+    /// program: `sessiond __hash-worker`), in a scheduling group of its own (see `password::worker`).
     pub fn start_isolated(exe: &Path, threads: usize, queue: usize) -> Result<Self, HashError> {
         let busy = Arc::new(AtomicUsize::new(0));
         let process = worker::WorkerProcess::start(exe, threads, Arc::clone(&busy))?;

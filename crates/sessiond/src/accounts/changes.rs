@@ -52,7 +52,7 @@ pub(crate) async fn end_sessions(
 /// password is unchanged and the error is reported: nobody believes an attacker was locked
 /// out while their session lives. Then the hash is written, and the sessions end once more:
 /// a login with the old password that was verified in between is ended too (and
-/// [`still_current`] refuses one that creates its session later). A failure of that second
+/// `login::still_current` refuses one that creates its session later). A failure of that second
 /// sweep is reported as an error; running the change again is safe.
 pub async fn set_password(
     users: &dyn UserStore,

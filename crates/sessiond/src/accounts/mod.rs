@@ -1,7 +1,7 @@
-//! The account use cases, free of HTTP: who is asking ([`CurrentUser`], [`ClientInfo`]),
-//! logging in ([`login`]), the throttle in front of every password check ([`throttle`]),
-//! and every account change that must end sessions ([`changes`]). The routes and the CLI
-//! call these; `crate::error` turns an [`AuthError`] into an HTTP answer.
+//! The account use cases, free of HTTP: who is asking (`caller.rs`), logging in
+//! (`login.rs`), the throttle in front of every password check (`throttle.rs`), and every
+//! account change that must end sessions (`changes.rs`). The routes and the CLI call these;
+//! `crate::error` turns an `AuthError` into an HTTP answer.
 
 mod caller;
 mod changes;

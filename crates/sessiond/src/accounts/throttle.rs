@@ -17,7 +17,7 @@ use crate::state::AppState;
 
 /// How long a device cookie (and its registration) lasts.
 pub(crate) const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
-/// New device registrations one account may get per [`DEVICE_WINDOW`] (issue 15 #16:
+/// New device registrations one account may get per `DEVICE_WINDOW` (issue 15 #16:
 /// every cookie-less login registered another year-long device key). Beyond it a login
 /// still succeeds but registers no device: the client is throttled like any client without
 /// a device cookie (the account ceiling). An account so holds at most
