@@ -56,8 +56,9 @@ use sessiond_core::{
     ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, UserId,
 };
 
-/// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
-/// seconds, so a `503` reaches the client in time even with the request's other work.
+/// Longest any store call may take before it is reported as unavailable. Below the two
+/// seconds of docs/reference/security.md, "Store failures", so a `503` reaches the client in
+/// time even with the request's other work.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).

@@ -33,10 +33,11 @@ pub use migrations::MIGRATIONS;
 
 /// How long a write may wait, in all, for the file's write lock (held by another process such
 /// as the CLI or another server) and for this store's own writer connection, before it fails
-/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s (SPEC §6); 1 s
-/// leaves room for the request's other work (a login hashes a password first, which takes
-/// longer on a loaded machine). Shared by the server and the CLI: every writer holds the lock
-/// for milliseconds (sweeps are batched), so a longer wait would only hide a stuck process.
+/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s
+/// (docs/reference/security.md, "Store failures"); 1 s leaves room for the request's other
+/// work (a login hashes a password first, which takes longer on a loaded machine). Shared by
+/// the server and the CLI: every writer holds the lock for milliseconds (sweeps are batched),
+/// so a longer wait would only hide a stuck process.
 pub const WRITE_BUDGET: Duration = Duration::from_secs(1);
 /// How long a read waits for a lock (in WAL mode only recovery or a checkpoint truncation
 /// takes one): the same budget.
@@ -997,7 +998,8 @@ mod tests {
 
     /// Another process holding the write lock (`BEGIN IMMEDIATE`): every write, including a
     /// burst queued behind the one connection that waits, gives up within the budget, so the
-    /// server answers `503 store_unavailable` within 2 s (SPEC §6).
+    /// server answers `503 store_unavailable` within 2 s (docs/reference/security.md, "Store
+    /// failures").
     #[test]
     fn writes_blocked_by_another_process_fail_within_the_budget() {
         let dir = tempfile::tempdir().unwrap();

@@ -92,9 +92,10 @@ pub async fn still_current(state: &AppState, user: &User, verified: &str) -> Api
 
 /// How many times a step that ends sessions is tried before the change is reported failed.
 const END_SESSIONS_TRIES: u32 = 3;
-/// Retries start only this soon after the first try: a store that hangs (each call bounded
-/// at 1.5 s) is reported at once, within SPEC §6's two seconds; one that fails fast (a
-/// dropped connection being re-established) gets its retries.
+/// Retries start only this soon after the first try: a store that hangs (each call bounded at
+/// 1.5 s) is reported at once, within the two seconds of docs/reference/security.md, "Store
+/// failures"; one that fails fast (a dropped connection being re-established) gets its
+/// retries.
 const END_SESSIONS_RETRY_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Ends `id`'s sessions (but `keep`), retrying a store that failed fast a few times (after
@@ -225,7 +226,7 @@ pub async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreErro
     users.set_disabled(id, false).await
 }
 
-/// Changes the caller's own password (SPEC §4 `POST /api/password`).
+/// Changes the caller's own password (`POST /api/password`, docs/reference/endpoints.md).
 ///
 /// Order matters (issue 15 #12 and #15):
 /// 1. the current password is verified against the stored hash `H`; the new hash is computed

@@ -284,8 +284,9 @@ pub fn verify_blocking(password: &Password, phc: &str) -> Verified {
 
 /// Puts the calling (hashing) thread below every request-serving thread.
 ///
-/// SPEC §7: verify p99 during a login flood stays within 2× of idle. A hash is ~46 ms of
-/// CPU on both cores; a request that needs no password must not wait behind it.
+/// The performance targets (docs/reference/performance.md): verify p99 during a login flood
+/// stays within 2× of idle. A hash takes tens of milliseconds of CPU; a request that needs
+/// no password must not wait behind it.
 /// * First choice, `SCHED_IDLE` (Linux): the scheduler runs these threads only when no normal
 ///   thread wants the core, and a request thread that wakes up preempts them at once. With
 ///   `nice 10` instead the kernel lets the running hash finish its time slice first (EEVDF's

@@ -1,9 +1,9 @@
-//! Login throttling (SPEC §6), on counters in the session store so every instance shares
-//! them. The rules themselves are pure and live in `sessiond_core::Counter`; this module
-//! names the counters of an attempt, checks them and reserves the attempt atomically before
-//! any password work, and settles the reservation by the outcome. Logins and the current
-//! password of a password change share the same counters: a guess is a guess wherever it
-//! is made.
+//! Login throttling (docs/reference/security.md, "Login throttling"), on counters in the
+//! session store so every instance shares them. The rules themselves are pure and live in
+//! `sessiond_core::Counter`; this module names the counters of an attempt, checks them and
+//! reserves the attempt atomically before any password work, and settles the reservation by
+//! the outcome. Logins and the current password of a password change share the same counters:
+//! a guess is a guess wherever it is made.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The command line (SPEC §3): one module per subcommand.
+//! The command line (docs/reference/cli.md): one module per subcommand.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage error; every error is one line on stderr.
 
@@ -214,7 +214,8 @@ fn read_password(from_stdin: bool, prompt: &str, confirm: bool) -> Result<String
     Ok(first)
 }
 
-/// A new password, checked against the rules of SPEC §3.
+/// A new password, checked against the rules of docs/reference/accounts.md, "Usernames and
+/// passwords".
 fn read_new_password(from_stdin: bool) -> Result<Password, CliError> {
     let raw = read_password(from_stdin, "New password: ", true)?;
     Password::new(raw).map_err(|e| usage(e.to_string()))

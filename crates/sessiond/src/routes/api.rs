@@ -1,4 +1,4 @@
-//! The JSON API (SPEC §4).
+//! The JSON API (docs/reference/endpoints.md, "JSON API").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

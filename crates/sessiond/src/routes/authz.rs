@@ -1,4 +1,5 @@
-//! Forward auth (SPEC §4), Authelia-compatible so existing proxy snippets work unchanged:
+//! Forward auth (docs/reference/endpoints.md, "Forward auth"), Authelia-compatible so
+//! existing proxy snippets work unchanged:
 //! `/api/authz/forward-auth` (alias `/api/verify`) for Traefik and Caddy,
 //! `/api/authz/auth-request` for nginx `auth_request`.
 //!

@@ -25,7 +25,7 @@ pub use api::{rfc3339, SessionBodies};
 pub use authz::IdentityCache;
 pub use extract::{ClientInfo, CurrentUser};
 
-/// Largest request body accepted (SPEC §6).
+/// Largest request body accepted (docs/reference/security.md, "Request limits").
 pub const MAX_BODY: usize = 64 * 1024;
 
 /// The whole application: the router inside the layers every request passes (outermost

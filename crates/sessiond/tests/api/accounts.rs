@@ -846,8 +846,8 @@ async fn device_registrations_per_account_are_bounded() {
 }
 
 /// A change of groups or the admin flag made straight in the database (the `sqlite3` shell,
-/// another process) reaches a running server within SPEC §5's 100 ms, like a CLI change:
-/// the store's generation moves with it (issue 15).
+/// another process) reaches a running server within 100 ms (docs/reference/sessions.md, "What
+/// ends a session"), like a CLI change: the store's generation moves with it (issue 15).
 #[tokio::test]
 async fn direct_database_changes_of_groups_and_admin_are_seen() {
     let app = crate::helpers::spawn_app().await;
