@@ -16,7 +16,7 @@ use crate::access::{canonical_path, NotCanonical};
 use crate::config::Config;
 
 // The headers forward auth reads, named once: a lookup by `&str` parses and checks the name
-// on every call (`HdrName::from_bytes`, a visible item of forward auth's profile).
+// on every call (`HdrName::from_bytes`).
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -157,10 +157,10 @@ impl TargetParts<'_> {
     }
 }
 
-/// The forward-auth headers of one request, found in one pass over its headers: looking
-/// each of them up by name hashed the name every time (~300 instructions a lookup, four or
-/// five lookups a request, in forward auth's callgrind profile). Each is kept once; one sent
-/// twice is ambiguous, as a request smuggling attempt would be, and refused where it is read.
+/// The forward-auth headers of one request, found in one pass over its headers rather than
+/// looked up by name one at a time, which hashes the name on every lookup
+/// (docs/performance.md, "Forwarded headers in one pass"). Each is kept once; one sent twice
+/// is ambiguous, as a request smuggling attempt would be, and refused where it is read.
 #[derive(Debug, Default)]
 pub struct Forwarded<'a> {
     values: [Option<Result<&'a HeaderValue, ()>>; 6],
@@ -325,12 +325,12 @@ pub fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolved, Tar
     })
 }
 
-/// [`resolve`], memoised. A proxy asks about the same few URLs over and over, and parsing
-/// them was the largest single item of a forward-auth request's own work in the profile
-/// (URL parsing ~3 %, the whole target ~5 % of the server's CPU). `resolve` is a pure
-/// function of the parts and of a configuration that does not change while the server runs,
-/// so a memo cannot answer differently from it. Bounded: emptied when full, and long targets
-/// (attacker-chosen URIs) are resolved every time, never kept.
+/// [`resolve`], memoised. A proxy asks about the same few URLs over and over, and resolving
+/// them is the largest single item of a forward-auth request's own work (docs/performance.md,
+/// "Forward-auth targets"). `resolve` is a pure function of the parts and of a configuration
+/// that does not change while the server runs, so a memo cannot answer differently from it.
+/// Bounded: emptied when full, and long targets (attacker-chosen URIs) are resolved every
+/// time, never kept.
 #[derive(Debug, Default)]
 pub struct TargetCache {
     entries: Mutex<HashMap<Box<str>, Arc<Resolved>>>,

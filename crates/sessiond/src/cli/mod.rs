@@ -24,7 +24,7 @@ use crate::config::{Config, Overrides};
     about = "Cookie-based user sessions done right"
 )]
 pub struct Cli {
-    /// Database URL: sqlite://PATH
+    /// Database URL: sqlite://PATH or postgres://…
     #[arg(long, global = true, env = "SESSIOND_DATABASE", value_name = "URL")]
     database: Option<String>,
     /// Session store URL (default: the database)

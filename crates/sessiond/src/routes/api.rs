@@ -293,15 +293,15 @@ pub async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResul
 /// Rendered `GET /api/session` bodies, one per session.
 ///
 /// This is the verify endpoint's whole body, and rendering it (JSON, three RFC 3339
-/// timestamps) was the largest item of session-specific work in its callgrind profile. The
-/// body is a pure function of the session record, the user and the expiry policy (fixed for
-/// the process), and the caches hand out the *same* objects until something changes: the
-/// session cache the same `Arc<SessionRecord>` until an activity write or a reload makes a
-/// new one, the user cache the same `Arc<User>` until any change moves its epoch on. So an
-/// entry is served only while both are the very objects it was rendered from
-/// (`Arc::ptr_eq`; the entry holds them, so their addresses cannot be reused meanwhile).
-/// Verification always runs first: an entry is never a way to reach a revoked session, it
-/// only spares re-rendering an answer already decided.
+/// timestamps) is the largest item of session-specific work on that path (docs/performance.md,
+/// "`GET /api/session` bodies"). The body is a pure function of the session record, the user
+/// and the expiry policy (fixed for the process), and the caches hand out the *same* objects
+/// until something changes: the session cache the same `Arc<SessionRecord>` until an activity
+/// write or a reload makes a new one, the user cache the same `Arc<User>` until any change
+/// moves its epoch on. So an entry is served only while both are the very objects it was
+/// rendered from (`Arc::ptr_eq`; the entry holds them, so their addresses cannot be reused
+/// meanwhile). Verification always runs first: an entry is never a way to reach a revoked
+/// session, it only spares re-rendering an answer already decided.
 #[derive(Default)]
 pub struct SessionBodies {
     entries: Mutex<HashMap<[u8; 32], BodyEntry, sessiond_core::TokenHashState>>,
@@ -369,8 +369,8 @@ pub struct SessionListItem {
     pub current: bool,
 }
 
-/// `?limit=&after=` of a session list (issue 15 #16: one user with 50,000 sessions made
-/// `/api/sessions` 37 MB). `after` is the `next` cursor of the previous page.
+/// `?limit=&after=` of a session list: pages keep an answer bounded however many sessions a
+/// user has. `after` is the `next` cursor of the previous page.
 #[derive(Deserialize, Default, Debug, Clone)]
 pub struct PageQuery {
     #[serde(default)]

@@ -26,9 +26,8 @@ pub const MAX_URI: usize = 8 * 1024;
 ///
 /// Written as a plain tower service rather than `middleware::from_fn`: the checks are
 /// synchronous, so the inner service is called from `call` itself and its future wrapped,
-/// with no boxed future, no clone of the inner service and no `Next` per request. On a
-/// request as cheap as `/healthz` those were a measurable share of the server's own
-/// instructions (callgrind).
+/// with no boxed future, no clone of the inner service and no `Next` per request
+/// (docs/performance.md, "The guard as one service").
 #[derive(Clone, Debug)]
 pub struct GuardLayer {
     state: AppState,

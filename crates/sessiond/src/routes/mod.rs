@@ -32,8 +32,8 @@ pub const MAX_BODY: usize = 64 * 1024;
 /// first): the session layer, the guard (limits, CSRF, security headers), the body limit.
 ///
 /// The layers wrap the router once rather than each route (`Router::layer`): a per-route
-/// layer boxes and clones every layered route on every request, which callgrind showed as a
-/// real share of a cheap request's cost.
+/// layer boxes and clones every layered route on every request (docs/performance.md, "Layers
+/// around the whole router").
 pub fn app(
     state: AppState,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>

@@ -781,9 +781,9 @@ async fn session_pages_are_paginated() {
     }
 }
 
-/// #16: each cookie-less login used to register another year-long device key. An account
-/// gets at most `MAX_NEW_DEVICES` new registrations a day; later logins still succeed,
-/// without a new device cookie; a known device keeps working.
+/// An account gets at most `MAX_NEW_DEVICES` new device registrations a day (each is kept a
+/// year); later logins still succeed, without a new device cookie; a known device keeps
+/// working.
 #[tokio::test]
 async fn device_registrations_per_account_are_bounded() {
     use sessiond::throttle::MAX_NEW_DEVICES;

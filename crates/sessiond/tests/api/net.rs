@@ -369,8 +369,8 @@ async fn recorded_ip(app: &TestApp, name: &str, xff: &str) -> serde_json::Value 
     mine["ip"].clone()
 }
 
-/// One junk `X-Forwarded-For` entry left of the client no longer discards the header (which
-/// recorded, and throttled, the proxy's address); junk where the walk stops never lets the
+/// One junk `X-Forwarded-For` entry left of the client does not discard the header (which
+/// would record, and throttle, the proxy's address); junk where the walk stops never lets the
 /// entries further left (the client's own words) be believed.
 #[tokio::test]
 async fn junk_forwarded_for_entries_are_skipped_safely() {
