@@ -1,9 +1,10 @@
 //! The verification cache: verified session records kept in process, coherent with the
 //! store across processes.
 //!
-//! SPEC §5 allows a cache if a revocation made anywhere is honoured at once on the instance
-//! that made it and within 100 ms everywhere else, the cache is bounded, and nothing is
-//! served from it while the store is unreachable. How this one keeps those promises:
+//! A cache is allowed only if a revocation made anywhere is honoured at once on the instance
+//! that made it and within 100 ms everywhere else, the cache is bounded, and nothing is served
+//! from it while the store is unreachable (docs/reference/sessions.md, "The verification
+//! cache"). How this one keeps those promises:
 //!
 //! * **Epochs.** Every entry carries the epoch current *before* its record was read from the
 //!   store; it is served only while the epoch is unchanged. The epoch moves on after every
@@ -36,7 +37,8 @@ use sessiond_core::{
 /// How often the watcher asks the store for its generation.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
 /// How long after the start of the last successful poll entries may still be served. With
-/// [`POLL_EVERY`] and a fast store this leaves ample margin within SPEC's 100 ms.
+/// [`POLL_EVERY`] and a fast store this leaves ample margin within the 100 ms bound
+/// (docs/reference/sessions.md, "What ends a session").
 pub const FRESH_FOR: Duration = Duration::from_millis(60);
 
 /// Records by token hash, each with the epoch it was read under.

@@ -12,7 +12,7 @@ pub enum SameSite {
     Strict,
 }
 
-/// How the session cookie is named and scoped (SPEC §5).
+/// How the session cookie is named and scoped (docs/reference/sessions.md, "The cookie").
 #[derive(Clone, Debug)]
 pub struct CookieConfig {
     name: String,

@@ -19,8 +19,9 @@
 //! extensions).
 //!
 //! The verify path is one cookie parse, one SHA-256, one store lookup and a pure expiry
-//! decision; the activity write happens at most once per [`ExpiryPolicy::touch_interval`] and
-//! off the request's path.
+//! decision; the activity write happens at most once per
+//! [`ExpiryPolicy::touch_interval`](sessiond_core::ExpiryPolicy::touch_interval) and off the
+//! request's path.
 
 mod cache;
 mod cookies;

@@ -126,9 +126,10 @@ impl SessionManager {
         }
     }
 
-    /// Keeps verified sessions in process (at most `capacity`), coherent with the store
-    /// across processes; see the `cache` module docs for how SPEC §5's bounds are kept. Call
-    /// from within a tokio runtime: it starts the task that watches the store.
+    /// Keeps verified sessions in process (at most `capacity`), coherent with the store across
+    /// processes; see the `cache` module docs for how the bounds of
+    /// docs/reference/sessions.md, "The verification cache", are kept. Call from within a
+    /// tokio runtime: it starts the task that watches the store.
     pub fn with_cache(self, capacity: usize) -> Self {
         let inner = &self.inner;
         let cache = Arc::new(Cache::new(capacity));

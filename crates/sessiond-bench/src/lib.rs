@@ -1,8 +1,9 @@
 //! # sessiond-bench
 //!
-//! The project's load benchmark (SPEC §7, issue 7): one command builds the release server,
-//! starts it on each store, drives it with a real HTTP load generator on the same machine and
-//! prints one table, every ratio taken from figures of the same run.
+//! The project's load benchmark of the performance targets (docs/reference/performance.md):
+//! one command builds the release server, starts it on each store, drives it with a real HTTP
+//! load generator on the same machine and prints one table, every ratio taken from figures of
+//! the same run.
 //!
 //! ```sh
 //! cargo run --release -p sessiond-bench              # full run, writes BENCHMARKS.md

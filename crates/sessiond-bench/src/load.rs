@@ -110,11 +110,11 @@ impl Req {
         self
     }
 
-    /// After an answer with one of `statuses`, the next request comes from another client:
-    /// a new connection from a loopback address never used before in this job (127.a.b.c,
-    /// a and b ≥ 1). A guessing attack spread over many addresses looks like this, and each
-    /// address then has one failure to its name, so per-address back-off (SPEC §6) does not
-    /// turn the flood into a stream of cheap `429`s.
+    /// After an answer with one of `statuses`, the next request comes from another client: a
+    /// new connection from a loopback address never used before in this job (127.a.b.c, a and
+    /// b ≥ 1). A guessing attack spread over many addresses looks like this, and each address
+    /// then has one failure to its name, so per-address back-off (docs/reference/security.md,
+    /// "Login throttling") does not turn the flood into a stream of cheap `429`s.
     pub fn new_client_after(mut self, statuses: &[u16]) -> Self {
         self.new_client_after = statuses.to_vec();
         self

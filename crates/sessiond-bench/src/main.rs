@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use sessiond_bench::{binaries, chart, document, peers, run, Config, PeerSetup};
 
-/// The sessiond load benchmark (SPEC §7): one run, one table.
+/// The sessiond load benchmark (targets: docs/reference/performance.md): one run, one table.
 #[derive(Debug, Parser)]
 #[command(name = "sessiond-bench")]
 struct Args {

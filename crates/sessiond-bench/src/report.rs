@@ -599,9 +599,8 @@ impl Report {
 
     /// The table as Markdown.
     pub fn table(&self) -> String {
-        let mut t = String::from(
-            "| | SQLite | PostgreSQL | Redis | SPEC §7 target |\n|---|---|---|---|---|\n",
-        );
+        let mut t =
+            String::from("| | SQLite | PostgreSQL | Redis | target |\n|---|---|---|---|---|\n");
         for r in self.compact_rows() {
             let _ = writeln!(
                 t,
@@ -617,7 +616,7 @@ impl Report {
     }
 }
 
-/// SPEC §7's bar for each peer.
+/// The target for each peer (docs/reference/performance.md, "Targets").
 pub fn peer_target(name: &str) -> f64 {
     if name.starts_with("Django") {
         80.0

@@ -19,7 +19,8 @@ impl StoreError {
     }
 }
 
-/// User input that breaks a rule of SPEC §3; the message is safe to show.
+/// User input that breaks a rule of docs/reference/accounts.md, "Usernames and passwords";
+/// the message is safe to show.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ValidationError {

@@ -3,7 +3,8 @@ use std::time::Duration;
 use crate::session::MAX_USER_AGENT;
 use crate::{NewSession, SessionId, SessionRecord, Timestamp, TokenHash};
 
-/// The timeouts of SPEC §5, and the pure decisions made from them.
+/// The timeouts of docs/reference/sessions.md, "Expiry", and the pure decisions made from
+/// them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExpiryPolicy {
     /// Sliding: a browser-session login ends after this long without activity.
@@ -44,10 +45,11 @@ impl Default for ExpiryPolicy {
 impl ExpiryPolicy {
     /// At most one activity write per this interval and session.
     ///
-    /// Half the idle timeout is the largest interval that keeps SPEC §5's promise: if the last
-    /// write was at `w` and requests come at most `idle/2` apart, the first request at or past
-    /// `w + idle/2` comes before `w + idle`, so it is still valid and writes again. Capped at one
-    /// minute so "last seen" in session lists stays accurate.
+    /// Half the idle timeout is the largest interval that keeps the promise of
+    /// docs/reference/sessions.md, "Activity writes": if the last write was at `w` and
+    /// requests come at most `idle/2` apart, the first request at or past `w + idle/2` comes
+    /// before `w + idle`, so it is still valid and writes again. Capped at one minute so "last
+    /// seen" in session lists stays accurate.
     pub fn touch_interval(&self) -> Duration {
         (self.idle / 2).min(Duration::from_secs(60))
     }

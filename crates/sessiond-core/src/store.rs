@@ -8,7 +8,7 @@ use crate::{
     TokenHash, User, UserCredentials, UserId, Username,
 };
 
-/// Where sessions live. Implementations: memory, SQLite (and later PostgreSQL, Redis).
+/// Where sessions live. Implementations: memory, SQLite, PostgreSQL, Redis.
 ///
 /// Every method takes a [`TokenHash`], never a secret. Every behaviour here is pinned by the
 /// conformance suite in `sessiond-store-tests`; a store is done when that suite passes against
@@ -122,9 +122,11 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// A number that changes, atomically with the change, whenever a session ends before its
-    /// time (delete, rotation, revocation, purge) or a user's password, disabled flag, admin
-    /// flag, groups or existence changes, whoever made the change (this process, another
-    /// instance, the CLI, a hand-made change in the database).
+    /// time (delete, rotation, revocation, purge) or, in a store that also holds the users, a
+    /// user's password, disabled flag, admin flag, groups or existence changes, whoever made
+    /// the change (this process, another instance, the CLI, a hand-made change in the
+    /// database). A sessions-only store (Redis) cannot see user changes; the ones made through
+    /// sessiond end sessions, which it does see.
     /// Verification caches watch it to stay coherent across processes. It may also change
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.

@@ -1,11 +1,12 @@
-//! Login throttling decisions (SPEC §6), pure functions of counters and `now`.
+//! Login throttling decisions (docs/reference/security.md, "Login throttling"), pure
+//! functions of counters and `now`.
 //!
 //! The counters live in the session store (shared by every instance) as
 //! [`ThrottleRecord`]s: failures counted in a fixed window that starts at the first failure.
 //! What they mean is decided here:
 //!
 //! * **(account, client IP)**: from the 5th failure in 15 minutes, a back-off of 1 s that
-//!   doubles with each further failure, up to 15 minutes. Well before SPEC's "at most 10".
+//!   doubles with each further failure, up to 15 minutes.
 //! * **client IP** (any accounts): the same from the 20th failure, against one address
 //!   spraying many accounts.
 //! * **account** (any address, clients without a device cookie): at most 100 failures an

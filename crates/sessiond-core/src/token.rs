@@ -146,8 +146,8 @@ impl TokenHash {
 
 /// Hashing for in-process maps keyed by token hashes (`[u8; 32]`, SHA-256 outputs): their
 /// bytes are already uniformly distributed, so the map's hash is taken from them directly
-/// rather than running SipHash over 32 bytes on every lookup (one of the larger items of a
-/// cached verification under callgrind).
+/// rather than running SipHash over 32 bytes on every lookup (docs/performance.md,
+/// "Token-hash maps").
 ///
 /// Hash flooding is not a concern for the maps this is meant for, which hold only sessions
 /// that verified: an attacker can compute SHA-256 of any string, but can only get an entry

@@ -33,7 +33,7 @@ impl Username {
     }
 
     /// A name read back from a store: the rules of [`Username::parse`] except the refusal of
-    /// `.` and `..` (added later), so a database holding such a name from before still lists
+    /// `.` and `..`, so a database holding such a name from before that rule still lists
     /// and loads; such a user can no longer log in (logins parse what is typed) and an
     /// operator renames it in the database.
     pub fn from_stored(s: &str) -> Result<Self, ValidationError> {

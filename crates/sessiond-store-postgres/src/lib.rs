@@ -83,8 +83,8 @@ pub struct PostgresStore {
     pool: Pool,
     /// One connection of its own for [`SessionStore::generation`]: verification caches poll
     /// it every few milliseconds and stop serving when a poll is late. Through the shared
-    /// pool, a poll queued behind a login flood's commits (measured: 98 polls late in 8 s,
-    /// verify p99 16 ms); on its own connection it waits for nothing.
+    /// pool, a poll queues behind a login flood's commits (docs/performance.md, "The cache's
+    /// own store connection"); on its own connection it waits for nothing.
     watch: Pool,
     schema: Option<String>,
 }

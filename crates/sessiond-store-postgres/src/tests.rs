@@ -364,9 +364,8 @@ async fn direct_changes_of_admin_or_groups_move_the_generation() {
     assert_eq!(store.generation().await.unwrap(), before);
 }
 
-/// Issue 15 #6: expired throttle counters were removed only by `sessiond throttle list`, so
-/// the table grew with every username and address ever tried. The sweeper's
-/// `purge_expired` now removes them too, in bounded batches.
+/// Expired throttle counters must not pile up with every username and address ever tried:
+/// the sweeper's `purge_expired` removes them too, in bounded batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_sweeps_expired_throttle_counters() {
     let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {

@@ -9,11 +9,12 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret |
-//! | `{p}:i:<id>` | string | public id → hash, for revoking by id |
-//! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time |
-//! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps |
-//! | `{p}:t:<key>` | hash | a throttle counter (count, latest, window end), with a TTL to its window's end |
+//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret: `id`, `uid`, `c` created, `l` last seen, `a` hard deadline, `e` deadline (ms), `r` remember, `ip`, `ua`, `d` session data (JSON); TTL to its deadline |
+//! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
+//! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
+//! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
+//! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches poll it) |
+//! | `{p}:t:<key>` | hash | a throttle counter (`c` count, `l` latest, `e` window end), with a TTL to its window's end |
 //! | `{p}:tidx` | sorted set | throttle keys by window end, trimmed on every counter write, expiring with the longest |
 //!
 //! One hash tag puts all of a deployment's keys in one Cluster slot. That is what lets every
@@ -56,8 +57,9 @@ use sessiond_core::{
     ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, UserId,
 };
 
-/// Longest any store call may take before it is reported as unavailable. Below SPEC §6's two
-/// seconds, so a `503` reaches the client in time even with the request's other work.
+/// Longest any store call may take before it is reported as unavailable. Below the two
+/// seconds of docs/reference/security.md, "Store failures", so a `503` reaches the client in
+/// time even with the request's other work.
 pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).
@@ -71,8 +73,8 @@ pub struct RedisStore {
     conn: Conn,
     /// Standalone: a connection of its own for [`SessionStore::generation`]. Verification
     /// caches poll it every few milliseconds and stop serving when a poll is late; on the
-    /// multiplexed connection the logins share, a poll measured up to 50 ms under a login
-    /// flood (Redis itself answered another client within 2 ms meanwhile).
+    /// multiplexed connection the logins share, polls wait behind a login flood's commands
+    /// (docs/performance.md, "The cache's own store connection").
     watch: Option<Conn>,
     /// `{prefix}`: the hash tag every key starts with.
     tag: Arc<str>,
@@ -213,8 +215,8 @@ impl RedisStore {
         } else if base.starts_with("redis://") {
             // TCP_NODELAY (the crate's default is off): on one multiplexed connection a small
             // command written while another's bytes are unacknowledged otherwise waits for the
-            // peer's delayed ACK, ~40 ms. Measured under a login flood: the cache's generation
-            // polls came late and verifications fell through to Redis (p99 10 ms).
+            // peer's delayed ACK, and the cache's generation polls come late
+            // (docs/performance.md, "The cache's own store connection").
             let info = redis::IntoConnectionInfo::into_connection_info(base)
                 .map_err(|e| bad_url(url, &e.to_string()))?;
             let info =
@@ -538,8 +540,6 @@ impl Scripts {
             throttle_hit: with("return thit(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]))"),
             // ARGV: tag, now, then the changes (see `tapply`).
             throttle_apply: with("tapply(3, tonumber(ARGV[2])) return 1"),
-            // ARGV: tag, now, m, then m quadruples key, c, l, e (c = -1: expected absent),
-            // then the changes. Compare and apply in one script: atomic.
             // ARGV: tag, now, m, then m quintuples key, kind, c, l, e (kind 'n': expected
             // absent; 'x': exactly c, l, e; 'b': a live count below c), then the changes.
             // Compare and apply in one script: atomic.

@@ -472,9 +472,8 @@ async fn measure_revoke_all_of_50k() {
     );
 }
 
-/// Issue 15 #6: `{p}:tidx` had no TTL and was trimmed only by `sessiond throttle list`. Now
-/// every counter write trims the entries whose window is over, and the index expires with
-/// its longest counter.
+/// `{p}:tidx` stays bounded: every counter write trims the entries whose window is over, and
+/// the index expires with its longest counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_throttle_index_shrinks_on_write_and_expires() {
     let Some(store) = service_or_skip("Redis", standalone().await) else {
@@ -513,8 +512,8 @@ async fn the_throttle_index_shrinks_on_write_and_expires() {
     assert_eq!(card().await, 1);
 }
 
-/// Issue 15 #6: a user's set `{p}:u:<uid>` kept the hashes of sessions Redis had dropped by
-/// TTL, for good. The next session of the user trims them.
+/// A user's set `{p}:u:<uid>` does not keep the hashes of sessions Redis dropped by TTL for
+/// good: the next session of the user trims them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_set_sheds_sessions_that_expired_by_ttl() {
     let Some(store) = service_or_skip("Redis", standalone().await) else {

@@ -4,7 +4,7 @@
 //!
 //! * **WAL mode** so readers never wait for the writer and the writer never waits for readers;
 //!   `busy_timeout` so several processes (the server and the CLI) can share the file.
-//! * **Versioned migrations** ([`migrations`]) applied at open inside an `IMMEDIATE`
+//! * **Versioned migrations** ([`MIGRATIONS`]) applied at open inside an `IMMEDIATE`
 //!   transaction, so several processes opening a fresh file at once apply each step once.
 //! * **Reads run inline** on a small pool of read-only connections: a point lookup by primary
 //!   key takes microseconds, far less than a hop to a blocking thread would. **Writes go to one
@@ -33,10 +33,11 @@ pub use migrations::MIGRATIONS;
 
 /// How long a write may wait, in all, for the file's write lock (held by another process such
 /// as the CLI or another server) and for this store's own writer connection, before it fails
-/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s (SPEC §6); 1 s
-/// leaves room for the request's other work (a login hashes a password first, which takes
-/// longer on a loaded machine). Shared by the server and the CLI: every writer holds the lock
-/// for milliseconds (sweeps are batched), so a longer wait would only hide a stuck process.
+/// as `Unavailable`. The contract is a `503 store_unavailable` within 2 s
+/// (docs/reference/security.md, "Store failures"); 1 s leaves room for the request's other
+/// work (a login hashes a password first, which takes longer on a loaded machine). Shared by
+/// the server and the CLI: every writer holds the lock for milliseconds (sweeps are batched),
+/// so a longer wait would only hide a stuck process.
 pub const WRITE_BUDGET: Duration = Duration::from_secs(1);
 /// How long a read waits for a lock (in WAL mode only recovery or a checkpoint truncation
 /// takes one): the same budget.
@@ -217,13 +218,10 @@ fn configure(c: &Connection) -> rusqlite::Result<()> {
     // OS crash keeps: FULL fsyncs the WAL at every commit, so every acknowledged change
     // survives; NORMAL syncs only at checkpoints, so the last commits can roll back, and here
     // those include logouts, revokes and password changes: a revoked session or a replaced
-    // password would work again. Measured (`login_write_cost` below, ext4 on a virtio disk
-    // shared with other work; five runs, each the median of 7 rounds): a login's two commits
-    // take 1.1–5.1 ms with FULL (median 2.5 ms), 0.12–0.20 ms with NORMAL. That is waiting on
-    // the disk, not CPU: a login takes a few ms longer (its argon2id hash takes ~28 ms of a
-    // core), and the one writer tops out at 200–900 logins/s, 3–13× what two cores can hash
-    // (70/s; BENCHMARKS.md shows logins/s ÷ hashes/s = 0.99 with FULL). Cheap for what it
-    // buys, so FULL.
+    // password would work again. FULL costs a login a few milliseconds of waiting on the disk
+    // (not CPU), and the one writer still takes several times what the cores can hash (the
+    // measurement, `login_write_cost` below: docs/deployment.md, "Durability"). Cheap for what
+    // it buys, so FULL.
     c.pragma_update(None, "synchronous", "FULL")?;
     c.set_prepared_statement_cache_capacity(32);
     Ok(())
@@ -565,8 +563,7 @@ impl SessionStore for SqliteStore {
         let owned: Vec<(String, ThrottleOp)> = changes.iter().map(|c| c.to_op_at(now)).collect();
         let now = now.as_millis();
         // All of a login's counter changes in one transaction: one fsync (synchronous=FULL)
-        // instead of one per change, which under a login flood was most of the writer's
-        // work and kernel time competing with verification.
+        // instead of one per change (docs/performance.md, "SQLite commits").
         self.write(move |c| {
             let tx = c.transaction()?;
             sweep_throttle(&tx, now)?;
@@ -997,7 +994,8 @@ mod tests {
 
     /// Another process holding the write lock (`BEGIN IMMEDIATE`): every write, including a
     /// burst queued behind the one connection that waits, gives up within the budget, so the
-    /// server answers `503 store_unavailable` within 2 s (SPEC §6).
+    /// server answers `503 store_unavailable` within 2 s (docs/reference/security.md, "Store
+    /// failures").
     #[test]
     fn writes_blocked_by_another_process_fail_within_the_budget() {
         let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,9 @@
 //! # sessiond-store-tests
 //!
-//! The store contract, executable. Each behaviour of [`SessionStore`] and [`UserStore`] is one
-//! async function here, written once; a store crate runs all of them against its real backend
-//! with one macro line in its tests:
+//! The store contract, executable. Each behaviour of
+//! [`SessionStore`](sessiond_core::SessionStore) and [`UserStore`](sessiond_core::UserStore)
+//! is one async function here, written once; a store crate runs all of them against its real
+//! backend with one macro line in its tests:
 //!
 //! ```ignore
 //! sessiond_store_tests::conformance_tests!(async { MyStore::connect(...).await.unwrap() });

@@ -850,8 +850,8 @@ pub async fn throttle_reserve_compares_then_applies<S: SessionStore>(store: S) {
 
 /// The throttle's use of [`SessionStore::throttle_reserve`] under a burst: many callers read
 /// the same counters, decide "under the limit", and try to reserve at once. Exactly the limit
-/// may get through, however the burst interleaves (issue 15 #4: 12 of 12 parallel wrong
-/// passwords were hashed where 10 was the limit).
+/// may get through, however the burst interleaves (a check followed by a separate count
+/// would let the whole burst through).
 pub async fn throttle_reservations_admit_at_most_the_limit_in_a_burst<S: SessionStore>(store: S) {
     use sessiond_core::ThrottleChange::Hit;
     const LIMIT: u64 = 5;

@@ -2,7 +2,8 @@
 //!
 //! * **argon2id, m = 19 MiB, t = 2, p = 1**: OWASP's recommended floor; memory-hard, so GPUs
 //!   and ASICs gain little over our CPU.
-//! * **Dedicated threads, bounded queue**: a hash takes ~46 ms of CPU and 19 MiB of memory.
+//! * **Dedicated threads, bounded queue**: a hash takes tens of milliseconds of CPU and
+//!   19 MiB of memory.
 //!   Running it on tokio's worker threads would stall every other request; an unbounded queue
 //!   would let a login flood exhaust memory. Work past the queue is refused at once
 //!   ([`HashError::Overloaded`], a `503` with `Retry-After`).
@@ -30,7 +31,7 @@ pub(crate) const T_COST: u32 = 2;
 pub(crate) const P_COST: u32 = 1;
 
 /// Limits on parameters read from stored hashes. The memory bound is also what one hashing
-/// thread may keep allocated for good (see [`with_blocks`]).
+/// thread may keep allocated for good (see `with_blocks`).
 pub(crate) const MAX_M_KIB: u32 = 64 * 1024;
 pub(crate) const MAX_T_COST: u32 = 16;
 pub(crate) const MAX_P_COST: u32 = 8;
@@ -109,8 +110,8 @@ pub struct Hasher {
     /// Jobs submitted and not yet finished, and how many the pool takes (threads + queue).
     busy: Arc<AtomicUsize>,
     room: usize,
-    /// Places held per owner (issue 15 #3: 40 parallel password checks by one user filled
-    /// the pool and the admin's login got `503`).
+    /// Places held per owner, so one user's parallel password checks cannot fill the pool
+    /// and refuse everyone else's logins.
     shares: Arc<Shares>,
 }
 
@@ -169,8 +170,8 @@ impl std::fmt::Debug for Hasher {
 
 thread_local! {
     /// This thread's argon2 memory, allocated once and reused for every hash. Allocating
-    /// 19 MiB per hash instead leaves the allocator holding freed blocks in per-thread arenas:
-    /// measured, the server's RSS grew by ~19 MiB per login until 360 MiB under a flood.
+    /// 19 MiB per hash instead leaves the allocator holding freed blocks in per-thread arenas,
+    /// and RSS grows with every login (docs/performance.md, "One argon2 buffer per thread").
     static BLOCKS: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -284,22 +285,22 @@ pub(crate) fn verify_blocking(password: &Password, phc: &str) -> Verified {
 
 /// Puts the calling (hashing) thread below every request-serving thread.
 ///
-/// SPEC §7: verify p99 during a login flood stays within 2× of idle. A hash is ~46 ms of
-/// CPU on both cores; a request that needs no password must not wait behind it.
+/// The performance targets (docs/reference/performance.md): verify p99 during a login flood
+/// stays within 2× of idle. A hash takes tens of milliseconds of CPU; a request that needs
+/// no password must not wait behind it.
 /// * First choice, `SCHED_IDLE` (Linux): the scheduler runs these threads only when no normal
 ///   thread wants the core, and a request thread that wakes up preempts them at once. With
 ///   `nice 10` instead the kernel lets the running hash finish its time slice first (EEVDF's
-///   run-to-parity): measured, verify p99 went from 0.10 ms idle to 2.8 ms during a flood.
-///   The cost: on a machine whose cores are kept 100 % busy by other normal work, logins
-///   wait until a core is free (the queue is bounded, so they are refused with `503`, never
-///   piled up).
+///   run-to-parity; docs/performance.md, "Hashing threads below request threads"). The cost:
+///   on a machine whose cores are kept fully busy by other normal work, logins wait until a
+///   core is free (the queue is bounded, so they are refused with `503`, never piled up).
 /// * Elsewhere, or if refused: nice 10 (crossplatform priority 22 maps to it on Linux).
 ///
 /// Either only ranks these threads within sessiond's scheduling group. Processes in other
 /// groups (a Linux autogroup per session, or a cgroup with the CPU controller), such as a
-/// PostgreSQL or Redis on the same host, share the cores with sessiond's group as equals:
-/// measured, during a login flood their answers to sessiond waited ~47 ms, most of a hash
-/// (README, "Brute force").
+/// PostgreSQL or Redis on the same host, share the cores with sessiond's group as equals, so
+/// their answers to sessiond wait for hashes (docs/performance.md, "Hashing beside a store on
+/// the same host"; README, "Brute force").
 fn lower_priority() {
     use thread_priority::{set_current_thread_priority, ThreadPriority, ThreadPriorityValue};
     #[cfg(target_os = "linux")]
@@ -331,7 +332,7 @@ fn lower_priority() {
 
 impl Hasher {
     /// Starts `threads` workers with room for `queue` waiting jobs, and computes the dummy
-    /// hash (one real hash, ~50 ms).
+    /// hash (one real hash).
     pub fn start(threads: usize, queue: usize) -> Result<Self, HashError> {
         let backend = Backend::Threads(spawn_threads(threads, queue)?);
         Self::with_backend(backend, Arc::default(), threads.max(1) + queue)

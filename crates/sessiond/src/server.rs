@@ -172,19 +172,19 @@ const MAX_REFUSING: usize = 64;
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The accept loop: HTTP/1.1 over hyper, with the limits that keep a slow or idle client from
-/// holding the server's descriptors and memory (issue 15 #2).
+/// holding the server's descriptors and memory (docs/reference/security.md, "Request limits").
 ///
-/// * a header-read timeout (`axum::serve` had none): a connection on which no request head
-///   has arrived in full for `header_read_timeout` (idle, or sending a head slowly), with no
-///   request in flight, is closed ([`Watchdog`]). So it is also the idle keep-alive timeout,
-///   and it ends a client that does not read its answer too.
+/// * a header-read timeout: a connection on which no request head has arrived in full for
+///   `header_read_timeout` (idle, or sending a head slowly), with no request in flight, is
+///   closed (`Watchdog`). So it is also the idle keep-alive timeout, and it ends a client that
+///   does not read its answer too.
 /// * a cap on open connections (a semaphore permit per connection); a connection past it is
 ///   answered `503 overloaded` (a few at a time, quickly) rather than left to exhaust file
 ///   descriptors.
 ///
-/// Per request this does what `axum::serve` did: the body wrapped as axum's `Body`, the
-/// peer address inserted as `ConnectInfo` (forward auth and throttling read it), the service
-/// cloned and called through `Oneshot`; no boxed future.
+/// Per request: the body wrapped as axum's `Body`, the peer address inserted as `ConnectInfo`
+/// (forward auth and throttling read it), the service cloned and called through `Oneshot`;
+/// no boxed future.
 pub(crate) async fn serve<S>(
     listener: TcpListener,
     app: S,

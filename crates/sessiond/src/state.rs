@@ -64,7 +64,8 @@ impl UserCache {
 /// Rendered `GET /api/session` bodies, one per session.
 ///
 /// This is the verify endpoint's whole body, and rendering it (JSON, three RFC 3339
-/// timestamps) is the largest item of session-specific work on that path. The body is a pure
+/// timestamps) is the largest item of session-specific work on that path (docs/performance.md,
+/// "`GET /api/session` bodies"). The body is a pure
 /// function of the session record, the user and the expiry policy (fixed for the process),
 /// and the caches hand out the *same* objects until something changes: the session cache the
 /// same `Arc<SessionRecord>` until an activity write or a reload makes a new one, the user

@@ -13,9 +13,10 @@ use crate::state::AppState;
 
 /// How many times a step that ends sessions is tried before the change is reported failed.
 const END_SESSIONS_TRIES: u32 = 3;
-/// Retries start only this soon after the first try: a store that hangs (each call bounded
-/// at 1.5 s) is reported at once, within SPEC §6's two seconds; one that fails fast (a
-/// dropped connection being re-established) gets its retries.
+/// Retries start only this soon after the first try: a store that hangs (each call bounded at
+/// 1.5 s) is reported at once, within the two seconds of docs/reference/security.md, "Store
+/// failures"; one that fails fast (a dropped connection being re-established) gets its
+/// retries.
 const END_SESSIONS_RETRY_WITHIN: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Ends `id`'s sessions (but `keep`), retrying a store that failed fast a few times (after
@@ -126,7 +127,8 @@ pub(crate) async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, St
     users.set_disabled(id, false).await
 }
 
-/// Changes the caller's own password (`POST /api/password`, the account page's form): the
+/// Changes the caller's own password (`POST /api/password` and the account page's form,
+/// docs/reference/endpoints.md): the
 /// current password is checked under the login throttle (a guess is a guess wherever it is
 /// made), then [`change_password_checked`] runs.
 pub(crate) async fn change_password(

@@ -1,9 +1,9 @@
-//! Login throttling (SPEC §6), on counters in the session store so every instance shares
-//! them. The rules themselves are pure and live in `sessiond_core::Counter`; this module
-//! names the counters of an attempt, checks them and reserves the attempt atomically before
-//! any password work, and settles the reservation by the outcome. Logins and the current
-//! password of a password change share the same counters: a guess is a guess wherever it
-//! is made.
+//! Login throttling (docs/reference/security.md, "Login throttling"), on counters in the
+//! session store so every instance shares them. The rules themselves are pure and live in
+//! `sessiond_core::Counter`; this module names the counters of an attempt, checks them and
+//! reserves the attempt atomically before any password work, and settles the reservation by
+//! the outcome. Logins and the current password of a password change share the same counters:
+//! a guess is a guess wherever it is made.
 
 use std::time::Duration;
 
@@ -124,14 +124,14 @@ pub(crate) struct Reserved {
 /// reserves it, before any password work (so a locked-out guesser costs us nothing, and
 /// learns nothing: right and wrong passwords get the same answer).
 ///
-/// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the
-/// pure rules of [`Counter`], and the attempt is counted as a failure on every counter that
-/// applies with [`sessiond_core::SessionStore::throttle_reserve`], which succeeds only if
-/// none of them changed since the read. Of a burst of parallel attempts that all read "one
-/// attempt left", exactly one gets it; the others read again and are refused. The counters
-/// that apply: the device's own budget when the client presents a device cookie registered
-/// for this account, else the account ceiling; the (account, address) pair and the address
-/// always.
+/// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the pure
+/// rules of [`Counter`], and the attempt is counted as a failure on every counter that applies
+/// with [`sessiond_core::SessionStore::throttle_reserve`], which succeeds only if every one of
+/// them still gives the verdict it was judged on. Of a burst of parallel attempts that all
+/// read "one attempt left", exactly one gets it; the others read again and are refused. The
+/// counters that apply: the device's own budget when the client presents a device cookie
+/// registered for this account, else the account ceiling; the (account, address) pair and the
+/// address always.
 pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, AuthError> {
     let store = state.sessions.store();
     // Every counter that may apply, and the device's registration, in one store call (one

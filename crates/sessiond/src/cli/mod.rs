@@ -1,4 +1,4 @@
-//! The command line (SPEC §3): one module per subcommand.
+//! The command line (docs/reference/cli.md): one module per subcommand.
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage error; every error is one line on stderr.
 
@@ -24,7 +24,7 @@ use crate::config::{Config, Overrides};
     about = "Cookie-based user sessions done right"
 )]
 pub(crate) struct Cli {
-    /// Database URL: sqlite://PATH
+    /// Database URL: sqlite://PATH or postgres://…
     #[arg(long, global = true, env = "SESSIOND_DATABASE", value_name = "URL")]
     database: Option<String>,
     /// Session store URL (default: the database)
@@ -214,7 +214,8 @@ fn read_password(from_stdin: bool, prompt: &str, confirm: bool) -> Result<String
     Ok(first)
 }
 
-/// A new password, checked against the rules of SPEC §3.
+/// A new password, checked against the rules of docs/reference/accounts.md, "Usernames and
+/// passwords".
 fn read_new_password(from_stdin: bool) -> Result<Password, CliError> {
     let raw = read_password(from_stdin, "New password: ", true)?;
     Password::new(raw).map_err(|e| usage(e.to_string()))

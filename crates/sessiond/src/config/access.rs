@@ -14,7 +14,7 @@ use std::fmt;
 /// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
-    /// No session needed; identity headers are not sent.
+    /// No session needed; the identity headers are sent empty.
     Bypass,
     /// A valid session, and membership of one of `groups` when any are given.
     Authenticated,

@@ -134,7 +134,8 @@ pub struct Config {
     /// The device cookie of the login throttling (OWASP's device-cookie scheme): host-only,
     /// long-lived, marks a browser that has logged in to an account before.
     pub device_cookie: CookieConfig,
-    /// Peers whose `X-Forwarded-*` / `X-Original-*` headers are believed (SPEC §4).
+    /// Peers whose `X-Forwarded-*` / `X-Original-*` headers are believed
+    /// (docs/reference/security.md, "Proxies and the client address").
     pub trusted_proxies: Vec<IpNet>,
     /// Forward-auth access rules.
     pub access: AccessRules,

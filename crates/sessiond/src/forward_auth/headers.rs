@@ -1,7 +1,8 @@
 //! What a reverse proxy tells us: the client's address (`X-Forwarded-For`) and, for forward
 //! auth, the request it is asking about (`X-Forwarded-Proto/Host/Uri/Method`, or nginx's
-//! `X-Original-URL/Method`). Believed only from configured proxies (SPEC §4); everything here
-//! is a pure function of the headers, so it is table-tested and fuzzed.
+//! `X-Original-URL/Method`). Believed only from configured proxies (docs/reference/security.md,
+//! "Proxies and the client address"); everything here is a pure function of the headers, so
+//! it is table-tested and fuzzed.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -12,7 +13,7 @@ use super::path::NotCanonical;
 use crate::config::Config;
 
 // The headers forward auth reads, named once: a lookup by `&str` parses and checks the name
-// on every call (`HdrName::from_bytes`, a visible item of forward auth's profile).
+// on every call (`HdrName::from_bytes`).
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -24,10 +25,11 @@ static X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-metho
 /// Longest forwarded target accepted.
 pub(crate) const MAX_TARGET: usize = 8 * 1024;
 
-/// The client's address (SPEC §4): when the socket's peer is a trusted proxy, walk
-/// `X-Forwarded-For` from the right, past the entries our own proxies appended, to the first
-/// entry that is not a trusted proxy; otherwise the peer. (Entries further left are whatever
-/// the client chose to send; only those appended by our own proxies can be believed.)
+/// The client's address (docs/reference/security.md, "Proxies and the client address"): when
+/// the socket's peer is a trusted proxy, walk `X-Forwarded-For` from the right, past the
+/// entries our own proxies appended, to the first entry that is not a trusted proxy; otherwise
+/// the peer. (Entries further left are whatever the client chose to send; only those appended
+/// by our own proxies can be believed.)
 ///
 /// Junk entries (`unknown`, `_hidden`, an empty entry, anything not an address) are judged by
 /// where they sit, not by discarding the whole header (issue 15 #5):
@@ -35,9 +37,9 @@ pub(crate) const MAX_TARGET: usize = 8 * 1024;
 ///   (`unknown, 198.51.100.7` from a proxy is `198.51.100.7`);
 /// * where the walk stops: a trusted proxy recorded a client it could not name. The walk ends
 ///   there, and the answer is the peer, as when the header is absent or names only our
-///   proxies (SPEC §4: "else the socket's peer"). It must not go on to the entries further
-///   left: those are the client's own words, and skipping the junk would let a client pick
-///   its address by sending `X-Forwarded-For: <any address>, unknown`.
+///   proxies. It must not go on to the entries further left: those are the client's own words,
+///   and skipping the junk would let a client pick its address by sending `X-Forwarded-For:
+///   <any address>, unknown`.
 pub fn client_ip(config: &Config, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
     let peer = peer.to_canonical();
     if !config.is_trusted_proxy(peer) {
@@ -152,10 +154,10 @@ impl TargetParts<'_> {
     }
 }
 
-/// The forward-auth headers of one request, found in one pass over its headers: looking
-/// each of them up by name hashed the name every time (~300 instructions a lookup, four or
-/// five lookups a request, in forward auth's callgrind profile). Each is kept once; one sent
-/// twice is ambiguous, as a request smuggling attempt would be, and refused where it is read.
+/// The forward-auth headers of one request, found in one pass over its headers rather than
+/// looked up by name one at a time, which hashes the name on every lookup
+/// (docs/performance.md, "Forwarded headers in one pass"). Each is kept once; one sent twice
+/// is ambiguous, as a request smuggling attempt would be, and refused where it is read.
 #[derive(Debug, Default)]
 pub(crate) struct Forwarded<'a> {
     values: [Option<Result<&'a HeaderValue, ()>>; 6],

@@ -45,12 +45,12 @@ pub(crate) fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolv
     })
 }
 
-/// [`resolve`], memoised. A proxy asks about the same few URLs over and over, and parsing
-/// them was the largest single item of a forward-auth request's own work in the profile
-/// (URL parsing ~3 %, the whole target ~5 % of the server's CPU). `resolve` is a pure
-/// function of the parts and of a configuration that does not change while the server runs,
-/// so a memo cannot answer differently from it. Bounded: emptied when full, and long targets
-/// (attacker-chosen URIs) are resolved every time, never kept.
+/// [`resolve`], memoised. A proxy asks about the same few URLs over and over, and resolving
+/// them is the largest single item of a forward-auth request's own work (docs/performance.md,
+/// "Forward-auth targets"). `resolve` is a pure function of the parts and of a configuration
+/// that does not change while the server runs, so a memo cannot answer differently from it.
+/// Bounded: emptied when full, and long targets (attacker-chosen URIs) are resolved every
+/// time, never kept.
 #[derive(Debug)]
 pub(crate) struct TargetCache(Memo<Box<str>, Arc<Resolved>>);
 

@@ -1,15 +1,15 @@
 //! The hashing pool in a process of its own: its own scheduling group, at the lowest weight.
 //!
-//! Why a process: `SCHED_IDLE` (see [`super::lower_priority`]) ranks the hashing threads below
-//! sessiond's other threads only. Linux shares the cores between *groups* first (an autogroup
-//! per session, with `kernel.sched_autogroup_enabled = 1`, Debian's default), so while the
-//! hashing threads ran inside sessiond's group they took that group's full share against a
-//! PostgreSQL or Redis on the same host: measured with the benchmark, during a login flood the
-//! store's answers to sessiond waited ~47 ms (most of a hash), the verification cache's poll
-//! of the store lapsed, and verify p99 rose 8–26× over idle. Thread priorities cannot leave a
-//! group; a process can: the worker starts a session of its own (a new autogroup) and sets
-//! that group's nice to 19, so the kernel gives it the cores only when every other group is
-//! done, and inside it the threads are still `SCHED_IDLE`.
+//! Why a process: `SCHED_IDLE` (see `lower_priority` in `password.rs`) ranks the hashing
+//! threads below sessiond's other threads only. Linux shares the cores between *groups* first
+//! (an autogroup per session, with `kernel.sched_autogroup_enabled = 1`, Debian's default), so
+//! hashing threads inside sessiond's group take that group's full share against a PostgreSQL
+//! or Redis on the same host, whose answers to sessiond then wait for hashes, and the
+//! verification cache's poll of the store lapses (docs/performance.md, "Hashing beside a store
+//! on the same host"). Thread priorities cannot leave a group; a process can: the worker
+//! starts a session of its own (a new autogroup) and sets that group's nice to 19, so the
+//! kernel gives it the cores only when every other group is done, and inside it the threads
+//! are still `SCHED_IDLE`.
 //!
 //! The worker is this same binary (`sessiond __hash-worker`), started by the server with an
 //! empty environment and talking over its stdin/stdout in length-prefixed frames. The parent

@@ -1,4 +1,4 @@
-//! The JSON API (SPEC §4).
+//! The JSON API (docs/reference/endpoints.md, "JSON API").
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};

@@ -63,7 +63,8 @@ impl FromRequestParts<AppState> for ClientInfo {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        // The socket's peer, or what our trusted proxies say the client is (SPEC §4).
+        // The socket's peer, or what our trusted proxies say the client is
+        // (docs/reference/security.md, "Proxies and the client address").
         let ip = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()

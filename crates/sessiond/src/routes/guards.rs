@@ -21,14 +21,13 @@ pub(super) const MAX_COOKIE: usize = 8 * 1024;
 pub(super) const MAX_URI: usize = 8 * 1024;
 
 /// The checks every request passes and the headers every response gets, as one layer around
-/// the whole router: SPEC §6 limits, then the CSRF check, then the handler; security headers
-/// on every answer, refusals included.
+/// the whole router: the request limits (docs/reference/security.md, "Request limits"), then
+/// the CSRF check, then the handler; security headers on every answer, refusals included.
 ///
 /// Written as a plain tower service rather than `middleware::from_fn`: the checks are
 /// synchronous, so the inner service is called from `call` itself and its future wrapped,
-/// with no boxed future, no clone of the inner service and no `Next` per request. On a
-/// request as cheap as `/healthz` those were a measurable share of the server's own
-/// instructions (callgrind).
+/// with no boxed future, no clone of the inner service and no `Next` per request
+/// (docs/performance.md, "The guard as one service").
 #[derive(Clone, Debug)]
 pub(super) struct GuardLayer {
     state: AppState,
@@ -118,8 +117,8 @@ where
     }
 }
 
-/// SPEC §6 limits: oversized header blocks, cookies and URIs are refused before any handler
-/// parses them.
+/// The request limits (docs/reference/security.md, "Request limits"): oversized header
+/// blocks, cookies and URIs are refused before any handler parses them.
 fn limits(req: &Request) -> Option<ApiError> {
     // Measured without re-serialising the URI (this runs on every request).
     let uri = req.uri();
@@ -143,7 +142,8 @@ fn limits(req: &Request) -> Option<ApiError> {
     None
 }
 
-/// Refuses cross-site unsafe requests (SPEC §6) with `403 csrf_rejected`.
+/// Refuses cross-site unsafe requests (docs/reference/security.md, "CSRF") with
+/// `403 csrf_rejected`.
 ///
 /// `Sec-Fetch-Site: cross-site` is the browser telling us outright; otherwise an `Origin`
 /// that is not ours or a trusted one (or `null`, as sandboxed frames send). Requests with neither header come

@@ -23,15 +23,15 @@ use tower::{Service, ServiceBuilder};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Largest request body accepted (SPEC §6).
+/// Largest request body accepted (docs/reference/security.md, "Request limits").
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The whole application: the router inside the layers every request passes (outermost
 /// first): the session layer, the guard (limits, CSRF, security headers), the body limit.
 ///
 /// The layers wrap the router once rather than each route (`Router::layer`): a per-route
-/// layer boxes and clones every layered route on every request, which callgrind showed as a
-/// real share of a cheap request's cost.
+/// layer boxes and clones every layered route on every request (docs/performance.md, "Layers
+/// around the whole router").
 pub fn app(
     state: AppState,
 ) -> impl Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>

@@ -114,8 +114,8 @@ pub(super) struct SessionListItem {
     pub current: bool,
 }
 
-/// `?limit=&after=` of a session list (issue 15 #16: one user with 50,000 sessions made
-/// `/api/sessions` 37 MB). `after` is the `next` cursor of the previous page.
+/// `?limit=&after=` of a session list: pages keep an answer bounded however many sessions a
+/// user has. `after` is the `next` cursor of the previous page.
 #[derive(Deserialize, Default, Debug, Clone)]
 pub(super) struct PageQuery {
     #[serde(default)]

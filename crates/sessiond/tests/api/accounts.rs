@@ -781,9 +781,9 @@ async fn session_pages_are_paginated() {
     }
 }
 
-/// #16: each cookie-less login used to register another year-long device key. An account
-/// gets at most `MAX_NEW_DEVICES` new registrations a day; later logins still succeed,
-/// without a new device cookie; a known device keeps working.
+/// An account gets at most `MAX_NEW_DEVICES` new device registrations a day (each is kept a
+/// year); later logins still succeed, without a new device cookie; a known device keeps
+/// working.
 #[tokio::test]
 async fn device_registrations_per_account_are_bounded() {
     use sessiond::accounts::MAX_NEW_DEVICES;
@@ -846,8 +846,8 @@ async fn device_registrations_per_account_are_bounded() {
 }
 
 /// A change of groups or the admin flag made straight in the database (the `sqlite3` shell,
-/// another process) reaches a running server within SPEC §5's 100 ms, like a CLI change:
-/// the store's generation moves with it (issue 15).
+/// another process) reaches a running server within 100 ms (docs/reference/sessions.md, "What
+/// ends a session"), like a CLI change: the store's generation moves with it (issue 15).
 #[tokio::test]
 async fn direct_database_changes_of_groups_and_admin_are_seen() {
     let app = crate::helpers::spawn_app().await;

@@ -1,6 +1,7 @@
-//! Forward auth (issue 5) over a real socket, playing the proxy by hand: the answers of SPEC
-//! §4 for every kind of caller, access rules, trusted proxies, SSO across subdomains, and the
-//! 559 open-redirect payloads through the real login page.
+//! Forward auth over a real socket, playing the proxy by hand: the answers of
+//! docs/reference/endpoints.md, "Forward auth", for every kind of caller, access rules,
+//! trusted proxies, SSO across subdomains, and the 559 open-redirect payloads through the real
+//! login page.
 
 use std::sync::Arc;
 

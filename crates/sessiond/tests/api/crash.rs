@@ -28,8 +28,8 @@ const USERS: usize = 4;
 /// Kills of the server per store.
 const KILLS: usize = 5;
 /// Whether a password change cut off after its new hash was stored must also have ended the
-/// user's other sessions (issue 15 #12: on the old code a kill between the two writes left
-/// them valid; a change now ends the other sessions *before* it writes the hash).
+/// user's other sessions (a change ends the other sessions *before* it writes the hash:
+/// docs/reference/accounts.md, "Account changes").
 const PASSWORD_CHANGE_IS_ATOMIC: bool = true;
 
 /// A `sessiond serve` child process.
@@ -403,7 +403,7 @@ async fn check(server: &Server, a: &mut Account, bad: &mut Vec<String>) {
                         }
                         eprintln!(
                             "NOTE {}: session {} outlived a password change the kill cut off \
-                             after the new password was stored (issue 15 #12)",
+                             after the new password was stored",
                             a.name, o.id
                         );
                         a.outlived += 1;

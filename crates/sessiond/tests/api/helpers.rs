@@ -249,8 +249,9 @@ impl TestApp {
     }
 }
 
-/// Polls `/api/session` for `client` until it answers `status`, for at most `within` (SPEC §5:
-/// changes made elsewhere, e.g. by the CLI, reach a running server within 100 ms).
+/// Polls `/api/session` for `client` until it answers `status`, for at most `within`
+/// (docs/reference/sessions.md, "What ends a session": changes made elsewhere, e.g. by the
+/// CLI, reach a running server within 100 ms).
 pub async fn whoami_becomes(
     app: &TestApp,
     client: &reqwest::Client,

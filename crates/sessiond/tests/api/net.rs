@@ -206,8 +206,8 @@ domain = "example.test"
 }
 
 /// Another process holds SQLite's write lock (`BEGIN IMMEDIATE`): a login and a revoke each
-/// answer `503 store_unavailable` within 2 s (SPEC §6), not after the 5 s busy timeout; once
-/// the lock is gone both work again.
+/// answer `503 store_unavailable` within 2 s (docs/reference/security.md, "Store failures"),
+/// not after the 5 s busy timeout; once the lock is gone both work again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_locked_by_another_process_answers_503_within_2s() {
     let app = spawn_app().await;
@@ -369,8 +369,8 @@ async fn recorded_ip(app: &TestApp, name: &str, xff: &str) -> serde_json::Value 
     mine["ip"].clone()
 }
 
-/// One junk `X-Forwarded-For` entry left of the client no longer discards the header (which
-/// recorded, and throttled, the proxy's address); junk where the walk stops never lets the
+/// One junk `X-Forwarded-For` entry left of the client does not discard the header (which
+/// would record, and throttle, the proxy's address); junk where the walk stops never lets the
 /// entries further left (the client's own words) be believed.
 #[tokio::test]
 async fn junk_forwarded_for_entries_are_skipped_safely() {
