@@ -8,7 +8,7 @@ use crate::{
     TokenHash, User, UserCredentials, UserId, Username,
 };
 
-/// Where sessions live. Implementations: memory, SQLite (and later PostgreSQL, Redis).
+/// Where sessions live. Implementations: memory, SQLite, PostgreSQL, Redis.
 ///
 /// Every method takes a [`TokenHash`], never a secret. Every behaviour here is pinned by the
 /// conformance suite in `sessiond-store-tests`; a store is done when that suite passes against
@@ -129,7 +129,17 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.
     async fn generation(&self) -> Result<u64, StoreError>;
+}
 
+/// Failure counters (login throttling, device cookies), shared by every instance.
+///
+/// A capability of its own beside [`SessionStore`]: the counters live in the session store's
+/// backend, but nothing that verifies or ends sessions needs them, so a wrapper of a session
+/// store (the verification cache's) does not have to forward them. Every store of this
+/// workspace implements both; the conformance suite pins each behaviour
+/// (`sessiond-store-tests`, `throttle.rs`).
+#[async_trait]
+pub trait ThrottleStore: Send + Sync + Debug + 'static {
     /// Counts one more event under `key` (login throttling, device cookies), atomically
     /// across instances: a counter whose window is over (or none) starts again at 1 with a
     /// window of `window` from `now`; otherwise it is incremented and its window kept.
@@ -238,7 +248,7 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     }
 }
 
-/// What [`SessionStore::throttle_reserve`] expects of a counter.
+/// What [`ThrottleStore::throttle_reserve`] expects of a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleExpect {
     /// Exactly this counter (`None`: absent, or its window is over). For a counter at or
@@ -251,7 +261,7 @@ pub enum ThrottleExpect {
 }
 
 impl ThrottleExpect {
-    /// Whether `current` (as [`SessionStore::throttle_get`] answers) meets this.
+    /// Whether `current` (as [`ThrottleStore::throttle_get`] answers) meets this.
     pub fn holds(&self, current: Option<ThrottleRecord>) -> bool {
         match *self {
             Self::Exactly(e) => current == e,
@@ -260,12 +270,12 @@ impl ThrottleExpect {
     }
 }
 
-/// One change of [`SessionStore::throttle_apply`].
+/// One change of [`ThrottleStore::throttle_apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleChange<'a> {
-    /// As [`SessionStore::throttle_hit`].
+    /// As [`ThrottleStore::throttle_hit`].
     Hit { key: &'a str, window: Duration },
-    /// As [`SessionStore::throttle_delete`].
+    /// As [`ThrottleStore::throttle_delete`].
     Delete { key: &'a str },
     /// Gives back one event of a live counter (an attempt reserved as a failure that turned
     /// out not to be one): its count goes down by one, its window and latest time stay; a
@@ -275,16 +285,8 @@ pub enum ThrottleChange<'a> {
 
 impl ThrottleChange<'_> {
     /// For stores that apply the changes elsewhere (a writer thread, a transaction): the key
-    /// as an owned string, and the end of the fresh window a hit opens at `now` in
-    /// milliseconds (`None`: delete the key).
-    pub fn to_owned_at(&self, now: Timestamp) -> (String, Option<i64>) {
-        match *self {
-            Self::Hit { key, window } => (key.to_owned(), Some(now.plus(window).as_millis())),
-            Self::Delete { key } | Self::Refund { key } => (key.to_owned(), None),
-        }
-    }
-
-    /// Like [`Self::to_owned_at`], telling refunds apart: the key and what to do to it.
+    /// as an owned string, and what to do to it (a hit with the end of the fresh window it
+    /// opens at `now`).
     pub fn to_op_at(&self, now: Timestamp) -> (String, ThrottleOp) {
         match *self {
             Self::Hit { key, window } => (
@@ -293,13 +295,6 @@ impl ThrottleChange<'_> {
             ),
             Self::Delete { key } => (key.to_owned(), ThrottleOp::Delete),
             Self::Refund { key } => (key.to_owned(), ThrottleOp::Refund),
-        }
-    }
-
-    /// The key this change is about.
-    pub fn key(&self) -> &str {
-        match *self {
-            Self::Hit { key, .. } | Self::Delete { key } | Self::Refund { key } => key,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Login throttling decisions (SPEC §6), pure functions of counters and `now`.
 //!
-//! The counters live in the session store (shared by every instance) as
-//! [`ThrottleRecord`]s: failures counted in a fixed window that starts at the first failure.
+//! The counters live in the session store's backend (shared by every instance, through
+//! [`crate::ThrottleStore`]) as [`ThrottleRecord`]s: failures counted in a fixed window that starts at the first failure.
 //! What they mean is decided here:
 //!
 //! * **(account, client IP)**: from the 5th failure in 15 minutes, a back-off of 1 s that

@@ -56,8 +56,8 @@ use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
-    UserId, UserStore, Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, User,
+    UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -748,7 +748,10 @@ impl SessionStore for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ThrottleStore for PostgresStore {
     async fn throttle_hit(
         &self,
         key: &str,

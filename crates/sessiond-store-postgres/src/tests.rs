@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessiond_core::{SessionStore, StoreError, UserId};
+use sessiond_core::{SessionStore, StoreError, ThrottleStore, UserId};
 use sessiond_store_tests::service_or_skip;
 use sessiond_store_tests::sessions::{session_at, T0};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -25,8 +25,8 @@ use rusqlite::{
 };
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
-    UserId, UserStore, Username,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, User,
+    UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -533,7 +533,10 @@ impl SessionStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
+}
 
+#[async_trait]
+impl ThrottleStore for SqliteStore {
     async fn throttle_hit(
         &self,
         key: &str,
@@ -710,7 +713,7 @@ fn sweep_throttle(c: &Connection, now_ms: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One more event under `key` (see `SessionStore::throttle_hit`), after the sweep.
+/// One more event under `key` (see `ThrottleStore::throttle_hit`), after the sweep.
 fn hit_throttle(
     c: &Connection,
     key: &str,

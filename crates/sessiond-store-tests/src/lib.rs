@@ -1,18 +1,24 @@
 //! # sessiond-store-tests
 //!
-//! The store contract, executable. Each behaviour of [`SessionStore`] and [`UserStore`] is one
-//! async function here, written once; a store crate runs all of them against its real backend
-//! with one macro line in its tests:
+//! The store contract, executable. Each behaviour of [`SessionStore`], [`ThrottleStore`] and
+//! [`UserStore`] is one async function here, written once; a store crate runs all of them
+//! against its real backend with one macro line in its tests:
 //!
 //! ```ignore
 //! sessiond_store_tests::conformance_tests!(async { MyStore::connect(...).await.unwrap() });
 //! ```
 //!
-//! A store that holds only sessions (Redis) uses [`session_store_tests!`]; one that holds only
-//! users would use [`user_store_tests!`]. The calling crate needs `tokio` as a dev-dependency.
+//! A store that holds only sessions and counters (Redis) uses [`session_store_tests!`] and
+//! [`throttle_store_tests!`]; one that holds only users would use [`user_store_tests!`]. The
+//! calling crate needs `tokio` as a dev-dependency.
+//!
+//! [`SessionStore`]: sessiond_core::SessionStore
+//! [`ThrottleStore`]: sessiond_core::ThrottleStore
+//! [`UserStore`]: sessiond_core::UserStore
 
 pub mod services;
 pub mod sessions;
+pub mod throttle;
 pub mod users;
 
 #[doc(hidden)]
@@ -44,6 +50,18 @@ macro_rules! __session_behaviours {
             racing_touches_never_undo_a_delete,
             data_round_trips_and_goes_with_the_session,
             rotation_starts_with_empty_data,
+            every_early_end_of_a_session_changes_the_generation,
+            ping_answers,
+        );
+    };
+}
+
+/// The throttle behaviours, listed once (as [`__session_behaviours!`]).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __throttle_behaviours {
+    ($($cb:ident)::+ { $($pre:tt)* }) => {
+        $($cb)::+!($($pre)*
             throttle_counters_count_within_a_window,
             throttle_counters_list_and_delete,
             throttle_get_many_answers_as_single_gets_in_order,
@@ -51,8 +69,6 @@ macro_rules! __session_behaviours {
             throttle_hits_are_atomic_across_concurrent_callers,
             throttle_reserve_compares_then_applies,
             throttle_reservations_admit_at_most_the_limit_in_a_burst,
-            every_early_end_of_a_session_changes_the_generation,
-            ping_answers,
         );
     };
 }
@@ -75,6 +91,24 @@ where
         };
     }
     crate::__session_behaviours!(each {});
+}
+
+/// [`run_session_suite`] for the throttle behaviours.
+pub async fn run_throttle_suite<S, F, Fut>(make: F)
+where
+    S: sessiond_core::ThrottleStore,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = S>,
+{
+    macro_rules! each {
+        ($($name:ident),* $(,)?) => {
+            $(
+                eprintln!("conformance: {}", stringify!($name));
+                throttle::$name(make().await).await;
+            )*
+        };
+    }
+    crate::__throttle_behaviours!(each {});
 }
 
 /// Whether a missing service (PostgreSQL, Redis, a browser) fails the run
@@ -105,10 +139,12 @@ pub fn service_or_skip<S, E: std::fmt::Display>(service: &str, made: Result<S, E
 macro_rules! conformance_tests {
     (optional $make:expr) => {
         $crate::session_store_tests!(optional $make);
+        $crate::throttle_store_tests!(optional $make);
         $crate::user_store_tests!(optional $make);
     };
     ($make:expr) => {
         $crate::session_store_tests!($make);
+        $crate::throttle_store_tests!($make);
         $crate::user_store_tests!($make);
     };
 }
@@ -124,6 +160,20 @@ macro_rules! session_store_tests {
     };
     (@ $kind:ident $make:expr) => {
         $crate::__session_behaviours!($crate::__gen { $kind sessions; $make; });
+    };
+}
+
+/// Runs every [`sessiond_core::ThrottleStore`] behaviour against the store built by `$make`.
+#[macro_export]
+macro_rules! throttle_store_tests {
+    (optional $make:expr) => {
+        $crate::throttle_store_tests!(@ optional $make);
+    };
+    ($make:expr) => {
+        $crate::throttle_store_tests!(@ plain $make);
+    };
+    (@ $kind:ident $make:expr) => {
+        $crate::__throttle_behaviours!($crate::__gen { $kind throttle; $make; });
     };
 }
 

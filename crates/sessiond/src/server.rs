@@ -12,7 +12,9 @@ use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiond_axum::SessionManager;
-use sessiond_core::{NewUser, Password, SessionStore, Timestamp, UserStore, Username};
+use sessiond_core::{
+    NewUser, Password, SessionStore, ThrottleStore, Timestamp, UserStore, Username,
+};
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
@@ -36,20 +38,29 @@ pub const VERIFY_CACHE_CAPACITY: usize = 100_000;
 pub struct Stores {
     pub users: Arc<dyn UserStore>,
     pub sessions: Arc<dyn SessionStore>,
+    /// The login throttle's counters: the session store's object, as a [`ThrottleStore`].
+    pub throttle: Arc<dyn ThrottleStore>,
+}
+
+/// A session store object as both its capabilities.
+type SessionStores = (Arc<dyn SessionStore>, Arc<dyn ThrottleStore>);
+
+fn both<S: SessionStore + ThrottleStore>(store: Arc<S>) -> SessionStores {
+    (store.clone(), store)
 }
 
 /// Opens (and migrates) the stores of `config`: users in the database; sessions there too,
 /// or in Redis when `session_store` names it.
 pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
     let db = &config.database;
-    let (users, db_sessions): (Arc<dyn UserStore>, Arc<dyn SessionStore>) =
+    let (users, db_sessions): (Arc<dyn UserStore>, SessionStores) =
         if db.starts_with("postgres://") || db.starts_with("postgresql://") {
             let pg = Arc::new(
                 PostgresStore::connect(db)
                     .await
                     .with_context(|| format!("cannot open database {}", redact(db)))?,
             );
-            (pg.clone(), pg)
+            (pg.clone(), both(pg))
         } else {
             let sqlite = Arc::new(
                 SqliteStore::open_url(db)
@@ -64,12 +75,12 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
                      other users: chmod 600 it and its -wal and -shm files"
                 );
             }
-            (sqlite.clone(), sqlite)
+            (sqlite.clone(), both(sqlite))
         };
-    let sessions: Arc<dyn SessionStore> = if config.session_store == config.database {
+    let (sessions, throttle) = if config.session_store == config.database {
         db_sessions
     } else {
-        Arc::new(
+        both(Arc::new(
             RedisStore::connect(&config.session_store)
                 .await
                 .with_context(|| {
@@ -78,9 +89,13 @@ pub async fn open_stores(config: &Config) -> anyhow::Result<Stores> {
                         redact(&config.session_store)
                     )
                 })?,
-        )
+        ))
     };
-    Ok(Stores { users, sessions })
+    Ok(Stores {
+        users,
+        sessions,
+        throttle,
+    })
 }
 
 /// A store URL fit for messages: the password, if any, replaced.
@@ -133,7 +148,8 @@ async fn build_state_with(
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);
-    Ok(AppState::new(config, stores.users, sessions, hasher))
+    let (users, throttle) = (stores.users, stores.throttle);
+    Ok(AppState::new(config, users, sessions, throttle, hasher))
 }
 
 /// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a

@@ -3,7 +3,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use sessiond_axum::SessionManager;
-use sessiond_core::UserStore;
+use sessiond_core::{ThrottleStore, UserStore};
 
 use crate::config::Config;
 use crate::password::Hasher;
@@ -17,6 +17,8 @@ pub struct Inner {
     pub config: Config,
     pub users: Arc<dyn UserStore>,
     pub sessions: SessionManager,
+    /// The login throttle's counters (in the session store's backend).
+    pub throttle: Arc<dyn ThrottleStore>,
     pub hasher: Hasher,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub public_origin: String,
@@ -72,6 +74,7 @@ impl AppState {
         config: Config,
         users: Arc<dyn UserStore>,
         sessions: SessionManager,
+        throttle: Arc<dyn ThrottleStore>,
         hasher: Hasher,
     ) -> Self {
         let public_origin = config.public_origin();
@@ -79,6 +82,7 @@ impl AppState {
             config,
             users,
             sessions,
+            throttle,
             hasher,
             public_origin,
             metrics: Metrics::default(),

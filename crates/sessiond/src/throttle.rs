@@ -132,14 +132,14 @@ pub struct Reserved {
 ///
 /// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the
 /// pure rules of [`Counter`], and the attempt is counted as a failure on every counter that
-/// applies with [`sessiond_core::SessionStore::throttle_reserve`], which succeeds only if
+/// applies with [`sessiond_core::ThrottleStore::throttle_reserve`], which succeeds only if
 /// none of them changed since the read. Of a burst of parallel attempts that all read "one
 /// attempt left", exactly one gets it; the others read again and are refused. The counters
 /// that apply: the device's own budget when the client presents a device cookie registered
 /// for this account, else the account ceiling; the (account, address) pair and the address
 /// always.
 pub async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, ApiError> {
-    let store = state.sessions.store();
+    let store = &state.throttle;
     // Every counter that may apply, and the device's registration, in one store call (one
     // round trip on PostgreSQL instead of four or five).
     let mut keys = vec![a.pair_key(), a.ip_key(), a.account_key()];
@@ -235,8 +235,7 @@ pub async fn release(state: &AppState, reserved: &Reserved) -> Result<(), ApiErr
         .map(|(_, key)| ThrottleChange::Refund { key })
         .collect();
     state
-        .sessions
-        .store()
+        .throttle
         .throttle_apply(&changes, state.sessions.now())
         .await?;
     Ok(())
@@ -259,8 +258,7 @@ fn settle_changes(reserved: &Reserved) -> Vec<ThrottleChange<'_>> {
 /// after a successful login, without device cookies.
 pub async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), ApiError> {
     state
-        .sessions
-        .store()
+        .throttle
         .throttle_apply(&settle_changes(reserved), state.sessions.now())
         .await?;
     Ok(())
@@ -316,7 +314,7 @@ pub async fn succeeded(
         Attempt::device_failures_key(&h),
         Attempt::device_registration_key(&h, &a.account),
     );
-    let store = state.sessions.store();
+    let store = &state.throttle;
     let now = state.sessions.now();
     let mut changes = settle_changes(reserved);
     changes.push(ThrottleChange::Delete { key: &failures });
