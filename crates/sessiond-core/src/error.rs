@@ -11,6 +11,11 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store was given a configuration it cannot work with (a malformed URL, an
+    /// unsupported scheme, an invalid option): the operator's to fix, found when the store is
+    /// opened, before anything is read. The message names the setting, never a password.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {

@@ -35,8 +35,9 @@
 //!   column, so a deleted user's id is never reused; usernames and session ids compare in the
 //!   `"C"` collation, so listings come back in byte order as in every other store.
 //! * **Errors:** a unique violation (SQLSTATE `23505`) is [`StoreError::Conflict`]; a row that
-//!   does not decode is [`StoreError::Corrupt`]; anything else, [`StoreError::Unavailable`]
-//!   with the driver's error as its source.
+//!   does not decode is [`StoreError::Corrupt`]; a URL or schema name that cannot work is
+//!   [`StoreError::Config`]; anything else, [`StoreError::Unavailable`] with the driver's error
+//!   as its source.
 //!
 //! ## Known limitations
 //!
@@ -140,7 +141,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Corrupt(format!(
+        Err(StoreError::Config(format!(
             "invalid schema name {schema:?}: use 1 to 63 of a-z, 0-9 and '_', not starting \
              with a digit or 'pg_'"
         )))
@@ -166,7 +167,7 @@ impl PostgresStore {
         // The parser names the option at fault, never its value: no password reaches a log.
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Corrupt(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             // Names our connections in `pg_stat_activity`.

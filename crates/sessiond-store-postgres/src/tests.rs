@@ -114,7 +114,7 @@ fn schema_names_are_checked() {
         &"a".repeat(64),
     ] {
         assert!(
-            matches!(crate::check_schema(bad), Err(StoreError::Corrupt(_))),
+            matches!(crate::check_schema(bad), Err(StoreError::Config(_))),
             "{bad}"
         );
     }

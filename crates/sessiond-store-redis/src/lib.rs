@@ -100,7 +100,7 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 fn bad_url(url: &str, why: &str) -> StoreError {
     // The URL may hold a password: show only its scheme.
     let scheme = url.split("://").next().unwrap_or("");
-    StoreError::Corrupt(format!("session store URL ({scheme}://…): {why}"))
+    StoreError::Config(format!("session store URL ({scheme}://…): {why}"))
 }
 
 /// A store call that took longer than [`OP_TIMEOUT`].

@@ -190,6 +190,8 @@ async fn urls_are_checked_without_leaking_passwords() {
             panic!("{url} accepted")
         };
         assert!(e.to_string().contains(needle), "{url}: {e}");
+        // The operator's mistake, not a record that does not decode.
+        assert!(matches!(e, StoreError::Config(_)), "{url}: {e:?}");
     }
     let Err(e) = RedisStore::connect("rediss://user:hunter2@127.0.0.1").await else {
         panic!()

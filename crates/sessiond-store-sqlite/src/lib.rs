@@ -103,7 +103,7 @@ impl SqliteStore {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Corrupt(format!("not a sqlite URL: {url}")))?;
+            .ok_or_else(|| StoreError::Config(format!("not a sqlite URL: {url}")))?;
         Self::open(path)
     }
 
@@ -1107,7 +1107,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u.db");
         assert!(SqliteStore::open_url(&format!("sqlite://{}", p.display())).is_ok());
-        assert!(SqliteStore::open_url("postgres://x").is_err());
+        assert!(matches!(
+            SqliteStore::open_url("postgres://x"),
+            Err(StoreError::Config(_))
+        ));
     }
 
     /// A `kill -9` cannot tell FULL from NORMAL (both keep a commit through a crash of the
