@@ -7,7 +7,7 @@ use serde::Serialize;
 use sessiond_core::{SessionData, TokenHash};
 use tokio::sync::Mutex;
 
-use crate::layer::Layered;
+use crate::request_session::RequestSession;
 use crate::{RequireSession, SessionManager, SessionRejection};
 
 /// The typed key-value map of the request's session, like Django's `request.session`.
@@ -111,21 +111,16 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionMap {
             return Ok(existing.clone());
         }
         let RequireSession(session) = RequireSession::from_request_parts(parts, state).await?;
-        let Layered { manager, slot } = parts
-            .extensions
-            .get::<Layered>()
-            .cloned()
-            .ok_or(SessionRejection::MissingManager)?;
+        let request = RequestSession::of(parts)?;
         let map = SessionMap {
             inner: Arc::new(Mutex::new(State {
                 hash: session.record().token_hash,
                 map: None,
                 dirty: false,
             })),
-            manager,
+            manager: request.manager().clone(),
         };
-        *slot.0.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(PendingData(Arc::clone(&map.inner)));
+        request.save_later(PendingData(Arc::clone(&map.inner)));
         parts.extensions.insert(map.clone());
         Ok(map)
     }

@@ -3,7 +3,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::layer::Layered;
+use crate::request_session::RequestSession;
 use crate::ActiveSession;
 
 /// Why a session extractor refused a request. Each variant has one fixed status.
@@ -42,22 +42,9 @@ impl IntoResponse for SessionRejection {
     }
 }
 
-/// The request's session, verified once per request: the outcome is kept in the layer's
-/// per-request slot for any later extractor.
-async fn verify(parts: &mut Parts) -> Result<Option<ActiveSession>, SessionRejection> {
-    let Layered { manager, slot } = parts
-        .extensions
-        .get::<Layered>()
-        .ok_or(SessionRejection::MissingManager)?;
-    if let Some(r) = slot.0.verified.get() {
-        return r.clone();
-    }
-    let out = manager.verify(&parts.headers).await.map_err(|e| {
-        tracing::error!(error = %e, "session store unavailable during verification");
-        SessionRejection::StoreUnavailable
-    });
-    let _ = slot.0.verified.set(out.clone());
-    out
+/// The request's session, verified once per request (see [`RequestSession::verified`]).
+async fn verify(parts: &Parts) -> Result<Option<ActiveSession>, SessionRejection> {
+    RequestSession::of(parts)?.verified(&parts.headers).await
 }
 
 /// The request's session, if it has a valid one.

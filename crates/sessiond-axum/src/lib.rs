@@ -28,6 +28,7 @@ mod data;
 mod extract;
 mod layer;
 mod manager;
+mod request_session;
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
 pub use data::SessionMap;
