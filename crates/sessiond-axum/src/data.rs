@@ -39,9 +39,10 @@ impl PendingData {
             return;
         }
         if let Some(map) = &state.map {
-            match manager.store().save_data(&state.hash, map).await {
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "session data not saved"),
+            // After the response: nobody else can tell of the failure.
+            if let Err(e) = manager.store().save_data(&state.hash, map).await {
+                let cause = std::error::Error::source(&e);
+                tracing::error!(error = %e, cause = ?cause, "session data not saved");
             }
         }
     }
@@ -59,10 +60,7 @@ impl SessionMap {
                 .store()
                 .load_data(&state.hash)
                 .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "session data not loaded");
-                    SessionRejection::StoreUnavailable
-                })?;
+                .map_err(|e| SessionRejection::StoreUnavailable(Arc::new(e)))?;
             // Gone meanwhile (revoked): behave as an empty map that will not be saved.
             state.map = Some(loaded.unwrap_or_default());
         }

@@ -51,10 +51,8 @@ impl RequestSession {
         if let Some(r) = self.0.verified.get() {
             return r.clone();
         }
-        let out = self.0.manager.verify(headers).await.map_err(|e| {
-            tracing::error!(error = %e, "session store unavailable during verification");
-            SessionRejection::StoreUnavailable
-        });
+        let out = self.0.manager.verify(headers).await;
+        let out = out.map_err(|e| SessionRejection::StoreUnavailable(Arc::new(e)));
         let _ = self.0.verified.set(out.clone());
         out
     }
