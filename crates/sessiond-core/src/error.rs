@@ -36,4 +36,8 @@ pub enum ValidationError {
     PasswordTooLong,
     #[error("password must not contain NUL bytes")]
     PasswordNul,
+    #[error(
+        "group {0:?}: 1 to 64 bytes, no commas or control characters, no spaces at either end"
+    )]
+    Group(String),
 }

@@ -46,4 +46,4 @@ pub use time::{Rfc3339, Timestamp};
 pub use token::{
     SessionId, SessionToken, TokenHash, TokenHashHasher, TokenHashState, TOKEN_BYTES, TOKEN_LEN,
 };
-pub use user::{NewUser, Password, User, UserCredentials, UserId, Username};
+pub use user::{Group, NewUser, Password, User, UserCredentials, UserId, Username};

@@ -56,9 +56,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, User,
-    UserCredentials, UserId, UserStore, Username,
+    Group, NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp,
+    TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -999,7 +999,11 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
                 .map_err(|e| StoreError::Corrupt(format!("username {username:?}: {e}")))?,
             name: col(r, 2)?,
             email: col(r, 3)?,
-            groups: col(r, 4)?,
+            groups: col::<Vec<String>>(r, 4)?
+                .iter()
+                .map(|g| Group::parse(g))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("column groups: {e}")))?,
             admin: col(r, 5)?,
             disabled: col(r, 6)?,
             created_at: Timestamp::from_millis(col(r, 7)?),
@@ -1009,6 +1013,7 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
 }
 
 async fn insert_user<C: GenericClient>(c: &C, new: &NewUser) -> Result<User, StoreError> {
+    let groups: Vec<&str> = new.groups.iter().map(Group::as_str).collect();
     let row = query_one(
         c,
         INSERT_USER,
@@ -1017,7 +1022,7 @@ async fn insert_user<C: GenericClient>(c: &C, new: &NewUser) -> Result<User, Sto
             &new.username.key(),
             &new.name,
             &new.email,
-            &new.groups,
+            &groups,
             &new.admin,
             &new.created_at.as_millis(),
             &new.password_hash,

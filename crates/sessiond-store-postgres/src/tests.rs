@@ -364,6 +364,36 @@ async fn direct_changes_of_admin_or_groups_move_the_generation() {
     assert_eq!(store.generation().await.unwrap(), before);
 }
 
+/// A group that breaks `Group`'s rule, written straight into the table (no sessiond path
+/// can write one), makes the user's row corrupt, not a user with a group nobody could type.
+#[tokio::test]
+async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    use sessiond_core::UserStore;
+    let u = store
+        .create_user(&sessiond_store_tests::users::new_user("hugo"))
+        .await
+        .unwrap();
+    let schema = store.schema().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The store's schema on the path, as for an operator's psql (see above).
+    client
+        .batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    let sql = "UPDATE users SET groups = ARRAY['ops', 'a,b'] WHERE id = $1";
+    client.execute(sql, &[&u.id.0]).await.unwrap();
+    assert!(matches!(
+        store.user_by_id(u.id).await,
+        Err(StoreError::Corrupt(e)) if e.contains("a,b")
+    ));
+}
+
 /// Issue 15 #6: expired throttle counters were removed only by `sessiond throttle list`, so
 /// the table grew with every username and address ever tried. The sweeper's
 /// `purge_expired` now removes them too, in bounded batches.

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiond_axum::SessionManager;
 use sessiond_core::{
-    NewUser, Password, SessionStore, ThrottleStore, Timestamp, UserStore, Username,
+    Group, NewUser, Password, SessionStore, ThrottleStore, Timestamp, UserStore, Username,
 };
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
@@ -182,7 +182,7 @@ pub async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         username: Username::parse("admin").expect("valid"),
         name: "Administrator".into(),
         email: String::new(),
-        groups: vec!["admins".into()],
+        groups: vec![Group::parse("admins").expect("valid")],
         admin: true,
         password_hash: phc,
         created_at: now(),

@@ -40,7 +40,7 @@ pub struct UserView<'a> {
     username: &'a str,
     name: &'a str,
     email: &'a str,
-    groups: &'a [String],
+    groups: &'a [sessiond_core::Group],
     admin: bool,
 }
 
