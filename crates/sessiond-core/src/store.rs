@@ -183,69 +183,34 @@ pub trait ThrottleStore: Send + Sync + Debug + 'static {
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Applies several counter changes, each exactly as [`Self::throttle_hit`] or
-    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call. Changes to one
-    /// key apply in the order given; changes to different keys are independent, so a store
-    /// may reorder those (PostgreSQL sorts them, so concurrent calls lock rows in one order). Stores that can
-    /// make it one transaction (SQLite: one commit, one fsync, instead of one per change);
-    /// this default makes the calls one by one.
+    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call, which the stores
+    /// make one transaction (SQLite: one commit, one fsync, instead of one per change).
+    /// Changes to one key apply in the order given; changes to different keys are
+    /// independent, so a store may reorder those (PostgreSQL sorts them, so concurrent calls
+    /// lock rows in one order).
     async fn throttle_apply(
         &self,
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        for change in changes {
-            match *change {
-                ThrottleChange::Hit { key, window } => {
-                    self.throttle_hit(key, now, window).await?;
-                }
-                ThrottleChange::Delete { key } => {
-                    self.throttle_delete(key).await?;
-                }
-                ThrottleChange::Refund { key } => {
-                    // Not atomic: stores override `throttle_apply`; this default is for
-                    // wrappers and test doubles only.
-                    if let Some(r) = self.throttle_get(key, now).await? {
-                        self.throttle_delete(key).await?;
-                        if r.count > 1 {
-                            let window = r.expires_at.since(now);
-                            for _ in 1..r.count {
-                                self.throttle_hit(key, now, window).await?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
-    /// Compare-and-apply, the step that makes login throttling atomic (issue 15 #4): in one
-    /// atomic step across every instance, if each of `expected`'s keys still meets its
-    /// [`ThrottleExpect`] (on the counter as [`Self::throttle_get`] would answer at `now`),
-    /// applies `changes` as [`Self::throttle_apply`] would and returns `true`; otherwise
-    /// changes nothing and returns `false` (the caller reads again, decides again, and
-    /// retries).
+    /// Compare-and-apply, the step that makes login throttling atomic: in one atomic step
+    /// across every instance, if each of `expected`'s keys still meets its [`ThrottleExpect`]
+    /// (on the counter as [`Self::throttle_get`] would answer at `now`), applies `changes` as
+    /// [`Self::throttle_apply`] would and returns `true`; otherwise changes nothing and
+    /// returns `false` (the caller reads again, decides again, and retries).
     ///
     /// The throttle reads the counters, decides with the pure rules of [`crate::Counter`],
     /// and reserves the attempt with this call *before* any password work: of many parallel
     /// attempts that read the same counters only one can reserve, so no burst gets past the
-    /// limit. Every store of this workspace overrides it atomically (the conformance suite
-    /// checks it with a parallel burst); this default is check-then-act and only for
-    /// wrappers that forget to delegate.
+    /// limit (the conformance suite checks it with a parallel burst). No default: a
+    /// check-then-act one would let bursts through.
     async fn throttle_reserve(
         &self,
         expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let keys: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
-        let current = self.throttle_get_many(&keys, now).await?;
-        if current.iter().zip(expected).any(|(c, (_, e))| !e.holds(*c)) {
-            return Ok(false);
-        }
-        self.throttle_apply(changes, now).await?;
-        Ok(true)
-    }
+    ) -> Result<bool, StoreError>;
 }
 
 /// What [`ThrottleStore::throttle_reserve`] expects of a counter.
