@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleRecord, Timestamp, TokenHash, TokenHashState, UserId,
+    SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
+    TokenHashState, UserId,
 };
 
 /// How often the watcher asks the store for its generation.
@@ -246,51 +246,5 @@ impl SessionStore for WatchedStore {
     }
     async fn generation(&self) -> Result<u64, StoreError> {
         self.inner.generation().await
-    }
-    async fn throttle_hit(
-        &self,
-        k: &str,
-        now: Timestamp,
-        w: Duration,
-    ) -> Result<ThrottleRecord, StoreError> {
-        self.inner.throttle_hit(k, now, w).await
-    }
-    async fn throttle_get(
-        &self,
-        k: &str,
-        now: Timestamp,
-    ) -> Result<Option<ThrottleRecord>, StoreError> {
-        self.inner.throttle_get(k, now).await
-    }
-    async fn throttle_get_many(
-        &self,
-        keys: &[&str],
-        now: Timestamp,
-    ) -> Result<Vec<Option<ThrottleRecord>>, StoreError> {
-        self.inner.throttle_get_many(keys, now).await
-    }
-    async fn throttle_list(
-        &self,
-        now: Timestamp,
-    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
-        self.inner.throttle_list(now).await
-    }
-    async fn throttle_delete(&self, k: &str) -> Result<bool, StoreError> {
-        self.inner.throttle_delete(k).await
-    }
-    async fn throttle_apply(
-        &self,
-        changes: &[ThrottleChange<'_>],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.inner.throttle_apply(changes, now).await
-    }
-    async fn throttle_reserve(
-        &self,
-        expected: &[(&str, sessiond_core::ThrottleExpect)],
-        changes: &[ThrottleChange<'_>],
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        self.inner.throttle_reserve(expected, changes, now).await
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use sessiond_core::{SessionData, TokenHash};
 use tokio::sync::Mutex;
 
-use crate::layer::Layered;
+use crate::request_session::RequestSession;
 use crate::{RequireSession, SessionManager, SessionRejection};
 
 /// The typed key-value map of the request's session, like Django's `request.session`.
@@ -39,9 +39,10 @@ impl PendingData {
             return;
         }
         if let Some(map) = &state.map {
-            match manager.store().save_data(&state.hash, map).await {
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "session data not saved"),
+            // After the response: nobody else can tell of the failure.
+            if let Err(e) = manager.store().save_data(&state.hash, map).await {
+                let cause = std::error::Error::source(&e);
+                tracing::error!(error = %e, cause = ?cause, "session data not saved");
             }
         }
     }
@@ -59,10 +60,7 @@ impl SessionMap {
                 .store()
                 .load_data(&state.hash)
                 .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "session data not loaded");
-                    SessionRejection::StoreUnavailable
-                })?;
+                .map_err(|e| SessionRejection::StoreUnavailable(Arc::new(e)))?;
             // Gone meanwhile (revoked): behave as an empty map that will not be saved.
             state.map = Some(loaded.unwrap_or_default());
         }
@@ -111,21 +109,16 @@ impl<S: Send + Sync> FromRequestParts<S> for SessionMap {
             return Ok(existing.clone());
         }
         let RequireSession(session) = RequireSession::from_request_parts(parts, state).await?;
-        let Layered { manager, slot } = parts
-            .extensions
-            .get::<Layered>()
-            .cloned()
-            .ok_or(SessionRejection::MissingManager)?;
+        let request = RequestSession::of(parts)?;
         let map = SessionMap {
             inner: Arc::new(Mutex::new(State {
                 hash: session.record().token_hash,
                 map: None,
                 dirty: false,
             })),
-            manager,
+            manager: request.manager().clone(),
         };
-        *slot.0.pending.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(PendingData(Arc::clone(&map.inner)));
+        request.save_later(PendingData(Arc::clone(&map.inner)));
         parts.extensions.insert(map.clone());
         Ok(map)
     }

@@ -1,19 +1,24 @@
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use sessiond_core::StoreError;
 
-use crate::layer::Layered;
+use crate::request_session::RequestSession;
 use crate::ActiveSession;
 
 /// Why a session extractor refused a request. Each variant has one fixed status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum SessionRejection {
     /// `401`: no valid session.
     Unauthenticated,
     /// `503`: the store could not be asked. Never treated as "no session" or as "valid".
-    StoreUnavailable,
+    /// Carries the store's error to whoever answers the request, which logs it once
+    /// (shared: a request's verification outcome is kept for every extractor).
+    StoreUnavailable(Arc<StoreError>),
     /// `500`: the app forgot `.layer(manager.layer())`.
     MissingManager,
     /// `500`: a value given to [`crate::SessionMap::insert`] cannot be serialised.
@@ -21,20 +26,25 @@ pub enum SessionRejection {
 }
 
 impl SessionRejection {
-    pub fn status(self) -> StatusCode {
+    pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::MissingManager | Self::InvalidData => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl IntoResponse for SessionRejection {
+    /// The answer, after logging a store failure (with its cause: the only line it gets).
     fn into_response(self) -> Response {
+        if let Self::StoreUnavailable(e) = &self {
+            let cause = std::error::Error::source(&**e);
+            tracing::error!(error = %e, cause = ?cause, "session store unavailable");
+        }
         let msg = match self {
             Self::Unauthenticated => "no valid session",
-            Self::StoreUnavailable => "session store unavailable",
+            Self::StoreUnavailable(_) => "session store unavailable",
             Self::MissingManager => "session manager missing",
             Self::InvalidData => "session data not serialisable",
         };
@@ -42,22 +52,9 @@ impl IntoResponse for SessionRejection {
     }
 }
 
-/// The request's session, verified once per request: the outcome is kept in the layer's
-/// per-request slot for any later extractor.
-async fn verify(parts: &mut Parts) -> Result<Option<ActiveSession>, SessionRejection> {
-    let Layered { manager, slot } = parts
-        .extensions
-        .get::<Layered>()
-        .ok_or(SessionRejection::MissingManager)?;
-    if let Some(r) = slot.0.verified.get() {
-        return r.clone();
-    }
-    let out = manager.verify(&parts.headers).await.map_err(|e| {
-        tracing::error!(error = %e, "session store unavailable during verification");
-        SessionRejection::StoreUnavailable
-    });
-    let _ = slot.0.verified.set(out.clone());
-    out
+/// The request's session, verified once per request (see [`RequestSession::verified`]).
+async fn verify(parts: &Parts) -> Result<Option<ActiveSession>, SessionRejection> {
+    RequestSession::of(parts)?.verified(&parts.headers).await
 }
 
 /// The request's session, if it has a valid one.

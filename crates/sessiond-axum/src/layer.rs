@@ -1,6 +1,5 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
@@ -8,8 +7,8 @@ use axum::response::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::data::PendingData;
-use crate::{ActiveSession, SessionManager, SessionRejection};
+use crate::request_session::RequestSession;
+use crate::SessionManager;
 
 /// Makes a [`SessionManager`] available to the extractors, and saves modified session data
 /// (see [`crate::SessionMap`]) once the handler has answered.
@@ -42,27 +41,6 @@ pub struct SessionService<S> {
     manager: SessionManager,
 }
 
-/// The request's own state, shared by the extractors and the layer: the outcome of the
-/// verification (so a request verifies once, whatever extractors it uses) and where a
-/// `SessionMap` extracted during the request leaves itself for the save afterwards. One
-/// allocation per request, inside the one extension the layer inserts.
-#[derive(Clone, Default)]
-pub(crate) struct DataSlot(pub(crate) Arc<SlotState>);
-
-#[derive(Default)]
-pub(crate) struct SlotState {
-    pub(crate) pending: Mutex<Option<PendingData>>,
-    pub(crate) verified: OnceLock<Result<Option<ActiveSession>, SessionRejection>>,
-}
-
-/// What the layer leaves in every request's extensions: one entry rather than two (each
-/// insert into the extensions map costs a hash-map insert on every request).
-#[derive(Clone)]
-pub(crate) struct Layered {
-    pub(crate) manager: SessionManager,
-    pub(crate) slot: DataSlot,
-}
-
 impl<S> Service<Request> for SessionService<S>
 where
     S: Service<Request, Response = Response>,
@@ -79,12 +57,9 @@ where
         // The inner service is called here, right after its `poll_ready`, and its future
         // wrapped: no boxed future and no clone of the inner service per request (this layer
         // is on the path of every request).
-        let slot = DataSlot::default();
-        req.extensions_mut().insert(Layered {
-            manager: self.manager.clone(),
-            slot: slot.clone(),
-        });
-        SessionFuture::running(self.inner.call(req), slot, self.manager.clone())
+        let session = RequestSession::new(self.manager.clone());
+        req.extensions_mut().insert(session.clone());
+        SessionFuture::running(self.inner.call(req), session)
     }
 }
 
@@ -98,13 +73,9 @@ pin_project! {
 }
 
 impl<F> SessionFuture<F> {
-    fn running(inner: F, slot: DataSlot, manager: SessionManager) -> Self {
+    fn running(inner: F, session: RequestSession) -> Self {
         Self {
-            state: State::Running {
-                inner,
-                slot,
-                manager,
-            },
+            state: State::Running { inner, session },
         }
     }
 }
@@ -112,7 +83,7 @@ impl<F> SessionFuture<F> {
 pin_project! {
     #[project = StateProj]
     enum State<F> {
-        Running { #[pin] inner: F, slot: DataSlot, manager: SessionManager },
+        Running { #[pin] inner: F, session: RequestSession },
         Saving { save: Pin<Box<dyn Future<Output = ()> + Send>>, res: Option<Response> },
     }
 }
@@ -127,23 +98,13 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Running {
-                    inner,
-                    slot,
-                    manager,
-                } => {
+                StateProj::Running { inner, session } => {
                     let res = ready!(inner.poll(cx))?;
-                    let pending = slot
-                        .0
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take();
-                    let Some(pending) = pending else {
+                    let Some(pending) = session.take_pending() else {
                         return Poll::Ready(Ok(res));
                     };
                     // Rare (a handler changed session data): the save gets a boxed future.
-                    let manager = manager.clone();
+                    let manager = session.manager().clone();
                     let save = Box::pin(async move { pending.save(&manager).await });
                     state.set(State::Saving {
                         save,

@@ -19,9 +19,10 @@
 //! extensions).
 //!
 //! The verify path is one cookie parse, one SHA-256, one store lookup and a pure expiry
-//! decision; the activity write happens at most once per
-//! [`ExpiryPolicy::touch_interval`](sessiond_core::ExpiryPolicy::touch_interval) and off the
-//! request's path.
+//! decision; the activity write happens at most once per [`ExpiryPolicy::touch_interval`] and
+//! off the request's path.
+//!
+//! [`ExpiryPolicy::touch_interval`]: sessiond_core::ExpiryPolicy::touch_interval
 
 mod cache;
 mod cookies;
@@ -29,6 +30,7 @@ mod data;
 mod extract;
 mod layer;
 mod manager;
+mod request_session;
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
 pub use data::SessionMap;

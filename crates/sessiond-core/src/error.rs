@@ -11,6 +11,11 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The store was given a configuration it cannot work with (a malformed URL, an
+    /// unsupported scheme, an invalid option): the operator's to fix, found when the store is
+    /// opened, before anything is read. The message names the setting, never a password.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 impl StoreError {
@@ -32,4 +37,8 @@ pub enum ValidationError {
     PasswordTooLong,
     #[error("password must not contain NUL bytes")]
     PasswordNul,
+    #[error(
+        "group {0:?}: 1 to 64 bytes, no commas or control characters, no spaces at either end"
+    )]
+    Group(String),
 }

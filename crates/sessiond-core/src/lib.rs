@@ -17,8 +17,8 @@
 //!   is valid, expired (idle or absolute), and whether its activity timestamp is due for a
 //!   write. Activity writes are coalesced: at most one per `touch_interval`, which is at most
 //!   half the idle timeout, so a session used at least every half idle-timeout never idles out.
-//! * [`SessionStore`] and [`UserStore`] are the storage contracts; `sessiond-store-tests` holds
-//!   the conformance suite every implementation must pass.
+//! * [`SessionStore`], [`ThrottleStore`] and [`UserStore`] are the storage contracts, one per
+//!   concern; `sessiond-store-tests` holds the conformance suite every implementation must pass.
 //!
 //! ## Architecture invariants
 //!
@@ -38,10 +38,12 @@ mod user;
 pub use error::{StoreError, ValidationError};
 pub use expiry::{Expired, ExpiryPolicy, Verdict};
 pub use session::{NewSession, SessionData, SessionRecord};
-pub use store::{SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, UserStore};
+pub use store::{
+    SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleStore, UserStore,
+};
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
 pub use time::{Rfc3339, Timestamp};
 pub use token::{
     SessionId, SessionToken, TokenHash, TokenHashHasher, TokenHashState, TOKEN_BYTES, TOKEN_LEN,
 };
-pub use user::{NewUser, Password, User, UserCredentials, UserId, Username};
+pub use user::{Group, NewUser, Password, User, UserCredentials, UserId, Username};

@@ -131,7 +131,17 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.
     async fn generation(&self) -> Result<u64, StoreError>;
+}
 
+/// Failure counters (login throttling, device cookies), shared by every instance.
+///
+/// A capability of its own beside [`SessionStore`]: the counters live in the session store's
+/// backend, but nothing that verifies or ends sessions needs them, so a wrapper of a session
+/// store (the verification cache's) does not have to forward them. Every store of this
+/// workspace implements both; the conformance suite pins each behaviour
+/// (`sessiond-store-tests`, `throttle.rs`).
+#[async_trait]
+pub trait ThrottleStore: Send + Sync + Debug + 'static {
     /// Counts one more event under `key` (login throttling, device cookies), atomically
     /// across instances: a counter whose window is over (or none) starts again at 1 with a
     /// window of `window` from `now`; otherwise it is incremented and its window kept.
@@ -175,72 +185,37 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     async fn throttle_delete(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Applies several counter changes, each exactly as [`Self::throttle_hit`] or
-    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call. Changes to one
-    /// key apply in the order given; changes to different keys are independent, so a store
-    /// may reorder those (PostgreSQL sorts them, so concurrent calls lock rows in one order). Stores that can
-    /// make it one transaction (SQLite: one commit, one fsync, instead of one per change);
-    /// this default makes the calls one by one.
+    /// [`Self::throttle_delete`] would: one login's bookkeeping in one call, which the stores
+    /// make one transaction (SQLite: one commit, one fsync, instead of one per change).
+    /// Changes to one key apply in the order given; changes to different keys are
+    /// independent, so a store may reorder those (PostgreSQL sorts them, so concurrent calls
+    /// lock rows in one order).
     async fn throttle_apply(
         &self,
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        for change in changes {
-            match *change {
-                ThrottleChange::Hit { key, window } => {
-                    self.throttle_hit(key, now, window).await?;
-                }
-                ThrottleChange::Delete { key } => {
-                    self.throttle_delete(key).await?;
-                }
-                ThrottleChange::Refund { key } => {
-                    // Not atomic: stores override `throttle_apply`; this default is for
-                    // wrappers and test doubles only.
-                    if let Some(r) = self.throttle_get(key, now).await? {
-                        self.throttle_delete(key).await?;
-                        if r.count > 1 {
-                            let window = r.expires_at.since(now);
-                            for _ in 1..r.count {
-                                self.throttle_hit(key, now, window).await?;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
+    ) -> Result<(), StoreError>;
 
-    /// Compare-and-apply, the step that makes login throttling atomic (issue 15 #4): in one
-    /// atomic step across every instance, if each of `expected`'s keys still meets its
-    /// [`ThrottleExpect`] (on the counter as [`Self::throttle_get`] would answer at `now`),
-    /// applies `changes` as [`Self::throttle_apply`] would and returns `true`; otherwise
-    /// changes nothing and returns `false` (the caller reads again, decides again, and
-    /// retries).
+    /// Compare-and-apply, the step that makes login throttling atomic: in one atomic step
+    /// across every instance, if each of `expected`'s keys still meets its [`ThrottleExpect`]
+    /// (on the counter as [`Self::throttle_get`] would answer at `now`), applies `changes` as
+    /// [`Self::throttle_apply`] would and returns `true`; otherwise changes nothing and
+    /// returns `false` (the caller reads again, decides again, and retries).
     ///
     /// The throttle reads the counters, decides with the pure rules of [`crate::Counter`],
     /// and reserves the attempt with this call *before* any password work: of many parallel
     /// attempts that read the same counters only one can reserve, so no burst gets past the
-    /// limit. Every store of this workspace overrides it atomically (the conformance suite
-    /// checks it with a parallel burst); this default is check-then-act and only for
-    /// wrappers that forget to delegate.
+    /// limit (the conformance suite checks it with a parallel burst). No default: a
+    /// check-then-act one would let bursts through.
     async fn throttle_reserve(
         &self,
         expected: &[(&str, ThrottleExpect)],
         changes: &[ThrottleChange<'_>],
         now: Timestamp,
-    ) -> Result<bool, StoreError> {
-        let keys: Vec<&str> = expected.iter().map(|(k, _)| *k).collect();
-        let current = self.throttle_get_many(&keys, now).await?;
-        if current.iter().zip(expected).any(|(c, (_, e))| !e.holds(*c)) {
-            return Ok(false);
-        }
-        self.throttle_apply(changes, now).await?;
-        Ok(true)
-    }
+    ) -> Result<bool, StoreError>;
 }
 
-/// What [`SessionStore::throttle_reserve`] expects of a counter.
+/// What [`ThrottleStore::throttle_reserve`] expects of a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleExpect {
     /// Exactly this counter (`None`: absent, or its window is over). For a counter at or
@@ -253,7 +228,7 @@ pub enum ThrottleExpect {
 }
 
 impl ThrottleExpect {
-    /// Whether `current` (as [`SessionStore::throttle_get`] answers) meets this.
+    /// Whether `current` (as [`ThrottleStore::throttle_get`] answers) meets this.
     pub fn holds(&self, current: Option<ThrottleRecord>) -> bool {
         match *self {
             Self::Exactly(e) => current == e,
@@ -262,12 +237,12 @@ impl ThrottleExpect {
     }
 }
 
-/// One change of [`SessionStore::throttle_apply`].
+/// One change of [`ThrottleStore::throttle_apply`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleChange<'a> {
-    /// As [`SessionStore::throttle_hit`].
+    /// As [`ThrottleStore::throttle_hit`].
     Hit { key: &'a str, window: Duration },
-    /// As [`SessionStore::throttle_delete`].
+    /// As [`ThrottleStore::throttle_delete`].
     Delete { key: &'a str },
     /// Gives back one event of a live counter (an attempt reserved as a failure that turned
     /// out not to be one): its count goes down by one, its window and latest time stay; a
@@ -277,16 +252,8 @@ pub enum ThrottleChange<'a> {
 
 impl ThrottleChange<'_> {
     /// For stores that apply the changes elsewhere (a writer thread, a transaction): the key
-    /// as an owned string, and the end of the fresh window a hit opens at `now` in
-    /// milliseconds (`None`: delete the key).
-    pub fn to_owned_at(&self, now: Timestamp) -> (String, Option<i64>) {
-        match *self {
-            Self::Hit { key, window } => (key.to_owned(), Some(now.plus(window).as_millis())),
-            Self::Delete { key } | Self::Refund { key } => (key.to_owned(), None),
-        }
-    }
-
-    /// Like [`Self::to_owned_at`], telling refunds apart: the key and what to do to it.
+    /// as an owned string, and what to do to it (a hit with the end of the fresh window it
+    /// opens at `now`).
     pub fn to_op_at(&self, now: Timestamp) -> (String, ThrottleOp) {
         match *self {
             Self::Hit { key, window } => (
@@ -295,13 +262,6 @@ impl ThrottleChange<'_> {
             ),
             Self::Delete { key } => (key.to_owned(), ThrottleOp::Delete),
             Self::Refund { key } => (key.to_owned(), ThrottleOp::Refund),
-        }
-    }
-
-    /// The key this change is about.
-    pub fn key(&self) -> &str {
-        match *self {
-            Self::Hit { key, .. } | Self::Delete { key } | Self::Refund { key } => key,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! Login throttling decisions (docs/reference/security.md, "Login throttling"), pure
 //! functions of counters and `now`.
 //!
-//! The counters live in the session store (shared by every instance) as
-//! [`ThrottleRecord`]s: failures counted in a fixed window that starts at the first failure.
+//! The counters live in the session store's backend (shared by every instance, through
+//! [`crate::ThrottleStore`]) as [`ThrottleRecord`]s: failures counted in a fixed window that starts at the first failure.
 //! What they mean is decided here:
 //!
 //! * **(account, client IP)**: from the 5th failure in 15 minutes, a back-off of 1 s that

@@ -66,6 +66,66 @@ impl fmt::Display for Username {
     }
 }
 
+/// A validated group name: 1–64 bytes, no control characters, no `,`, no whitespace at
+/// either end. Groups are matched by exact bytes (access rules, `Remote-Groups`).
+///
+/// The rule is the one place that decides what a group may be: the admin page, the CLI and
+/// the access rules of the configuration all parse with it, and stores parse what they read
+/// (a stored group that breaks it is [`crate::StoreError::Corrupt`]). Commas are refused
+/// because groups travel as comma-separated lists (`--groups a,b`, the admin form,
+/// `Remote-Groups: a,b`); control characters because they would end up in headers and logs.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct Group(String);
+
+impl Group {
+    pub const MAX_BYTES: usize = 64;
+
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        let ok = (1..=Self::MAX_BYTES).contains(&s.len())
+            && s.trim() == s
+            && !s.chars().any(|c| c == ',' || c.is_control());
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ValidationError::Group(s.to_owned()))
+        }
+    }
+
+    /// A comma-separated list as typed (the admin form, `--groups`): each entry trimmed,
+    /// blank entries skipped, every other one parsed; the error names the first bad one.
+    pub fn parse_list(s: &str) -> Result<Vec<Self>, ValidationError> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|g| !g.is_empty())
+            .map(Self::parse)
+            .collect()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// So a list of groups joins like strings (`groups.join(",")`).
+impl std::borrow::Borrow<str> for Group {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Group({:?})", self.0)
+    }
+}
+
+impl fmt::Display for Group {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A plaintext password, 8 to 1,024 bytes of UTF-8. Redacted in `Debug`.
 ///
 /// The upper bound is a cap, never a truncation: a longer input is refused, because silently
@@ -122,7 +182,7 @@ pub struct User {
     pub username: Username,
     pub name: String,
     pub email: String,
-    pub groups: Vec<String>,
+    pub groups: Vec<Group>,
     pub admin: bool,
     pub disabled: bool,
     pub created_at: Timestamp,
@@ -149,7 +209,7 @@ pub struct NewUser {
     pub username: Username,
     pub name: String,
     pub email: String,
-    pub groups: Vec<String>,
+    pub groups: Vec<Group>,
     pub admin: bool,
     /// PHC string (argon2id).
     pub password_hash: String,
@@ -201,6 +261,46 @@ mod tests {
         // Names stored before the rule still load.
         assert_eq!(Username::from_stored("..").unwrap().as_str(), "..");
         assert!(Username::from_stored("a/b").is_err());
+    }
+
+    #[test]
+    fn group_rules() {
+        for ok in [
+            "ops",
+            "a",
+            "site admins",
+            "dév",
+            "x.y-z_@/",
+            &"g".repeat(64),
+        ] {
+            assert_eq!(Group::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            " ",
+            " ops",
+            "ops ",
+            "a,b",
+            "a\tb",
+            "a\nb",
+            "a\0",
+            &"g".repeat(65),
+        ] {
+            assert_eq!(
+                Group::parse(bad),
+                Err(ValidationError::Group(bad.to_owned())),
+                "{bad:?}"
+            );
+        }
+        // 64 bytes, not characters: the bound of the column and of a header value.
+        assert!(Group::parse(&"é".repeat(33)).is_err());
+        let list = Group::parse_list(" ops, dev ,,").unwrap();
+        assert_eq!(list.join(","), "ops,dev");
+        assert!(Group::parse_list("").unwrap().is_empty());
+        assert_eq!(
+            Group::parse_list("ops, a\u{1}b, x"),
+            Err(ValidationError::Group("a\u{1}b".into()))
+        );
     }
 
     #[test]

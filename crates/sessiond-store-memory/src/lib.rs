@@ -11,8 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use sessiond_core::{
     NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore,
-    Username,
+    ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, User, UserCredentials,
+    UserId, UserStore, Username,
 };
 
 #[derive(Debug, Default)]
@@ -208,7 +208,10 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+}
 
+#[async_trait]
+impl ThrottleStore for MemoryStore {
     async fn throttle_hit(
         &self,
         key: &str,

@@ -35,8 +35,9 @@
 //!   column, so a deleted user's id is never reused; usernames and session ids compare in the
 //!   `"C"` collation, so listings come back in byte order as in every other store.
 //! * **Errors:** a unique violation (SQLSTATE `23505`) is [`StoreError::Conflict`]; a row that
-//!   does not decode is [`StoreError::Corrupt`]; anything else, [`StoreError::Unavailable`]
-//!   with the driver's error as its source.
+//!   does not decode is [`StoreError::Corrupt`]; a URL or schema name that cannot work is
+//!   [`StoreError::Config`]; anything else, [`StoreError::Unavailable`] with the driver's error
+//!   as its source.
 //!
 //! ## Known limitations
 //!
@@ -55,9 +56,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
-    UserId, UserStore, Username,
+    Group, NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp,
+    TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -140,7 +141,7 @@ fn check_schema(schema: &str) -> Result<(), StoreError> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Corrupt(format!(
+        Err(StoreError::Config(format!(
             "invalid schema name {schema:?}: use 1 to 63 of a-z, 0-9 and '_', not starting \
              with a digit or 'pg_'"
         )))
@@ -166,7 +167,7 @@ impl PostgresStore {
         // The parser names the option at fault, never its value: no password reaches a log.
         let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Corrupt(format!("invalid PostgreSQL URL: {e}")))?;
+            .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
         if config.get_application_name().is_none() {
             // Names our connections in `pg_stat_activity`.
@@ -748,7 +749,10 @@ impl SessionStore for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ThrottleStore for PostgresStore {
     async fn throttle_hit(
         &self,
         key: &str,
@@ -995,7 +999,11 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
                 .map_err(|e| StoreError::Corrupt(format!("username {username:?}: {e}")))?,
             name: col(r, 2)?,
             email: col(r, 3)?,
-            groups: col(r, 4)?,
+            groups: col::<Vec<String>>(r, 4)?
+                .iter()
+                .map(|g| Group::parse(g))
+                .collect::<Result<_, _>>()
+                .map_err(|e| StoreError::Corrupt(format!("column groups: {e}")))?,
             admin: col(r, 5)?,
             disabled: col(r, 6)?,
             created_at: Timestamp::from_millis(col(r, 7)?),
@@ -1005,6 +1013,7 @@ fn user_from_row(r: &Row) -> Result<UserCredentials, StoreError> {
 }
 
 async fn insert_user<C: GenericClient>(c: &C, new: &NewUser) -> Result<User, StoreError> {
+    let groups: Vec<&str> = new.groups.iter().map(Group::as_str).collect();
     let row = query_one(
         c,
         INSERT_USER,
@@ -1013,7 +1022,7 @@ async fn insert_user<C: GenericClient>(c: &C, new: &NewUser) -> Result<User, Sto
             &new.username.key(),
             &new.name,
             &new.email,
-            &new.groups,
+            &groups,
             &new.admin,
             &new.created_at.as_millis(),
             &new.password_hash,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessiond_core::{SessionStore, StoreError, UserId};
+use sessiond_core::{SessionStore, StoreError, ThrottleStore, UserId};
 use sessiond_store_tests::service_or_skip;
 use sessiond_store_tests::sessions::{session_at, T0};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -114,7 +114,7 @@ fn schema_names_are_checked() {
         &"a".repeat(64),
     ] {
         assert!(
-            matches!(crate::check_schema(bad), Err(StoreError::Corrupt(_))),
+            matches!(crate::check_schema(bad), Err(StoreError::Config(_))),
             "{bad}"
         );
     }
@@ -362,6 +362,36 @@ async fn direct_changes_of_admin_or_groups_move_the_generation() {
         .await
         .unwrap();
     assert_eq!(store.generation().await.unwrap(), before);
+}
+
+/// A group that breaks `Group`'s rule, written straight into the table (no sessiond path
+/// can write one), makes the user's row corrupt, not a user with a group nobody could type.
+#[tokio::test]
+async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    use sessiond_core::UserStore;
+    let u = store
+        .create_user(&sessiond_store_tests::users::new_user("hugo"))
+        .await
+        .unwrap();
+    let schema = store.schema().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // The store's schema on the path, as for an operator's psql (see above).
+    client
+        .batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    let sql = "UPDATE users SET groups = ARRAY['ops', 'a,b'] WHERE id = $1";
+    client.execute(sql, &[&u.id.0]).await.unwrap();
+    assert!(matches!(
+        store.user_by_id(u.id).await,
+        Err(StoreError::Corrupt(e)) if e.contains("a,b")
+    ));
 }
 
 /// Expired throttle counters must not pile up with every username and address ever tried:

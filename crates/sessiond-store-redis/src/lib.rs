@@ -54,7 +54,7 @@ use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
     SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleRecord, Timestamp, TokenHash, UserId,
+    ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, UserId,
 };
 
 /// Longest any store call may take before it is reported as unavailable. Below the two
@@ -102,7 +102,7 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> StoreError 
 fn bad_url(url: &str, why: &str) -> StoreError {
     // The URL may hold a password: show only its scheme.
     let scheme = url.split("://").next().unwrap_or("");
-    StoreError::Corrupt(format!("session store URL ({scheme}://…): {why}"))
+    StoreError::Config(format!("session store URL ({scheme}://…): {why}"))
 }
 
 /// A store call that took longer than [`OP_TIMEOUT`].
@@ -805,6 +805,18 @@ impl SessionStore for RedisStore {
         Ok(g.unwrap_or(0))
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Corrupt(format!("PING answered {pong:?}")))
+        }
+    }
+}
+
+#[async_trait]
+impl ThrottleStore for RedisStore {
     async fn throttle_hit(
         &self,
         key: &str,
@@ -927,15 +939,6 @@ impl SessionStore for RedisStore {
         let mut conn = self.conn.clone();
         let (deleted, _): (i64, i64) = bounded(pipe.query_async(&mut conn)).await?;
         Ok(deleted > 0)
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        let pong: String = self.query(&redis::cmd("PING")).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(StoreError::Corrupt(format!("PING answered {pong:?}")))
-        }
     }
 }
 

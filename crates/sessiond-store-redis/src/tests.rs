@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use sessiond_core::{SessionStore, StoreError};
+use sessiond_core::{SessionStore, StoreError, ThrottleStore};
 use sessiond_store_tests::service_or_skip;
 use sessiond_store_tests::services::{
     fresh_prefix, redis_server_available, spare_port, RedisServer as Server,
@@ -25,6 +25,9 @@ async fn standalone() -> Result<RedisStore, StoreError> {
 
 mod conformance {
     sessiond_store_tests::session_store_tests!(optional async {
+        sessiond_store_tests::service_or_skip("Redis", super::standalone().await)
+    });
+    sessiond_store_tests::throttle_store_tests!(optional async {
         sessiond_store_tests::service_or_skip("Redis", super::standalone().await)
     });
 }
@@ -73,7 +76,7 @@ async fn conformance_on_a_real_three_master_cluster() {
     }
     let url = format!("redis+cluster://{}", hosts.join(","));
     // Several prefixes: their slots spread over the three masters.
-    sessiond_store_tests::run_session_suite(|| {
+    let fresh = || {
         let url = url.clone();
         async move {
             let store = RedisStore::connect(&format!("{url}?prefix={}", fresh_prefix()))
@@ -82,8 +85,9 @@ async fn conformance_on_a_real_three_master_cluster() {
             store.ping().await.unwrap();
             store
         }
-    })
-    .await;
+    };
+    sessiond_store_tests::run_session_suite(fresh).await;
+    sessiond_store_tests::run_throttle_suite(fresh).await;
 }
 
 async fn session_on(store: &RedisStore) -> sessiond_core::TokenHash {
@@ -186,6 +190,8 @@ async fn urls_are_checked_without_leaking_passwords() {
             panic!("{url} accepted")
         };
         assert!(e.to_string().contains(needle), "{url}: {e}");
+        // The operator's mistake, not a record that does not decode.
+        assert!(matches!(e, StoreError::Config(_)), "{url}: {e:?}");
     }
     let Err(e) = RedisStore::connect("rediss://user:hunter2@127.0.0.1").await else {
         panic!()
@@ -302,7 +308,7 @@ async fn conformance_through_a_real_sentinel() {
     }
     let _reap = Reap(sentinel, dir);
     let url = format!("redis+sentinel://127.0.0.1:{sentinel_port}/sessiond/0");
-    sessiond_store_tests::run_session_suite(|| {
+    let fresh = || {
         let url = url.clone();
         async move {
             let store = RedisStore::connect(&format!("{url}?prefix={}", fresh_prefix()))
@@ -311,8 +317,9 @@ async fn conformance_through_a_real_sentinel() {
             store.ping().await.unwrap();
             store
         }
-    })
-    .await;
+    };
+    sessiond_store_tests::run_session_suite(fresh).await;
+    sessiond_store_tests::run_throttle_suite(fresh).await;
 }
 
 /// Script calls (`EVALSHA` and `EVAL`) the server has run since its stats were reset.

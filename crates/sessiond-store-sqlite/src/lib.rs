@@ -24,9 +24,9 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleOp, ThrottleRecord, Timestamp, TokenHash, User, UserCredentials,
-    UserId, UserStore, Username,
+    Group, NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp,
+    TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -62,9 +62,13 @@ struct Inner {
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
-        _ => StoreError::unavailable(e),
+    match e {
+        // A value that does not decode (see `user_from_row`): the data, not the store.
+        rusqlite::Error::FromSqlConversionFailure(column, _, cause) => {
+            StoreError::Corrupt(format!("column {column}: {cause}"))
+        }
+        e if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => StoreError::Conflict,
+        e => StoreError::unavailable(e),
     }
 }
 
@@ -104,7 +108,7 @@ impl SqliteStore {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Corrupt(format!("not a sqlite URL: {url}")))?;
+            .ok_or_else(|| StoreError::Config(format!("not a sqlite URL: {url}")))?;
         Self::open(path)
     }
 
@@ -531,7 +535,10 @@ impl SessionStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
+}
 
+#[async_trait]
+impl ThrottleStore for SqliteStore {
     async fn throttle_hit(
         &self,
         key: &str,
@@ -707,7 +714,7 @@ fn sweep_throttle(c: &Connection, now_ms: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// One more event under `key` (see `SessionStore::throttle_hit`), after the sweep.
+/// One more event under `key` (see `ThrottleStore::throttle_hit`), after the sweep.
 fn hit_throttle(
     c: &Connection,
     key: &str,
@@ -742,16 +749,21 @@ const USER_COLUMNS: &str =
 fn user_from_row(r: &Row<'_>) -> rusqlite::Result<UserCredentials> {
     let username: String = r.get(1)?;
     let groups: String = r.get(4)?;
-    let conv = |e: Box<dyn std::error::Error + Send + Sync>| {
-        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e)
+    let conv = |column, e: Box<dyn std::error::Error + Send + Sync>| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e)
     };
+    let groups: Vec<String> = serde_json::from_str(&groups).map_err(|e| conv(4, Box::new(e)))?;
     Ok(UserCredentials {
         user: User {
             id: UserId(r.get(0)?),
-            username: Username::from_stored(&username).map_err(|e| conv(Box::new(e)))?,
+            username: Username::from_stored(&username).map_err(|e| conv(1, Box::new(e)))?,
             name: r.get(2)?,
             email: r.get(3)?,
-            groups: serde_json::from_str(&groups).map_err(|e| conv(Box::new(e)))?,
+            groups: groups
+                .iter()
+                .map(|g| Group::parse(g))
+                .collect::<Result<_, _>>()
+                .map_err(|e| conv(4, Box::new(e)))?,
             admin: r.get(5)?,
             disabled: r.get(6)?,
             created_at: Timestamp::from_millis(r.get(7)?),
@@ -973,6 +985,37 @@ mod tests {
         assert!(store.user_by_id(users[0].id).await.unwrap().is_some());
     }
 
+    /// A group that breaks `Group`'s rule, written straight into the file (no sessiond path
+    /// can write one), makes the user's row corrupt, not a user with a group nobody could
+    /// type; so does a groups column that is not a JSON list of strings.
+    #[tokio::test]
+    async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let u = store
+            .create_user(&sessiond_store_tests::users::new_user("hugo"))
+            .await
+            .unwrap();
+        for groups in [r#"["ops","a,b"]"#, r#"["ops", 7]"#] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE users SET groups = ?1 WHERE id = ?2",
+                    params![groups, u.id.0],
+                )
+                .unwrap();
+            assert!(
+                matches!(store.user_by_id(u.id).await, Err(StoreError::Corrupt(_))),
+                "{groups}"
+            );
+            assert!(matches!(
+                store.list_users().await,
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
+
     #[test]
     fn concurrent_opens_of_a_fresh_file_migrate_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1102,7 +1145,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("u.db");
         assert!(SqliteStore::open_url(&format!("sqlite://{}", p.display())).is_ok());
-        assert!(SqliteStore::open_url("postgres://x").is_err());
+        assert!(matches!(
+            SqliteStore::open_url("postgres://x"),
+            Err(StoreError::Config(_))
+        ));
     }
 
     /// A `kill -9` cannot tell FULL from NORMAL (both keep a commit through a crash of the

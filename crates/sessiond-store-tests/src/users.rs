@@ -2,16 +2,20 @@
 
 use std::sync::Arc;
 
-use sessiond_core::{NewUser, StoreError, UserId, UserStore, Username};
+use sessiond_core::{Group, NewUser, StoreError, UserId, UserStore, Username};
 
 use crate::sessions::T0;
+
+fn groups(names: &[&str]) -> Vec<Group> {
+    names.iter().map(|g| Group::parse(g).unwrap()).collect()
+}
 
 pub fn new_user(name: &str) -> NewUser {
     NewUser {
         username: Username::parse(name).unwrap(),
         name: format!("{name} Example"),
         email: format!("{}@example.com", name.to_ascii_lowercase()),
-        groups: vec!["dev".into(), "ops".into()],
+        groups: groups(&["dev", "ops"]),
         admin: false,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".into(),
         created_at: T0,
@@ -23,7 +27,7 @@ pub async fn create_and_find_case_insensitively<S: UserStore>(store: S) {
     nu.admin = true;
     let alice = store.create_user(&nu).await.unwrap();
     assert_eq!(alice.username.as_str(), "Alice");
-    assert_eq!(alice.groups, vec!["dev".to_string(), "ops".to_string()]);
+    assert_eq!(alice.groups, groups(&["dev", "ops"]));
     assert!(alice.admin);
     assert!(!alice.disabled);
     assert_eq!(alice.created_at, T0);
@@ -51,6 +55,16 @@ pub async fn create_and_find_case_insensitively<S: UserStore>(store: S) {
         .await
         .unwrap()
         .is_none());
+
+    // Groups come back byte for byte, spaces and non-ASCII included.
+    let mut nd = new_user("dora");
+    nd.groups = groups(&["Site Admins", "équipe/ops"]);
+    let dora = store.create_user(&nd).await.unwrap();
+    assert_eq!(dora.groups, nd.groups);
+    assert_eq!(
+        store.user_by_id(dora.id).await.unwrap().unwrap().groups,
+        nd.groups
+    );
 
     // Empty groups round-trip as empty, not as [""].
     let mut nb = new_user("bob");

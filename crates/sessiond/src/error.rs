@@ -1,6 +1,8 @@
 //! The server's one error type. Every HTTP status the app chooses is chosen here, in
 //! [`ApiError::status`]; causes go to the log, never to the client.
 
+use std::sync::Arc;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -46,8 +48,9 @@ pub(crate) enum ApiError {
     Throttled { retry_after: u64 },
     #[error("server busy, try again shortly")]
     Overloaded { retry_after: u64 },
+    /// Shared: a failed verification is kept for every extractor of the request.
     #[error("session store unavailable")]
-    StoreUnavailable(#[source] StoreError),
+    StoreUnavailable(#[source] Arc<StoreError>),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
     /// The change conflicts with the account's current state (a password reset that landed
@@ -113,7 +116,7 @@ impl ApiError {
     fn log(&self) {
         match self {
             Self::StoreUnavailable(e) => {
-                tracing::error!(error = %e, cause = ?std::error::Error::source(e), "store unavailable")
+                tracing::error!(error = %e, cause = ?std::error::Error::source(&**e), "store unavailable")
             }
             Self::Internal(e) => tracing::error!(error = ?e, "internal error"),
             _ => {}
@@ -123,7 +126,7 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::StoreUnavailable(e)
+        Self::StoreUnavailable(Arc::new(e))
     }
 }
 
@@ -164,9 +167,8 @@ impl From<SessionRejection> for ApiError {
     fn from(r: SessionRejection) -> Self {
         match r {
             SessionRejection::Unauthenticated => Self::Unauthenticated,
-            SessionRejection::StoreUnavailable => {
-                Self::StoreUnavailable(StoreError::Unavailable("verification failed".into()))
-            }
+            // The store's own error: logged here, once, with its cause (`log`).
+            SessionRejection::StoreUnavailable(e) => Self::StoreUnavailable(e),
             _ => Self::Internal(anyhow::anyhow!("session extractor: {r:?}")),
         }
     }

@@ -12,7 +12,7 @@ use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sessiond_axum::SessionManager;
-use sessiond_core::{NewUser, Password, SessionStore, Timestamp, Username};
+use sessiond_core::{Group, NewUser, Password, SessionStore, Timestamp, Username};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
@@ -65,7 +65,8 @@ async fn build_state_with(
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);
-    Ok(AppState::new(config, stores.users, sessions, hasher))
+    let (users, throttle) = (stores.users, stores.throttle);
+    Ok(AppState::new(config, users, sessions, throttle, hasher))
 }
 
 /// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a
@@ -98,7 +99,7 @@ pub(crate) async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         username: Username::parse("admin").expect("valid"),
         name: "Administrator".into(),
         email: String::new(),
-        groups: vec!["admins".into()],
+        groups: vec![Group::parse("admins").expect("valid")],
         admin: true,
         password_hash: phc,
         created_at: now(),

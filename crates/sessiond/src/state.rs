@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use sessiond_axum::SessionManager;
-use sessiond_core::{SessionRecord, TokenHashState, User, UserId, UserStore};
+use sessiond_core::{SessionRecord, ThrottleStore, TokenHashState, User, UserId, UserStore};
 
 use crate::config::Config;
 use crate::forward_auth::identity::IdentityCache;
@@ -24,6 +24,8 @@ pub struct Inner {
     pub config: Config,
     pub users: Arc<dyn UserStore>,
     pub sessions: SessionManager,
+    /// The login throttle's counters (in the session store's backend).
+    pub throttle: Arc<dyn ThrottleStore>,
     pub hasher: Hasher,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub public_origin: String,
@@ -131,6 +133,7 @@ impl AppState {
         config: Config,
         users: Arc<dyn UserStore>,
         sessions: SessionManager,
+        throttle: Arc<dyn ThrottleStore>,
         hasher: Hasher,
     ) -> Self {
         let public_origin = config.public_origin();
@@ -138,6 +141,7 @@ impl AppState {
             config,
             users,
             sessions,
+            throttle,
             hasher,
             public_origin,
             metrics: Metrics::default(),

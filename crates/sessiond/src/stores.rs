@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use sessiond_core::{SessionStore, UserStore};
+use sessiond_core::{SessionStore, ThrottleStore, UserStore};
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
@@ -123,16 +123,25 @@ fn redact(url: &str) -> String {
 pub(crate) struct Stores {
     pub(crate) users: Arc<dyn UserStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
+    /// The login throttle's counters: the session store's object, as a [`ThrottleStore`].
+    pub(crate) throttle: Arc<dyn ThrottleStore>,
+}
+
+/// A session store object as both its capabilities.
+type SessionStores = (Arc<dyn SessionStore>, Arc<dyn ThrottleStore>);
+
+fn both<S: SessionStore + ThrottleStore>(store: Arc<S>) -> SessionStores {
+    (store.clone(), store)
 }
 
 /// Opens (and migrates) the stores: users in `database`; sessions there too, or in Redis
 /// when `session_store` names it. (The configuration allows no other combination.)
 pub(crate) async fn open(database: &StoreUrl, session_store: &StoreUrl) -> anyhow::Result<Stores> {
     let context = || format!("cannot open database {}", database.redacted());
-    let (users, db_sessions): (Arc<dyn UserStore>, Arc<dyn SessionStore>) = match database {
+    let (users, db_sessions): (Arc<dyn UserStore>, SessionStores) = match database {
         StoreUrl::Postgres(url) => {
             let pg = Arc::new(PostgresStore::connect(url).await.with_context(context)?);
-            (pg.clone(), pg)
+            (pg.clone(), both(pg))
         }
         StoreUrl::Sqlite { path, .. } => {
             let sqlite = Arc::new(SqliteStore::open(path).with_context(context)?);
@@ -145,26 +154,28 @@ pub(crate) async fn open(database: &StoreUrl, session_store: &StoreUrl) -> anyho
                      other users: chmod 600 it and its -wal and -shm files"
                 );
             }
-            (sqlite.clone(), sqlite)
+            (sqlite.clone(), both(sqlite))
         }
         StoreUrl::Redis(_) => anyhow::bail!(
             "database {}: Redis holds sessions only; the database must be sqlite:// or postgres://",
             database.redacted()
         ),
     };
-    let sessions: Arc<dyn SessionStore> = match session_store {
+    let (sessions, throttle) = match session_store {
         same if same == database => db_sessions,
-        StoreUrl::Redis(url) => {
-            Arc::new(RedisStore::connect(url).await.with_context(|| {
-                format!("cannot open session store {}", session_store.redacted())
-            })?)
-        }
+        StoreUrl::Redis(url) => both(Arc::new(RedisStore::connect(url).await.with_context(
+            || format!("cannot open session store {}", session_store.redacted()),
+        )?)),
         other => anyhow::bail!(
             "session store {}: must be the database URL or a Redis URL",
             other.redacted()
         ),
     };
-    Ok(Stores { users, sessions })
+    Ok(Stores {
+        users,
+        sessions,
+        throttle,
+    })
 }
 
 #[cfg(test)]

@@ -126,14 +126,14 @@ pub(crate) struct Reserved {
 ///
 /// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the pure
 /// rules of [`Counter`], and the attempt is counted as a failure on every counter that applies
-/// with [`sessiond_core::SessionStore::throttle_reserve`], which succeeds only if every one of
+/// with [`sessiond_core::ThrottleStore::throttle_reserve`], which succeeds only if every one of
 /// them still gives the verdict it was judged on. Of a burst of parallel attempts that all
 /// read "one attempt left", exactly one gets it; the others read again and are refused. The
 /// counters that apply: the device's own budget when the client presents a device cookie
 /// registered for this account, else the account ceiling; the (account, address) pair and the
 /// address always.
 pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, AuthError> {
-    let store = state.sessions.store();
+    let store = &state.throttle;
     // Every counter that may apply, and the device's registration, in one store call (one
     // round trip on PostgreSQL instead of four or five).
     let mut keys = vec![a.pair_key(), a.ip_key(), a.account_key()];
@@ -224,8 +224,7 @@ pub(crate) async fn release(state: &AppState, reserved: &Reserved) -> Result<(),
         .map(|(_, key)| ThrottleChange::Refund { key })
         .collect();
     state
-        .sessions
-        .store()
+        .throttle
         .throttle_apply(&changes, state.sessions.now())
         .await?;
     Ok(())
@@ -248,8 +247,7 @@ fn settle_changes(reserved: &Reserved) -> Vec<ThrottleChange<'_>> {
 /// after a successful login, without device cookies.
 pub(crate) async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), AuthError> {
     state
-        .sessions
-        .store()
+        .throttle
         .throttle_apply(&settle_changes(reserved), state.sessions.now())
         .await?;
     Ok(())
@@ -305,7 +303,7 @@ pub(crate) async fn succeeded(
         Attempt::device_failures_key(&h),
         Attempt::device_registration_key(&h, &a.account),
     );
-    let store = state.sessions.store();
+    let store = &state.throttle;
     let now = state.sessions.now();
     let mut changes = settle_changes(reserved);
     changes.push(ThrottleChange::Delete { key: &failures });

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sessiond_core::Password;
+use sessiond_core::{Password, StoreError};
 
 use crate::config::{Config, Overrides};
 
@@ -76,7 +76,16 @@ pub(crate) enum CliError {
 
 impl<E: Into<anyhow::Error>> From<E> for CliError {
     fn from(e: E) -> Self {
-        Self::Runtime(e.into())
+        let e = e.into();
+        // A store that refuses its configuration (a URL or option it cannot use) is a bad
+        // setting like those `Config` refuses: exit 2.
+        let config = |c: &(dyn std::error::Error + 'static)| {
+            matches!(c.downcast_ref(), Some(StoreError::Config(_)))
+        };
+        if e.chain().any(config) {
+            return Self::Usage(format!("{e:#}"));
+        }
+        Self::Runtime(e)
     }
 }
 

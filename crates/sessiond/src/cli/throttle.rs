@@ -29,7 +29,7 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
     let stores = rt.block_on(stores::open(&config.database, &config.session_store))?;
     let now = now();
     let listed: Vec<_> = rt
-        .block_on(stores.sessions.throttle_list(now))?
+        .block_on(stores.throttle.throttle_list(now))?
         .iter()
         .filter_map(|(k, r)| describe(k, r, now))
         .collect();
@@ -68,7 +68,7 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
                 if by_user
                     && by_ip
                     && relevant
-                    && rt.block_on(stores.sessions.throttle_delete(&l.key))?
+                    && rt.block_on(stores.throttle.throttle_delete(&l.key))?
                 {
                     n += 1;
                 }

@@ -1,7 +1,7 @@
 //! `sessiond user add|passwd|list|disable|enable|delete`
 
 use serde::Serialize;
-use sessiond_core::{NewUser, StoreError, User, Username};
+use sessiond_core::{Group, NewUser, StoreError, User, Username};
 
 use super::{read_new_password, runtime, usage, CliError, CliResult};
 use crate::accounts;
@@ -63,30 +63,12 @@ async fn find(stores: &Stores, name: &str) -> Result<User, CliError> {
         .ok_or_else(|| CliError::Runtime(anyhow::anyhow!("no user named {name:?}")))
 }
 
-fn parse_groups(s: &str) -> Result<Vec<String>, CliError> {
-    let groups: Vec<String> = s
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if let Some(bad) = groups
-        .iter()
-        .find(|g| g.len() > 64 || g.chars().any(|c| c.is_control()))
-    {
-        return Err(usage(format!(
-            "group {bad:?}: at most 64 characters, no control characters"
-        )));
-    }
-    Ok(groups)
-}
-
 #[derive(Serialize)]
 struct UserRow<'a> {
     username: &'a str,
     name: &'a str,
     email: &'a str,
-    groups: &'a [String],
+    groups: &'a [Group],
     admin: bool,
     disabled: bool,
     created_at: String,
@@ -105,7 +87,7 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
             admin,
         } => {
             let username = username(&name)?;
-            let groups = parse_groups(&groups)?;
+            let groups = Group::parse_list(&groups).map_err(|e| usage(e.to_string()))?;
             // Checked first so nobody types a password for nothing; the store's unique index
             // still decides if two `add`s race.
             if rt.block_on(stores.users.user_by_name(&username))?.is_some() {

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use sessiond_core::Group;
+
 /// What a rule does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -35,14 +37,14 @@ pub(crate) struct Rule {
     domain: Domain,
     path_prefix: Option<String>,
     pub policy: Policy,
-    pub groups: Vec<String>,
+    pub groups: Vec<Group>,
 }
 
 /// The decision for one target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision<'a> {
     pub policy: Policy,
-    pub groups: &'a [String],
+    pub groups: &'a [Group],
 }
 
 #[derive(Clone, Debug, Default)]
@@ -119,14 +121,15 @@ impl AccessRules {
                     "access.rules[{n}].groups: only an \"authenticated\" rule can require groups"
                 ));
             }
-            if raw.groups.iter().any(|g| g.is_empty()) {
-                return Err(format!("access.rules[{n}].groups: empty group name"));
-            }
+            let groups = raw.groups.iter().map(|g| Group::parse(g));
+            let groups = groups
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("access.rules[{n}].groups: {e}"))?;
             rules.push(Rule {
                 domain,
                 path_prefix: raw.path_prefix,
                 policy,
-                groups: raw.groups,
+                groups,
             });
         }
         Ok(Self { rules })
@@ -240,8 +243,8 @@ mod tests {
     #[test]
     fn first_match_wins_and_default_is_authenticated() {
         let r = rules(RULES).unwrap();
-        let ops = vec!["ops".to_string()];
-        let table: &[(&str, &str, Policy, &[String])] = &[
+        let ops = vec![Group::parse("ops").unwrap()];
+        let table: &[(&str, &str, Policy, &[Group])] = &[
             ("public.example.com", "/anything", Policy::Bypass, &[]),
             ("app.example.com", "/admin", Policy::Authenticated, &ops),
             (
@@ -287,7 +290,7 @@ mod tests {
         "#,
         )
         .unwrap();
-        let ops = vec!["ops".to_string()];
+        let ops = vec![Group::parse("ops").unwrap()];
         for (path, policy, groups) in [
             ("/public", Policy::Bypass, &[][..]),
             ("/public/x", Policy::Bypass, &[]),
@@ -311,6 +314,10 @@ mod tests {
         for (src, needle) in [
             ("[[access.rules]]\npolicy = \"allow\"", "rules[1].policy"),
             ("[[access.rules]]\npolicy = \"deny\"\ngroups = [\"a\"]", "rules[1].groups"),
+            // The rule of `Group`, as for the CLI and the admin page.
+            ("[[access.rules]]\npolicy = \"authenticated\"\ngroups = [\"\"]", "rules[1].groups"),
+            ("[[access.rules]]\npolicy = \"authenticated\"\ngroups = [\"a,b\"]", "rules[1].groups"),
+            ("[[access.rules]]\npolicy = \"authenticated\"\ngroups = [\"ops \"]", "rules[1].groups"),
             ("[[access.rules]]\npolicy = \"deny\"\ndomain = \"https://x.com\"", "rules[1].domain"),
             ("[[access.rules]]\npolicy = \"deny\"\ndomain = \"x.com:443\"", "rules[1].domain"),
             ("[[access.rules]]\npolicy = \"deny\"\npath_prefix = \"admin\"", "rules[1].path_prefix"),

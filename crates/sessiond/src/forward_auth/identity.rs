@@ -88,7 +88,7 @@ fn header_value(s: &str) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
-    use sessiond_core::{Timestamp, Username};
+    use sessiond_core::{Group, Timestamp, Username};
 
     use super::*;
 
@@ -98,7 +98,7 @@ mod tests {
             username: Username::parse("alice").unwrap(),
             name: name.into(),
             email: "a@example.com".into(),
-            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            groups: groups.iter().map(|g| Group::parse(g).unwrap()).collect(),
             admin: false,
             disabled: false,
             created_at: Timestamp::from_millis(0),

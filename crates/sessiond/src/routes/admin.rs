@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use sessiond_core::{NewUser, Password, SessionId, StoreError, User, UserId, Username};
+use sessiond_core::{Group, NewUser, Password, SessionId, StoreError, User, UserId, Username};
 
 use super::extract::{CurrentUser, FormBody};
 use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
@@ -217,13 +217,10 @@ pub(super) async fn create_user(
         Ok(p) => p,
         Err(e) => return invalid(sentence(&e.to_string())).await,
     };
-    let groups = f
-        .groups
-        .split(',')
-        .map(str::trim)
-        .filter(|g| !g.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let groups = match Group::parse_list(&f.groups) {
+        Ok(g) => g,
+        Err(e) => return invalid(sentence(&e.to_string())).await,
+    };
     let phc = state.hasher.hash(password).await?;
     let new = NewUser {
         username,

@@ -18,7 +18,7 @@ pub(super) struct UserView<'a> {
     username: &'a str,
     name: &'a str,
     email: &'a str,
-    groups: &'a [String],
+    groups: &'a [sessiond_core::Group],
     admin: bool,
 }
 

@@ -16,7 +16,7 @@ use sessiond::{Config, FileConfig, Overrides};
 use sessiond_axum::SessionManager;
 use sessiond_core::{
     NewUser, Password, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
-    ThrottleRecord, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    ThrottleStore, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use sessiond_store_sqlite::SqliteStore;
 
@@ -124,30 +124,6 @@ impl SessionStore for Sessions {
     async fn generation(&self) -> Result<u64, StoreError> {
         self.s().generation().await
     }
-    async fn throttle_hit(
-        &self,
-        k: &str,
-        now: Timestamp,
-        w: Duration,
-    ) -> Result<ThrottleRecord, StoreError> {
-        self.s().throttle_hit(k, now, w).await
-    }
-    async fn throttle_get(
-        &self,
-        k: &str,
-        now: Timestamp,
-    ) -> Result<Option<ThrottleRecord>, StoreError> {
-        self.s().throttle_get(k, now).await
-    }
-    async fn throttle_list(
-        &self,
-        now: Timestamp,
-    ) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
-        self.s().throttle_list(now).await
-    }
-    async fn throttle_delete(&self, k: &str) -> Result<bool, StoreError> {
-        self.s().throttle_delete(k).await
-    }
 }
 
 /// A user store that runs a hook just before the first password write reaches the store.
@@ -241,6 +217,7 @@ async fn spawn_hooked(file: &str) -> Hooked {
         config,
         Arc::clone(&users) as Arc<dyn UserStore>,
         manager,
+        Arc::clone(&db) as Arc<dyn ThrottleStore>,
         Hasher::for_this_machine().unwrap(),
     );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -816,8 +793,7 @@ async fn device_registrations_per_account_are_bounded() {
     let now = app.state.sessions.now();
     let registrations = app
         .state
-        .sessions
-        .store()
+        .throttle
         .throttle_list(now)
         .await
         .unwrap()
@@ -834,8 +810,7 @@ async fn device_registrations_per_account_are_bounded() {
     assert_eq!(res.status(), StatusCode::OK);
     let after = app
         .state
-        .sessions
-        .store()
+        .throttle
         .throttle_list(now)
         .await
         .unwrap()

@@ -271,6 +271,36 @@ fn hash_password_prints_a_phc_string() {
     }
 }
 
+/// A store URL that passes the configuration's checks but that its store cannot use (a
+/// Redis key prefix with a space, a PostgreSQL port out of range: only the store reads
+/// those) is a configuration error: one line naming the setting, exit 2 like any bad
+/// setting, from `serve` as from the admin commands; never "corrupt", never the password.
+#[test]
+fn a_store_url_its_store_refuses_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = db_url(dir.path());
+    let redis = "redis://127.0.0.1:6379/0?prefix=two words";
+    for args in [
+        &["user", "list", "--session-store", redis][..],
+        &["serve", "--listen", "127.0.0.1:0", "--session-store", redis],
+    ] {
+        let out = sessiond(&db, args, None);
+        fails(&out, 2, "session store URL (redis://…): prefix must be");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("corrupt"));
+    }
+    let out = sessiond(
+        "postgres://sessiond:pg-hunter2@127.0.0.1:99999/sessiond",
+        &["user", "list"],
+        None,
+    );
+    fails(&out, 2, "invalid PostgreSQL URL");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("corrupt") && !stderr.contains("pg-hunter2"),
+        "{stderr}"
+    );
+}
+
 /// The CLI refuses to disable or delete the last enabled admin (one clear line, exit 1),
 /// and `user add` / `user enable` write audit events (saying whether the user is an admin).
 #[tokio::test]

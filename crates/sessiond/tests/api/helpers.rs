@@ -117,7 +117,7 @@ impl TestApp {
                 username: Username::parse(name).unwrap(),
                 name: format!("{name} Example"),
                 email: format!("{name}@example.com"),
-                groups: vec!["dev".into()],
+                groups: vec![sessiond_core::Group::parse("dev").unwrap()],
                 admin,
                 password_hash: phc,
                 created_at: sessiond::now(),

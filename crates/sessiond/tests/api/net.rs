@@ -1,5 +1,6 @@
 //! Issue 15, the network edge: slow and idle connections, the connection cap, CSRF origins
-//! with a cookie domain, a SQLite file locked by another process, and forged audit lines.
+//! with a cookie domain, a SQLite file locked by another process, and forged audit lines;
+//! and (issue 16) the one log line of a store failure during verification.
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -336,6 +337,68 @@ async fn typed_usernames_cannot_forge_audit_fields_in_the_text_log() {
         !log.lines()
             .any(|l| l.contains("event=\"login\"") || l.contains("event=login ")),
         "a forged line: {log}"
+    );
+}
+
+/// A store failure during verification is logged once, with its cause (issue 16): the real
+/// binary, its session store a `redis-server` that is then killed, and one request whose
+/// cookie must be looked up (well-formed, so the store is asked) answered `503`. Its log
+/// has one line about it, and that line has the store's error, not a placeholder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_during_verification_is_logged_once_with_its_cause() {
+    use sessiond_store_tests::services::{redis_server_available, spare_port, RedisServer};
+    if !redis_server_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (port, redis_port) = (spare_port(), spare_port());
+    let mut redis = RedisServer::start(redis_port, &[]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--database")
+        .arg(format!("sqlite://{}", dir.path().join("log.db").display()))
+        .arg("--session-store")
+        .arg(format!("redis://127.0.0.1:{redis_port}/0"))
+        .env("SESSIOND_ADMIN_PASSWORD", "store failure admin password")
+        .env_remove("SESSIOND_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let c = reqwest::Client::new();
+    let start = Instant::now();
+    while c.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(start.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    redis.kill();
+    let res = c
+        .get(format!("{base}/api/session"))
+        .header("cookie", format!("__Host-sessiond={}", "A".repeat(43)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(res).await["code"], "store_unavailable");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("unavailable")).collect();
+    assert_eq!(lines.len(), 1, "one line about the failure: {log}");
+    assert!(lines[0].contains("ERROR"), "{}", lines[0]);
+    assert!(
+        lines[0].contains(r#"cause="Some("#) && !lines[0].contains("verification failed"),
+        "the line has the store's error: {}",
+        lines[0]
     );
 }
 

@@ -265,3 +265,79 @@ async fn admin_pages_manage_users_and_sessions() {
     assert_eq!(app.whoami(&carl).await.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(app.whoami(&admin).await.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// The admin page refuses the groups `sessiond user add --groups` refuses (issue 16: it took
+/// any string), with the page's own `400` and message, and creates nobody; both go through
+/// `Group`, so they refuse the same inputs with the same words.
+#[tokio::test]
+async fn the_admin_page_refuses_the_groups_the_cli_refuses() {
+    let app = spawn_app().await;
+    app.add_user_with("boss", PASSWORD, true).await;
+    let admin = app.client();
+    app.form_login(&admin, "boss", PASSWORD).await;
+    let (_, _, csrf) = app.page(&admin, "/admin").await;
+    let rule = "1 to 64 bytes, no commas or control characters, no spaces at either end";
+    let long = "g".repeat(65);
+    for (i, groups) in [
+        format!("ops, {long}"),
+        "a\tb".to_owned(),
+        "dev, ops\u{7f}".to_owned(),
+        "x\u{85}y".to_owned(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let name = format!("ursula{i}");
+        let res = admin
+            .post(app.url("/admin/users"))
+            .form(&[
+                ("csrf_token", csrf.as_str()),
+                ("username", &name),
+                ("password", "ursula's password"),
+                ("groups", groups),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{groups:?}");
+        let html = res.text().await.unwrap();
+        assert!(html.contains(rule), "{groups:?}: {html}");
+        assert_eq!(
+            app.api_login(&app.client(), &name, "ursula's password")
+                .await
+                .status(),
+            StatusCode::UNAUTHORIZED,
+            "{groups:?}: created anyway"
+        );
+
+        let cli = std::process::Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(["user", "add", &name, "--password-stdin", "--groups", groups])
+            .env("SESSIOND_DATABASE", db_url(app.dir.path()))
+            .env_remove("SESSIOND_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&cli.stderr);
+        assert_eq!(cli.status.code(), Some(2), "{groups:?}: {stderr}");
+        assert!(stderr.contains(rule), "{groups:?}: {stderr}");
+    }
+    // What both accept: trimmed entries, blanks skipped, spaces and non-ASCII inside.
+    let res = admin
+        .post(app.url("/admin/users"))
+        .form(&[
+            ("csrf_token", csrf.as_str()),
+            ("username", "vera"),
+            ("password", "vera's password"),
+            ("groups", " site admins ,, équipe "),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&res), "/admin?done=created");
+    let vera = app.client();
+    app.api_login(&vera, "vera", "vera's password").await;
+    assert_eq!(
+        json(app.whoami(&vera).await).await["user"]["groups"],
+        serde_json::json!(["site admins", "équipe"])
+    );
+}

@@ -344,7 +344,7 @@ async fn setup() -> Option<Setup> {
             username: Username::parse("olga").unwrap(),
             name: "Olga".into(),
             email: "olga@example.com".into(),
-            groups: vec!["ops".into()],
+            groups: vec![sessiond_core::Group::parse("ops").unwrap()],
             admin: false,
             password_hash: phc,
             created_at: sessiond::now(),

@@ -466,8 +466,7 @@ async fn a_parallel_burst_of_wrong_passwords_is_hashed_at_most_the_limit_on_ever
         // The counters say exactly what happened: 5 failures for the pair.
         let pair = app
             .state
-            .sessions
-            .store()
+            .throttle
             .throttle_get(&format!("p:{user}|198.51.100.30"), app.state.sessions.now())
             .await
             .unwrap()
@@ -488,7 +487,7 @@ async fn a_successful_login_gives_its_reservation_back() {
     }
     let res = attempt(&app, &c, "rita", PASSWORD, "198.51.100.40").await;
     assert_eq!(res.status(), StatusCode::OK);
-    let store = app.state.sessions.store();
+    let store = &app.state.throttle;
     let now = app.state.sessions.now();
     let get = |k: &'static str| store.throttle_get(k, now);
     assert_eq!(get("p:rita|198.51.100.40").await.unwrap(), None);
@@ -682,8 +681,7 @@ async fn parallel_right_logins_of_one_account_all_get_in() {
         let now = app.state.sessions.now();
         let account = app
             .state
-            .sessions
-            .store()
+            .throttle
             .throttle_get("a:crowd", now)
             .await
             .unwrap();
