@@ -103,19 +103,6 @@ impl SqliteStore {
         })
     }
 
-    /// Opens `sqlite://PATH` (also `sqlite:PATH`).
-    pub fn open_url(url: &str) -> Result<Self, StoreError> {
-        let path = url
-            .strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-            .ok_or_else(|| StoreError::Config(format!("not a sqlite URL: {url}")))?;
-        Self::open(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// The database file's permission bits, when group or others have any access to it (a
     /// file from before sessiond created them `0600`, or made by hand): the server warns.
     /// An existing file's mode is left as the operator set it.
@@ -1138,17 +1125,6 @@ mod tests {
             SqliteStore::open(&old).unwrap().loose_permissions(),
             Some(0o644)
         );
-    }
-
-    #[test]
-    fn sqlite_urls() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("u.db");
-        assert!(SqliteStore::open_url(&format!("sqlite://{}", p.display())).is_ok());
-        assert!(matches!(
-            SqliteStore::open_url("postgres://x"),
-            Err(StoreError::Config(_))
-        ));
     }
 
     /// A `kill -9` cannot tell FULL from NORMAL (both keep a commit through a crash of the

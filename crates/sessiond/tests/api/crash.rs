@@ -566,8 +566,9 @@ fn rand_byte() -> u8 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_writes_loses_nothing_acknowledged_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("sessiond.db").display());
-    let store = sessiond_store_sqlite::SqliteStore::open_url(&db).unwrap();
+    let path = dir.path().join("sessiond.db");
+    let db = format!("sqlite://{}", path.display());
+    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
     kill_during_writes("sqlite", &["--database".into(), db], Arc::new(store)).await;
 }
 
@@ -600,8 +601,9 @@ async fn kill_9_during_writes_loses_nothing_acknowledged_on_sqlite_with_redis() 
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let db = format!("sqlite://{}", dir.path().join("sessiond.db").display());
-    let store = sessiond_store_sqlite::SqliteStore::open_url(&db).unwrap();
+    let path = dir.path().join("sessiond.db");
+    let db = format!("sqlite://{}", path.display());
+    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
     let sessions = format!("{redis}?prefix={}", fresh_prefix());
     let args = ["--database".into(), db, "--session-store".into(), sessions];
     kill_during_writes("sqlite+redis", &args, Arc::new(store)).await;
