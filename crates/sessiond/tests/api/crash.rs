@@ -52,7 +52,7 @@ impl Server {
                 .args(stores)
                 // The stores are under test, not where hashes run: the worker process (the
                 // default when a store server is on this host) runs at nice 19 in a group of
-                // its own and crawled at ~1 login/s while other work loaded this machine.
+                // its own and crawls while other work loads the machine.
                 .args(["--hash-worker", "threads"])
                 .env("SESSIOND_ADMIN_PASSWORD", "crash test admin password")
                 .env("RUST_LOG", "warn")
