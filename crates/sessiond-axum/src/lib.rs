@@ -21,6 +21,8 @@
 //! The verify path is one cookie parse, one SHA-256, one store lookup and a pure expiry
 //! decision; the activity write happens at most once per [`ExpiryPolicy::touch_interval`] and
 //! off the request's path.
+//!
+//! [`ExpiryPolicy::touch_interval`]: sessiond_core::ExpiryPolicy::touch_interval
 
 mod cache;
 mod cookies;

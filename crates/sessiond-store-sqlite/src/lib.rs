@@ -4,7 +4,7 @@
 //!
 //! * **WAL mode** so readers never wait for the writer and the writer never waits for readers;
 //!   `busy_timeout` so several processes (the server and the CLI) can share the file.
-//! * **Versioned migrations** ([`migrations`]) applied at open inside an `IMMEDIATE`
+//! * **Versioned migrations** ([`MIGRATIONS`]) applied at open inside an `IMMEDIATE`
 //!   transaction, so several processes opening a fresh file at once apply each step once.
 //! * **Reads run inline** on a small pool of read-only connections: a point lookup by primary
 //!   key takes microseconds, far less than a hop to a blocking thread would. **Writes go to one
