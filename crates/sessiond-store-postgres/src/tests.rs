@@ -323,6 +323,22 @@ fn key_value_url(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
     parts.join(" ")
 }
 
+/// A connection of its own to the store's database, as an operator's psql session would
+/// be: the store's schema on the search path (the trigger functions find `generation`
+/// through it).
+async fn operator_session(store: &PostgresStore) -> tokio_postgres::Client {
+    let schema = store.schema().unwrap().to_owned();
+    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    client
+}
+
 /// A change of a user's admin flag or groups made straight in the database moves the
 /// generation, so verification caches reload the user (issue 15).
 #[tokio::test]
@@ -335,17 +351,7 @@ async fn direct_changes_of_admin_or_groups_move_the_generation() {
         .create_user(&sessiond_store_tests::users::new_user("gina"))
         .await
         .unwrap();
-    let schema = store.schema().unwrap().to_owned();
-    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    // As an operator's psql session on this database would: the store's schema on the path
-    // (the trigger function finds `generation` through it).
-    client
-        .batch_execute(&format!("SET search_path = \"{schema}\""))
-        .await
-        .unwrap();
+    let client = operator_session(&store).await;
     let table = "users";
     for set in ["admin = true", "groups = ARRAY['ops']"] {
         let before = store.generation().await.unwrap();
@@ -376,16 +382,7 @@ async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
         .create_user(&sessiond_store_tests::users::new_user("hugo"))
         .await
         .unwrap();
-    let schema = store.schema().unwrap().to_owned();
-    let (client, conn) = tokio_postgres::connect(&url(), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    // The store's schema on the path, as for an operator's psql (see above).
-    client
-        .batch_execute(&format!("SET search_path = \"{schema}\""))
-        .await
-        .unwrap();
+    let client = operator_session(&store).await;
     let sql = "UPDATE users SET groups = ARRAY['ops', 'a,b'] WHERE id = $1";
     client.execute(sql, &[&u.id.0]).await.unwrap();
     assert!(matches!(

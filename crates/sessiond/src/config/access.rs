@@ -206,21 +206,28 @@ impl fmt::Display for Policy {
     }
 }
 
+/// Rules from the `[[access.rules]]` tables of a TOML text (tests here and in
+/// `forward_auth::path`).
+#[cfg(test)]
+pub(crate) fn rules_from_toml(src: &str) -> Result<AccessRules, String> {
+    #[derive(serde::Deserialize)]
+    struct F {
+        access: A,
+    }
+    #[derive(serde::Deserialize)]
+    struct A {
+        rules: Vec<toml::Table>,
+    }
+    let f: F = toml::from_str(src).map_err(|e| e.to_string())?;
+    AccessRules::parse(&f.access.rules)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn rules(src: &str) -> Result<AccessRules, String> {
-        #[derive(serde::Deserialize)]
-        struct F {
-            access: A,
-        }
-        #[derive(serde::Deserialize)]
-        struct A {
-            rules: Vec<toml::Table>,
-        }
-        let f: F = toml::from_str(src).map_err(|e| e.to_string())?;
-        AccessRules::parse(&f.access.rules)
+        rules_from_toml(src)
     }
 
     const RULES: &str = r#"

@@ -135,19 +135,10 @@ mod lenient;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::access::{AccessRules, Decision, Policy};
+    use crate::config::access::{rules_from_toml, AccessRules, Decision, Policy};
 
     fn rules(src: &str) -> Result<AccessRules, String> {
-        #[derive(serde::Deserialize)]
-        struct F {
-            access: A,
-        }
-        #[derive(serde::Deserialize)]
-        struct A {
-            rules: Vec<toml::Table>,
-        }
-        let f: F = toml::from_str(src).map_err(|e| e.to_string())?;
-        AccessRules::parse(&f.access.rules)
+        rules_from_toml(src)
     }
 
     #[test]
