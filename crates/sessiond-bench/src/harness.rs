@@ -583,7 +583,7 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     // once, minutes away from the logins, moved with the machine's speed (one run here gave
     // 0.80 on SQLite and 1.05 on Redis against the same hash rate).
     // Each connection from an address of its own: the throttle reserves an attempt before
-    // its password is checked (issue 15 #4), so one address has at most 5 logins of one
+    // its password is checked, so one address has at most 5 logins of one
     // account in flight; 16 from one address would measure the throttle, not the logins.
     let login_job = Job {
         spread_sources: true,

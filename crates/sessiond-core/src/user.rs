@@ -244,7 +244,7 @@ mod tests {
         assert_eq!(Username::parse("Alice").unwrap().key(), "alice");
     }
 
-    /// `.` and `..` are path segments, not names (issue 15); names that merely contain dots
+    /// `.` and `..` are path segments, not names; names that merely contain dots
     /// stay valid.
     #[test]
     fn dot_segments_are_not_usernames() {

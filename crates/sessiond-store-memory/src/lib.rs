@@ -175,7 +175,7 @@ impl SessionStore for MemoryStore {
             g.sessions.remove(k);
             g.data.remove(k);
         }
-        // The sweeper's call also drops throttle counters whose window is over (issue 15 #6),
+        // The sweeper's call also drops throttle counters whose window is over,
         // as the other stores do.
         g.throttle.retain(|_, r| r.expires_at > now);
         g.generation += 1;

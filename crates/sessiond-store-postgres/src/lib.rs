@@ -673,9 +673,8 @@ impl SessionStore for PostgresStore {
                 )
                 .await?;
                 // The sweeper's call also sweeps throttle counters whose window is over
-                // (issue 15 #6: nothing else removed them but `sessiond throttle list`, so
-                // a spray of usernames and addresses grew the table for good). Same bound,
-                // same index walk; not counted in the sessions purged.
+                // (otherwise a spray of usernames and addresses would grow the table for
+                // good). Same bound, same index walk; not counted in the sessions purged.
                 exec(
                     &*c,
                     "DELETE FROM throttle WHERE key IN \

@@ -340,7 +340,7 @@ async fn operator_session(store: &PostgresStore) -> tokio_postgres::Client {
 }
 
 /// A change of a user's admin flag or groups made straight in the database moves the
-/// generation, so verification caches reload the user (issue 15).
+/// generation, so verification caches reload the user.
 #[tokio::test]
 async fn direct_changes_of_admin_or_groups_move_the_generation() {
     let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {

@@ -64,7 +64,7 @@ pub const OP_TIMEOUT: Duration = Duration::from_millis(1500);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 /// Sessions removed per script run by `delete_all` (keeps Redis responsive meanwhile).
 const BATCH: usize = 1000;
-/// Members of a user's session set one revoke-all script visits at most (issue 15 #16).
+/// Members of a user's session set one revoke-all script visits at most.
 pub const REVOKE_BATCH: usize = 500;
 
 /// Sessions in Redis. Cheap to clone.
@@ -704,7 +704,7 @@ impl SessionStore for RedisStore {
         keep: Option<&SessionId>,
     ) -> Result<u64, StoreError> {
         // In batches of `REVOKE_BATCH` members, one script each: "log out everywhere" of a
-        // user with many sessions must not block the shared Redis for long (issue 15 #16).
+        // user with many sessions must not block the shared Redis for long.
         // Each call is atomic; sessions created between calls are new logins, not survivors.
         let mut total = 0;
         loop {

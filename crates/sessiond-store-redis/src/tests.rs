@@ -343,7 +343,8 @@ fn script_calls(port: u16) -> u64 {
 }
 
 /// "Log out everywhere" of a user with many sessions runs in batches of `REVOKE_BATCH`
-/// (issue 15 #16: one unbatched script blocked the shared Redis for 788 ms at 50,000): the
+/// (one script for all of them would hold the shared Redis for long: docs/performance.md,
+/// "Revoke-all on Redis in batches"): the
 /// number of script calls is the number of batches, each visiting at most `REVOKE_BATCH`
 /// members, and every session but the kept one goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

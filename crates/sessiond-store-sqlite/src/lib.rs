@@ -922,7 +922,7 @@ mod tests {
 
     /// A change of a user's admin flag or groups made straight in the database (another
     /// process, no sessiond code) moves the generation, so verification caches reload the
-    /// user (issue 15).
+    /// user.
     #[tokio::test]
     async fn direct_changes_of_admin_or_groups_move_the_generation() {
         let dir = tempfile::tempdir().unwrap();

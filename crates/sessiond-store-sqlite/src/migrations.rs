@@ -82,7 +82,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         "
     -- A user's admin flag and groups decide forward-auth answers and the admin pages, so a
     -- change to them made straight in the database (there is no CLI for it) must reach
-    -- every verification cache too, like a password or disabled change (issue 15).
+    -- every verification cache too, like a password or disabled change.
     DROP TRIGGER users_changed;
     CREATE TRIGGER users_changed AFTER UPDATE OF password_hash, disabled, admin, groups ON users
         BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;

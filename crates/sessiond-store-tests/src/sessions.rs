@@ -141,7 +141,7 @@ pub async fn rotate_swaps_old_for_new<S: SessionStore>(store: S) {
 }
 
 /// A rotation of a session that is gone (revoked, logged out) fails and inserts nothing:
-/// it must never carry a revoked session on under a new secret (issue 15 #15).
+/// it must never carry a revoked session on under a new secret.
 pub async fn rotate_when_old_is_gone_inserts_nothing<S: SessionStore>(store: S) {
     let (new_t, new) = session(1);
     assert!(!store

@@ -157,7 +157,7 @@ pub async fn password_disable_and_delete<S: UserStore>(store: S) {
 
 /// `set_password_hash_if` writes only over the hash that was verified: a change in flight
 /// (current password checked against the old hash) can never overwrite a reset that landed
-/// meanwhile (issue 15 #15), and of racing changes from one hash exactly one wins.
+/// meanwhile, and of racing changes from one hash exactly one wins.
 pub async fn password_compare_and_set_never_undoes_a_reset<S: UserStore>(store: S) {
     let erin = store.create_user(&new_user("erin")).await.unwrap();
     let name = erin.username.clone();

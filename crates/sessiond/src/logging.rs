@@ -2,7 +2,7 @@
 //!
 //! tracing-subscriber's default text format prints `%` and `?` values as they are, so a
 //! username typed as `alice ip=1.2.3.4` printed `user=alice ip=1.2.3.4 ip=…`: a planted field
-//! in an audit line (issue 15 #10), and a typed newline a planted line. [`QuotedFields`]
+//! in an audit line, and a typed newline a planted line. [`QuotedFields`]
 //! writes any value that is not a plain token (letters, digits and `._-:/@+,[]()`) as a
 //! Rust string literal: in quotes, with `"`, `\` and control characters escaped. A log
 //! reader (logfmt, `grep 'user='`) then sees exactly one field per name, whatever the client

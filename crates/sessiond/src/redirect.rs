@@ -21,7 +21,7 @@ pub(crate) const MAX_LEN: usize = 2048;
 ///   (the page the user lands on, and the cookie's next request, in the clear);
 /// * whose port is the scheme's default or the public URL's own: another port of an allowed
 ///   host is often another service (an admin console, a dev server) that the rules were not
-///   written for (issue 15).
+///   written for.
 ///
 /// Userinfo (`user@host`) is refused: it only ever serves to disguise the real host.
 pub fn safe_redirect(target: &str, public: &Url, cookie_domain: Option<&str>) -> Option<String> {

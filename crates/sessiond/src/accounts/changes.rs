@@ -49,7 +49,7 @@ pub(crate) async fn end_sessions(
 /// Replaces a user's password hash and ends all their sessions (admin reset, CLI `user
 /// passwd`).
 ///
-/// Fail-safe order (issue 15 #12): the sessions end *first*, so if the store fails there the
+/// Fail-safe order: the sessions end *first*, so if the store fails there the
 /// password is unchanged and the error is reported: nobody believes an attacker was locked
 /// out while their session lives. Then the hash is written, and the sessions end once more:
 /// a login with the old password that was verified in between is ended too (and
@@ -146,7 +146,7 @@ pub(crate) async fn change_password(
 
 /// The password change itself, once the throttle let it through.
 ///
-/// Order matters (issue 15 #12 and #15):
+/// Order matters:
 /// 1. the current password is verified against the stored hash `H`; the new hash is computed
 ///    (pure work);
 /// 2. the caller's session is rotated, only while it still exists: a session revoked

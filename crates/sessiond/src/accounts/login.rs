@@ -117,7 +117,7 @@ pub(crate) async fn log_in(
         return Err(HashError::Overloaded.into());
     }
     let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
-    // Reserved atomically before any password work (issue 15 #4).
+    // Reserved atomically before any password work.
     let reserved = throttle::check(state, &attempt).await?;
     let authenticated = crate::password::with_owners(
         attempt.owners(None),
@@ -156,7 +156,7 @@ pub(crate) async fn log_in(
     };
     let (token, record) = state.sessions.begin(new, presented.as_ref()).await?;
     // A password change, reset or disable that landed while this password was being
-    // verified must not leave this session behind it (issue 15 #12): checked now that the
+    // verified must not leave this session behind it: checked now that the
     // session exists, so either the change's sweep ends it or this sees the change.
     if !still_current(state, &user, &verified_phc).await? {
         state.sessions.store().delete(&record.token_hash).await?;
@@ -164,7 +164,7 @@ pub(crate) async fn log_in(
         return Err(AuthError::InvalidCredentials);
     }
     if let Some(cap) = state.config.max_sessions_per_user {
-        // The per-user cap (issue 15 #16): the oldest sessions end first.
+        // The per-user cap: the oldest sessions end first.
         let ended = state
             .sessions
             .store()

@@ -17,8 +17,8 @@ use crate::state::AppState;
 
 /// How long a device cookie (and its registration) lasts.
 pub(crate) const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
-/// New device registrations one account may get per `DEVICE_WINDOW` (issue 15 #16:
-/// every cookie-less login registered another year-long device key). Beyond it a login
+/// New device registrations one account may get per `DEVICE_WINDOW` (else every cookie-less
+/// login would register another year-long device key). Beyond it a login
 /// still succeeds but registers no device: the client is throttled like any client without
 /// a device cookie (the account ceiling). An account so holds at most
 /// `MAX_NEW_DEVICES × (DEVICE_LIFETIME / DEVICE_WINDOW)` registrations (3,650).
@@ -124,7 +124,7 @@ pub(crate) struct Reserved {
 /// reserves it, before any password work (so a locked-out guesser costs us nothing, and
 /// learns nothing: right and wrong passwords get the same answer).
 ///
-/// Check and act are one atomic step (issue 15 #4): the counters are read, judged by the pure
+/// Check and act are one atomic step: the counters are read, judged by the pure
 /// rules of [`Counter`], and the attempt is counted as a failure on every counter that applies
 /// with [`sessiond_core::ThrottleStore::throttle_reserve`], which succeeds only if every one of
 /// them still gives the verdict it was judged on. Of a burst of parallel attempts that all

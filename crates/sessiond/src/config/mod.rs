@@ -149,7 +149,7 @@ pub struct Config {
     /// Limits on client connections (`[server]`).
     pub connections: ConnectionLimits,
     /// `[session] max_per_user`: sessions one user may hold at once (`None`: no cap). A
-    /// login beyond it ends that user's oldest sessions (issue 15 #16).
+    /// login beyond it ends that user's oldest sessions.
     pub max_sessions_per_user: Option<usize>,
 }
 
@@ -169,7 +169,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Limits on client connections (issue 15 #2): a client that sends its request head slowly,
+/// Limits on client connections: a client that sends its request head slowly,
 /// or holds a connection idle, or opens many, cannot exhaust the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {

@@ -32,7 +32,7 @@ pub(crate) const MAX_TARGET: usize = 8 * 1024;
 /// by our own proxies can be believed.)
 ///
 /// Junk entries (`unknown`, `_hidden`, an empty entry, anything not an address) are judged by
-/// where they sit, not by discarding the whole header (issue 15 #5):
+/// where they sit, not by discarding the whole header:
 /// * left of where the walk stops: never read, so they change nothing
 ///   (`unknown, 198.51.100.7` from a proxy is `198.51.100.7`);
 /// * where the walk stops: a trusted proxy recorded a client it could not name. The walk ends
@@ -330,7 +330,7 @@ mod tests {
             ("127.0.0.1", Some("6.6.6.6, unknown, 10.0.0.5"), "127.0.0.1"),
             ("127.0.0.1", Some("6.6.6.6,"), "127.0.0.1"),
             ("127.0.0.1", Some(""), "127.0.0.1"),
-            // Junk left of where the walk stops changes nothing (issue 15 #5).
+            // Junk left of where the walk stops changes nothing.
             ("127.0.0.1", Some("unknown, 198.51.100.7"), "198.51.100.7"),
             (
                 "127.0.0.1",

@@ -173,7 +173,7 @@ fn csrf_origin(state: &AppState, req: &Request) -> Option<ApiError> {
 ///
 /// A cookie domain does not widen this: every host under it (a sibling app, a user-content
 /// host, a forgotten staging box) would otherwise be able to post to us with the user's
-/// cookies (issue 15 #7). Sibling apps that must post here are listed by name.
+/// cookies. Sibling apps that must post here are listed by name.
 fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
     let origin = origin.as_bytes();
     origin == state.public_origin.as_bytes()

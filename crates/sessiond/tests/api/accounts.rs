@@ -822,7 +822,7 @@ async fn device_registrations_per_account_are_bounded() {
 
 /// A change of groups or the admin flag made straight in the database (the `sqlite3` shell,
 /// another process) reaches a running server within 100 ms (docs/reference/sessions.md, "What
-/// ends a session"), like a CLI change: the store's generation moves with it (issue 15).
+/// ends a session"), like a CLI change: the store's generation moves with it.
 #[tokio::test]
 async fn direct_database_changes_of_groups_and_admin_are_seen() {
     let app = crate::helpers::spawn_app().await;

@@ -127,7 +127,7 @@ struct Account {
     /// Cut-off password changes found landed / not landed after the restart.
     doubts: [usize; 2],
     /// The other sessions when a password change was cut off: if the new password landed,
-    /// they should be gone too (issue 15 #12, another slice; counted here, not asserted).
+    /// they should be gone too (counted here, not asserted).
     orphans: Vec<Sess>,
     /// Of those, still valid after a change that landed.
     outlived: usize,

@@ -1,6 +1,6 @@
 //! Issue 15, the network edge: slow and idle connections, the connection cap, CSRF origins
 //! with a cookie domain, a SQLite file locked by another process, and forged audit lines;
-//! and (issue 16) the one log line of a store failure during verification.
+//! and the one log line of a store failure during verification.
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -147,7 +147,7 @@ async fn connections_past_the_cap_get_503_and_the_server_keeps_serving() {
     }
 }
 
-/// With a cookie domain, a sibling subdomain's page is not trusted to post to us (issue 15 #7):
+/// With a cookie domain, a sibling subdomain's page is not trusted to post to us:
 /// only the public URL's origin and the listed `trusted_origins` are.
 #[tokio::test]
 async fn sibling_subdomains_are_refused_unless_listed_as_trusted_origins() {
@@ -340,7 +340,7 @@ async fn typed_usernames_cannot_forge_audit_fields_in_the_text_log() {
     );
 }
 
-/// A store failure during verification is logged once, with its cause (issue 16): the real
+/// A store failure during verification is logged once, with its cause: the real
 /// binary, its session store a `redis-server` that is then killed, and one request whose
 /// cookie must be looked up (well-formed, so the store is asked) answered `503`. Its log
 /// has one line about it, and that line has the store's error, not a placeholder.

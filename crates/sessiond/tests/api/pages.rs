@@ -266,7 +266,7 @@ async fn admin_pages_manage_users_and_sessions() {
     assert_eq!(app.whoami(&admin).await.status(), StatusCode::UNAUTHORIZED);
 }
 
-/// The admin page refuses the groups `sessiond user add --groups` refuses (issue 16: it took
+/// The admin page refuses the groups `sessiond user add --groups` refuses (it once took
 /// any string), with the page's own `400` and message, and creates nobody; both go through
 /// `Group`, so they refuse the same inputs with the same words.
 #[tokio::test]

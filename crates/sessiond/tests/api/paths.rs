@@ -528,7 +528,7 @@ async fn no_path_spelling_reaches_a_protected_file_through_any_proxy_and_back_en
 
 /// nginx picks the server block by the host of an absolute-form request line, not by the
 /// `Host` header; the host the rules are checked for must be the one nginx (or Caddy)
-/// actually serves (issue 15 #13).
+/// actually serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_host_the_rules_see_is_the_host_the_proxy_serves() {
     let Some(s) = setup().await else { return };
@@ -589,7 +589,7 @@ async fn the_host_the_rules_see_is_the_host_the_proxy_serves() {
 
 /// Identity headers reach the app only as sessiond set them, under every spelling an app
 /// server may map onto the same name (`Remote_User` is `HTTP_REMOTE_USER` to WSGI/CGI, like
-/// `Remote-User`) (issue 15 #14).
+/// `Remote-User`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_identity_headers_never_reach_the_app_in_any_spelling() {
     let Some(s) = setup().await else { return };
@@ -634,7 +634,7 @@ async fn forged_identity_headers_never_reach_the_app_in_any_spelling() {
 
 /// Forward auth answers the proxies over their own connection; through the public auth host
 /// anyone could ask it about made-up targets, and `/metrics` is for the operator. Neither is
-/// reachable through the examples, in any spelling (issue 15 #11).
+/// reachable through the examples, in any spelling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_auth_and_metrics_are_not_reachable_through_the_auth_host() {
     let Some(s) = setup().await else { return };
