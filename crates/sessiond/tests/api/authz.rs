@@ -448,8 +448,15 @@ async fn access_rules_and_sso_across_subdomains() {
 
 /// The payloads of `shared/data/openredirects.txt`, decoded (query-unescaping).
 pub fn open_redirect_payloads() -> Option<Vec<String>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data/openredirects.txt");
+    // `shared/` sits beside the checkout (`<dir>/shared` and `<dir>/<checkout>`), or beside a
+    // folder of worktrees: the nearest ancestor that has it.
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = "shared/data/openredirects.txt";
+    let path = manifest
+        .ancestors()
+        .map(|a| a.join(file))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| manifest.join("../../..").join(file));
     match std::fs::read_to_string(&path) {
         Ok(text) => Some(
             // One payload a line; the first one is the empty string.
