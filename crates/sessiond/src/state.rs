@@ -19,32 +19,34 @@ use crate::password::Hasher;
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
 
+/// The state's parts. Tests reach the stores (`users`, `sessions`, `throttle`) and the
+/// counters (`metrics`); the rest is the crate's own.
 #[derive(Debug)]
 pub struct Inner {
-    pub config: Config,
+    pub(crate) config: Config,
     pub users: Arc<dyn UserStore>,
     pub sessions: SessionManager,
     /// The login throttle's counters (in the session store's backend).
     pub throttle: Arc<dyn ThrottleStore>,
-    pub hasher: Hasher,
+    pub(crate) hasher: Hasher,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
-    pub public_origin: String,
+    pub(crate) public_origin: String,
     pub metrics: Metrics,
     /// Users of verified sessions, kept under the session cache's coherence (an entry is
     /// served only while `SessionManager::cache_epoch` is the one it was read under).
-    pub user_cache: UserCache,
+    pub(crate) user_cache: UserCache,
     /// Forward-auth targets already resolved against the configuration.
     pub(crate) targets: TargetCache,
     /// Forward-auth identity headers by user object.
     pub(crate) identities: IdentityCache,
     /// `GET /api/session` bodies by the record and user objects they were rendered from.
-    pub session_bodies: SessionBodies,
+    pub(crate) session_bodies: SessionBodies,
 }
 
 /// Users of verified sessions by id, each tagged with the session cache's epoch it was read
 /// under: served only while that epoch is current.
 #[derive(Debug)]
-pub struct UserCache(Memo<UserId, (u64, Arc<User>)>);
+pub(crate) struct UserCache(Memo<UserId, (u64, Arc<User>)>);
 
 impl Default for UserCache {
     fn default() -> Self {
@@ -53,12 +55,12 @@ impl Default for UserCache {
 }
 
 impl UserCache {
-    pub fn get(&self, id: UserId, epoch: u64) -> Option<Arc<User>> {
+    pub(crate) fn get(&self, id: UserId, epoch: u64) -> Option<Arc<User>> {
         self.0
             .get(&id, |(e, u)| (*e == epoch).then(|| Arc::clone(u)))
     }
 
-    pub fn put(&self, epoch: u64, user: Arc<User>) {
+    pub(crate) fn put(&self, epoch: u64, user: Arc<User>) {
         self.0.insert(user.id, (epoch, user));
     }
 }
@@ -77,7 +79,7 @@ impl UserCache {
 /// is never a way to reach a revoked session, it only spares re-rendering an answer already
 /// decided.
 #[derive(Debug)]
-pub struct SessionBodies(Memo<[u8; 32], RenderedBody, TokenHashState>);
+pub(crate) struct SessionBodies(Memo<[u8; 32], RenderedBody, TokenHashState>);
 
 #[derive(Debug)]
 pub(crate) struct RenderedBody {
@@ -94,7 +96,7 @@ impl Default for SessionBodies {
 }
 
 impl SessionBodies {
-    pub fn get_or_render<E>(
+    pub(crate) fn get_or_render<E>(
         &self,
         record: &Arc<SessionRecord>,
         user: &Arc<User>,
