@@ -37,13 +37,15 @@ pub fn now() -> Timestamp {
 /// `hashing.worker` asks for one and it can start (see `password::worker`): this is what
 /// `sessiond serve` runs.
 pub async fn build_state(config: Config) -> anyhow::Result<AppState> {
-    let hasher = if config.hash_worker.wants_process(&config) {
-        Hasher::for_the_server()
-    } else {
-        Hasher::for_this_machine()
-    }
-    .context("cannot start the password hashing pool")?;
-    build_state_with(config, now, hasher).await
+    let process = config.hash_worker.wants_process(&config);
+    build_state_with(config, now, move || {
+        if process {
+            Hasher::for_the_server()
+        } else {
+            Hasher::for_this_machine()
+        }
+    })
+    .await
 }
 
 /// [`build_state`] with another clock for session decisions (tests that move time), hashing
@@ -52,16 +54,18 @@ pub async fn build_state_with_clock(
     config: Config,
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
 ) -> anyhow::Result<AppState> {
-    let hasher = Hasher::for_this_machine().context("cannot start the password hashing pool")?;
-    build_state_with(config, clock, hasher).await
+    build_state_with(config, clock, Hasher::for_this_machine).await
 }
 
+/// The stores open first: a store the config names wrongly is refused before a hashing worker
+/// process exists (which would otherwise start only to be stopped again).
 async fn build_state_with(
     config: Config,
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
-    hasher: Hasher,
+    hasher: impl FnOnce() -> Result<Hasher, crate::HashError>,
 ) -> anyhow::Result<AppState> {
     let stores = stores::open(&config.database, &config.session_store).await?;
+    let hasher = hasher().context("cannot start the password hashing pool")?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);

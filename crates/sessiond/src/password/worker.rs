@@ -419,9 +419,13 @@ impl WorkerProcess {
                             let _ = tx.send(reply);
                         }
                     }
-                    tracing::warn!(
-                        "the password hashing worker stopped; a new one starts with the next job"
-                    );
+                    // `die` clears `alive` before it kills: a worker stopped on purpose
+                    // (the pool dropped, e.g. at exit) ends quietly.
+                    if reader.alive.load(Ordering::Acquire) {
+                        tracing::warn!(
+                            "the password hashing worker stopped; a new one starts with the next job"
+                        );
+                    }
                 }
                 reader.die(&busy);
             })
