@@ -9,6 +9,7 @@ pub enum SameSite {
     /// cross-site POSTs, iframes and fetches, which is what CSRF needs.
     #[default]
     Lax,
+    /// Sent only on same-site requests, top-level navigations from other sites included.
     Strict,
 }
 
@@ -48,14 +49,34 @@ impl CookieConfig {
         }
     }
 
+    /// A host-only cookie named after this one (`{base}{suffix}`, same `Secure` and
+    /// `SameSite`, never a `Domain`): the login throttle's device cookie (`_device`) and the
+    /// pre-login CSRF cookie (`_csrf`) are such companions of the session cookie.
+    pub fn companion(&self, suffix: &str) -> Self {
+        let base = self
+            .name
+            .strip_prefix("__Host-")
+            .or_else(|| self.name.strip_prefix("__Secure-"))
+            .unwrap_or(&self.name);
+        Self::new(
+            &format!("{base}{suffix}"),
+            self.secure,
+            None,
+            self.same_site,
+        )
+    }
+
+    /// The cookie's full name (with its `__Host-` or `__Secure-` prefix).
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// The `Domain` attribute, for SSO across subdomains (`None`: host-only).
     pub fn domain(&self) -> Option<&str> {
         self.domain.as_deref()
     }
 
+    /// Whether the cookie is `Secure` (sent over HTTPS only).
     pub fn secure(&self) -> bool {
         self.secure
     }

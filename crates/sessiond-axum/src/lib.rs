@@ -24,13 +24,38 @@
 //!
 //! [`ExpiryPolicy::touch_interval`]: sessiond_core::ExpiryPolicy::touch_interval
 
+pub mod auth;
 mod cache;
 mod cookies;
 mod data;
 mod extract;
 mod layer;
+mod login;
 mod manager;
+pub mod password;
 mod request_session;
+
+/// For implementing [`auth::UserBackend`] (an `async fn` trait).
+pub use async_trait::async_trait;
+/// The session model and the store traits (`sessiond-core`), for apps and backends.
+pub use sessiond_core as core;
+
+pub use auth::{Auth, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
+pub use password::{HashError, Hasher};
+
+/// The stores, one cargo feature each: `sqlite` (the default: one file, no other service),
+/// `postgres`, `redis` (sessions and throttle counters only; users need SQL), `memory`
+/// (tests).
+pub mod stores {
+    #[cfg(feature = "memory")]
+    pub use sessiond_store_memory::MemoryStore;
+    #[cfg(feature = "postgres")]
+    pub use sessiond_store_postgres::PostgresStore;
+    #[cfg(feature = "redis")]
+    pub use sessiond_store_redis::RedisStore;
+    #[cfg(feature = "sqlite")]
+    pub use sessiond_store_sqlite::SqliteStore;
+}
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
 pub use data::SessionMap;

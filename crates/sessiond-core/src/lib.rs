@@ -28,6 +28,7 @@
 
 mod error;
 mod expiry;
+mod memo;
 mod session;
 mod store;
 mod throttle;
@@ -37,6 +38,7 @@ mod user;
 
 pub use error::{StoreError, ValidationError};
 pub use expiry::{Expired, ExpiryPolicy, Verdict};
+pub use memo::Memo;
 pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{
     SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleStore, UserStore,

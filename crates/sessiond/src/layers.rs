@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["logging", "memo", "templates", "user_agent"],
+    &["logging", "templates", "user_agent"],
     &["stores"],
     &["config"],
-    &["password", "redirect"],
+    &["redirect"],
     &["forward_auth"],
     &["state"],
     &["accounts"],

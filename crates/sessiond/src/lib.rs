@@ -6,14 +6,16 @@
 //!
 //! The modules form layers, bottom first; each imports only the layers below it (the order
 //! and the test that enforces it: `layers.rs`; the codemap: ARCHITECTURE.md):
-//! 1. `logging`, `memo`, `templates`, `user_agent`: leaves.
+//! 1. `logging`, `templates`, `user_agent`: leaves.
 //! 2. `stores`: store URLs, parsed once, and opening the stores.
 //! 3. `config`: defaults < TOML < env < flags, validated into one [`Config`], with the
 //!    forward-auth access rules.
-//! 4. `password` (argon2id on a bounded pool), `redirect` (where a browser may go after login).
+//! 4. `redirect` (where a browser may go after login).
 //! 5. `forward_auth`: what trusted proxies say, the canonical paths, targets, identity headers.
 //! 6. `state`: what every handler shares ([`AppState`]).
-//! 7. [`accounts`]: the use cases, free of HTTP (login, throttle, account changes).
+//! 7. [`accounts`]: who is asking ([`accounts::CurrentUser`]); the use cases themselves
+//!    (login, throttle, password checks, account changes) are the library's
+//!    (`sessiond_axum::auth`), which the server uses like any app.
 //! 8. `error`: the one place that maps failures to HTTP statuses and JSON bodies.
 //! 9. `routes`: the HTTP surface (shared extractors, HTML and views; one file per area).
 //! 10. `server`: building the state, the sweeper, the accept loop.
@@ -29,8 +31,6 @@ mod forward_auth;
 #[cfg(test)]
 mod layers;
 mod logging;
-mod memo;
-mod password;
 mod redirect;
 mod routes;
 mod server;
@@ -44,8 +44,8 @@ mod user_agent;
 pub use cli::main;
 pub use config::{Config, FileConfig, Overrides};
 pub use forward_auth::client_ip;
-pub use password::{hash_blocking, HashError, Hasher};
 pub use redirect::safe_redirect;
 pub use routes::app;
 pub use server::{build_state, build_state_with_clock, now, run};
+pub use sessiond_axum::password::{hash_blocking, HashError, Hasher};
 pub use state::AppState;

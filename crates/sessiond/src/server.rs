@@ -11,14 +11,13 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sessiond_axum::SessionManager;
+use sessiond_axum::{Auth, BuiltinUsers, HashError, Hasher, SessionManager};
 use sessiond_core::{Group, NewUser, Password, SessionStore, Timestamp, Username};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
 use crate::config::Config;
-use crate::password::Hasher;
 use crate::routes;
 use crate::state::AppState;
 use crate::stores;
@@ -62,15 +61,18 @@ pub async fn build_state_with_clock(
 async fn build_state_with(
     config: Config,
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
-    hasher: impl FnOnce() -> Result<Hasher, crate::HashError>,
+    hasher: impl FnOnce() -> Result<Hasher, HashError>,
 ) -> anyhow::Result<AppState> {
     let stores = stores::open(&config.database, &config.session_store).await?;
     let hasher = hasher().context("cannot start the password hashing pool")?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);
-    let (users, throttle) = (stores.users, stores.throttle);
-    Ok(AppState::new(config, users, sessions, throttle, hasher))
+    let auth = Auth::builder(BuiltinUsers::new(stores.users), sessions, stores.throttle)
+        .hasher(hasher)
+        .max_sessions_per_user(config.max_sessions_per_user)
+        .build()?;
+    Ok(AppState::new(config, auth))
 }
 
 /// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a
@@ -98,7 +100,7 @@ pub(crate) async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
         }
     };
     let shown = password.clone();
-    let phc = state.hasher.hash(password).await?;
+    let phc = state.auth.hasher().hash(password).await?;
     let new = NewUser {
         username: Username::parse("admin").expect("valid"),
         name: "Administrator".into(),

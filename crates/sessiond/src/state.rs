@@ -1,68 +1,41 @@
-//! What every request handler shares: the configuration, the stores, the hashing pool, the
-//! counters, and the memos of answers already computed.
+//! What every request handler shares: the configuration, the stores, the library's `Auth`
+//! (users, sessions, throttle, hashing pool), and the memos of answers already computed.
 
 use std::ops::Deref;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use sessiond_axum::SessionManager;
-use sessiond_core::{SessionRecord, ThrottleStore, TokenHashState, User, UserId, UserStore};
+use sessiond_axum::{Auth, BuiltinUsers, SessionManager};
+use sessiond_core::{Memo, SessionRecord, ThrottleStore, TokenHashState, User, UserStore};
 
 use crate::config::Config;
 use crate::forward_auth::identity::IdentityCache;
 use crate::forward_auth::target::TargetCache;
-use crate::memo::Memo;
-use crate::password::Hasher;
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState(Arc<Inner>);
 
-/// The state's parts. Tests reach the stores (`users`, `sessions`, `throttle`) and the
-/// counters (`metrics`); the rest is the crate's own.
+/// The state's parts. Tests reach the stores (`users`, `sessions`, `throttle`) and `auth`
+/// (its counters); the rest is the crate's own.
 #[derive(Debug)]
 pub struct Inner {
     pub(crate) config: Config,
+    /// Logins, password checks, the throttle and the account changes: the library's, used as
+    /// any app uses them (the server keeps no copy of its own).
+    pub auth: Auth<BuiltinUsers>,
     pub users: Arc<dyn UserStore>,
     pub sessions: SessionManager,
     /// The login throttle's counters (in the session store's backend).
     pub throttle: Arc<dyn ThrottleStore>,
-    pub(crate) hasher: Hasher,
     /// `Origin` value of the public URL, precomputed for the CSRF check.
     pub(crate) public_origin: String,
-    pub metrics: Metrics,
-    /// Users of verified sessions, kept under the session cache's coherence (an entry is
-    /// served only while `SessionManager::cache_epoch` is the one it was read under).
-    pub(crate) user_cache: UserCache,
     /// Forward-auth targets already resolved against the configuration.
     pub(crate) targets: TargetCache,
     /// Forward-auth identity headers by user object.
     pub(crate) identities: IdentityCache,
     /// `GET /api/session` bodies by the record and user objects they were rendered from.
     pub(crate) session_bodies: SessionBodies,
-}
-
-/// Users of verified sessions by id, each tagged with the session cache's epoch it was read
-/// under: served only while that epoch is current.
-#[derive(Debug)]
-pub(crate) struct UserCache(Memo<UserId, (u64, Arc<User>)>);
-
-impl Default for UserCache {
-    fn default() -> Self {
-        Self(Memo::new(50_000))
-    }
-}
-
-impl UserCache {
-    pub(crate) fn get(&self, id: UserId, epoch: u64) -> Option<Arc<User>> {
-        self.0
-            .get(&id, |(e, u)| (*e == epoch).then(|| Arc::clone(u)))
-    }
-
-    pub(crate) fn put(&self, epoch: u64, user: Arc<User>) {
-        self.0.insert(user.id, (epoch, user));
-    }
 }
 
 /// Rendered `GET /api/session` bodies, one per session.
@@ -122,32 +95,17 @@ impl SessionBodies {
     }
 }
 
-/// Server-level counters (the session manager keeps its own).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub logins_succeeded: AtomicU64,
-    pub logins_failed: AtomicU64,
-    pub hash_overloaded: AtomicU64,
-}
-
 impl AppState {
-    pub fn new(
-        config: Config,
-        users: Arc<dyn UserStore>,
-        sessions: SessionManager,
-        throttle: Arc<dyn ThrottleStore>,
-        hasher: Hasher,
-    ) -> Self {
+    /// The state of a server over `auth` (whose backend is the built-in user store).
+    pub fn new(config: Config, auth: Auth<BuiltinUsers>) -> Self {
         let public_origin = config.public_origin();
         Self(Arc::new(Inner {
             config,
-            users,
-            sessions,
-            throttle,
-            hasher,
+            users: Arc::clone(auth.backend().store()),
+            sessions: auth.sessions().clone(),
+            throttle: Arc::clone(auth.throttle_store()),
+            auth,
             public_origin,
-            metrics: Metrics::default(),
-            user_cache: UserCache::default(),
             targets: TargetCache::default(),
             identities: IdentityCache::default(),
             session_bodies: SessionBodies::default(),
@@ -164,7 +122,7 @@ impl Deref for AppState {
 
 #[cfg(test)]
 mod tests {
-    use sessiond_core::{SessionId, SessionToken, Timestamp, Username};
+    use sessiond_core::{SessionId, SessionToken, Timestamp, UserId, Username};
 
     use super::*;
 

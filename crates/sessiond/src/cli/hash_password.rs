@@ -1,7 +1,7 @@
 //! `sessiond hash-password [--password-stdin]`
 
 use super::{read_new_password, CliResult};
-use crate::password::hash_blocking;
+use sessiond_axum::password::hash_blocking;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {

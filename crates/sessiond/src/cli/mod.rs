@@ -58,7 +58,7 @@ enum Command {
     /// Print the argon2id PHC hash of a password
     HashPassword(hash_password::Args),
     /// The server's password hashing worker (started by `serve`, not by hand)
-    #[command(name = crate::password::worker::SUBCOMMAND, hide = true)]
+    #[command(name = sessiond_axum::password::worker::SUBCOMMAND, hide = true)]
     HashWorker {
         #[arg(long, default_value_t = 1)]
         threads: usize,
@@ -175,7 +175,7 @@ fn run(cli: Cli) -> CliResult {
         Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Throttle(cmd) => throttle::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::HashPassword(args) => hash_password::run(args),
-        Command::HashWorker { threads } => Ok(crate::password::worker::serve(threads)?),
+        Command::HashWorker { threads } => Ok(sessiond_axum::password::worker::serve(threads)?),
     }
 }
 

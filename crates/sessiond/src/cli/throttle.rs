@@ -1,10 +1,10 @@
 //! `sessiond throttle list | clear [--user NAME] [--ip IP]`
 
 use super::{runtime, CliResult};
-use crate::accounts::throttle::describe;
 use crate::config::Config;
 use crate::server::now;
 use crate::stores;
+use sessiond_axum::auth::throttle::describe;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -56,7 +56,7 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
         }
         Command::Clear { user, ip } => {
             // An IPv6 address is counted as its /64: `--ip 2001:db8::5` clears that /64.
-            let ip = ip.as_deref().map(crate::accounts::throttle::ip_bucket);
+            let ip = ip.as_deref().map(sessiond_axum::auth::throttle::ip_bucket);
             let user = user.map(|u| u.to_ascii_lowercase());
             let mut n = 0;
             for l in &listed {

@@ -6,9 +6,9 @@ use sessiond_core::{Group, NewUser, StoreError, User, Username};
 use super::{read_new_password, runtime, usage, CliError, CliResult};
 use crate::accounts;
 use crate::config::Config;
-use crate::password::hash_blocking;
 use crate::server::now;
 use crate::stores::{self, Stores};
+use sessiond_axum::password::hash_blocking;
 
 #[derive(Debug, clap::Subcommand)]
 pub(super) enum Command {
@@ -186,7 +186,7 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
         }
         Command::Enable { name } => {
             let user = rt.block_on(find(&stores, &name))?;
-            rt.block_on(accounts::enable(stores.users.as_ref(), user.id))?;
+            rt.block_on(sessiond_axum::auth::enable(stores.users.as_ref(), user.id))?;
             tracing::info!(target: "sessiond::audit", event = "user_enabled", user = %user.username, by = "cli");
             println!("enabled {}", user.username);
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use sessiond_core::{User, UserId};
 
-use crate::memo::Memo;
+use sessiond_core::Memo;
 
 /// Every header of a `200` answer for `user` (`None`: a bypass, identity headers empty):
 /// `Cache-Control: no-store`, the identity headers, and the `nosniff` the guard sets on

@@ -9,7 +9,7 @@ use url::Url;
 use super::headers::{TargetError, TargetParts};
 use super::path::canonical_path;
 use crate::config::Config;
-use crate::memo::Memo;
+use sessiond_core::Memo;
 
 /// A target as forward auth decides on it: everything here depends only on the target's
 /// parts and the configuration.

@@ -5,12 +5,12 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use sessiond_axum::auth::{AuthError, PasswordChanged};
 use sessiond_core::SessionId;
 
 use super::extract::{ClientInfo, CurrentUser, FormBody};
 use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
-use crate::accounts::{self, AuthError};
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
@@ -166,15 +166,15 @@ pub(super) async fn change_password(
         let msg = Some("The new passwords do not match.".to_owned());
         return render(&state, &me, StatusCode::BAD_REQUEST, None, msg).await;
     }
-    let change = accounts::change_password(
-        &state,
-        &me,
+    let change = state.auth.change_password(
+        &me.session,
+        &me.user,
         form.current_password,
         form.new_password,
         client,
     );
     match change.await {
-        Ok((token, record)) => {
+        Ok(PasswordChanged { token, record }) => {
             let mut res = see_other("/?done=password");
             res.headers_mut().extend(cookie_headers(
                 state.sessions.session_cookie(&token, &record),

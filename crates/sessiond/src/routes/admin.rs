@@ -221,7 +221,7 @@ pub(super) async fn create_user(
         Ok(g) => g,
         Err(e) => return invalid(sentence(&e.to_string())).await,
     };
-    let phc = state.hasher.hash(password).await?;
+    let phc = state.auth.hasher().hash(password).await?;
     let new = NewUser {
         username,
         name: f.name.trim().to_owned(),
@@ -289,7 +289,7 @@ pub(super) async fn user_action(
             "disabled"
         }
         "enable" => {
-            accounts::enable(users, user.id).await?;
+            sessiond_axum::auth::enable(users, user.id).await?;
             tracing::info!(target: "sessiond::audit", event = "admin_action", action = "enable", user = %user.username, by = %me.user.username);
             return Ok(see_other("/admin?done=enabled"));
         }
@@ -307,7 +307,7 @@ pub(super) async fn user_action(
                     .await
                 }
             };
-            let phc = state.hasher.hash(password).await?;
+            let phc = state.auth.hasher().hash(password).await?;
             accounts::set_password(users, sessions, user.id, &phc).await?;
             "password"
         }

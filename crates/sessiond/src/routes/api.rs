@@ -5,12 +5,10 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sessiond_axum::auth::{LoginAttempt, PasswordChanged};
 
 use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
-use super::views::{
-    cookie_headers, device_cookie, list_own, login_headers, PageQuery, SessionView, UserView,
-};
-use crate::accounts::{self, login::log_in};
+use super::views::{cookie_headers, list_own, login_headers, PageQuery, SessionView, UserView};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -44,15 +42,14 @@ pub(super) async fn login(
     Presented(presented): Presented,
     JsonBody(req): JsonBody<LoginRequest>,
 ) -> ApiResult<Response> {
-    let login = log_in(
-        &state,
+    let login = state.auth.log_in(LoginAttempt {
+        username: &req.username,
+        password: req.password,
+        remember: req.remember,
         client,
-        device_cookie(&state, &headers),
-        presented,
-        &req.username,
-        req.password,
-        req.remember,
-    );
+        device_cookie: state.auth.device_cookie(&headers),
+        presented: presented.as_ref(),
+    });
     let done = login.await?;
     let body = Whoami {
         user: UserView::of(&done.user),
@@ -197,9 +194,14 @@ pub(super) async fn password(
     me: CurrentUser,
     JsonBody(req): JsonBody<PasswordRequest>,
 ) -> ApiResult<Response> {
-    let change =
-        accounts::change_password(&state, &me, req.current_password, req.new_password, client);
-    let (token, record) = change.await?;
+    let change = state.auth.change_password(
+        &me.session,
+        &me.user,
+        req.current_password,
+        req.new_password,
+        client,
+    );
+    let PasswordChanged { token, record } = change.await?;
     let body = Whoami {
         user: UserView::of(&me.user),
         session: SessionView::of(&state, &record),

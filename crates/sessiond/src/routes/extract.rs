@@ -10,10 +10,11 @@ use axum::http::{header, StatusCode};
 use serde::de::DeserializeOwned;
 use sessiond_axum::{ActiveSession, MaybeSession};
 
-pub(crate) use crate::accounts::{ClientInfo, CurrentUser};
+pub(crate) use crate::accounts::CurrentUser;
 use crate::error::ApiError;
 use crate::forward_auth::client_ip;
 use crate::state::AppState;
+pub(crate) use sessiond_axum::ClientInfo;
 
 /// A JSON body (`Content-Type: application/json` required).
 #[derive(Debug)]
@@ -60,9 +61,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
 }
 
 impl FromRequestParts<AppState> for ClientInfo {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         // The socket's peer, or what our trusted proxies say the client is
         // (docs/reference/security.md, "Proxies and the client address").
         let ip = parts

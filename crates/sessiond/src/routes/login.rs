@@ -5,14 +5,13 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use sessiond_axum::auth::{AuthError, LoginAttempt};
 use sessiond_axum::{find_cookie, CookieLookup};
 use sessiond_core::SessionToken;
 
 use super::extract::{ClientInfo, FormBody, Presented};
 use super::html::{check_form_token, page, see_other, sentence, TokenForm};
-use super::views::{cookie_headers, device_cookie, login_headers};
-use crate::accounts::login::log_in;
-use crate::accounts::AuthError;
+use super::views::{cookie_headers, login_headers};
 use crate::error::{ApiError, HtmlResult};
 use crate::redirect::safe_redirect;
 use crate::state::AppState;
@@ -123,15 +122,14 @@ pub(super) async fn login_submit(
     }
     let Presented(presented) = presented?;
     let remember = form.remember.is_some_and(|v| !v.is_empty());
-    let login = log_in(
-        &state,
-        client,
-        device_cookie(&state, &headers),
-        presented,
-        &form.username,
-        form.password,
+    let login = state.auth.log_in(LoginAttempt {
+        username: &form.username,
+        password: form.password,
         remember,
-    );
+        client,
+        device_cookie: state.auth.device_cookie(&headers),
+        presented: presented.as_ref(),
+    });
     match login.await {
         Ok(done) => {
             let target = safe_redirect(rd, &state.config.public_url, state.config.cookie.domain())

@@ -12,7 +12,7 @@ use crate::state::AppState;
 
 pub(super) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let c = state.sessions.counters();
-    let m = &state.metrics;
+    let m = state.auth.counters();
     let rows: [(&str, &str, u64); 7] = [
         (
             "sessiond_verifications_total",

@@ -3,11 +3,9 @@
 
 use axum::http::{header, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use sessiond_axum::{find_cookie, CookieLookup};
+use sessiond_axum::auth::LoggedIn;
 use sessiond_core::{SessionId, SessionRecord, Timestamp, User, UserId};
 
-use crate::accounts::login::LoggedIn;
-use crate::accounts::throttle::DEVICE_LIFETIME;
 use crate::accounts::CurrentUser;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -81,24 +79,14 @@ pub(crate) fn cookie_headers(cookie: HeaderValue) -> HeaderMap {
 
 /// The headers of a successful login: `Set-Cookie` (session, and device when new) and
 /// `Cache-Control: no-store`.
-pub(crate) fn login_headers(state: &AppState, done: &LoggedIn) -> HeaderMap {
-    let mut h = cookie_headers(state.sessions.session_cookie(&done.token, &done.record));
-    if let Some(d) = &done.device {
-        let c = &state.config.device_cookie;
-        h.append(
-            header::SET_COOKIE,
-            c.build(c.name(), d.expose(), Some(DEVICE_LIFETIME)),
-        );
+pub(crate) fn login_headers(state: &AppState, done: &LoggedIn<User>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for cookie in state.auth.login_cookies(done) {
+        h.append(header::SET_COOKIE, cookie);
     }
+    // A response carrying a secret must never be stored by a cache.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h
-}
-
-/// The throttling device cookie the browser presented (docs/security.md), if exactly one.
-pub(crate) fn device_cookie<'h>(state: &AppState, headers: &'h HeaderMap) -> Option<&'h str> {
-    match find_cookie(headers, state.config.device_cookie.name()) {
-        CookieLookup::One(v) => Some(v),
-        _ => None,
-    }
 }
 
 #[derive(Serialize)]

@@ -213,13 +213,16 @@ async fn spawn_hooked(file: &str) -> Hooked {
         config.policy,
     )
     .with_cache(1_000);
-    let state = AppState::new(
-        config,
-        Arc::clone(&users) as Arc<dyn UserStore>,
+    let auth = sessiond_axum::Auth::builder(
+        sessiond_axum::BuiltinUsers::new(Arc::clone(&users) as Arc<dyn UserStore>),
         manager,
         Arc::clone(&db) as Arc<dyn ThrottleStore>,
-        Hasher::for_this_machine().unwrap(),
-    );
+    )
+    .hasher(Hasher::for_this_machine().unwrap())
+    .max_sessions_per_user(config.max_sessions_per_user)
+    .build()
+    .unwrap();
+    let state = AppState::new(config, auth);
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(sessiond::run(listener, state.clone(), async {
         let _ = rx.await;

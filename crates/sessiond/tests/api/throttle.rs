@@ -448,7 +448,8 @@ async fn a_parallel_burst_of_wrong_passwords_is_hashed_at_most_the_limit_on_ever
         }
         let failed = app
             .state
-            .metrics
+            .auth
+            .counters()
             .logins_failed
             .load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("{}: {hashed} checked, {throttled} throttled", stores.label);

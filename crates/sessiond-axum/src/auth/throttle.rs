@@ -12,11 +12,11 @@ use sessiond_core::{
 };
 
 use super::error::AuthError;
+use super::Core;
 use crate::password::{with_owners, Owners};
-use crate::state::AppState;
 
 /// How long a device cookie (and its registration) lasts.
-pub(crate) const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
+pub const DEVICE_LIFETIME: Duration = Duration::from_secs(365 * 86400);
 /// New device registrations one account may get per `DEVICE_WINDOW` (else every cookie-less
 /// login would register another year-long device key). Beyond it a login
 /// still succeeds but registers no device: the client is throttled like any client without
@@ -40,7 +40,7 @@ pub(crate) struct Attempt {
 /// The address a per-IP counter is kept for: an IPv4 address as it is, an IPv6 address as its
 /// /64 network (`2001:db8:1:2::/64`). One IPv6 subscriber usually gets a whole /64 (often
 /// more), so counting single addresses would hand a guesser 2^64 fresh budgets.
-pub(crate) fn ip_bucket(ip: &str) -> String {
+pub fn ip_bucket(ip: &str) -> String {
     match ip.parse::<std::net::IpAddr>().map(|a| a.to_canonical()) {
         Ok(std::net::IpAddr::V6(v6)) => {
             let net = u128::from(v6) & !((1u128 << 64) - 1);
@@ -132,8 +132,8 @@ pub(crate) struct Reserved {
 /// counters that apply: the device's own budget when the client presents a device cookie
 /// registered for this account, else the account ceiling; the (account, address) pair and the
 /// address always.
-pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, AuthError> {
-    let store = &state.throttle;
+pub(crate) async fn check(core: &Core, a: &Attempt) -> Result<Reserved, AuthError> {
+    let store = &core.throttle;
     // Every counter that may apply, and the device's registration, in one store call (one
     // round trip on PostgreSQL instead of four or five).
     let mut keys = vec![a.pair_key(), a.ip_key(), a.account_key()];
@@ -143,7 +143,7 @@ pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, Aut
     }
     let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
     for _ in 0..RESERVE_TRIES {
-        let now = state.sessions.now();
+        let now = core.sessions.now();
         let records = store.throttle_get_many(&refs, now).await?;
         if records.len() != keys.len() {
             return Err(AuthError::Internal(format!(
@@ -217,15 +217,14 @@ pub(crate) async fn check(state: &AppState, a: &Attempt) -> Result<Reserved, Aut
 
 /// The attempt never got to a verdict on its password (a bad request, an overloaded pool, a
 /// store error): its reservation is given back.
-pub(crate) async fn release(state: &AppState, reserved: &Reserved) -> Result<(), AuthError> {
+pub(crate) async fn release(core: &Core, reserved: &Reserved) -> Result<(), AuthError> {
     let changes: Vec<ThrottleChange<'_>> = reserved
         .counters
         .iter()
         .map(|(_, key)| ThrottleChange::Refund { key })
         .collect();
-    state
-        .throttle
-        .throttle_apply(&changes, state.sessions.now())
+    core.throttle
+        .throttle_apply(&changes, core.sessions.now())
         .await?;
     Ok(())
 }
@@ -245,10 +244,9 @@ fn settle_changes(reserved: &Reserved) -> Vec<ThrottleChange<'_>> {
 
 /// A right password outside a login (the current password of a password change): as
 /// after a successful login, without device cookies.
-pub(crate) async fn settled(state: &AppState, reserved: &Reserved) -> Result<(), AuthError> {
-    state
-        .throttle
-        .throttle_apply(&settle_changes(reserved), state.sessions.now())
+pub(crate) async fn settled(core: &Core, reserved: &Reserved) -> Result<(), AuthError> {
+    core.throttle
+        .throttle_apply(&settle_changes(reserved), core.sessions.now())
         .await?;
     Ok(())
 }
@@ -259,16 +257,16 @@ pub(crate) async fn settled(state: &AppState, reserved: &Reserved) -> Result<(),
 /// error: [`release`]d). Its password work is tagged with the attempt's account and address
 /// for the hashing queue's fairness ([`Owners`]).
 pub(crate) async fn guarded<T>(
-    state: &AppState,
+    core: &Core,
     a: &Attempt,
     owners: Owners,
     work: impl std::future::Future<Output = Result<T, AuthError>>,
 ) -> Result<T, AuthError> {
-    let reserved = check(state, a).await?;
+    let reserved = check(core, a).await?;
     match with_owners(owners, work).await {
         Err(AuthError::InvalidCredentials) => Err(AuthError::InvalidCredentials),
         Err(e) => {
-            if let Err(r) = release(state, &reserved).await {
+            if let Err(r) = release(core, &reserved).await {
                 tracing::warn!(error = %r, "throttle reservation not released");
             }
             Err(e)
@@ -276,7 +274,7 @@ pub(crate) async fn guarded<T>(
         Ok(v) => {
             // The work is done (a password changed): a failure to settle must not turn it
             // into an error. The reservation then stays counted as one failure, the safe side.
-            if let Err(e) = settled(state, &reserved).await {
+            if let Err(e) = settled(core, &reserved).await {
                 tracing::warn!(error = %e, "throttle reservation not settled");
             }
             Ok(v)
@@ -289,7 +287,7 @@ pub(crate) async fn guarded<T>(
 /// device cookie registered for this account. Returns the secret of a new device cookie to
 /// set.
 pub(crate) async fn succeeded(
-    state: &AppState,
+    core: &Core,
     a: &Attempt,
     reserved: &Reserved,
     presented: Option<&str>,
@@ -303,8 +301,8 @@ pub(crate) async fn succeeded(
         Attempt::device_failures_key(&h),
         Attempt::device_registration_key(&h, &a.account),
     );
-    let store = &state.throttle;
-    let now = state.sessions.now();
+    let store = &core.throttle;
+    let now = core.sessions.now();
     let mut changes = settle_changes(reserved);
     changes.push(ThrottleChange::Delete { key: &failures });
     // A registration this account does not hold yet counts against its bound (a presented
@@ -326,25 +324,28 @@ pub(crate) async fn succeeded(
     Ok(fresh.then_some(token))
 }
 
-/// One counter, for `sessiond throttle list`.
+/// One counter as an operator sees it (`sessiond throttle list`).
 #[derive(Debug, serde::Serialize)]
-pub(crate) struct Listed {
+pub struct Listed {
+    /// `account+ip`, `ip`, `account` or `device`.
     pub kind: &'static str,
+    /// The account counted (case-folded as typed), for account counters.
     pub account: Option<String>,
+    /// The address counted (an IPv6 address as its /64), for address counters.
     pub ip: Option<String>,
+    /// Failures counted in the current window.
     pub failures: u64,
+    /// RFC 3339 end of the back-off, while one holds.
     pub locked_until: Option<String>,
+    /// RFC 3339 end of the counting window.
     pub window_ends: String,
+    /// The counter's key in the throttle store.
     #[serde(skip)]
     pub key: String,
 }
 
 /// Parses a counter key; device registrations are not counters and are skipped.
-pub(crate) fn describe(
-    key: &str,
-    rec: &sessiond_core::ThrottleRecord,
-    now: Timestamp,
-) -> Option<Listed> {
+pub fn describe(key: &str, rec: &sessiond_core::ThrottleRecord, now: Timestamp) -> Option<Listed> {
     let (kind, counter, account, ip) = if let Some(rest) = key.strip_prefix("p:") {
         let (acct, ip) = rest.rsplit_once('|')?;
         (

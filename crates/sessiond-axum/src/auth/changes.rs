@@ -1,15 +1,17 @@
-//! Account changes that must end sessions (password, disable, delete), shared by the HTTP
-//! routes and the CLI: each does it here, so no entry point can forget.
+//! Account changes that must end sessions (password change and reset, disable, delete),
+//! shared by every entry point (HTTP routes, a CLI): each does it here, so none can forget.
+//! The password change works over any [`UserBackend`]; reset, disable, delete and enable are
+//! the built-in user store's ([`UserStore`]).
 
 use sessiond_core::{
     NewSession, Password, SessionId, SessionRecord, SessionStore, SessionToken, StoreError, UserId,
     UserStore,
 };
 
-use super::caller::{ClientInfo, CurrentUser};
+use super::client::ClientInfo;
 use super::error::{AuthError, ChangeError};
-use super::throttle;
-use crate::state::AppState;
+use super::{throttle, Auth, AuthUser, UserBackend};
+use crate::ActiveSession;
 
 /// How many times a step that ends sessions is tried before the change is reported failed.
 const END_SESSIONS_TRIES: u32 = 3;
@@ -21,7 +23,7 @@ const END_SESSIONS_RETRY_WITHIN: std::time::Duration = std::time::Duration::from
 
 /// Ends `id`'s sessions (but `keep`), retrying a store that failed fast a few times (after
 /// 50 ms, then 100 ms): a transient error must not leave an account change half done.
-pub(crate) async fn end_sessions(
+pub async fn end_sessions(
     sessions: &dyn SessionStore,
     id: UserId,
     keep: Option<&SessionId>,
@@ -123,77 +125,90 @@ pub async fn delete(
 }
 
 /// Re-enables a user (audited like every account change).
-pub(crate) async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreError> {
+pub async fn enable(users: &dyn UserStore, id: UserId) -> Result<bool, StoreError> {
     users.set_disabled(id, false).await
 }
 
-/// Changes the caller's own password (`POST /api/password` and the account page's form,
-/// docs/reference/endpoints.md): the
-/// current password is checked under the login throttle (a guess is a guess wherever it is
-/// made), then [`change_password_checked`] runs.
-pub(crate) async fn change_password(
-    state: &AppState,
-    me: &CurrentUser,
-    current: String,
-    new: String,
-    client: ClientInfo,
-) -> Result<(SessionToken, SessionRecord), AuthError> {
-    let attempt = throttle::Attempt::new(me.user.username.as_str(), client.ip.as_deref(), None);
-    let owners = attempt.owners(Some(me.session.record().id.as_str()));
-    let change = change_password_checked(state, me, current, new, client);
-    throttle::guarded(state, &attempt, owners, change).await
+/// A password change that went through: the caller's session, rotated (its new secret goes
+/// in the cookie; the old one no longer works).
+#[derive(Debug)]
+pub struct PasswordChanged {
+    /// The rotated session's secret.
+    pub token: SessionToken,
+    /// The rotated session.
+    pub record: SessionRecord,
 }
 
-/// The password change itself, once the throttle let it through.
-///
-/// Order matters:
-/// 1. the current password is verified against the stored hash `H`; the new hash is computed
-///    (pure work);
-/// 2. the caller's session is rotated, only while it still exists: a session revoked
-///    meanwhile (by its owner elsewhere, an admin, a reset) changes nothing and gets `401`;
-/// 3. every other session of the user ends, before the password changes, so a store failure
-///    leaves the old password and no promise broken (`503`, the new session is ended too);
-/// 4. the hash is written only if it is still `H` (compare-and-set): a reset that landed
-///    since step 1 wins, and the change gets `409 conflict` (the new session is ended);
-/// 5. the other sessions end once more (logins verified with the old password meanwhile).
-async fn change_password_checked(
-    state: &AppState,
-    me: &CurrentUser,
+impl<B: UserBackend> Auth<B> {
+    /// Changes the password of `session`'s user, who proves it with `current` (Django's
+    /// `set_password` + `update_session_auth_hash`): the current password is checked under
+    /// the login throttle (a guess is a guess wherever it is made), every other session of
+    /// the user ends, and this one is rotated, so the caller stays logged in here only.
+    ///
+    /// Order matters:
+    /// 1. the current password is verified against the stored hash `H`; the new hash is
+    ///    computed (pure work);
+    /// 2. the caller's session is rotated, only while it still exists: a session revoked
+    ///    meanwhile changes nothing ([`AuthError::SessionEnded`]);
+    /// 3. every other session of the user ends, before the password changes, so a store
+    ///    failure leaves the old password and no promise broken (the new session is ended
+    ///    too);
+    /// 4. the hash is written only if it is still `H` (compare-and-set): a reset that landed
+    ///    since step 1 wins, and the change gets [`AuthError::Conflict`] (the new session is
+    ///    ended);
+    /// 5. the other sessions end once more (logins verified with the old password meanwhile).
+    pub async fn change_password(
+        &self,
+        session: &ActiveSession,
+        user: &B::User,
+        current: String,
+        new: String,
+        client: ClientInfo,
+    ) -> Result<PasswordChanged, AuthError> {
+        let attempt = throttle::Attempt::new(user.username(), client.ip.as_deref(), None);
+        let owners = attempt.owners(Some(session.record().id.as_str()));
+        let change = change_password_checked(self, session, user, current, new, client);
+        throttle::guarded(self.core(), &attempt, owners, change).await
+    }
+}
+
+/// The password change itself, once the throttle let it through (see
+/// [`Auth::change_password`]).
+async fn change_password_checked<B: UserBackend>(
+    auth: &Auth<B>,
+    session: &ActiveSession,
+    user: &B::User,
     current: String,
     new: String,
     client: ClientInfo,
-) -> Result<(SessionToken, SessionRecord), AuthError> {
+) -> Result<PasswordChanged, AuthError> {
     let new = Password::new(new).map_err(|e| AuthError::Invalid(e.to_string()))?;
     let current = Password::presented(current).map_err(|e| AuthError::Invalid(e.to_string()))?;
-    let creds = state
-        .users
-        .user_by_name(&me.user.username)
+    let (id, name) = (user.id(), user.username());
+    let (_, verified_phc) = auth
+        .backend()
+        .by_username(name)
         .await?
-        .filter(|c| c.user.id == me.user.id)
+        .filter(|(u, _)| u.id() == id)
         .ok_or(AuthError::SessionEnded)?;
-    let verified_phc = creds.password_hash.clone();
-    if !state
-        .hasher
-        .verify(current, creds.password_hash)
-        .await?
-        .matches
-    {
-        tracing::info!(target: "sessiond::audit", event = "password_change_failed", user = %me.user.username);
+    let hasher = auth.hasher();
+    if !hasher.verify(current, verified_phc.clone()).await?.matches {
+        tracing::info!(target: "sessiond::audit", event = "password_change_failed", user = %name);
         return Err(AuthError::InvalidCredentials);
     }
-    let phc = state.hasher.hash(new).await?;
-    let rec = me.session.record();
+    let phc = hasher.hash(new).await?;
+    let rec = session.record();
     let fresh = NewSession {
-        user_id: me.user.id,
+        user_id: id,
         remember: rec.remember,
         ip: client.ip,
         user_agent: client.user_agent,
     };
-    let Some((token, record)) = state.sessions.rotate(fresh, &me.session).await? else {
-        tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "session_ended", user = %me.user.username);
+    let Some((token, record)) = auth.sessions().rotate(fresh, session).await? else {
+        tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "session_ended", user = %name);
         return Err(AuthError::SessionEnded);
     };
-    let store = state.sessions.store();
+    let store = auth.sessions().store();
     // Undoes step 2 when a later step refuses: the caller ends up logged out, never with a
     // session that outlived a failed or overruled change.
     let abandon = || async {
@@ -201,19 +216,19 @@ async fn change_password_checked(
             tracing::warn!(error = %e, "ending the rotated session failed");
         }
     };
-    if let Err(e) = end_sessions(store.as_ref(), me.user.id, Some(&record.id)).await {
+    if let Err(e) = end_sessions(store.as_ref(), id, Some(&record.id)).await {
         abandon().await;
         return Err(e.into());
     }
-    match state
-        .users
-        .set_password_hash_if(me.user.id, &verified_phc, &phc)
+    match auth
+        .backend()
+        .set_password_hash_if(id, &verified_phc, &phc)
         .await
     {
         Ok(true) => {}
         Ok(false) => {
             abandon().await;
-            tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "changed_meanwhile", user = %me.user.username);
+            tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "changed_meanwhile", user = %name);
             return Err(AuthError::Conflict(
                 "the password was changed meanwhile (e.g. reset by an admin); log in again".into(),
             ));
@@ -223,7 +238,7 @@ async fn change_password_checked(
             return Err(e.into());
         }
     }
-    end_sessions(store.as_ref(), me.user.id, Some(&record.id)).await?;
-    tracing::info!(target: "sessiond::audit", event = "password_changed", user = %me.user.username, session = %record.id);
-    Ok((token, record))
+    end_sessions(store.as_ref(), id, Some(&record.id)).await?;
+    tracing::info!(target: "sessiond::audit", event = "password_changed", user = %name, session = %record.id);
+    Ok(PasswordChanged { token, record })
 }

@@ -12,7 +12,7 @@
 //! * **Parameters from stored hashes are bounded** ([`MAX_M_KIB`] …): a tampered or hostile
 //!   hash in the database cannot make one login allocate gigabytes.
 
-pub(crate) mod worker;
+pub mod worker;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

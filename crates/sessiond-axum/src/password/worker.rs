@@ -34,7 +34,7 @@ use tokio::sync::oneshot;
 use super::{hash_blocking, lower_priority, HashError, Verified};
 
 /// The hidden subcommand that runs a worker.
-pub(crate) const SUBCOMMAND: &str = "__hash-worker";
+pub const SUBCOMMAND: &str = "__hash-worker";
 /// The first frame a worker sends: proof that the program started is one.
 const HELLO: &str = "sessiond-hash-worker 1";
 /// Longest frame either side accepts (a password is at most 1 KiB, a PHC string ~100 bytes).
@@ -203,7 +203,7 @@ fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 
 /// `sessiond __hash-worker --threads N`: leaves sessiond's scheduling group, then hashes what
 /// arrives on stdin with `threads` threads until stdin closes (the server is gone).
-pub(crate) fn serve(threads: usize) -> io::Result<()> {
+pub fn serve(threads: usize) -> io::Result<()> {
     isolate();
     let out = Arc::new(Mutex::new(BufWriter::new(io::stdout())));
     write_frame(

@@ -1,6 +1,6 @@
 //! One bounded memo: a map behind a mutex that starts over when full.
 //!
-//! The server keeps a few answers it would otherwise recompute on every request (resolved
+//! The library and the server keep a few answers it would otherwise recompute on every request (resolved
 //! forward-auth targets, rendered session bodies, identity headers, users of verified
 //! sessions). Each is a pure function of what its entry holds, so the memo never needs an
 //! eviction order: when it reaches its capacity it is emptied, and each live key is computed
@@ -13,13 +13,15 @@ use std::fmt;
 use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, MutexGuard};
 
-pub(crate) struct Memo<K, V, S = RandomState> {
+/// A bounded map behind a mutex, emptied when full (see the module docs).
+pub struct Memo<K, V, S = RandomState> {
     entries: Mutex<HashMap<K, V, S>>,
     capacity: usize,
 }
 
 impl<K: Eq + Hash, V, S: BuildHasher + Default> Memo<K, V, S> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty memo holding at most `capacity` entries.
+    pub fn new(capacity: usize) -> Self {
         Self {
             entries: Mutex::new(HashMap::with_hasher(S::default())),
             capacity,
@@ -28,7 +30,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> Memo<K, V, S> {
 
     /// What `read` makes of the entry for `key`, if there is one (`read` may also refuse a
     /// stale entry by answering `None`). The lock is held only while `read` runs.
-    pub(crate) fn get<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> Option<R>) -> Option<R>
+    pub fn get<Q, R>(&self, key: &Q, read: impl FnOnce(&V) -> Option<R>) -> Option<R>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
@@ -37,7 +39,7 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> Memo<K, V, S> {
     }
 
     /// Keeps `value` for `key`, emptying the memo first when it is full.
-    pub(crate) fn insert(&self, key: K, value: V) {
+    pub fn insert(&self, key: K, value: V) {
         let mut entries = self.lock();
         if entries.len() >= self.capacity {
             entries.clear();
@@ -45,9 +47,14 @@ impl<K: Eq + Hash, V, S: BuildHasher + Default> Memo<K, V, S> {
         entries.insert(key, value);
     }
 
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    /// How many entries it holds now.
+    pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Whether it holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<K, V, S>> {

@@ -1,5 +1,5 @@
-//! Why an account use case refused or failed, in the domain's words. `crate::error` maps each
-//! to an HTTP status; the CLI prints them.
+//! Why an account use case refused or failed, in the domain's words. An app maps each to an
+//! HTTP answer (`AuthError::status` gives the usual one); a CLI prints them.
 
 use sessiond_core::{StoreError, Username};
 
@@ -7,7 +7,8 @@ use crate::password::HashError;
 
 /// Why a login or a password change did not happen.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum AuthError {
+#[non_exhaustive]
+pub enum AuthError {
     /// Unknown user, disabled user or wrong password: one answer for all three.
     #[error("invalid username or password")]
     InvalidCredentials,
@@ -20,10 +21,16 @@ pub(crate) enum AuthError {
     /// The change lost to a newer one (an admin's reset); the message says what to do.
     #[error("{0}")]
     Conflict(String),
+    /// A back-off or ceiling of the login throttle holds.
     #[error("too many failed attempts; try again in {retry_after} s")]
-    Throttled { retry_after: u64 },
+    Throttled {
+        /// Whole seconds until the next attempt may be made (at least 1).
+        retry_after: u64,
+    },
+    /// The password hashing pool failed or is full ([`HashError::Overloaded`]).
     #[error(transparent)]
     Hash(#[from] HashError),
+    /// A store failed: callers fail closed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A store answered something it cannot have meant.
@@ -34,6 +41,7 @@ pub(crate) enum AuthError {
 /// Why an account change was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangeError {
+    /// A store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The change would leave no enabled admin: nobody could administer the server any more

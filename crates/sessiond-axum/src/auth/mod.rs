@@ -1,0 +1,284 @@
+//! Logging in, and every change that must end sessions, free of HTTP.
+//!
+//! [`Auth`] ties together the users (your [`UserBackend`], or the built-in user store through
+//! [`BuiltinUsers`]), the [`SessionManager`], the login throttle's counters
+//! ([`ThrottleStore`]) and the password [`Hasher`] (argon2id on a bounded pool). Its methods
+//! are the use cases a login system needs: [`Auth::log_in`], [`Auth::log_out`],
+//! [`Auth::log_out_others`], [`Auth::change_password`], [`Auth::sessions_of`],
+//! [`Auth::revoke`], and [`Auth::user_of`] (the user a verified session belongs to). None of
+//! them reads a request or writes a response: the axum glue (`AuthSession`, `CurrentUser`)
+//! and the sessiond server call them, and a CLI or a test can too.
+//!
+//! The order of the steps inside each is what makes them safe (the throttle reserves an
+//! attempt before any password work; a login checks after creating its session that the
+//! password it verified is still the user's; a password change ends the other sessions
+//! before it writes the new hash): see each function's documentation.
+
+mod backend;
+mod changes;
+mod client;
+mod error;
+mod login;
+pub mod throttle;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use sessiond_core::{
+    Memo, SessionId, SessionRecord, SessionStore, StoreError, ThrottleStore, Timestamp, UserId,
+};
+
+pub use backend::{AuthUser, BuiltinUsers, UserBackend};
+pub use changes::{delete, disable, enable, end_sessions, set_password, PasswordChanged};
+pub use client::ClientInfo;
+pub use error::{AuthError, ChangeError};
+pub use login::{LoggedIn, LoginAttempt};
+pub use throttle::MAX_NEW_DEVICES;
+
+use crate::password::{HashError, Hasher};
+use crate::{ActiveSession, CookieConfig, SessionManager};
+
+/// Users of verified sessions kept in memory at most (see [`Auth::user_of`]).
+const USER_CACHE_CAPACITY: usize = 50_000;
+
+/// Login and account use cases over a user backend `B` (cheap to clone: one `Arc`).
+///
+/// Built with [`Auth::builder`]. See the [module docs](self).
+pub struct Auth<B: UserBackend>(Arc<Inner<B>>);
+
+impl<B: UserBackend> Clone for Auth<B> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<B: UserBackend> std::fmt::Debug for Auth<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("sessions", &self.0.core.sessions)
+            .field("login_path", &self.0.core.login_path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<B: UserBackend> {
+    backend: B,
+    core: Core,
+    /// Users of verified sessions by id, each tagged with the session cache's epoch it was
+    /// read under: served only while that epoch is current, so a change that moves the
+    /// epoch (any session ended, any user changed through sessiond) is seen at once.
+    users: Memo<UserId, (u64, Arc<B::User>)>,
+}
+
+/// The part of [`Auth`] that does not depend on the user backend (what the throttle needs).
+pub(crate) struct Core {
+    pub(crate) sessions: SessionManager,
+    pub(crate) throttle: Arc<dyn ThrottleStore>,
+    pub(crate) hasher: Hasher,
+    pub(crate) counters: AuthCounters,
+    max_sessions_per_user: Option<usize>,
+    login_path: String,
+    pub(crate) device_cookie: CookieConfig,
+}
+
+/// What logins did since the start (for metrics).
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    /// Logins that created a session.
+    pub logins_succeeded: AtomicU64,
+    /// Logins refused for their credentials (a wrong password, an unknown or disabled user).
+    pub logins_failed: AtomicU64,
+    /// Logins refused because the hashing pool was full.
+    pub hash_overloaded: AtomicU64,
+}
+
+/// Builds an [`Auth`]: `Auth::builder(backend, sessions, throttle)`, then the options, then
+/// [`AuthBuilder::build`].
+#[derive(Debug)]
+#[must_use]
+pub struct AuthBuilder<B> {
+    backend: B,
+    sessions: SessionManager,
+    throttle: Arc<dyn ThrottleStore>,
+    hasher: Option<Hasher>,
+    max_sessions_per_user: Option<usize>,
+    login_path: String,
+    device_cookie: Option<CookieConfig>,
+}
+
+impl<B: UserBackend> AuthBuilder<B> {
+    /// The login throttle's device cookie (default: the session cookie's companion
+    /// `{name}_device`, see [`CookieConfig::companion`]).
+    pub fn device_cookie(mut self, cookie: CookieConfig) -> Self {
+        self.device_cookie = Some(cookie);
+        self
+    }
+
+    /// The password hashing pool to use (default: [`Hasher::for_this_machine`], threads of
+    /// this process sized to the machine).
+    pub fn hasher(mut self, hasher: Hasher) -> Self {
+        self.hasher = Some(hasher);
+        self
+    }
+
+    /// At most this many sessions per user: a login beyond it ends the user's oldest
+    /// sessions (default: no cap).
+    pub fn max_sessions_per_user(mut self, cap: Option<usize>) -> Self {
+        self.max_sessions_per_user = cap;
+        self
+    }
+
+    /// Where page navigations without a session are sent (with `?next=`; default `/login`).
+    pub fn login_path(mut self, path: impl Into<String>) -> Self {
+        self.login_path = path.into();
+        self
+    }
+
+    /// Starts the hashing pool unless one was given.
+    pub fn build(self) -> Result<Auth<B>, HashError> {
+        let hasher = match self.hasher {
+            Some(h) => h,
+            None => Hasher::for_this_machine()?,
+        };
+        let device_cookie = self
+            .device_cookie
+            .unwrap_or_else(|| self.sessions.cookie_config().companion("_device"));
+        Ok(Auth(Arc::new(Inner {
+            backend: self.backend,
+            core: Core {
+                device_cookie,
+                sessions: self.sessions,
+                throttle: self.throttle,
+                hasher,
+                counters: AuthCounters::default(),
+                max_sessions_per_user: self.max_sessions_per_user,
+                login_path: self.login_path,
+            },
+            users: Memo::new(USER_CACHE_CAPACITY),
+        })))
+    }
+}
+
+impl<B: UserBackend> Auth<B> {
+    /// Starts building: the users, the sessions, and where the login throttle keeps its
+    /// counters (usually the session store: `Arc::new(store.clone())`).
+    pub fn builder(
+        backend: B,
+        sessions: SessionManager,
+        throttle: Arc<dyn ThrottleStore>,
+    ) -> AuthBuilder<B> {
+        AuthBuilder {
+            backend,
+            sessions,
+            throttle,
+            hasher: None,
+            max_sessions_per_user: None,
+            login_path: "/login".to_owned(),
+            device_cookie: None,
+        }
+    }
+
+    /// The user backend.
+    pub fn backend(&self) -> &B {
+        &self.0.backend
+    }
+
+    /// The session manager (verification, cookies, the session store).
+    pub fn sessions(&self) -> &SessionManager {
+        &self.0.core.sessions
+    }
+
+    /// The password hashing pool (to hash a new user's password, say).
+    pub fn hasher(&self) -> &Hasher {
+        &self.0.core.hasher
+    }
+
+    /// The login throttle's store.
+    pub fn throttle_store(&self) -> &Arc<dyn ThrottleStore> {
+        &self.0.core.throttle
+    }
+
+    /// What logins did since the start.
+    pub fn counters(&self) -> &AuthCounters {
+        &self.0.core.counters
+    }
+
+    /// Where page navigations without a session are sent.
+    pub fn login_path(&self) -> &str {
+        &self.0.core.login_path
+    }
+
+    pub(crate) fn core(&self) -> &Core {
+        &self.0.core
+    }
+
+    /// The user a verified session belongs to: `None` (and the session ends) when the user
+    /// is gone or not [`AuthUser::is_active`] any more. Disabling a user also ends their
+    /// sessions; this is the backstop.
+    ///
+    /// Users are kept in memory under the session cache's epoch (see
+    /// [`SessionManager::with_cache`]): an entry is served only while nothing changed since it
+    /// was read, so the hot path of a logged-in request costs no user lookup.
+    pub async fn user_of(
+        &self,
+        session: &ActiveSession,
+    ) -> Result<Option<Arc<B::User>>, StoreError> {
+        let id = session.record().user_id;
+        // The epoch the session was verified under, read before the session record was: a
+        // user read now is at least as new as that.
+        let epoch = session.cache_epoch();
+        if let Some(user) = epoch.and_then(|e| {
+            self.0
+                .users
+                .get(&id, |(at, u)| (*at == e).then(|| Arc::clone(u)))
+        }) {
+            return Ok(Some(user));
+        }
+        match self.0.backend.by_id(id).await? {
+            Some(user) if user.is_active() => {
+                let user = Arc::new(user);
+                if let Some(e) = epoch {
+                    self.0.users.insert(id, (e, Arc::clone(&user)));
+                }
+                Ok(Some(user))
+            }
+            _ => {
+                self.sessions().end(session).await?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Ends this session (logout). Ending one that already ended is not an error.
+    pub async fn log_out(&self, session: &ActiveSession) -> Result<(), StoreError> {
+        self.sessions().end(session).await
+    }
+
+    /// Ends every other session of this session's user ("log out everywhere else"); returns
+    /// how many ended.
+    pub async fn log_out_others(&self, session: &ActiveSession) -> Result<u64, StoreError> {
+        let rec = session.record();
+        end_sessions(self.store().as_ref(), rec.user_id, Some(&rec.id)).await
+    }
+
+    /// One page of a user's sessions, ordered by creation (then id), after the cursor
+    /// `after` (the last item of the previous page), at most `limit` of them.
+    pub async fn sessions_of(
+        &self,
+        user: UserId,
+        after: Option<(Timestamp, SessionId)>,
+        limit: usize,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        self.store().list_page(Some(user), after, limit).await
+    }
+
+    /// Ends the session `id` if it is `user`'s (a user revoking one of their own sessions);
+    /// `false` when there is no such session of theirs.
+    pub async fn revoke(&self, user: UserId, id: &SessionId) -> Result<bool, StoreError> {
+        self.store().delete_by_id(id, Some(user)).await
+    }
+
+    fn store(&self) -> &Arc<dyn SessionStore> {
+        self.sessions().store()
+    }
+}
