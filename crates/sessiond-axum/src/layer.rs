@@ -3,11 +3,12 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use axum::extract::Request;
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::request_session::RequestSession;
+use crate::request_session::{Pending, RequestSession};
 use crate::SessionManager;
 
 /// Makes a [`SessionManager`] available to the extractors, and saves modified session data
@@ -99,8 +100,17 @@ where
         loop {
             match state.as_mut().project() {
                 StateProj::Running { inner, session } => {
-                    let res = ready!(inner.poll(cx))?;
-                    let Some(pending) = session.take_pending() else {
+                    let mut res = ready!(inner.poll(cx))?;
+                    let Pending { data, cookies } = session.take_pending();
+                    if !cookies.is_empty() {
+                        let headers = res.headers_mut();
+                        for cookie in cookies {
+                            headers.append(header::SET_COOKIE, cookie);
+                        }
+                        // A response carrying a secret must never be stored by a cache.
+                        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                    }
+                    let Some(pending) = data else {
                         return Poll::Ready(Ok(res));
                     };
                     // Rare (a handler changed session data): the save gets a boxed future.

@@ -28,11 +28,13 @@ pub mod auth;
 mod cache;
 mod cookies;
 mod data;
+mod error_body;
 mod extract;
 mod layer;
 mod login;
 mod manager;
 pub mod password;
+pub mod redirect;
 mod request_session;
 
 /// For implementing [`auth::UserBackend`] (an `async fn` trait).
@@ -41,6 +43,9 @@ pub use async_trait::async_trait;
 pub use sessiond_core as core;
 
 pub use auth::{Auth, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
+pub use login::{
+    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, MaybeUser,
+};
 pub use password::{HashError, Hasher};
 
 /// The stores, one cargo feature each: `sqlite` (the default: one file, no other service),

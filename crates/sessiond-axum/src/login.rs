@@ -1,10 +1,29 @@
-//! Logging in over HTTP: the cookies a login sets and reads (the session cookie, and the
-//! login throttle's device cookie).
+//! Logging in over HTTP: the layer that hands requests their [`Auth`], the extractors
+//! ([`AuthSession`], [`CurrentUser`], [`MaybeUser`]), the [`login_required`] middleware, and
+//! the cookies a login sets and reads (the session cookie, and the login throttle's device
+//! cookie).
 
-use axum::http::{HeaderMap, HeaderValue};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use crate::auth::{throttle::DEVICE_LIFETIME, Auth, LoggedIn, UserBackend};
-use crate::{find_cookie, CookieLookup};
+use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sessiond_core::StoreError;
+use tower::{Layer, Service};
+
+use crate::auth::{
+    throttle::DEVICE_LIFETIME, Auth, AuthError, ClientInfo, LoggedIn, LoginAttempt, UserBackend,
+};
+use crate::error_body::json_error;
+use crate::request_session::RequestSession;
+use crate::{
+    find_cookie, ActiveSession, CookieLookup, MaybeSession, SessionLayer, SessionRejection,
+    SessionService,
+};
 
 impl<B: UserBackend> Auth<B> {
     /// The throttle's device cookie the browser presented, if exactly one (a duplicate is
@@ -25,5 +44,398 @@ impl<B: UserBackend> Auth<B> {
             cookies.push(c.build(c.name(), d.expose(), Some(DEVICE_LIFETIME)));
         }
         cookies
+    }
+}
+
+/// Puts an [`Auth`] in every request's extensions (under the [`SessionLayer`] of its
+/// manager), for [`AuthSession`], [`CurrentUser`], [`MaybeUser`] and [`login_required`].
+/// Made by [`Auth::layer`].
+#[derive(Debug)]
+pub struct AuthLayer<B: UserBackend> {
+    auth: Auth<B>,
+}
+
+impl<B: UserBackend> Clone for AuthLayer<B> {
+    fn clone(&self) -> Self {
+        Self {
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+impl<B: UserBackend> Auth<B> {
+    /// The layer an app adds once, around its whole router: sessions (the
+    /// [`SessionLayer`]: verification, session data, the cookies a login or logout sets) and
+    /// this `Auth` for the extractors.
+    pub fn layer(&self) -> AuthLayer<B> {
+        AuthLayer { auth: self.clone() }
+    }
+}
+
+impl<S, B: UserBackend> Layer<S> for AuthLayer<B> {
+    type Service = SessionService<AuthService<S, B>>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SessionLayer::new(self.auth.sessions().clone()).layer(AuthService {
+            inner,
+            auth: self.auth.clone(),
+        })
+    }
+}
+
+/// The service under [`AuthLayer`]: hands the request its [`Auth`].
+#[derive(Debug)]
+pub struct AuthService<S, B: UserBackend> {
+    inner: S,
+    auth: Auth<B>,
+}
+
+impl<S: Clone, B: UserBackend> Clone for AuthService<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+impl<S: Service<Request>, B: UserBackend> Service<Request> for AuthService<S, B> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        req.extensions_mut().insert(self.auth.clone());
+        self.inner.call(req)
+    }
+}
+
+/// Why [`CurrentUser`], [`MaybeUser`], [`AuthSession`] or [`login_required`] refused a
+/// request. Each variant has one answer:
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AuthRejection {
+    /// No signed-in user. A page navigation is sent to the login page, `location`
+    /// (`{login_path}?next=<this path and query>`, `303 See Other`); anything else (an API
+    /// call, a `fetch`) gets `401` with the JSON error body `{"code": "unauthenticated", …}`.
+    Unauthenticated {
+        /// Where a page navigation goes; `None` for other requests.
+        location: Option<String>,
+    },
+    /// The store failed: `503 store_unavailable` with `Retry-After: 1` (fail closed).
+    StoreUnavailable(Arc<StoreError>),
+    /// The app forgot `auth.layer()`: `500` (a bug, logged).
+    MissingLayer,
+}
+
+impl AuthRejection {
+    /// The refusal of a request without a signed-in user (see
+    /// [`AuthRejection::Unauthenticated`]): a page navigation is one the browser marks
+    /// `Sec-Fetch-Mode: navigate`, or, from a browser that sends no Fetch Metadata, a `GET`
+    /// or `HEAD` whose `Accept` names `text/html`.
+    pub fn unauthenticated(parts: &Parts, login_path: &str) -> Self {
+        let mode = parts
+            .headers
+            .get("sec-fetch-mode")
+            .map(HeaderValue::as_bytes);
+        let navigation = match mode {
+            Some(m) => m.eq_ignore_ascii_case(b"navigate"),
+            None => {
+                matches!(parts.method, Method::GET | Method::HEAD)
+                    && parts
+                        .headers
+                        .get_all(header::ACCEPT)
+                        .iter()
+                        .any(|v| memchr::memmem::find(v.as_bytes(), b"text/html").is_some())
+            }
+        };
+        let location = navigation.then(|| {
+            // Only the path and query: `next` is always a path on this site (and the login
+            // page checks it again with `redirect::local_path`).
+            let here = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+            let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
+            format!("{login_path}?next={next}")
+        });
+        Self::Unauthenticated { location }
+    }
+}
+
+impl IntoResponse for AuthRejection {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Unauthenticated {
+                location: Some(location),
+            } => {
+                let mut res = StatusCode::SEE_OTHER.into_response();
+                let headers = res.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    headers.insert(header::LOCATION, v);
+                }
+                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+                res
+            }
+            Self::Unauthenticated { location: None } => json_error(
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "authentication required",
+            ),
+            Self::StoreUnavailable(e) => {
+                let cause = std::error::Error::source(&*e);
+                tracing::error!(error = %e, cause = ?cause, "session store unavailable");
+                let mut res = json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "session store unavailable",
+                );
+                res.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                res
+            }
+            Self::MissingLayer => {
+                tracing::error!("no Auth in the request: add `auth.layer()` around the router");
+                json_error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                )
+            }
+        }
+    }
+}
+
+impl From<SessionRejection> for AuthRejection {
+    fn from(e: SessionRejection) -> Self {
+        match e {
+            SessionRejection::StoreUnavailable(e) => Self::StoreUnavailable(e),
+            SessionRejection::Unauthenticated => Self::Unauthenticated { location: None },
+            _ => Self::MissingLayer,
+        }
+    }
+}
+
+/// The request's user, if its session is valid and its user active (verified once per
+/// request, whatever extractors ask).
+async fn user_of<B: UserBackend>(
+    parts: &mut Parts,
+) -> Result<(Auth<B>, Option<ActiveSession>, Option<Arc<B::User>>), AuthRejection> {
+    let auth = parts
+        .extensions
+        .get::<Auth<B>>()
+        .cloned()
+        .ok_or(AuthRejection::MissingLayer)?;
+    let MaybeSession(session) = MaybeSession::from_request_parts(parts, &()).await?;
+    let user = match &session {
+        Some(s) => auth
+            .user_of(s)
+            .await
+            .map_err(|e| AuthRejection::StoreUnavailable(Arc::new(e)))?,
+        None => None,
+    };
+    Ok((auth, session, user))
+}
+
+/// The signed-in user; refuses the request without one: a page navigation is sent to the
+/// login page with `?next=` (`303`), anything else gets `401` with the JSON error body
+/// (`{"code": "unauthenticated", …}`). Like Django's `request.user` behind
+/// `@login_required`.
+///
+/// ```no_run
+/// # use sessiond_axum::{BuiltinUsers, CurrentUser};
+/// async fn private(CurrentUser(user): CurrentUser<BuiltinUsers>) -> String {
+///     format!("hello {}", user.username)
+/// }
+/// ```
+#[derive(Debug)]
+pub struct CurrentUser<B: UserBackend>(pub Arc<B::User>);
+
+impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for CurrentUser<B> {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AuthRejection> {
+        match user_of::<B>(parts).await? {
+            (_, _, Some(user)) => Ok(Self(user)),
+            (auth, _, None) => Err(AuthRejection::unauthenticated(parts, auth.login_path())),
+        }
+    }
+}
+
+/// The signed-in user, if any (Django's `request.user`, anonymous as `None`).
+#[derive(Debug)]
+pub struct MaybeUser<B: UserBackend>(pub Option<Arc<B::User>>);
+
+impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for MaybeUser<B> {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AuthRejection> {
+        Ok(Self(user_of::<B>(parts).await?.2))
+    }
+}
+
+/// Refuses, for a whole router, requests without a signed-in user (as [`CurrentUser`] does):
+/// `router.route_layer(axum::middleware::from_fn(login_required::<B>))`, Django's
+/// `@login_required` on every route of it.
+pub async fn login_required<B: UserBackend>(req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    match user_of::<B>(&mut parts).await {
+        Ok((_, _, Some(_))) => next.run(Request::from_parts(parts, body)).await,
+        Ok((auth, _, None)) => {
+            AuthRejection::unauthenticated(&parts, auth.login_path()).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Login, logout and password change for a handler, with the cookies written on its
+/// response (by the [`AuthLayer`]): like axum-login's `AuthSession`, and Django's `login()`,
+/// `logout()` and `update_session_auth_hash()`.
+///
+/// ```no_run
+/// use axum::{response::Redirect, Form};
+/// use sessiond_axum::{AuthSession, BuiltinUsers};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Login { username: String, password: String }
+///
+/// async fn login(mut auth: AuthSession<BuiltinUsers>, Form(f): Form<Login>) -> Redirect {
+///     match auth.log_in(&f.username, f.password, false).await {
+///         Ok(_) => Redirect::to("/private"),
+///         Err(_) => Redirect::to("/login?failed"),
+///     }
+/// }
+/// ```
+pub struct AuthSession<B: UserBackend> {
+    auth: Auth<B>,
+    request: RequestSession,
+    session: Option<ActiveSession>,
+    user: Option<Arc<B::User>>,
+    client: ClientInfo,
+    device: Option<String>,
+}
+
+impl<B: UserBackend> std::fmt::Debug for AuthSession<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSession")
+            .field("session", &self.session.as_ref().map(|s| &s.record().id))
+            .field("client", &self.client)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for AuthSession<B> {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AuthRejection> {
+        let (auth, session, user) = user_of::<B>(parts).await?;
+        let request = RequestSession::of(parts)?.clone();
+        let client = ClientInfo {
+            // The socket's peer (behind a proxy: the proxy's address; give the app's own
+            // notion of the client through `Auth::log_in` if it has a better one).
+            ip: parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|ConnectInfo(a)| a.ip().to_canonical().to_string()),
+            user_agent: parts
+                .headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let device = auth.device_cookie(&parts.headers).map(str::to_owned);
+        Ok(Self {
+            auth,
+            request,
+            session,
+            user,
+            client,
+            device,
+        })
+    }
+}
+
+impl<B: UserBackend> AuthSession<B> {
+    /// The signed-in user, if any.
+    pub fn user(&self) -> Option<&Arc<B::User>> {
+        self.user.as_ref()
+    }
+
+    /// The request's valid session, if any.
+    pub fn session(&self) -> Option<&ActiveSession> {
+        self.session.as_ref()
+    }
+
+    /// The [`Auth`] (for the use cases this type does not wrap).
+    pub fn auth(&self) -> &Auth<B> {
+        &self.auth
+    }
+
+    /// Logs in ([`Auth::log_in`]: throttled, argon2id on the pool, rotating the presented
+    /// session) and sets the session cookie (and a new device cookie) on the response.
+    pub async fn log_in(
+        &mut self,
+        username: &str,
+        password: String,
+        remember: bool,
+    ) -> Result<Arc<B::User>, AuthError> {
+        let done = self
+            .auth
+            .log_in(LoginAttempt {
+                username,
+                password,
+                remember,
+                client: self.client.clone(),
+                device_cookie: self.device.as_deref(),
+                presented: self.session.as_ref(),
+            })
+            .await?;
+        for cookie in self.auth.login_cookies(&done) {
+            self.request.set_cookie_later(cookie);
+        }
+        let user = Arc::new(done.user);
+        self.session = None;
+        self.user = Some(Arc::clone(&user));
+        Ok(user)
+    }
+
+    /// Ends the request's session (if any) and removes the cookie on the response.
+    pub async fn log_out(&mut self) -> Result<(), StoreError> {
+        if let Some(s) = self.session.take() {
+            self.auth.log_out(&s).await?;
+            tracing::info!(target: "sessiond::audit", event = "logout", session = %s.record().id);
+        }
+        self.user = None;
+        self.request
+            .set_cookie_later(self.auth.sessions().removal_cookie());
+        Ok(())
+    }
+
+    /// Ends every other session of the signed-in user; how many ended (`0` when signed out).
+    pub async fn log_out_others(&self) -> Result<u64, StoreError> {
+        match &self.session {
+            Some(s) => self.auth.log_out_others(s).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Changes the signed-in user's password ([`Auth::change_password`]: the other sessions
+    /// end, this one is rotated and its new cookie set on the response).
+    pub async fn change_password(&mut self, current: String, new: String) -> Result<(), AuthError> {
+        let (Some(session), Some(user)) = (&self.session, &self.user) else {
+            return Err(AuthError::SessionEnded);
+        };
+        let changed = self
+            .auth
+            .change_password(session, user, current, new, self.client.clone())
+            .await?;
+        self.request.set_cookie_later(
+            self.auth
+                .sessions()
+                .session_cookie(&changed.token, &changed.record),
+        );
+        self.session = None;
+        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::http::request::Parts;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 
 use crate::data::PendingData;
 use crate::{ActiveSession, SessionManager, SessionRejection};
@@ -19,7 +19,16 @@ pub(crate) struct RequestSession(Arc<Inner>);
 struct Inner {
     manager: SessionManager,
     verified: OnceLock<Result<Option<ActiveSession>, SessionRejection>>,
-    pending: Mutex<Option<PendingData>>,
+    pending: Mutex<Pending>,
+}
+
+/// What is left to do once the handler has answered.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Session data a [`crate::SessionMap`] changed.
+    pub(crate) data: Option<PendingData>,
+    /// `Set-Cookie` values a login, logout or password change asked for.
+    pub(crate) cookies: Vec<HeaderValue>,
 }
 
 impl RequestSession {
@@ -27,7 +36,7 @@ impl RequestSession {
         Self(Arc::new(Inner {
             manager,
             verified: OnceLock::new(),
-            pending: Mutex::new(None),
+            pending: Mutex::new(Pending::default()),
         }))
     }
 
@@ -57,17 +66,22 @@ impl RequestSession {
         out
     }
 
-    /// Keeps `data` to be saved once the handler has answered.
-    pub(crate) fn save_later(&self, data: PendingData) {
-        *self.0.pending.lock().unwrap_or_else(|e| e.into_inner()) = Some(data);
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.0.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The data to save now that the handler has answered, if a handler took a map.
-    pub(crate) fn take_pending(&self) -> Option<PendingData> {
-        self.0
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
+    /// Keeps `data` to be saved once the handler has answered.
+    pub(crate) fn save_later(&self, data: PendingData) {
+        self.pending().data = Some(data);
+    }
+
+    /// Keeps a `Set-Cookie` value for the response.
+    pub(crate) fn set_cookie_later(&self, cookie: HeaderValue) {
+        self.pending().cookies.push(cookie);
+    }
+
+    /// What is left to do now that the handler has answered.
+    pub(crate) fn take_pending(&self) -> Pending {
+        std::mem::take(&mut *self.pending())
     }
 }

@@ -16,7 +16,6 @@ const LAYERS: &[&[&str]] = &[
     &["logging", "templates", "user_agent"],
     &["stores"],
     &["config"],
-    &["redirect"],
     &["forward_auth"],
     &["state"],
     &["accounts"],

@@ -10,16 +10,15 @@
 //! 2. `stores`: store URLs, parsed once, and opening the stores.
 //! 3. `config`: defaults < TOML < env < flags, validated into one [`Config`], with the
 //!    forward-auth access rules.
-//! 4. `redirect` (where a browser may go after login).
-//! 5. `forward_auth`: what trusted proxies say, the canonical paths, targets, identity headers.
-//! 6. `state`: what every handler shares ([`AppState`]).
-//! 7. [`accounts`]: who is asking ([`accounts::CurrentUser`]); the use cases themselves
+//! 4. `forward_auth`: what trusted proxies say, the canonical paths, targets, identity headers.
+//! 5. `state`: what every handler shares ([`AppState`]).
+//! 6. [`accounts`]: who is asking ([`accounts::CurrentUser`]); the use cases themselves
 //!    (login, throttle, password checks, account changes) are the library's
 //!    (`sessiond_axum::auth`), which the server uses like any app.
-//! 8. `error`: the one place that maps failures to HTTP statuses and JSON bodies.
-//! 9. `routes`: the HTTP surface (shared extractors, HTML and views; one file per area).
-//! 10. `server`: building the state, the sweeper, the accept loop.
-//! 11. `cli`: one module per subcommand.
+//! 7. `error`: the one place that maps failures to HTTP statuses and JSON bodies.
+//! 8. `routes`: the HTTP surface (shared extractors, HTML and views; one file per area).
+//! 9. `server`: building the state, the sweeper, the accept loop.
+//! 10. `cli`: one module per subcommand.
 
 #![warn(unreachable_pub)]
 
@@ -31,7 +30,6 @@ mod forward_auth;
 #[cfg(test)]
 mod layers;
 mod logging;
-mod redirect;
 mod routes;
 mod server;
 mod state;
@@ -44,8 +42,8 @@ mod user_agent;
 pub use cli::main;
 pub use config::{Config, FileConfig, Overrides};
 pub use forward_auth::client_ip;
-pub use redirect::safe_redirect;
 pub use routes::app;
 pub use server::{build_state, build_state_with_clock, now, run};
 pub use sessiond_axum::password::{hash_blocking, HashError, Hasher};
+pub use sessiond_axum::redirect::safe_redirect;
 pub use state::AppState;

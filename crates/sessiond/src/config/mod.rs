@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use sessiond_axum::redirect::host_is_ours;
 use sessiond_axum::{CookieConfig, SameSite};
 use sessiond_core::ExpiryPolicy;
 use url::Url;
@@ -503,16 +504,6 @@ impl Config {
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()
     }
-}
-
-/// Whether the session cookie can belong to `host` (lowercase, no port): `public`'s host, or
-/// `cookie_domain` or a host under it. The one copy of this rule: forward auth's targets and
-/// the redirects after login both ask it.
-pub(crate) fn host_is_ours(host: &str, public: &Url, cookie_domain: Option<&str>) -> bool {
-    let public = public.host_str().unwrap_or("").to_ascii_lowercase();
-    host == public
-        || cookie_domain
-            .is_some_and(|d| host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
 }
 
 /// A `trusted_origins` entry as browsers send it in `Origin`: `scheme://host[:port]`, the

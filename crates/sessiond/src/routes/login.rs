@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_axum::auth::{AuthError, LoginAttempt};
+use sessiond_axum::redirect::safe_redirect;
 use sessiond_axum::{find_cookie, CookieLookup};
 use sessiond_core::SessionToken;
 
@@ -13,7 +14,6 @@ use super::extract::{ClientInfo, FormBody, Presented};
 use super::html::{check_form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, login_headers};
 use crate::error::{ApiError, HtmlResult};
-use crate::redirect::safe_redirect;
 use crate::state::AppState;
 
 #[derive(Deserialize, Default)]

@@ -8,10 +8,38 @@
 
 use url::Url;
 
-use crate::config::host_is_ours;
-
 /// Longest redirect target accepted.
-pub(crate) const MAX_LEN: usize = 2048;
+pub const MAX_LEN: usize = 2048;
+
+/// Whether the session cookie can belong to `host` (lowercase, no port): `public`'s host, or
+/// `cookie_domain` or a host under it. The one copy of this rule: forward auth's targets and
+/// the redirects after login both ask it.
+pub fn host_is_ours(host: &str, public: &Url, cookie_domain: Option<&str>) -> bool {
+    let public = public.host_str().unwrap_or("").to_ascii_lowercase();
+    host == public
+        || cookie_domain
+            .is_some_and(|d| host == d || host.strip_suffix(d).is_some_and(|p| p.ends_with('.')))
+}
+
+/// `target` if it is a path on this site (`/private?tab=2`), as the browser will read it;
+/// `None` for anything that could leave it (`//evil.example`, `/\evil.example`,
+/// `https://…`, control characters). For an app's `?next=` after login.
+///
+/// ```
+/// use sessiond_axum::redirect::local_path;
+/// assert_eq!(local_path("/private?tab=2").as_deref(), Some("/private?tab=2"));
+/// assert_eq!(local_path("//evil.example/"), None);
+/// assert_eq!(local_path("https://evil.example/"), None);
+/// ```
+pub fn local_path(target: &str) -> Option<String> {
+    // Any origin will do: only the path part survives, and only if the origin is unchanged.
+    static BASE: std::sync::LazyLock<Url> =
+        std::sync::LazyLock::new(|| Url::parse("http://local.invalid/").expect("valid"));
+    if !target.starts_with('/') {
+        return None;
+    }
+    safe_redirect(target, &BASE, None)
+}
 
 /// The target to send the browser to, or `None` (then the caller uses `/`).
 ///
@@ -212,6 +240,16 @@ mod tests {
                         "payload {i} {p:?} -> {out:?}"
                     );
                 }
+            }
+            // `local_path` accepts only paths: what it gives stays on the page's own host.
+            if let Some(out) = local_path(p) {
+                let landed = public().join(&out).unwrap();
+                assert_eq!(
+                    landed.origin(),
+                    public().origin(),
+                    "payload {i} {p:?} -> {out:?}"
+                );
+                assert!(out.starts_with('/') && !out.starts_with("//"), "{out:?}");
             }
         }
         assert!(accepted > 0, "some payloads are plain paths");
