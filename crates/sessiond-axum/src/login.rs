@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 use crate::auth::{
     throttle::DEVICE_LIFETIME, Auth, AuthError, ClientInfo, LoggedIn, LoginAttempt, UserBackend,
 };
+use crate::password::HashError;
 use crate::error_body::json_error;
 use crate::request_session::RequestSession;
 use crate::{
@@ -437,5 +438,71 @@ impl<B: UserBackend> AuthSession<B> {
         );
         self.session = None;
         Ok(())
+    }
+}
+
+impl AuthError {
+    /// The status an app answers with: `401` wrong credentials or an ended session, `400`
+    /// invalid input, `409` a password changed meanwhile, `429` throttled, `503` an
+    /// overloaded hashing pool or a failed store, `500` otherwise.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidCredentials | Self::SessionEnded => StatusCode::UNAUTHORIZED,
+            Self::Invalid(_) => StatusCode::BAD_REQUEST,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Hash(HashError::Overloaded) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Hash(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The error body's `code` (docs/reference/errors.md).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::InvalidCredentials => "invalid_credentials",
+            Self::SessionEnded => "unauthenticated",
+            Self::Invalid(_) => "bad_request",
+            Self::Conflict(_) => "conflict",
+            Self::Throttled { .. } => "throttled",
+            Self::Hash(HashError::Overloaded) => "overloaded",
+            Self::Store(_) => "store_unavailable",
+            Self::Hash(_) | Self::Internal(_) => "internal",
+        }
+    }
+
+    /// A message safe to show the user: the error's own words, except for failures inside
+    /// (a store, the hashing pool, a bug), whose causes go to the log only.
+    pub fn message(&self) -> String {
+        match self {
+            Self::Hash(HashError::Overloaded) => "server busy; try again".to_owned(),
+            Self::Store(_) => "session store unavailable".to_owned(),
+            Self::Hash(_) | Self::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// The JSON error body (`{"code": …, "message": …}`) with [`AuthError::status`], and
+/// `Retry-After` when throttled or overloaded: for an app's JSON login route.
+impl IntoResponse for AuthError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            let cause = std::error::Error::source(&self);
+            tracing::error!(error = %self, cause = ?cause, "login or account change failed");
+        }
+        let body = serde_json::json!({ "code": self.code(), "message": self.message() });
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        let retry = match &self {
+            Self::Throttled { retry_after } => Some(*retry_after),
+            Self::Hash(HashError::Overloaded) | Self::Store(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        res
     }
 }

@@ -1,5 +1,6 @@
-//! Why an account use case refused or failed, in the domain's words. An app maps each to an
-//! HTTP answer (`AuthError::status` gives the usual one); a CLI prints them.
+//! Why an account use case refused or failed, in the domain's words. An app answers each with
+//! `AuthError::status` / `code` / `message` (or `IntoResponse`: the JSON error body); a CLI
+//! prints them.
 
 use sessiond_core::{StoreError, Username};
 
