@@ -14,6 +14,9 @@
 //! Handlers that keep per-session data take a [`SessionMap`] (Django's `request.session`):
 //! loaded on first use, saved after the response only if modified.
 //!
+//! Routes that change state are protected from cross-site request forgery by
+//! [`CsrfLayer`] (Fetch Metadata and `Origin`), and HTML forms by the tokens of [`csrf`].
+//!
 //! Verification is lazy: a route whose handler takes no session extractor costs nothing, and a
 //! request whose handler takes several verifies once (the result is kept in the request's
 //! extensions).
@@ -26,13 +29,16 @@
 
 mod cache;
 mod cookies;
+pub mod csrf;
 mod data;
+mod error_body;
 mod extract;
 mod layer;
 mod manager;
 mod request_session;
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
+pub use csrf::CsrfLayer;
 pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
 pub use layer::{SessionFuture, SessionLayer, SessionService};

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use sessiond_axum::csrf::{DoubleSubmit, Origins};
 use sessiond_axum::SessionManager;
 use sessiond_core::{SessionRecord, ThrottleStore, TokenHashState, User, UserId, UserStore};
 
@@ -29,8 +30,11 @@ pub struct Inner {
     /// The login throttle's counters (in the session store's backend).
     pub throttle: Arc<dyn ThrottleStore>,
     pub(crate) hasher: Hasher,
-    /// `Origin` value of the public URL, precomputed for the CSRF check.
-    pub(crate) public_origin: String,
+    /// The origins whose unsafe requests pass the CSRF check: the public URL's and
+    /// `trusted_origins`.
+    pub(crate) origins: Origins,
+    /// The login form's double-submit CSRF token, in `config.csrf_cookie`.
+    pub(crate) login_csrf: DoubleSubmit,
     pub metrics: Metrics,
     /// Users of verified sessions, kept under the session cache's coherence (an entry is
     /// served only while `SessionManager::cache_epoch` is the one it was read under).
@@ -138,14 +142,21 @@ impl AppState {
         throttle: Arc<dyn ThrottleStore>,
         hasher: Hasher,
     ) -> Self {
-        let public_origin = config.public_origin();
+        // The configuration has validated both as origins (`Config::public_origin`,
+        // `trusted_origins`), so neither can fail here.
+        let own = Origins::new(&config.public_origin());
+        let origins = (config.trusted_origins.iter())
+            .fold(own, |o, t| o.and_then(|o| o.trust(t)))
+            .expect("the configuration validated the public URL and trusted_origins");
+        let login_csrf = DoubleSubmit::new(config.csrf_cookie.clone());
         Self(Arc::new(Inner {
             config,
             users,
             sessions,
             throttle,
             hasher,
-            public_origin,
+            origins,
+            login_csrf,
             metrics: Metrics::default(),
             user_cache: UserCache::default(),
             targets: TargetCache::default(),
