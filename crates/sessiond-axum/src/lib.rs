@@ -14,6 +14,9 @@
 //! Handlers that keep per-session data take a [`SessionMap`] (Django's `request.session`):
 //! loaded on first use, saved after the response only if modified.
 //!
+//! Routes that change state are protected from cross-site request forgery by
+//! [`CsrfLayer`] (Fetch Metadata and `Origin`), and HTML forms by the tokens of [`csrf`].
+//!
 //! Verification is lazy: a route whose handler takes no session extractor costs nothing, and a
 //! request whose handler takes several verifies once (the result is kept in the request's
 //! extensions).
@@ -27,6 +30,7 @@
 pub mod auth;
 mod cache;
 mod cookies;
+pub mod csrf;
 mod data;
 mod error_body;
 mod extract;
@@ -42,7 +46,7 @@ pub use async_trait::async_trait;
 /// The session model and the store traits (`sessiond-core`), for apps and backends.
 pub use sessiond_core as core;
 
-pub use auth::{Auth, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
+pub use auth::{Auth, AuthError, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
 pub use login::{
     login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, MaybeUser,
 };
@@ -63,6 +67,7 @@ pub mod stores {
 }
 
 pub use cookies::{find_cookie, CookieConfig, CookieLookup, SameSite};
+pub use csrf::CsrfLayer;
 pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
 pub use layer::{SessionFuture, SessionLayer, SessionService};

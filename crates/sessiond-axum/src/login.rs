@@ -18,8 +18,8 @@ use tower::{Layer, Service};
 use crate::auth::{
     throttle::DEVICE_LIFETIME, Auth, AuthError, ClientInfo, LoggedIn, LoginAttempt, UserBackend,
 };
-use crate::password::HashError;
 use crate::error_body::json_error;
+use crate::password::HashError;
 use crate::request_session::RequestSession;
 use crate::{
     find_cookie, ActiveSession, CookieLookup, MaybeSession, SessionLayer, SessionRejection,

@@ -10,25 +10,32 @@ use crate::data::PendingData;
 use crate::{ActiveSession, SessionManager, SessionRejection};
 
 /// The manager, the outcome of the request's verification (so a request verifies once,
-/// whatever extractors it uses), and the session data a [`crate::SessionMap`] extracted
-/// during the request leaves to be saved after the response. One allocation per request,
-/// in one extension (each insert into the extensions map costs a hash-map insert).
+/// whatever extractors it uses), and what the request leaves for after the handler: the
+/// session data a [`crate::SessionMap`] changed, to be saved, and the cookies library code
+/// asked for (a login's, a logout's), to be written on the response. One allocation per
+/// request, in one extension (each insert into the extensions map costs a hash-map insert).
 #[derive(Clone)]
 pub(crate) struct RequestSession(Arc<Inner>);
 
 struct Inner {
     manager: SessionManager,
     verified: OnceLock<Result<Option<ActiveSession>, SessionRejection>>,
-    pending: Mutex<Pending>,
+    later: Mutex<Later>,
 }
 
-/// What is left to do once the handler has answered.
+/// What the handler leaves for [`crate::SessionLayer`] to do once it has answered.
 #[derive(Default)]
-pub(crate) struct Pending {
-    /// Session data a [`crate::SessionMap`] changed.
+pub(crate) struct Later {
+    /// Session data to save.
     pub(crate) data: Option<PendingData>,
-    /// `Set-Cookie` values a login, logout or password change asked for.
+    /// `Set-Cookie` values to append to the response, in the order they were asked for.
     pub(crate) cookies: Vec<HeaderValue>,
+}
+
+impl Later {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.data.is_none() && self.cookies.is_empty()
+    }
 }
 
 impl RequestSession {
@@ -36,7 +43,7 @@ impl RequestSession {
         Self(Arc::new(Inner {
             manager,
             verified: OnceLock::new(),
-            pending: Mutex::new(Pending::default()),
+            later: Mutex::new(Later::default()),
         }))
     }
 
@@ -66,22 +73,26 @@ impl RequestSession {
         out
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        self.0.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Keeps `data` to be saved once the handler has answered.
     pub(crate) fn save_later(&self, data: PendingData) {
-        self.pending().data = Some(data);
+        self.later().data = Some(data);
     }
 
-    /// Keeps a `Set-Cookie` value for the response.
-    pub(crate) fn set_cookie_later(&self, cookie: HeaderValue) {
-        self.pending().cookies.push(cookie);
+    /// Appends `set_cookie` (a `Set-Cookie` value) to the response once the handler has
+    /// answered, after the handler's own headers: for library code (a login, a logout) that
+    /// runs inside a handler but does not build its response.
+    pub(crate) fn set_cookie_later(&self, set_cookie: HeaderValue) {
+        self.later().cookies.push(set_cookie);
     }
 
-    /// What is left to do now that the handler has answered.
-    pub(crate) fn take_pending(&self) -> Pending {
-        std::mem::take(&mut *self.pending())
+    /// What to do now that the handler has answered (empty for most requests).
+    pub(crate) fn take_later(&self) -> Later {
+        std::mem::take(&mut *self.later())
+    }
+
+    fn later(&self) -> std::sync::MutexGuard<'_, Later> {
+        // A panic while holding it cannot leave `Later` half-changed (each change is one
+        // assignment or push), so a poisoned lock is still good.
+        self.0.later.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -5,6 +5,7 @@ use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use sessiond_axum::csrf::{DoubleSubmit, Origins};
 use sessiond_axum::{Auth, BuiltinUsers, SessionManager};
 use sessiond_core::{Memo, SessionRecord, ThrottleStore, TokenHashState, User, UserStore};
 
@@ -28,8 +29,11 @@ pub struct Inner {
     pub sessions: SessionManager,
     /// The login throttle's counters (in the session store's backend).
     pub throttle: Arc<dyn ThrottleStore>,
-    /// `Origin` value of the public URL, precomputed for the CSRF check.
-    pub(crate) public_origin: String,
+    /// The origins whose unsafe requests pass the CSRF check: the public URL's and
+    /// `trusted_origins`.
+    pub(crate) origins: Origins,
+    /// The login form's double-submit CSRF token, in `config.csrf_cookie`.
+    pub(crate) login_csrf: DoubleSubmit,
     /// Forward-auth targets already resolved against the configuration.
     pub(crate) targets: TargetCache,
     /// Forward-auth identity headers by user object.
@@ -98,14 +102,21 @@ impl SessionBodies {
 impl AppState {
     /// The state of a server over `auth` (whose backend is the built-in user store).
     pub fn new(config: Config, auth: Auth<BuiltinUsers>) -> Self {
-        let public_origin = config.public_origin();
+        // The configuration has validated both as origins (`Config::public_origin`,
+        // `trusted_origins`), so neither can fail here.
+        let own = Origins::new(&config.public_origin());
+        let origins = (config.trusted_origins.iter())
+            .fold(own, |o, t| o.and_then(|o| o.trust(t)))
+            .expect("the configuration validated the public URL and trusted_origins");
+        let login_csrf = DoubleSubmit::new(config.csrf_cookie.clone());
         Self(Arc::new(Inner {
             config,
             users: Arc::clone(auth.backend().store()),
             sessions: auth.sessions().clone(),
             throttle: Arc::clone(auth.throttle_store()),
             auth,
-            public_origin,
+            origins,
+            login_csrf,
             targets: TargetCache::default(),
             identities: IdentityCache::default(),
             session_bodies: SessionBodies::default(),

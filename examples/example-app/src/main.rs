@@ -11,10 +11,13 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
-use sessiond_axum::core::{ExpiryPolicy, NewUser, Password, SessionToken, UserStore, Username};
+use sessiond_axum::core::{ExpiryPolicy, NewUser, Password, SessionToken, Username};
 use sessiond_axum::csrf::{CsrfLayer, Origins};
+use sessiond_axum::SessionRejection;
 use sessiond_axum::{redirect::local_path, stores::SqliteStore, Auth, AuthError, AuthSession};
-use sessiond_axum::{BuiltinUsers, CookieConfig, CurrentUser, SameSite, SessionManager, SessionMap};
+use sessiond_axum::{
+    BuiltinUsers, CookieConfig, CurrentUser, SameSite, SessionManager, SessionMap,
+};
 
 type User = CurrentUser<BuiltinUsers>;
 
@@ -37,7 +40,10 @@ async fn main() -> anyhow::Result<()> {
     create_demo_user(&auth).await?;
     let origin = format!("http://{}", args.listen);
     let app = Router::new()
-        .route("/", get(|| async { Html(r#"<h1>Example</h1><a href="/private">Private</a>"#) }))
+        .route(
+            "/",
+            get(|| async { Html(r#"<h1>Example</h1><a href="/private">Private</a>"#) }),
+        )
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
         .route("/private", get(private))
@@ -46,14 +52,22 @@ async fn main() -> anyhow::Result<()> {
         .layer(auth.layer());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     println!("listening on {origin}");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await?;
     Ok(())
 }
 
 /// On first start: the user `demo`, with `EXAMPLE_PASSWORD` or a random password printed once.
 async fn create_demo_user(auth: &Auth<BuiltinUsers>) -> anyhow::Result<()> {
     let users = auth.backend().store();
-    if users.user_by_name(&Username::parse("demo")?).await?.is_some() {
+    if users
+        .user_by_name(&Username::parse("demo")?)
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let (password, random) = match std::env::var("EXAMPLE_PASSWORD") {
@@ -113,7 +127,11 @@ async fn login(mut auth: AuthSession<BuiltinUsers>, Form(f): Form<LoginForm>) ->
             let next = f.next.as_deref().and_then(local_path);
             Redirect::to(next.as_deref().unwrap_or("/private")).into_response()
         }
-        Err(e) => (e.status(), login_form(f.next.as_deref(), Some(&e.message()))).into_response(),
+        Err(e) => (
+            e.status(),
+            login_form(f.next.as_deref(), Some(&e.message())),
+        )
+            .into_response(),
     }
 }
 
@@ -122,7 +140,10 @@ async fn logout(mut auth: AuthSession<BuiltinUsers>) -> Result<Redirect, AuthErr
     Ok(Redirect::to("/"))
 }
 
-async fn private(CurrentUser(user): User, data: SessionMap) -> Result<Html<String>, AuthError> {
+async fn private(
+    CurrentUser(user): User,
+    data: SessionMap,
+) -> Result<Html<String>, SessionRejection> {
     let visits = data.get::<u64>("visits").await?.unwrap_or(0) + 1;
     data.insert("visits", visits).await?;
     Ok(Html(format!(
@@ -138,5 +159,8 @@ async fn me(CurrentUser(user): User) -> Json<serde_json::Value> {
 
 /// Text for HTML (element content or a quoted attribute).
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }

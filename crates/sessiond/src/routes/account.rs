@@ -6,10 +6,11 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_axum::auth::{AuthError, PasswordChanged};
+use sessiond_axum::csrf::form_token;
 use sessiond_core::SessionId;
 
 use super::extract::{ClientInfo, CurrentUser, FormBody};
-use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use super::html::{check_form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;

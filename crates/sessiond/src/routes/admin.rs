@@ -9,10 +9,11 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
+use sessiond_axum::csrf::form_token;
 use sessiond_core::{Group, NewUser, Password, SessionId, StoreError, User, UserId, Username};
 
 use super::extract::{CurrentUser, FormBody};
-use super::html::{check_form_token, form_token, page, see_other, sentence, TokenForm};
+use super::html::{check_form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, rfc3339, session_page, PageQuery};
 use crate::accounts;
 use crate::error::{ApiError, HtmlResult};

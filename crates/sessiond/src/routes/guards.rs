@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::Request;
-use axum::http::{header, HeaderValue, Method};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -142,46 +142,12 @@ fn limits(req: &Request) -> Option<ApiError> {
     None
 }
 
-/// Refuses cross-site unsafe requests (docs/reference/security.md, "CSRF") with
-/// `403 csrf_rejected`.
-///
-/// `Sec-Fetch-Site: cross-site` is the browser telling us outright; otherwise an `Origin`
-/// that is not ours or a trusted one (or `null`, as sandboxed frames send). Requests with neither header come
-/// from non-browser clients (curl, scripts), which carry no ambient cookies an attacker could
-/// ride on, so they pass. This applies to login too: login CSRF (logging the victim into the
-/// attacker's account) is refused the same way. Forms carry a token as well (see `pages`).
+/// Refuses cross-site unsafe requests with `403 csrf_rejected`: the library's check
+/// (`sessiond_axum::csrf::Origins::allows`; docs/reference/security.md, "CSRF") against the
+/// public URL's origin and `trusted_origins`. Login is covered too (login CSRF). Forms carry
+/// a token as well (see `html.rs`).
 fn csrf_origin(state: &AppState, req: &Request) -> Option<ApiError> {
-    if matches!(
-        *req.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) {
-        return None;
-    }
-    let h = req.headers();
-    if h.get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-    {
-        return Some(ApiError::CsrfRejected);
-    }
-    match h.get(header::ORIGIN) {
-        Some(origin) if !origin_allowed(state, origin) => Some(ApiError::CsrfRejected),
-        _ => None,
-    }
-}
-
-/// The public URL's origin, or one listed in `trusted_origins`, compared exactly.
-///
-/// A cookie domain does not widen this: every host under it (a sibling app, a user-content
-/// host, a forgotten staging box) would otherwise be able to post to us with the user's
-/// cookies. Sibling apps that must post here are listed by name.
-fn origin_allowed(state: &AppState, origin: &HeaderValue) -> bool {
-    let origin = origin.as_bytes();
-    origin == state.public_origin.as_bytes()
-        || state
-            .config
-            .trusted_origins
-            .iter()
-            .any(|o| o.as_bytes() == origin)
+    (!state.origins.allows(req.method(), req.headers())).then_some(ApiError::CsrfRejected)
 }
 
 /// Headers every response carries. On HTML a strict CSP: no script at all, nothing framed.

@@ -1,34 +1,21 @@
 //! What every HTML page shares: rendering a template, redirects after a form, the form
 //! tokens, and the stylesheet.
 //!
-//! Forms carry a CSRF token on top of the origin check in `guards`: before login a
-//! double-submit token (a random value in an HttpOnly cookie and in the form, compared in
-//! constant time; `login.rs`), after login a token derived from the session secret (bound to
-//! the session, and not derivable from a database dump, which holds only the secret's hash).
+//! Forms carry a CSRF token on top of the origin check in `guards`, both from
+//! `sessiond_axum::csrf`: before login its double-submit token (`login.rs`), after login its
+//! `form_token`, derived from the session secret.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use sessiond_axum::ActiveSession;
-use sessiond_core::SessionToken;
+use sessiond_axum::{csrf, ActiveSession};
 
 use crate::error::{ApiError, HtmlResult};
 use crate::templates::{templates, STYLE_CSS};
 
-const CSRF_PURPOSE: &str = "csrf-form";
-
-/// The form token bound to a session (see the module docs).
-pub(crate) fn form_token(session: &ActiveSession) -> String {
-    session.token().derive(CSRF_PURPOSE)
-}
-
-/// Checks a posted form token against the session's, in constant time (`==` on tokens).
+/// Checks a posted form token against the session's (`csrf::check_form_token`).
 pub(crate) fn check_form_token(session: &ActiveSession, sent: &str) -> Result<(), ApiError> {
-    let expected = SessionToken::parse(&form_token(session));
-    match (expected, SessionToken::parse(sent)) {
-        (Some(e), Some(s)) if e == s => Ok(()),
-        _ => Err(ApiError::CsrfRejected),
-    }
+    csrf::check_form_token(session, sent).map_err(|_| ApiError::CsrfRejected)
 }
 
 /// A form whose only field is the CSRF token.

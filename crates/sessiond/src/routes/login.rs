@@ -1,5 +1,6 @@
-//! Server-rendered login and logout. Usable without JavaScript. The login form carries a
-//! double-submit CSRF token (`html.rs` explains both kinds of form token).
+//! Server-rendered login and logout. Usable without JavaScript. The login form carries the
+//! library's double-submit CSRF token (`sessiond_axum::csrf::DoubleSubmit`; `html.rs` says
+//! which token the other forms carry).
 
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -7,8 +8,6 @@ use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use sessiond_axum::auth::{AuthError, LoginAttempt};
 use sessiond_axum::redirect::safe_redirect;
-use sessiond_axum::{find_cookie, CookieLookup};
-use sessiond_core::SessionToken;
 
 use super::extract::{ClientInfo, FormBody, Presented};
 use super::html::{check_form_token, page, see_other, sentence, TokenForm};
@@ -42,20 +41,6 @@ struct LoginPage<'a> {
     error: Option<&'a str>,
 }
 
-/// The login form's double-submit token: the one in the browser's cookie if it has a
-/// well-formed one (several tabs keep working), else a fresh one to set.
-fn csrf_for_form(state: &AppState, headers: &HeaderMap) -> (SessionToken, Option<HeaderValue>) {
-    let csrf = &state.config.csrf_cookie;
-    if let CookieLookup::One(v) = find_cookie(headers, csrf.name()) {
-        if let Some(t) = SessionToken::parse(v) {
-            return (t, None);
-        }
-    }
-    let t = SessionToken::generate();
-    let cookie = csrf.build(csrf.name(), t.expose(), None);
-    (t, Some(cookie))
-}
-
 fn render_login(
     state: &AppState,
     headers: &HeaderMap,
@@ -64,19 +49,20 @@ fn render_login(
     username: &str,
     error: Option<&str>,
 ) -> HtmlResult<Response> {
-    let (csrf, set) = csrf_for_form(state, headers);
+    // The browser's token if it has one (other tabs keep working), else a fresh one.
+    let csrf = state.login_csrf.issue(headers);
     let mut res = page(
         status,
         "login.html",
         LoginPage {
-            csrf_token: csrf.expose(),
+            csrf_token: csrf.value(),
             rd,
             username,
             error,
         },
     )?;
-    if let Some(c) = set {
-        res.headers_mut().append(header::SET_COOKIE, c);
+    if let Some(c) = csrf.set_cookie() {
+        res.headers_mut().append(header::SET_COOKIE, c.clone());
     }
     Ok(res)
 }
@@ -100,15 +86,7 @@ pub(super) async fn login_submit(
 ) -> HtmlResult<Response> {
     let FormBody(form) = form?;
     let rd = form.rd.as_deref().unwrap_or("");
-    let csrf = state.config.csrf_cookie.name();
-    let token_ok = match (
-        find_cookie(&headers, csrf),
-        SessionToken::parse(&form.csrf_token),
-    ) {
-        // `==` on tokens is constant-time.
-        (CookieLookup::One(c), Some(sent)) => SessionToken::parse(c).is_some_and(|c| c == sent),
-        _ => false,
-    };
+    let token_ok = state.login_csrf.check(&headers, &form.csrf_token).is_ok();
     if !token_ok {
         let msg = "This form expired. Please sign in again.";
         return render_login(
