@@ -17,6 +17,10 @@
 //! Routes that change state are protected from cross-site request forgery by
 //! [`CsrfLayer`] (Fetch Metadata and `Origin`), and HTML forms by the tokens of [`csrf`].
 //!
+//! A request that needs a logged-in user and has none is answered by [`LoginRedirect`]: a
+//! page navigation goes to the login page with `next` (`303`), anything else gets a JSON
+//! `401` ([`is_page_navigation`] tells them apart).
+//!
 //! Verification is lazy: a route whose handler takes no session extractor costs nothing, and a
 //! request whose handler takes several verifies once (the result is kept in the request's
 //! extensions).
@@ -40,6 +44,7 @@ mod manager;
 pub mod password;
 pub mod redirect;
 mod request_session;
+mod unauthenticated;
 
 /// For implementing [`auth::UserBackend`] (an `async fn` trait).
 pub use async_trait::async_trait;
@@ -72,3 +77,4 @@ pub use data::SessionMap;
 pub use extract::{MaybeSession, RequireSession, SessionRejection};
 pub use layer::{SessionFuture, SessionLayer, SessionService};
 pub use manager::{ActiveSession, Counters, SessionManager};
+pub use unauthenticated::{is_page_navigation, LoginRedirect};

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sessiond_core::StoreError;
@@ -21,6 +21,7 @@ use crate::auth::{
 use crate::error_body::json_error;
 use crate::password::HashError;
 use crate::request_session::RequestSession;
+use crate::unauthenticated::{is_page_navigation, LoginRedirect};
 use crate::{
     find_cookie, ActiveSession, CookieLookup, MaybeSession, SessionLayer, SessionRejection,
     SessionService,
@@ -125,7 +126,7 @@ pub enum AuthRejection {
     /// call, a `fetch`) gets `401` with the JSON error body `{"code": "unauthenticated", …}`.
     Unauthenticated {
         /// Where a page navigation goes; `None` for other requests.
-        location: Option<String>,
+        location: Option<HeaderValue>,
     },
     /// The store failed: `503 store_unavailable` with `Retry-After: 1` (fail closed).
     StoreUnavailable(Arc<StoreError>),
@@ -135,32 +136,10 @@ pub enum AuthRejection {
 
 impl AuthRejection {
     /// The refusal of a request without a signed-in user (see
-    /// [`AuthRejection::Unauthenticated`]): a page navigation is one the browser marks
-    /// `Sec-Fetch-Mode: navigate`, or, from a browser that sends no Fetch Metadata, a `GET`
-    /// or `HEAD` whose `Accept` names `text/html`.
-    pub fn unauthenticated(parts: &Parts, login_path: &str) -> Self {
-        let mode = parts
-            .headers
-            .get("sec-fetch-mode")
-            .map(HeaderValue::as_bytes);
-        let navigation = match mode {
-            Some(m) => m.eq_ignore_ascii_case(b"navigate"),
-            None => {
-                matches!(parts.method, Method::GET | Method::HEAD)
-                    && parts
-                        .headers
-                        .get_all(header::ACCEPT)
-                        .iter()
-                        .any(|v| memchr::memmem::find(v.as_bytes(), b"text/html").is_some())
-            }
-        };
-        let location = navigation.then(|| {
-            // Only the path and query: `next` is always a path on this site (and the login
-            // page checks it again with `redirect::local_path`).
-            let here = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-            let next: String = url::form_urlencoded::byte_serialize(here.as_bytes()).collect();
-            format!("{login_path}?next={next}")
-        });
+    /// [`AuthRejection::Unauthenticated`] and [`is_page_navigation`]).
+    pub fn unauthenticated(parts: &Parts, login: &LoginRedirect) -> Self {
+        let location =
+            is_page_navigation(&parts.method, &parts.headers).then(|| login.location(&parts.uri));
         Self::Unauthenticated { location }
     }
 }
@@ -173,9 +152,7 @@ impl IntoResponse for AuthRejection {
             } => {
                 let mut res = StatusCode::SEE_OTHER.into_response();
                 let headers = res.headers_mut();
-                if let Ok(v) = HeaderValue::from_str(&location) {
-                    headers.insert(header::LOCATION, v);
-                }
+                headers.insert(header::LOCATION, location);
                 headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 res
             }
@@ -259,7 +236,7 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for CurrentUser<B> {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AuthRejection> {
         match user_of::<B>(parts).await? {
             (_, _, Some(user)) => Ok(Self(user)),
-            (auth, _, None) => Err(AuthRejection::unauthenticated(parts, auth.login_path())),
+            (auth, _, None) => Err(AuthRejection::unauthenticated(parts, auth.login_redirect())),
         }
     }
 }
@@ -284,7 +261,7 @@ pub async fn login_required<B: UserBackend>(req: Request, next: Next) -> Respons
     match user_of::<B>(&mut parts).await {
         Ok((_, _, Some(_))) => next.run(Request::from_parts(parts, body)).await,
         Ok((auth, _, None)) => {
-            AuthRejection::unauthenticated(&parts, auth.login_path()).into_response()
+            AuthRejection::unauthenticated(&parts, auth.login_redirect()).into_response()
         }
         Err(e) => e.into_response(),
     }

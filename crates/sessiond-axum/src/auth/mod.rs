@@ -36,7 +36,7 @@ pub use login::{LoggedIn, LoginAttempt};
 pub use throttle::MAX_NEW_DEVICES;
 
 use crate::password::{HashError, Hasher};
-use crate::{ActiveSession, CookieConfig, SessionManager};
+use crate::{ActiveSession, CookieConfig, LoginRedirect, SessionManager};
 
 /// Users of verified sessions kept in memory at most (see [`Auth::user_of`]).
 const USER_CACHE_CAPACITY: usize = 50_000;
@@ -56,7 +56,7 @@ impl<B: UserBackend> std::fmt::Debug for Auth<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Auth")
             .field("sessions", &self.0.core.sessions)
-            .field("login_path", &self.0.core.login_path)
+            .field("login_path", &self.0.core.login.login_path())
             .finish_non_exhaustive()
     }
 }
@@ -77,7 +77,7 @@ pub(crate) struct Core {
     pub(crate) hasher: Hasher,
     pub(crate) counters: AuthCounters,
     max_sessions_per_user: Option<usize>,
-    login_path: String,
+    login: LoginRedirect,
     pub(crate) device_cookie: CookieConfig,
 }
 
@@ -129,6 +129,10 @@ impl<B: UserBackend> AuthBuilder<B> {
     }
 
     /// Where page navigations without a session are sent (with `?next=`; default `/login`).
+    ///
+    /// # Panics
+    ///
+    /// [`AuthBuilder::build`] panics if it is not a local path (see [`LoginRedirect::new`]).
     pub fn login_path(mut self, path: impl Into<String>) -> Self {
         self.login_path = path.into();
         self
@@ -152,7 +156,7 @@ impl<B: UserBackend> AuthBuilder<B> {
                 hasher,
                 counters: AuthCounters::default(),
                 max_sessions_per_user: self.max_sessions_per_user,
-                login_path: self.login_path,
+                login: LoginRedirect::new(&self.login_path),
             },
             users: Memo::new(USER_CACHE_CAPACITY),
         })))
@@ -203,9 +207,10 @@ impl<B: UserBackend> Auth<B> {
         &self.0.core.counters
     }
 
-    /// Where page navigations without a session are sent.
-    pub fn login_path(&self) -> &str {
-        &self.0.core.login_path
+    /// How requests without a signed-in user are answered (the login page for page
+    /// navigations, `401` otherwise).
+    pub fn login_redirect(&self) -> &LoginRedirect {
+        &self.0.core.login
     }
 
     pub(crate) fn core(&self) -> &Core {

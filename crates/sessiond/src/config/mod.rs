@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use sessiond_axum::csrf::Origins;
 use sessiond_axum::redirect::host_is_ours;
 use sessiond_axum::{CookieConfig, SameSite};
 use sessiond_core::ExpiryPolicy;
@@ -506,26 +507,13 @@ impl Config {
     }
 }
 
-/// A `trusted_origins` entry as browsers send it in `Origin`: `scheme://host[:port]`, the
-/// port left out when it is the scheme's default.
+/// A `trusted_origins` entry as browsers send it in `Origin` (`scheme://host[:port]`, the
+/// port left out when it is the scheme's default), by the library's rule of what an origin is
+/// (`sessiond_axum::csrf::Origins`, which the CSRF check is then built from).
 fn origin(s: &str) -> Result<String, ConfigError> {
-    let bad = || {
-        ConfigError(format!(
-            "trusted_origins: {s:?} must be an origin such as https://app.example.com"
-        ))
-    };
-    let url = Url::parse(s).map_err(|_| bad())?;
-    if !matches!(url.scheme(), "http" | "https")
-        || url.host_str().is_none()
-        || url.path() != "/"
-        || url.query().is_some()
-        || url.fragment().is_some()
-        || !url.username().is_empty()
-        || url.password().is_some()
-    {
-        return Err(bad());
-    }
-    Ok(url.origin().ascii_serialization())
+    Origins::new(s)
+        .map(|o| o.own().to_owned())
+        .map_err(|e| ConfigError(format!("trusted_origins: {e}")))
 }
 
 #[cfg(test)]
@@ -784,6 +772,10 @@ mod tests {
                 "trusted_origins",
             ),
             ("trusted_origins = [\"*.example.com\"]", "trusted_origins"),
+            (
+                "trusted_origins = [\"https://*.example.com\"]",
+                "trusted_origins",
+            ),
             ("trusted_origins = [\"null\"]", "trusted_origins"),
             ("[server]\nmax_connections = 0", "max_connections"),
             (
