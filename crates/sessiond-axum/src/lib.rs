@@ -53,7 +53,8 @@ pub use sessiond_core as core;
 
 pub use auth::{Auth, AuthError, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
 pub use login::{
-    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, MaybeUser,
+    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, LoginRequired,
+    LoginRequiredService, MaybeUser,
 };
 pub use password::{HashError, Hasher};
 
