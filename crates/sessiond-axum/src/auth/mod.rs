@@ -266,6 +266,12 @@ impl<B: UserBackend> Auth<B> {
         end_sessions(self.store().as_ref(), rec.user_id, Some(&rec.id)).await
     }
 
+    /// Ends every session of this session's user, this one included ("log out
+    /// everywhere"); returns how many ended.
+    pub async fn log_out_everywhere(&self, session: &ActiveSession) -> Result<u64, StoreError> {
+        end_sessions(self.store().as_ref(), session.record().user_id, None).await
+    }
+
     /// One page of a user's sessions, ordered by creation (then id), after the cursor
     /// `after` (the last item of the previous page), at most `limit` of them.
     pub async fn sessions_of(
