@@ -223,7 +223,13 @@ impl<B: UserBackend> Auth<B> {
     ///
     /// Users are kept in memory under the session cache's epoch (see
     /// [`SessionManager::with_cache`]): an entry is served only while nothing changed since it
-    /// was read, so the hot path of a logged-in request costs no user lookup.
+    /// was read, so the hot path of a logged-in request costs no user lookup. The epoch moves
+    /// with every change of the session store (any session begun or ended, on any instance);
+    /// a change your app makes to its own users table does not move it. So when you
+    /// deactivate a user or change what your `User` holds, also end their sessions
+    /// ([`end_sessions`]), as the built-in [`disable`] does: that is what makes every
+    /// instance forget the user at once. Without the manager's cache, every request reads the
+    /// user from the backend.
     pub async fn user_of(
         &self,
         session: &ActiveSession,
