@@ -13,7 +13,7 @@
 //! posted back.
 
 // Each test binary that includes this file uses a different part of it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::fs::File;
 use std::net::TcpListener;
