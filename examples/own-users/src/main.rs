@@ -135,6 +135,10 @@ impl UserBackend for Members {
         .await
         .map(|changed| changed == 1)
     }
+
+    fn writes_password_hashes(&self) -> bool {
+        true
+    }
 }
 
 type User = CurrentUser<Members>;
