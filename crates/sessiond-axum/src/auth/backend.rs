@@ -74,7 +74,7 @@ pub trait UserBackend: Send + Sync + 'static {
     /// Replaces the user's password hash with `new`, only if it is still `expected`
     /// (compare-and-set, so a reset that landed meanwhile wins); `Ok(true)` when written.
     /// Used by password changes and to upgrade outdated hashes at login. The default writes
-    /// nothing: password changes then answer [`crate::auth::AuthError::Conflict`].
+    /// nothing; implement it together with [`UserBackend::writes_password_hashes`].
     async fn set_password_hash_if(
         &self,
         id: UserId,
@@ -83,6 +83,15 @@ pub trait UserBackend: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         let _ = (id, expected, new);
         Ok(false)
+    }
+
+    /// Whether [`UserBackend::set_password_hash_if`] writes (default `false`, like its
+    /// default): answer `true` when you implement it. A backend that writes no hashes gets
+    /// [`crate::auth::AuthError::Conflict`] from [`crate::Auth::change_password`] before any
+    /// password work or session change (the user's sessions stay as they were), and no hash
+    /// upgrades at login.
+    fn writes_password_hashes(&self) -> bool {
+        false
     }
 }
 
@@ -141,5 +150,9 @@ impl UserBackend for BuiltinUsers {
         new: &str,
     ) -> Result<bool, StoreError> {
         self.0.set_password_hash_if(id, expected, new).await
+    }
+
+    fn writes_password_hashes(&self) -> bool {
+        true
     }
 }
