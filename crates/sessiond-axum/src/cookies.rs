@@ -131,7 +131,9 @@ impl CookieConfig {
 /// What the `Cookie` headers say about one cookie name.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CookieLookup<'a> {
+    /// Not sent.
     Absent,
+    /// Sent exactly once, with this value.
     One(&'a str),
     /// Sent more than once. We don't guess which one is meant: an attacker who managed to
     /// plant a second cookie of the same name must not get to choose.

@@ -26,6 +26,7 @@ pub enum SessionRejection {
 }
 
 impl SessionRejection {
+    /// The status this rejection answers with (one per variant, as listed above).
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,

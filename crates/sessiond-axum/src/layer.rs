@@ -20,6 +20,7 @@ pub struct SessionLayer {
 }
 
 impl SessionLayer {
+    /// The layer of `manager` (the same as [`SessionManager::layer`]).
     pub fn new(manager: SessionManager) -> Self {
         Self { manager }
     }

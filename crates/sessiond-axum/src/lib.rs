@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! # sessiond-axum
 //!
 //! sessiond sessions in any axum app: a [`SessionManager`] that verifies the session cookie,

@@ -70,6 +70,7 @@ pub struct ActiveSession {
 }
 
 impl ActiveSession {
+    /// The session's record: its public id, user, deadlines, client.
     pub fn record(&self) -> &SessionRecord {
         &self.record
     }
@@ -81,6 +82,7 @@ impl ActiveSession {
         &self.record
     }
 
+    /// The secret the request presented (what the cookie holds; redacted in `Debug`).
     pub fn token(&self) -> &SessionToken {
         &self.token
     }
@@ -96,6 +98,8 @@ impl ActiveSession {
 }
 
 impl SessionManager {
+    /// A manager over `store`, writing cookies as `cookie` says and deciding expiry by
+    /// `policy`. Add [`SessionManager::with_cache`] to keep verified sessions in memory.
     pub fn new(store: Arc<dyn SessionStore>, cookie: CookieConfig, policy: ExpiryPolicy) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -168,22 +172,27 @@ impl SessionManager {
         crate::SessionLayer::new(self.clone())
     }
 
+    /// The manager's clock (the system clock, unless a test gave another).
     pub fn now(&self) -> Timestamp {
         (self.inner.clock)()
     }
 
+    /// The session store (as given to [`SessionManager::new`]).
     pub fn store(&self) -> &Arc<dyn SessionStore> {
         &self.inner.store
     }
 
+    /// The expiry policy: idle, absolute and remember-me lifetimes.
     pub fn policy(&self) -> &ExpiryPolicy {
         &self.inner.policy
     }
 
+    /// How the session cookie is named and written.
     pub fn cookie_config(&self) -> &CookieConfig {
         &self.inner.cookie
     }
 
+    /// What verification did since the start (for metrics).
     pub fn counters(&self) -> &Counters {
         &self.inner.counters
     }

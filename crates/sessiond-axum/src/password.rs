@@ -9,7 +9,7 @@
 //!   ([`HashError::Overloaded`], a `503` with `Retry-After`).
 //! * **Unknown users cost the same**: [`Hasher::verify_dummy`] verifies against a real hash of
 //!   a random password, so response time does not reveal whether a username exists.
-//! * **Parameters from stored hashes are bounded** ([`MAX_M_KIB`] …): a tampered or hostile
+//! * **Parameters from stored hashes are bounded** (m ≤ 64 MiB, t ≤ 16, p ≤ 8): a tampered or hostile
 //!   hash in the database cannot make one login allocate gigabytes.
 
 pub mod worker;
@@ -36,10 +36,16 @@ pub(crate) const MAX_M_KIB: u32 = 64 * 1024;
 pub(crate) const MAX_T_COST: u32 = 16;
 pub(crate) const MAX_P_COST: u32 = 8;
 
+/// Why a password could not be hashed or verified.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum HashError {
+    /// The pool's queue is full: refused at once rather than queued without bound (answer
+    /// `503` with `Retry-After`; [`crate::AuthError::status`] does).
     #[error("password hashing queue is full")]
     Overloaded,
+    /// The pool could not do the work (no randomness, a thread or the worker process gone, a
+    /// pool that could not start). A malformed stored hash is not this: it verifies as a
+    /// mismatch (and is logged).
     #[error("password hashing failed: {0}")]
     Failed(String),
 }
@@ -47,6 +53,7 @@ pub enum HashError {
 /// The outcome of a verification.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verified {
+    /// The password is the one the hash was made from.
     pub matches: bool,
     /// The stored hash uses other parameters than ours: re-hash it now that we know the
     /// password.
@@ -523,6 +530,7 @@ impl Hasher {
         .map_err(|_| HashError::Failed("hashing task failed".into()))?
     }
 
+    /// Hashes `password` (argon2id, a fresh random salt) into a PHC string, on the pool.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || hash_blocking(&password)).await?,
@@ -534,6 +542,7 @@ impl Hasher {
         }
     }
 
+    /// Checks `password` against the PHC string `phc`, on the pool.
     pub async fn verify(&self, password: Password, phc: String) -> Result<Verified, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || verify_blocking(&password, &phc)).await,
