@@ -10,7 +10,11 @@ use sessiond_core::{StoreError, User, UserId, UserStore, Username};
 pub trait AuthUser: Clone + Send + Sync + 'static {
     /// The id sessions are kept under (your primary key, if it is an integer).
     fn id(&self) -> UserId;
-    /// The name the user logs in with (audit logs, the throttle's account counter).
+    /// The name the user logs in with: [`UserBackend::by_username`] must find the user by
+    /// it (a login checks, once its session exists, that the password it verified is still
+    /// the user's by looking the user up again under this name; a password change reads the
+    /// stored hash the same way). Also the audit logs' name and the throttle's account
+    /// counter.
     fn username(&self) -> &str;
     /// Whether the user may log in and keep their sessions (default: always). A user who is
     /// not active is treated like a wrong password at login, and their sessions end at their

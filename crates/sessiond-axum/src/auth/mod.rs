@@ -227,7 +227,7 @@ impl<B: UserBackend> Auth<B> {
     /// with every change of the session store (any session begun or ended, on any instance);
     /// a change your app makes to its own users table does not move it. So when you
     /// deactivate a user or change what your `User` holds, also end their sessions
-    /// ([`end_sessions`]), as the built-in [`disable`] does: that is what makes every
+    /// ([`Auth::end_sessions_of`]), as the built-in [`disable`] does: that is what makes every
     /// instance forget the user at once. Without the manager's cache, every request reads the
     /// user from the backend.
     pub async fn user_of(
@@ -270,6 +270,12 @@ impl<B: UserBackend> Auth<B> {
     pub async fn log_out_others(&self, session: &ActiveSession) -> Result<u64, StoreError> {
         let rec = session.record();
         end_sessions(self.store().as_ref(), rec.user_id, Some(&rec.id)).await
+    }
+
+    /// Ends every session of `user` (an admin's action, or after deactivating the user in
+    /// your own users table: see [`Auth::user_of`]); returns how many ended.
+    pub async fn end_sessions_of(&self, user: UserId) -> Result<u64, StoreError> {
+        end_sessions(self.store().as_ref(), user, None).await
     }
 
     /// Ends every session of this session's user, this one included ("log out
