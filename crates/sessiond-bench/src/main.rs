@@ -183,7 +183,14 @@ fn example_setup(args: &Args) -> ExampleSetup {
 }
 
 fn peer_setup(dir: Option<PathBuf>, root: &Path) -> PeerSetup {
-    let dir = dir.unwrap_or_else(|| root.join("..").join("shared").join("peers"));
+    // `shared/` sits beside the checkout, or beside a folder of worktrees: the nearest
+    // ancestor that has it.
+    let dir = dir.unwrap_or_else(|| {
+        root.ancestors()
+            .map(|a| a.join("shared").join("peers"))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| root.join("..").join("shared").join("peers"))
+    });
     if !dir.is_dir() {
         return PeerSetup::Skip(format!("no peers at {}", dir.display()));
     }
