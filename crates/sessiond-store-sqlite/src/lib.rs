@@ -511,6 +511,49 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        let hash = *hash;
+        let set = set.clone();
+        let remove = remove.to_vec();
+        // Read, merge and write in one IMMEDIATE transaction: it holds the database's write
+        // lock from the read on, so no other connection (of this process or another) can
+        // write the row in between. Merged here rather than with SQLite's `json_patch`, which
+        // would treat a JSON `null` value as "remove the key".
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let raw: Option<Option<String>> = tx
+                .prepare_cached("SELECT data FROM sessions WHERE token_hash = ?1")?
+                .query_row([hash.as_bytes().as_slice()], |r| r.get(0))
+                .optional()?;
+            let Some(raw) = raw else {
+                return Ok(Ok(false)); // gone: nothing to patch, nothing recreated
+            };
+            let mut data = match raw {
+                None => SessionData::new(),
+                Some(text) => match serde_json::from_str::<SessionData>(&text) {
+                    Ok(d) => d,
+                    // Not overwritten: what is stored stays there for a look.
+                    Err(e) => return Ok(Err(StoreError::Corrupt(format!("session data: {e}")))),
+                },
+            };
+            data.extend(set);
+            for k in &remove {
+                data.remove(k);
+            }
+            let text = serde_json::Value::Object(data).to_string();
+            tx.prepare_cached("UPDATE sessions SET data = ?2 WHERE token_hash = ?1")?
+                .execute(params![hash.as_bytes().as_slice(), text])?;
+            tx.commit()?;
+            Ok(Ok(true))
+        })
+        .await?
+    }
+
     async fn generation(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             c.prepare_cached("SELECT value FROM generation WHERE id = 1")?
