@@ -1046,6 +1046,45 @@ mod tests {
         }
     }
 
+    /// Data that is not a JSON object, written straight into the file, is reported as
+    /// corrupt by a patch, and left as it is for a look (not replaced by the patch's keys).
+    #[tokio::test]
+    async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let (t, rec) =
+            sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+        store.create(&rec).await.unwrap();
+        let mut set = SessionData::new();
+        set.insert("k".into(), serde_json::json!(1));
+        for bad in ["[1,2]", "{\"a\":", "42"] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE sessions SET data = ?1 WHERE token_hash = ?2",
+                    params![bad, t.hash().as_bytes().as_slice()],
+                )
+                .unwrap();
+            assert!(
+                matches!(
+                    store.patch_data(&t.hash(), &set, &[]).await,
+                    Err(StoreError::Corrupt(_))
+                ),
+                "{bad}"
+            );
+            let stored: String = Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT data FROM sessions WHERE token_hash = ?1",
+                    [t.hash().as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(stored, bad);
+        }
+    }
+
     #[test]
     fn concurrent_opens_of_a_fresh_file_migrate_once() {
         let dir = tempfile::tempdir().unwrap();
