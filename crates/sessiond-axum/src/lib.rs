@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Handlers that keep per-session data take a [`SessionMap`] (Django's `request.session`):
-//! loaded on first use, saved after the response only if modified.
+//! loaded on first use; after the response, the keys the request changed are saved in one
+//! atomic patch (concurrent requests of one session changing different keys all keep their
+//! change).
 //!
 //! Routes that change state are protected from cross-site request forgery by
 //! [`CsrfLayer`] (Fetch Metadata and `Origin`), and HTML forms by the tokens of [`csrf`].
