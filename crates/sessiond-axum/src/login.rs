@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 use crate::auth::{
     throttle::DEVICE_LIFETIME, Auth, AuthError, ClientInfo, LoggedIn, LoginAttempt, UserBackend,
 };
+use crate::csrf::CsrfService;
 use crate::error_body::json_error;
 use crate::password::HashError;
 use crate::request_session::RequestSession;
@@ -69,19 +70,22 @@ impl<B: UserBackend> Clone for AuthLayer<B> {
 
 impl<B: UserBackend> Auth<B> {
     /// The layer an app adds once, around its whole router: sessions (the
-    /// [`SessionLayer`]: verification, session data, the cookies a login or logout sets) and
-    /// this `Auth` for the extractors.
+    /// [`SessionLayer`]: verification, session data, the cookies a login or logout sets),
+    /// this `Auth` for the extractors, and the CSRF check of every unsafe request
+    /// ([`crate::csrf`]: `403 csrf_rejected` for a request a browser marks cross-site; the
+    /// origins are [`crate::auth::AuthBuilder::csrf_origins`]).
     pub fn layer(&self) -> AuthLayer<B> {
         AuthLayer { auth: self.clone() }
     }
 }
 
 impl<S, B: UserBackend> Layer<S> for AuthLayer<B> {
-    type Service = SessionService<AuthService<S, B>>;
+    type Service = SessionService<AuthService<CsrfService<S>, B>>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        let checked = self.auth.core().csrf.layer(inner);
         SessionLayer::new(self.auth.sessions().clone()).layer(AuthService {
-            inner,
+            inner: checked,
             auth: self.auth.clone(),
         })
     }

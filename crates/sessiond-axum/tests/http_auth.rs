@@ -178,6 +178,43 @@ async fn log_in_browse_and_log_out() {
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
 
+/// `auth.layer()` refuses unsafe requests a browser marks cross-site (its default origins:
+/// the request's own host), before any handler runs: no login CSRF, no forced logout.
+#[tokio::test]
+async fn cross_site_posts_are_refused_by_default() {
+    let app = app().await;
+    let post = |origin: Option<&str>, site: Option<&str>| {
+        let mut b = Request::post("/login").header(header::HOST, "app.example");
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        if let Some(s) = site {
+            b = b.header("sec-fetch-site", s);
+        }
+        b.body(Body::from(PASSWORD)).unwrap()
+    };
+    for (origin, site) in [
+        (Some("https://evil.example"), None),
+        (Some("null"), None),
+        (None, Some("cross-site")),
+        (Some("https://app.example"), Some("cross-site")),
+    ] {
+        let res = send(&app, post(origin, site)).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{origin:?} {site:?}");
+        assert!(res.headers().get(header::SET_COOKIE).is_none());
+        assert!(text(res).await.contains(r#""code":"csrf_rejected""#));
+    }
+    // The app's own pages (and clients that are no browser) get through.
+    for (origin, site) in [
+        (Some("https://app.example"), Some("same-origin")),
+        (Some("http://app.example"), None),
+        (None, None),
+    ] {
+        let res = send(&app, post(origin, site)).await;
+        assert_eq!(res.status(), StatusCode::OK, "{origin:?} {site:?}");
+    }
+}
+
 /// A login that presents a valid session rotates it: the presented secret stops working.
 #[tokio::test]
 async fn a_second_login_rotates_the_session() {

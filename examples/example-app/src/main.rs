@@ -12,7 +12,6 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde::Deserialize;
 use sessiond_axum::core::{ExpiryPolicy, NewUser, Password, SessionToken, Username};
-use sessiond_axum::csrf::{CsrfLayer, Origins};
 use sessiond_axum::SessionRejection;
 use sessiond_axum::{redirect::local_path, stores::SqliteStore, Auth, AuthError, AuthSession};
 use sessiond_axum::{
@@ -38,7 +37,6 @@ async fn main() -> anyhow::Result<()> {
     let sessions = SessionManager::new(store.clone(), cookie, ExpiryPolicy::default());
     let auth = Auth::builder(BuiltinUsers::new(store.clone()), sessions, store).build()?;
     create_demo_user(&auth).await?;
-    let origin = format!("http://{}", args.listen);
     let app = Router::new()
         .route(
             "/",
@@ -48,10 +46,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/logout", post(logout))
         .route("/private", get(private))
         .route("/api/me", get(me))
-        .layer(CsrfLayer::new(Origins::new(&origin)?))
         .layer(auth.layer());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("listening on {origin}");
+    println!("listening on http://{}", args.listen);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -19,7 +19,6 @@ use axum::{Form, Json, Router};
 use rusqlite::{Connection, OptionalExtension, Row};
 use serde::Deserialize;
 use sessiond_axum::core::{ExpiryPolicy, Password, SessionToken, StoreError, UserId};
-use sessiond_axum::csrf::{CsrfLayer, Origins};
 use sessiond_axum::{async_trait, redirect::local_path, stores::SqliteStore};
 use sessiond_axum::{Auth, AuthError, AuthSession, AuthUser, SessionRejection, UserBackend};
 use sessiond_axum::{CookieConfig, CurrentUser, SameSite, SessionManager, SessionMap};
@@ -166,7 +165,6 @@ async fn main() -> anyhow::Result<()> {
     let sessions = SessionManager::new(store.clone(), cookie, ExpiryPolicy::default());
     let auth = Auth::builder(members, sessions, store).build()?;
     create_demo_user(&auth).await?;
-    let origin = format!("http://{}", args.listen);
     let app = Router::new()
         .route(
             "/",
@@ -176,10 +174,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/logout", post(logout))
         .route("/private", get(private))
         .route("/api/me", get(me))
-        .layer(CsrfLayer::new(Origins::new(&origin)?))
         .layer(auth.layer());
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("listening on {origin}");
+    println!("listening on http://{}", args.listen);
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -35,6 +35,7 @@ pub use error::{AuthError, ChangeError};
 pub use login::{LoggedIn, LoginAttempt};
 pub use throttle::MAX_NEW_DEVICES;
 
+use crate::csrf::{CsrfLayer, Origins};
 use crate::password::{HashError, Hasher};
 use crate::{ActiveSession, CookieConfig, LoginRedirect, SessionManager};
 
@@ -79,6 +80,7 @@ pub(crate) struct Core {
     max_sessions_per_user: Option<usize>,
     login: LoginRedirect,
     pub(crate) device_cookie: CookieConfig,
+    pub(crate) csrf: CsrfLayer,
 }
 
 /// What logins did since the start (for metrics).
@@ -104,9 +106,19 @@ pub struct AuthBuilder<B> {
     max_sessions_per_user: Option<usize>,
     login_path: String,
     device_cookie: Option<CookieConfig>,
+    csrf: Origins,
 }
 
 impl<B: UserBackend> AuthBuilder<B> {
+    /// The origins whose unsafe requests `auth.layer()` lets through (its CSRF check, see
+    /// [`crate::csrf`]). Default: [`Origins::same_host`], the request's own host; name the
+    /// public origin (and any trusted ones) when a proxy rewrites `Host` or other sites must
+    /// post here.
+    pub fn csrf_origins(mut self, origins: Origins) -> Self {
+        self.csrf = origins;
+        self
+    }
+
     /// The login throttle's device cookie (default: the session cookie's companion
     /// `{name}_device`, see [`CookieConfig::companion`]).
     pub fn device_cookie(mut self, cookie: CookieConfig) -> Self {
@@ -157,6 +169,7 @@ impl<B: UserBackend> AuthBuilder<B> {
                 counters: AuthCounters::default(),
                 max_sessions_per_user: self.max_sessions_per_user,
                 login: LoginRedirect::new(&self.login_path),
+                csrf: CsrfLayer::new(self.csrf),
             },
             users: Memo::new(USER_CACHE_CAPACITY),
         })))
@@ -179,6 +192,7 @@ impl<B: UserBackend> Auth<B> {
             max_sessions_per_user: None,
             login_path: "/login".to_owned(),
             device_cookie: None,
+            csrf: Origins::same_host(),
         }
     }
 
