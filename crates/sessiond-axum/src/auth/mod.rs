@@ -223,7 +223,12 @@ impl<B: UserBackend> Auth<B> {
     ///
     /// Users are kept in memory under the session cache's epoch (see
     /// [`SessionManager::with_cache`]): an entry is served only while nothing changed since it
-    /// was read, so the hot path of a logged-in request costs no user lookup.
+    /// was read, so the hot path of a logged-in request costs no user lookup. The built-in
+    /// user store moves that epoch whenever a user changes; your own users table (a
+    /// [`UserBackend`] of yours) is not watched: when a change there must take effect at once
+    /// (disabling a user), also end the user's sessions with
+    /// `end_sessions(auth.sessions().store().as_ref(), id, None)` ([`end_sessions`]), which
+    /// moves the epoch on.
     pub async fn user_of(
         &self,
         session: &ActiveSession,
