@@ -241,6 +241,14 @@ impl SessionStore for WatchedStore {
     async fn save_data(&self, h: &TokenHash, d: &SessionData) -> Result<bool, StoreError> {
         self.inner.save_data(h, d).await
     }
+    async fn patch_data(
+        &self,
+        h: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        self.inner.patch_data(h, set, remove).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }

@@ -193,7 +193,9 @@
 //! ## How it works
 //!
 //! Handlers that keep per-session data take a [`SessionMap`] (Django's `request.session`):
-//! loaded on first use, saved after the response only if modified.
+//! loaded on first use; after the response, the keys the request changed are saved in one
+//! atomic patch (concurrent requests of one session changing different keys all keep their
+//! change).
 //!
 //! Routes that change state are protected from cross-site request forgery by
 //! [`CsrfLayer`] (Fetch Metadata and `Origin`), and HTML forms by the tokens of [`csrf`].
@@ -245,7 +247,8 @@ pub use sessiond_core as core;
 
 pub use auth::{Auth, AuthError, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
 pub use login::{
-    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, MaybeUser,
+    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, LoginRequired,
+    LoginRequiredService, MaybeUser,
 };
 pub use password::{HashError, Hasher};
 

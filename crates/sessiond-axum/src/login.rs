@@ -3,14 +3,16 @@
 //! the cookies a login sets and reads (the session cookie, and the login throttle's device
 //! cookie).
 
+use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sessiond_core::StoreError;
 use tower::{Layer, Service};
@@ -253,17 +255,102 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for MaybeUser<B> {
     }
 }
 
-/// Refuses, for a whole router, requests without a signed-in user (as [`CurrentUser`] does):
-/// `router.route_layer(axum::middleware::from_fn(login_required::<B>))`, Django's
-/// `@login_required` on every route of it.
-pub async fn login_required<B: UserBackend>(req: Request, next: Next) -> Response {
-    let (mut parts, body) = req.into_parts();
-    match user_of::<B>(&mut parts).await {
-        Ok((_, _, Some(_))) => next.run(Request::from_parts(parts, body)).await,
-        Ok((auth, _, None)) => {
-            AuthRejection::unauthenticated(&parts, auth.login_redirect()).into_response()
+/// Refuses, for a whole router, requests without a signed-in user, as [`CurrentUser`] does
+/// (Django's `@login_required` on every route of it):
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use sessiond_axum::{login_required, BuiltinUsers};
+///
+/// let private: Router = Router::new()
+///     .route("/private", get(|| async { "only for users" }))
+///     .route_layer(login_required::<BuiltinUsers>());
+/// ```
+///
+/// `route_layer`, not `layer`: an unknown path then still gets `404`, not a login page. The
+/// router must sit inside `auth.layer()`.
+pub fn login_required<B: UserBackend>() -> LoginRequired<B> {
+    LoginRequired(PhantomData)
+}
+
+/// The layer of [`login_required`].
+pub struct LoginRequired<B>(PhantomData<fn() -> B>);
+
+impl<B> Clone for LoginRequired<B> {
+    fn clone(&self) -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<B> std::fmt::Debug for LoginRequired<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginRequired")
+    }
+}
+
+impl<S, B> Layer<S> for LoginRequired<B> {
+    type Service = LoginRequiredService<S, B>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoginRequiredService {
+            inner,
+            backend: PhantomData,
         }
-        Err(e) => e.into_response(),
+    }
+}
+
+/// The service of [`LoginRequired`].
+pub struct LoginRequiredService<S, B> {
+    inner: S,
+    backend: PhantomData<fn() -> B>,
+}
+
+impl<S: Clone, B> Clone for LoginRequiredService<S, B> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            backend: PhantomData,
+        }
+    }
+}
+
+impl<S, B> std::fmt::Debug for LoginRequiredService<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginRequiredService")
+    }
+}
+
+impl<S, B> Service<Request> for LoginRequiredService<S, B>
+where
+    S: Service<Request, Response = Response> + Clone + Send + 'static,
+    S::Future: Send,
+    B: UserBackend,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The clone that was made ready is the one called (tower's usual dance); the check
+        // is async (a store lookup), so the future is boxed.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            match user_of::<B>(&mut parts).await {
+                Ok((_, _, Some(_))) => inner.call(Request::from_parts(parts, body)).await,
+                Ok((auth, _, None)) => Ok(AuthRejection::unauthenticated(
+                    &parts,
+                    auth.login_redirect(),
+                )
+                .into_response()),
+                Err(e) => Ok(e.into_response()),
+            }
+        })
     }
 }
 

@@ -73,3 +73,23 @@ pub fn test_sessiond() -> anyhow::Result<PathBuf> {
     }
     cargo_executable(&["test", "--workspace", "--no-run", "--quiet"], "sessiond")
 }
+
+/// `example-app` (`examples/example-app`), built in release like the server.
+pub fn release_example_app() -> anyhow::Result<PathBuf> {
+    cargo_executable(
+        &["build", "--release", "--quiet", "-p", "example-app"],
+        "example-app",
+    )
+}
+
+/// `example-app` as the test suite builds it (smoke mode), found like [`test_sessiond`]:
+/// `SESSIOND_BENCH_EXAMPLE_BIN` if set, else the binary of `cargo test --workspace --no-run`.
+pub fn test_example_app() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SESSIOND_BENCH_EXAMPLE_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    cargo_executable(
+        &["test", "--workspace", "--no-run", "--quiet"],
+        "example-app",
+    )
+}

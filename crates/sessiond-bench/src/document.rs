@@ -21,6 +21,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          cargo run --release -p sessiond-bench                      # builds sessiond (release), ~10 min, writes this file\n\
          cargo run --release -p sessiond-bench -- --rounds 24       # more rounds, steadier medians\n\
          cargo run --release -p sessiond-bench -- --no-peers --out /tmp/b.md\n\
+         cargo run --release -p sessiond-bench -- --example-only 12  # the example app's ratio alone, next to the tower peer's\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
          It builds `sessiond` in release, then for each store starts `sessiond serve` on a fresh\n\
@@ -112,6 +113,15 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 off`, so the command does all the work however long the run takes) and the CLI purge\n\
          \x20 runs as a separate process while the probe verifies live sessions; time is the purge\n\
          \x20 process's wall time, start to exit.\n\
+         - **example app**: `examples/example-app` built in release, started on a fresh SQLite\n\
+         \x20 file and logged in once through its HTML form (as a browser: the form's hidden fields,\n\
+         \x20 same-origin headers); then `GET /private` with that cookie (verify, the visit counter\n\
+         \x20 read and written in the session's data, an HTML page) and its public `GET /`, both as\n\
+         \x20 page navigations, in interleaved rounds; the ratio is the median of the per-round\n\
+         \x20 ratios. Next to it, the tower peer's (SQLite store) `GET /me` ÷ its `/healthz`, from\n\
+         \x20 the peer row's rounds: what the same question costs an app on axum-login +\n\
+         \x20 tower-sessions. `--example-only N` runs just these rounds (the peer's in the same\n\
+         \x20 rounds), `--no-example` leaves the row out.\n\
          - **peers**: the same authenticated request (`GET /me` with the peer's own session\n\
          \x20 cookie) with the same client and connections. A sessiond on the comparable store\n\
          \x20 (SQLite for the SQLite peers, Redis for the Redis one) runs beside each peer and the\n\

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hyper::header::HeaderValue;
 
+use crate::example;
 use crate::hashrate;
 use crate::load::{self, once_blocking, Job, Measure, Req, Vary};
 use crate::machine::{load_average, Machine};
 use crate::peers;
 use crate::process::{free_port, Process};
 use crate::report::{
-    LoginRounds, Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale, ScalePoint,
-    StoreFigures,
+    ExampleFigures, LoginRounds, Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale,
+    ScalePoint, StoreFigures,
 };
 use crate::seed;
 use crate::stores::{Services, Store, StoreKind, Unavailable};
@@ -36,6 +37,14 @@ pub enum PeerSetup {
         /// The built tower peer, or why there is none.
         tower: Result<PathBuf, String>,
     },
+}
+
+/// The example app's binary, or why its row is left out.
+#[derive(Clone, Debug)]
+pub enum ExampleSetup {
+    Skip(String),
+    /// The built `example-app`, or why the build failed.
+    Use(Result<PathBuf, String>),
 }
 
 /// What to run and how hard.
@@ -78,6 +87,7 @@ pub struct Config {
     /// Deadline of the sessions to purge, counted from when they are marked.
     pub expire_after: Duration,
     pub peers: PeerSetup,
+    pub example: ExampleSetup,
     pub services: Services,
     /// A missing PostgreSQL or Redis fails the run instead of being skipped.
     pub require_services: bool,
@@ -123,6 +133,7 @@ impl Config {
             cookie_sample: 1_000,
             expire_after: Duration::from_secs(3),
             peers: PeerSetup::Skip("--no-peers".into()),
+            example: ExampleSetup::Skip("--no-example".into()),
             services: Services::from_env(),
             require_services: false,
             quiet: false,
@@ -155,6 +166,7 @@ impl Config {
             cookie_sample: 100,
             expire_after: ms(1_500),
             peers: PeerSetup::Skip("smoke mode".into()),
+            example: ExampleSetup::Skip("no example-app binary given".into()),
             require_services: std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
             ..Self::real(sessiond, 1, ms(300))
         }
@@ -237,6 +249,10 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     }
     let (scale, purge) = bench_scale(cfg);
     let peers = bench_peers(cfg);
+    let example = bench_example(cfg);
+    if let Outcome::Skipped(why) | Outcome::Failed(why) = &example {
+        cfg.say(format!("[example] not measured: {why}"));
+    }
     machine.load_after = load_average();
     Ok(Report {
         smoke: cfg.smoke,
@@ -246,6 +262,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         scale,
         purge,
         peers,
+        example,
         floods: (cfg.queue_flood_connections, cfg.flood_connections),
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -436,6 +453,111 @@ pub fn ratio_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
         median(&mut forward)
     );
     server.stop();
+    Ok(())
+}
+
+/// The example app's row: `GET /` and `GET /private` with a valid cookie, in interleaved
+/// rounds on one running app.
+fn bench_example(cfg: &Config) -> Outcome<ExampleFigures> {
+    let bin = match &cfg.example {
+        ExampleSetup::Skip(why) => return Outcome::Skipped(why.clone()),
+        ExampleSetup::Use(Err(why)) => return Outcome::Failed(why.clone()),
+        ExampleSetup::Use(Ok(bin)) => bin,
+    };
+    cfg.say("[example] example-app …");
+    (|| {
+        let app = example::start(bin)?;
+        let jobs = [
+            cfg.watched(&app.process, app.home()),
+            cfg.watched(&app.process, app.private()),
+        ];
+        let [home, private]: [Rounds; 2] = run_rounds(&jobs, cfg.rounds, |round, m| {
+            cfg.say(format!(
+                "[example] round {round}/{}: / {:.0}/s, /private {:.0}/s ({:.2}; {})",
+                cfg.rounds,
+                m[0].rps,
+                m[1].rps,
+                m[1].rps / m[0].rps.max(1e-9),
+                m[1].status_summary()
+            ));
+        })?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("two jobs, two results"))?;
+        app.process.stop();
+        Ok(ExampleFigures { home, private })
+    })()
+    .into()
+}
+
+/// `--example-only N`: the example app's `GET /` and `GET /private` (valid cookie), and, when
+/// the tower peer is built, its `/healthz` and `GET /me` (cookie), `times` interleaved rounds
+/// of the four, each round's two ratios printed and their medians at the end (for tuning the
+/// example row; prints, writes nothing).
+pub fn example_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
+    let bin = match &cfg.example {
+        ExampleSetup::Use(Ok(bin)) => bin,
+        ExampleSetup::Use(Err(why)) => anyhow::bail!("no example-app: {why}"),
+        ExampleSetup::Skip(why) => anyhow::bail!("no example-app: {why}"),
+    };
+    let app = example::start(bin)?;
+    let mut jobs = vec![
+        cfg.watched(&app.process, app.home()),
+        cfg.watched(&app.process, app.private()),
+    ];
+    let peer = match &cfg.peers {
+        PeerSetup::Use {
+            tower: Ok(tower), ..
+        } => {
+            let peer = peers::start_tower(tower, "sqlite", &cfg.services.redis)?;
+            let host = peer.process.addr.to_string();
+            jobs.push(cfg.closed(peer.process.addr, Req::get(&host, "/healthz")));
+            jobs.push(cfg.closed(
+                peer.process.addr,
+                Req::get(&host, "/me").cookie(&peer.cookie),
+            ));
+            Some(peer)
+        }
+        PeerSetup::Use {
+            tower: Err(why), ..
+        }
+        | PeerSetup::Skip(why) => {
+            println!("the tower peer is left out: {why}");
+            None
+        }
+    };
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    run_rounds(&jobs, times, |i, m| {
+        let r = m[1].rps / m[0].rps.max(1e-9);
+        let mut line = format!(
+            "{i}: example / {:.0}/s, /private {:.0}/s ({r:.3}; {})",
+            m[0].rps,
+            m[1].rps,
+            m[1].status_summary()
+        );
+        ours.push(r);
+        if let [_, _, healthz, me] = m {
+            let p = me.rps / healthz.rps.max(1e-9);
+            line.push_str(&format!(
+                "; tower peer /healthz {:.0}/s, /me {:.0}/s ({p:.3})",
+                healthz.rps, me.rps
+            ));
+            theirs.push(p);
+        }
+        println!("{line}");
+    })?;
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    println!(
+        "median of {} rounds: example /private ÷ / {:.3} (target ≥ {}), tower peer /me ÷ /healthz {}",
+        ours.len(),
+        median(&mut ours).unwrap_or(0.0),
+        crate::report::EXAMPLE_TARGET,
+        median(&mut theirs).map_or("not measured".into(), |r| format!("{r:.3}"))
+    );
+    app.process.stop();
+    drop(peer);
     Ok(())
 }
 

@@ -30,6 +30,10 @@
 //!   million logins), with secrets made here, so the verifications pick sessions all over the
 //!   table; then a million of them are made expired and `sessiond session purge` removes
 //!   them while the server serves.
+//! * **The example app** (`examples/example-app`, built in release like the server) is
+//!   logged in once through its HTML form; its `GET /private` with that cookie (verify, the
+//!   visit counter read and written in the session's data, a page) is measured against its
+//!   own `GET /`, next to the same ratio of the tower-sessions peer (`GET /me` ÷ `/healthz`).
 //! * **Peers** from `shared/peers/` (axum-login + tower-sessions, Django) run on the same
 //!   machine with the same generator.
 //!
@@ -42,6 +46,7 @@
 pub mod binaries;
 pub mod chart;
 pub mod document;
+pub mod example;
 mod harness;
 pub mod hashrate;
 pub mod load;
@@ -53,6 +58,7 @@ pub mod seed;
 pub mod stores;
 
 pub use harness::{
-    logins_only, peers_only, probe_only, ratio_only, run, Config, PeerSetup, COOKIE, PASSWORD,
+    example_only, logins_only, peers_only, probe_only, ratio_only, run, Config, ExampleSetup,
+    PeerSetup, COOKIE, PASSWORD,
 };
 pub use report::{Outcome, Report};

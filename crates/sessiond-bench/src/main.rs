@@ -1,13 +1,13 @@
 //! `sessiond-bench`: builds sessiond in release, measures it on every store and against the
 //! peers, prints one table and writes `BENCHMARKS.md` with a chart.
 //!
-//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--out FILE]`
+//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--no-example] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use sessiond_bench::{binaries, chart, document, peers, run, Config, PeerSetup};
+use sessiond_bench::{binaries, chart, document, peers, run, Config, ExampleSetup, PeerSetup};
 
 /// The sessiond load benchmark (targets: docs/reference/performance.md): one run, one table.
 #[derive(Debug, Parser)]
@@ -25,6 +25,12 @@ struct Args {
     /// Leave out the peers (axum-login + tower-sessions, Django)
     #[arg(long)]
     no_peers: bool,
+    /// Leave out the example app's row (`examples/example-app`)
+    #[arg(long)]
+    no_example: bool,
+    /// Benchmark this example-app binary instead of building one
+    #[arg(long, value_name = "PATH")]
+    example_app: Option<PathBuf>,
     /// The peers' folder
     #[arg(long, value_name = "DIR")]
     peers: Option<PathBuf>,
@@ -61,6 +67,11 @@ struct Args {
     /// their ratios (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     ratio_only: Option<usize>,
+    /// Only the example app's `GET /` and `GET /private` (valid cookie), `N` rounds, with the
+    /// tower peer's `/healthz` and `GET /me` in the same rounds unless --no-peers; prints each
+    /// round's ratios and their medians (for tuning; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    example_only: Option<usize>,
     /// Only correct logins on every store, `N` rounds each next to the machine's hash rate,
     /// with their medians (for comparing two builds' login path; prints, writes nothing)
     #[arg(long, value_name = "N")]
@@ -105,6 +116,10 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             peer_setup(args.peers.clone(), &root)
         };
     }
+    cfg.example = example_setup(&args);
+    if let Some(times) = args.example_only {
+        return sessiond_bench::example_only(&cfg, times);
+    }
     if let Some(times) = args.probe_only {
         return sessiond_bench::probe_only(&cfg, times);
     }
@@ -142,8 +157,40 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The example app for its row: the one given, else built (release, or the test build in
+/// smoke mode); left out with `--no-example` and in the tuning modes that do not use it.
+fn example_setup(args: &Args) -> ExampleSetup {
+    let tuning_elsewhere = args.probe_only.is_some()
+        || args.logins_only.is_some()
+        || args.ratio_only.is_some()
+        || args.peers_only;
+    if args.no_example {
+        return ExampleSetup::Skip("--no-example".into());
+    }
+    if tuning_elsewhere && args.example_only.is_none() {
+        return ExampleSetup::Skip("not in this mode".into());
+    }
+    if let Some(p) = &args.example_app {
+        return ExampleSetup::Use(Ok(p.clone()));
+    }
+    let built = if args.smoke {
+        binaries::test_example_app()
+    } else {
+        eprintln!("sessiond-bench: building example-app (release) …");
+        binaries::release_example_app()
+    };
+    ExampleSetup::Use(built.map_err(|e| format!("{e:#}")))
+}
+
 fn peer_setup(dir: Option<PathBuf>, root: &Path) -> PeerSetup {
-    let dir = dir.unwrap_or_else(|| root.join("..").join("shared").join("peers"));
+    // `shared/` sits beside the checkout, or beside a folder of worktrees: the nearest
+    // ancestor that has it.
+    let dir = dir.unwrap_or_else(|| {
+        root.ancestors()
+            .map(|a| a.join("shared").join("peers"))
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| root.join("..").join("shared").join("peers"))
+    });
     if !dir.is_dir() {
         return PeerSetup::Skip(format!("no peers at {}", dir.display()));
     }

@@ -220,6 +220,22 @@ pub struct PeerFigures {
     pub ours: Rounds,
 }
 
+/// The example app's page with a session against its public page, in the same rounds.
+#[derive(Clone, Debug)]
+pub struct ExampleFigures {
+    /// `GET /`: no session work.
+    pub home: Rounds,
+    /// `GET /private` with a valid cookie.
+    pub private: Rounds,
+}
+
+impl ExampleFigures {
+    /// `GET /private` ÷ `GET /`, the median of the rounds' ratios.
+    pub fn ratio(&self) -> f64 {
+        self.private.ratio_to(&self.home)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PeerRow {
     pub name: &'static str,
@@ -239,6 +255,8 @@ pub struct Report {
     pub scale: Outcome<Scale>,
     pub purge: Outcome<Purge>,
     pub peers: Vec<PeerRow>,
+    /// The example app (`examples/example-app`).
+    pub example: Outcome<ExampleFigures>,
     /// Connections of the queue-sized and of the large login flood.
     pub floods: (usize, usize),
     pub seconds: f64,
@@ -570,7 +588,44 @@ impl Report {
                 target: format!("sessiond verify ≥ {}×", peer_target(peer.name)),
             });
         }
+        rows.push(sqlite_only(
+            "**example app: `GET /private` (valid cookie) ÷ its `GET /`**; next to it, \
+             axum-login + tower-sessions: `GET /me` (cookie) ÷ its `/healthz`"
+                .into(),
+            &format!("≥ {EXAMPLE_TARGET}"),
+            self.example.cell(|e| {
+                let r = e.ratio();
+                let mut c = format!(
+                    "**{r:.2}** {} (`/private` {}/s · p99 {} ms, `/` {}/s",
+                    check(r >= EXAMPLE_TARGET),
+                    thousands(e.private.rps()),
+                    ms(e.private.p99()),
+                    thousands(e.home.rps()),
+                );
+                for (route, rounds) in [("`/private`", &e.private), ("`/`", &e.home)] {
+                    if !rounds.clean() {
+                        let _ = write!(c, "; {route} answered {}", rounds_statuses(rounds));
+                    }
+                }
+                let peer = self
+                    .tower_peer_ratio()
+                    .map_or_else(|| "not measured".to_owned(), |r| format!("**{r:.2}**"));
+                let _ = write!(c, "); the peer's: {peer}");
+                c
+            }),
+        ));
         rows
+    }
+
+    /// The tower peer's (SQLite store) `GET /me` ÷ its `/healthz`, from its row's rounds.
+    pub fn tower_peer_ratio(&self) -> Option<f64> {
+        self.peers
+            .iter()
+            .filter(|p| p.name.starts_with("axum-login") && p.versus == StoreKind::Sqlite)
+            .find_map(|p| {
+                let f = p.outcome.done()?;
+                Some(f.me.ratio_to(f.healthz.as_ref()?))
+            })
     }
 
     /// [`Self::rows`] with a reason stated once per column: later rows of a skipped or failed
@@ -614,6 +669,18 @@ impl Report {
         }
         t
     }
+}
+
+/// The example app's `GET /private` ÷ its `GET /` (docs/reference/performance.md).
+pub const EXAMPLE_TARGET: f64 = 0.9;
+
+/// The statuses of every round that was not clean.
+fn rounds_statuses(r: &Rounds) -> String {
+    r.0.iter()
+        .filter(|m| !m.clean())
+        .map(Measure::status_summary)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The target for each peer (docs/reference/performance.md, "Targets").

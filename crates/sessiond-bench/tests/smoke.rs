@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use sessiond_bench::report::StoreFigures;
 use sessiond_bench::stores::StoreKind;
-use sessiond_bench::{binaries, chart, run, Config, Outcome};
+use sessiond_bench::{binaries, chart, run, Config, ExampleSetup, Outcome};
 
 #[test]
 fn every_row_of_the_benchmark_runs() {
@@ -17,7 +17,9 @@ fn every_row_of_the_benchmark_runs() {
         "sessiond binary ready after {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    let report = run(&Config::smoke(sessiond)).expect("the smoke run");
+    let mut cfg = Config::smoke(sessiond);
+    cfg.example = ExampleSetup::Use(binaries::test_example_app().map_err(|e| format!("{e:#}")));
+    let report = run(&cfg).expect("the smoke run");
     let table = report.table();
     println!("{table}");
     eprintln!("smoke run: {:.1} s", started.elapsed().as_secs_f64());
@@ -73,6 +75,17 @@ fn every_row_of_the_benchmark_runs() {
         );
     }
 
+    // The example app was logged in through its form and every request of its rounds got
+    // the expected 200 (the page with the session, not a redirect to the login form).
+    match &report.example {
+        Outcome::Done(e) => {
+            assert!(e.home.clean(), "example GET /: {:?}", e.home);
+            assert!(e.private.clean(), "example GET /private: {:?}", e.private);
+            assert!(e.ratio() > 0.0, "{e:?}");
+        }
+        other => panic!("example app: {other:?}"),
+    }
+
     // Every row is in the table, none of them failed.
     let rows = report.rows();
     for label in [
@@ -90,6 +103,7 @@ fn every_row_of_the_benchmark_runs() {
         "`sessiond session purge`",
         "peer: axum-login",
         "peer: Django",
+        "example app: `GET /private`",
     ] {
         assert!(
             rows.iter().any(|r| r.label.contains(label)),

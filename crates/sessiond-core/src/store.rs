@@ -118,6 +118,22 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// [`SessionStore::touch`], a late save never resurrects a revoked session.
     async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError>;
 
+    /// Changes some keys of the session's data in one atomic step: sets every key of `set`
+    /// to its value, removes every key of `remove` (a key in both ends up removed), and keeps
+    /// every other key as stored at that moment. A no-op returning `false` when the session
+    /// is gone: like [`SessionStore::save_data`], a patch never recreates a revoked session.
+    ///
+    /// This is what makes concurrent requests of one session safe: each saves only the keys
+    /// it changed, so two requests changing different keys both keep their change, where two
+    /// whole-map saves would lose one. No default: a load, merge and save would not be atomic
+    /// and would lose exactly those changes.
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError>;
+
     /// Cheap reachability check for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -201,6 +201,27 @@ impl SessionStore for MemoryStore {
         Ok(true)
     }
 
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        // Check, read and write under one lock: atomic.
+        let mut g = self.lock();
+        if !g.sessions.contains_key(hash.as_bytes()) {
+            return Ok(false);
+        }
+        let data = g.data.entry(*hash.as_bytes()).or_default();
+        for (k, v) in set {
+            data.insert(k.clone(), v.clone());
+        }
+        for k in remove {
+            data.remove(k);
+        }
+        Ok(true)
+    }
+
     async fn generation(&self) -> Result<u64, StoreError> {
         Ok(self.lock().generation)
     }

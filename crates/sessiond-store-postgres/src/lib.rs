@@ -732,6 +732,43 @@ impl SessionStore for PostgresStore {
         .await
     }
 
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        let hash = *hash;
+        let set = set.clone();
+        let remove = remove.to_vec();
+        // One UPDATE: the row lock it takes orders it against every other write of the row,
+        // and the merge reads the row as it is under that lock, so concurrent patches of
+        // different keys all land. A row gone (revoked) matches nothing: nothing recreated.
+        // Data that is not an object (corrupt) is left as it is and reported.
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = query_opt(
+                    &*c,
+                    "UPDATE sessions SET data = CASE \
+                       WHEN data IS NULL OR jsonb_typeof(data) = 'object' \
+                       THEN (coalesce(data, '{}'::jsonb) || $2::jsonb) - $3::text[] \
+                       ELSE data END \
+                     WHERE token_hash = $1 RETURNING jsonb_typeof(data)",
+                    &[&hash.as_bytes().as_slice(), &Json(&set), &remove],
+                )
+                .await?;
+                match row {
+                    None => Ok(false),
+                    Some(row) if col::<String>(&row, 0)? == "object" => Ok(true),
+                    Some(_) => Err(StoreError::Corrupt(
+                        "session data: not a JSON object".into(),
+                    )),
+                }
+            })
+        })
+        .await
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         // A round trip, not just a pool checkout: a pooled connection is not proof of a
         // reachable server.

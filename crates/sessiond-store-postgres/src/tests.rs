@@ -391,6 +391,46 @@ async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
     ));
 }
 
+/// Data that is not a JSON object, written straight into the table, is reported as corrupt
+/// by a patch and left as it is (not merged into, not replaced).
+#[tokio::test]
+async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let (t, rec) =
+        sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+    store.create(&rec).await.unwrap();
+    let client = operator_session(&store).await;
+    let hash = t.hash().as_bytes().to_vec();
+    let mut set = sessiond_core::SessionData::new();
+    set.insert("k".into(), serde_json::json!(1));
+    for bad in ["[1, 2]", "\"text\"", "42"] {
+        client
+            .execute(
+                "UPDATE sessions SET data = $1::text::jsonb WHERE token_hash = $2",
+                &[&bad, &hash],
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.patch_data(&t.hash(), &set, &["k".to_owned()]).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "{bad}"
+        );
+        let row = client
+            .query_one(
+                "SELECT data::text = $1::text::jsonb::text FROM sessions WHERE token_hash = $2",
+                &[&bad, &hash],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "{bad} left as it was");
+    }
+}
+
 /// Expired throttle counters must not pile up with every username and address ever tried:
 /// the sweeper's `purge_expired` removes them too, in bounded batches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

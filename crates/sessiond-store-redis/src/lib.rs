@@ -453,6 +453,7 @@ struct Scripts {
     delete_for_user: Script,
     purge: Script,
     save_data: Script,
+    patch_data: Script,
     throttle_hit: Script,
     throttle_apply: Script,
     throttle_reserve: Script,
@@ -572,6 +573,20 @@ impl Scripts {
                 local sk = tag .. ':s:' .. ARGV[2]
                 if redis.call('EXISTS', sk) == 0 then return 0 end
                 redis.call('HSET', sk, 'd', ARGV[3])
+                return 1
+                "#,
+            ),
+            // ARGV: tag, hash, '1' if data was stored when read (else '0'), that data, the
+            // new data. Compare and set: 0 = session gone, 2 = the data changed since it was
+            // read (nothing written), 1 = written.
+            patch_data: with(
+                r#"
+                local sk = tag .. ':s:' .. ARGV[2]
+                if redis.call('EXISTS', sk) == 0 then return 0 end
+                local want = false
+                if ARGV[3] == '1' then want = ARGV[4] end
+                if redis.call('HGET', sk, 'd') ~= want then return 2 end
+                redis.call('HSET', sk, 'd', ARGV[5])
                 return 1
                 "#,
             ),
@@ -790,6 +805,55 @@ impl SessionStore for RedisStore {
         let mut inv = self.scripts.save_data.key(self.session_key(hash));
         inv.arg(&*self.tag).arg(hash.to_hex()).arg(text);
         Ok(self.run::<i64>(inv).await? == 1)
+    }
+
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        // Merged here and written with a compare-and-set script, retried when another write
+        // landed in between: atomic, since the script checks and writes in one step. Not
+        // merged inside Lua, because its cjson does not round-trip JSON (an empty array comes
+        // back as an object, integers past 14 digits lose precision), and a patch must keep
+        // the keys it does not touch exactly as stored.
+        let key = self.session_key(hash);
+        let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
+        loop {
+            let (id, stored): (Option<String>, Option<String>) = self
+                .query(redis::cmd("HMGET").arg(&key).arg("id").arg("d"))
+                .await?;
+            if id.is_none() {
+                return Ok(false);
+            }
+            let mut data = match &stored {
+                None => SessionData::new(),
+                Some(text) => serde_json::from_str::<SessionData>(text)
+                    .map_err(|e| StoreError::Corrupt(format!("session data: {e}")))?,
+            };
+            data.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for k in remove {
+                data.remove(k);
+            }
+            let text = serde_json::Value::Object(data).to_string();
+            let mut inv = self.scripts.patch_data.key(&key);
+            inv.arg(&*self.tag)
+                .arg(hash.to_hex())
+                .arg(if stored.is_some() { "1" } else { "0" })
+                .arg(stored.as_deref().unwrap_or(""))
+                .arg(text);
+            match self.run::<i64>(inv).await? {
+                0 => return Ok(false),
+                1 => return Ok(true),
+                // Each conflict means another write landed, so the writers as a whole make
+                // progress; the deadline bounds how long one of them may keep losing.
+                _ if tokio::time::Instant::now() >= deadline => {
+                    return Err(unavailable(TimedOut));
+                }
+                _ => {}
+            }
+        }
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {

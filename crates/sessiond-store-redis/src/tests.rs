@@ -90,6 +90,37 @@ async fn conformance_on_a_real_three_master_cluster() {
     sessiond_store_tests::run_throttle_suite(fresh).await;
 }
 
+/// Data that is not a JSON object, written straight into Redis, is reported as corrupt by a
+/// patch and left as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
+    let Some(store) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let hash = session_on(&store).await;
+    let key = store.session_key(&hash);
+    let mut set = sessiond_core::SessionData::new();
+    set.insert("k".into(), serde_json::json!(1));
+    for bad in ["[1,2]", "{\"a\":", "42"] {
+        let _: () = store
+            .query(redis::cmd("HSET").arg(&key).arg("d").arg(bad))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.patch_data(&hash, &set, &[]).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "{bad}"
+        );
+        let stored: String = store
+            .query(redis::cmd("HGET").arg(&key).arg("d"))
+            .await
+            .unwrap();
+        assert_eq!(stored, bad);
+    }
+}
+
 async fn session_on(store: &RedisStore) -> sessiond_core::TokenHash {
     let (t, rec) =
         sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);

@@ -511,6 +511,49 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn patch_data(
+        &self,
+        hash: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        let hash = *hash;
+        let set = set.clone();
+        let remove = remove.to_vec();
+        // Read, merge and write in one IMMEDIATE transaction: it holds the database's write
+        // lock from the read on, so no other connection (of this process or another) can
+        // write the row in between. Merged here rather than with SQLite's `json_patch`, which
+        // would treat a JSON `null` value as "remove the key".
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let raw: Option<Option<String>> = tx
+                .prepare_cached("SELECT data FROM sessions WHERE token_hash = ?1")?
+                .query_row([hash.as_bytes().as_slice()], |r| r.get(0))
+                .optional()?;
+            let Some(raw) = raw else {
+                return Ok(Ok(false)); // gone: nothing to patch, nothing recreated
+            };
+            let mut data = match raw {
+                None => SessionData::new(),
+                Some(text) => match serde_json::from_str::<SessionData>(&text) {
+                    Ok(d) => d,
+                    // Not overwritten: what is stored stays there for a look.
+                    Err(e) => return Ok(Err(StoreError::Corrupt(format!("session data: {e}")))),
+                },
+            };
+            data.extend(set);
+            for k in &remove {
+                data.remove(k);
+            }
+            let text = serde_json::Value::Object(data).to_string();
+            tx.prepare_cached("UPDATE sessions SET data = ?2 WHERE token_hash = ?1")?
+                .execute(params![hash.as_bytes().as_slice(), text])?;
+            tx.commit()?;
+            Ok(Ok(true))
+        })
+        .await?
+    }
+
     async fn generation(&self) -> Result<u64, StoreError> {
         self.read(|c| {
             c.prepare_cached("SELECT value FROM generation WHERE id = 1")?
@@ -1000,6 +1043,45 @@ mod tests {
                 store.list_users().await,
                 Err(StoreError::Corrupt(_))
             ));
+        }
+    }
+
+    /// Data that is not a JSON object, written straight into the file, is reported as
+    /// corrupt by a patch, and left as it is for a look (not replaced by the patch's keys).
+    #[tokio::test]
+    async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let (t, rec) =
+            sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+        store.create(&rec).await.unwrap();
+        let mut set = SessionData::new();
+        set.insert("k".into(), serde_json::json!(1));
+        for bad in ["[1,2]", "{\"a\":", "42"] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE sessions SET data = ?1 WHERE token_hash = ?2",
+                    params![bad, t.hash().as_bytes().as_slice()],
+                )
+                .unwrap();
+            assert!(
+                matches!(
+                    store.patch_data(&t.hash(), &set, &[]).await,
+                    Err(StoreError::Corrupt(_))
+                ),
+                "{bad}"
+            );
+            let stored: String = Connection::open(&path)
+                .unwrap()
+                .query_row(
+                    "SELECT data FROM sessions WHERE token_hash = ?1",
+                    [t.hash().as_bytes().as_slice()],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(stored, bad);
         }
     }
 

@@ -484,6 +484,208 @@ pub async fn rotation_starts_with_empty_data<S: SessionStore>(store: S) {
     assert_eq!(store.load_data(&old_t.hash()).await.unwrap(), None);
 }
 
+fn data_of(pairs: &[(&str, serde_json::Value)]) -> SessionData {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect()
+}
+
+fn keys(names: &[&str]) -> Vec<String> {
+    names.iter().map(|k| (*k).to_owned()).collect()
+}
+
+pub async fn a_data_patch_changes_only_its_keys<S: SessionStore>(store: S) {
+    let (t, rec) = session(1);
+    let (other_t, other) = session(1);
+    store.create(&rec).await.unwrap();
+    store.create(&other).await.unwrap();
+    let h = t.hash();
+
+    // On data never saved: starts from the empty map.
+    let first = data_of(&[("theme", serde_json::json!("dark"))]);
+    assert!(store.patch_data(&h, &first, &[]).await.unwrap());
+    assert_eq!(store.load_data(&h).await.unwrap(), Some(first));
+
+    // Values a lossy JSON re-encoding would change (an empty array, an integer past 2^53, a
+    // float, a nested null, text outside ASCII) must come back exactly, untouched or set.
+    let mut stored = sample_data();
+    stored.insert("empty".into(), serde_json::json!([]));
+    stored.insert("big".into(), serde_json::json!(12_345_678_901_234_567_u64));
+    stored.insert("gone".into(), serde_json::json!("bye"));
+    assert!(store.save_data(&h, &stored).await.unwrap());
+
+    let set = data_of(&[
+        ("theme", serde_json::json!("light")),
+        (
+            "fresh",
+            serde_json::json!({ "list": [], "ratio": 0.123_456_789_012_345_67 }),
+        ),
+        // A null value is a value: stored, not taken for "remove the key".
+        ("nothing", serde_json::Value::Null),
+        ("both", serde_json::json!(1)),
+        ("naïve.key \"quoted\" $[0]", serde_json::json!("ünïcødé")),
+    ]);
+    let remove = keys(&["gone", "both", "never-there"]);
+    assert!(store.patch_data(&h, &set, &remove).await.unwrap());
+
+    let mut want = stored.clone();
+    want.remove("gone");
+    for (k, v) in &set {
+        if k != "both" {
+            want.insert(k.clone(), v.clone());
+        }
+    }
+    assert_eq!(
+        store.load_data(&h).await.unwrap(),
+        Some(want.clone()),
+        "set keys set, removed keys removed (a key in both removed), the rest exactly as stored"
+    );
+
+    // An empty patch of a live session succeeds and changes nothing.
+    assert!(store
+        .patch_data(&h, &SessionData::new(), &[])
+        .await
+        .unwrap());
+    assert_eq!(store.load_data(&h).await.unwrap(), Some(want));
+
+    // Removing every key leaves an empty map, not a missing session.
+    let every: Vec<String> = store
+        .load_data(&h)
+        .await
+        .unwrap()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert!(store
+        .patch_data(&h, &SessionData::new(), &every)
+        .await
+        .unwrap());
+    assert_eq!(store.load_data(&h).await.unwrap(), Some(SessionData::new()));
+
+    // Only this session's data; the record untouched.
+    assert_eq!(
+        store.load_data(&other_t.hash()).await.unwrap(),
+        Some(SessionData::new())
+    );
+    assert_eq!(store.load(&h).await.unwrap(), Some(rec));
+}
+
+pub async fn concurrent_data_patches_of_different_keys_all_land<S: SessionStore>(store: S) {
+    const WRITERS: usize = 4;
+    let store = Arc::new(store);
+    for round in 0..15 {
+        let (t, rec) = session(1);
+        store.create(&rec).await.unwrap();
+        let h = t.hash();
+        // Each writer removes a key of its own too: removals must not be lost either.
+        let base: SessionData = (0..WRITERS)
+            .map(|i| (format!("old{i}"), serde_json::json!(i)))
+            .chain([("kept".to_owned(), serde_json::json!("as is"))])
+            .collect();
+        assert!(store.save_data(&h, &base).await.unwrap());
+        let start = Arc::new(tokio::sync::Barrier::new(WRITERS));
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|i| {
+                let (s, start) = (Arc::clone(&store), Arc::clone(&start));
+                tokio::spawn(async move {
+                    let set = data_of(&[(&format!("new{i}"), serde_json::json!([round, i]))]);
+                    start.wait().await;
+                    s.patch_data(&h, &set, &[format!("old{i}")]).await.unwrap()
+                })
+            })
+            .collect();
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+        let want: SessionData = (0..WRITERS)
+            .map(|i| (format!("new{i}"), serde_json::json!([round, i])))
+            .chain([("kept".to_owned(), serde_json::json!("as is"))])
+            .collect();
+        assert_eq!(
+            store.load_data(&h).await.unwrap(),
+            Some(want),
+            "round {round}: a concurrent patch was lost"
+        );
+    }
+}
+
+pub async fn a_data_patch_never_recreates_a_session<S: SessionStore>(store: S) {
+    let one = data_of(&[("k", serde_json::json!("v"))]);
+
+    // Deleted.
+    let (t, rec) = session(1);
+    store.create(&rec).await.unwrap();
+    assert!(store.save_data(&t.hash(), &sample_data()).await.unwrap());
+    assert!(store.delete(&t.hash()).await.unwrap());
+    assert!(!store
+        .patch_data(&t.hash(), &one, &keys(&["cart"]))
+        .await
+        .unwrap());
+    assert_eq!(store.load(&t.hash()).await.unwrap(), None);
+    assert_eq!(store.load_data(&t.hash()).await.unwrap(), None);
+
+    // Never existed.
+    let stranger = SessionToken::generate().hash();
+    assert!(!store.patch_data(&stranger, &one, &[]).await.unwrap());
+    assert_eq!(store.load(&stranger).await.unwrap(), None);
+    assert_eq!(store.load_data(&stranger).await.unwrap(), None);
+
+    // Rotated away: the old secret's late patch reaches neither session.
+    let (old_t, old) = session(1);
+    store.create(&old).await.unwrap();
+    let (new_t, new) = session(1);
+    assert!(store.rotate(&old_t.hash(), &new).await.unwrap());
+    assert!(!store.patch_data(&old_t.hash(), &one, &[]).await.unwrap());
+    assert_eq!(store.load_data(&old_t.hash()).await.unwrap(), None);
+    assert_eq!(
+        store.load_data(&new_t.hash()).await.unwrap(),
+        Some(SessionData::new())
+    );
+    assert!(store
+        .list_for_user(UserId(1))
+        .await
+        .unwrap()
+        .iter()
+        .all(|s| s.id != old.id));
+
+    // Racing with the delete: whatever the order, the session stays gone.
+    let store = Arc::new(store);
+    for round in 0..10 {
+        let (t, rec) = session(2);
+        store.create(&rec).await.unwrap();
+        let h = t.hash();
+        let patchers: Vec<_> = (0..4)
+            .map(|i| {
+                let s = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for j in 0..5 {
+                        let set = data_of(&[(&format!("k{i}-{j}"), serde_json::json!(round))]);
+                        s.patch_data(&h, &set, &[]).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let s = Arc::clone(&store);
+        let deleter = tokio::spawn(async move { s.delete(&h).await.unwrap() });
+        for p in patchers {
+            p.await.unwrap();
+        }
+        assert!(deleter.await.unwrap());
+        assert_eq!(
+            store.load(&h).await.unwrap(),
+            None,
+            "round {round}: resurrected"
+        );
+        assert_eq!(
+            store.load_data(&h).await.unwrap(),
+            None,
+            "round {round}: data left"
+        );
+    }
+}
+
 pub async fn every_early_end_of_a_session_changes_the_generation<S: SessionStore>(store: S) {
     let (t1, r1) = session(1);
     let (t2, r2) = session(1);

@@ -12,7 +12,7 @@
 //!    forward-auth access rules.
 //! 4. `forward_auth`: what trusted proxies say, the canonical paths, targets, identity headers.
 //! 5. `state`: what every handler shares ([`AppState`]).
-//! 6. [`accounts`]: who is asking ([`accounts::CurrentUser`]); the use cases themselves
+//! 6. [`accounts`]: who is asking (`CurrentUser`); the use cases themselves
 //!    (login, throttle, password checks, account changes) are the library's
 //!    (`sessiond_axum::auth`), which the server uses like any app.
 //! 7. `error`: the one place that maps failures to HTTP statuses and JSON bodies.

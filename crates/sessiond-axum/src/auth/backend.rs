@@ -10,7 +10,11 @@ use sessiond_core::{StoreError, User, UserId, UserStore, Username};
 pub trait AuthUser: Clone + Send + Sync + 'static {
     /// The id sessions are kept under (your primary key, if it is an integer).
     fn id(&self) -> UserId;
-    /// The name the user logs in with (audit logs, the throttle's account counter).
+    /// The name the user logs in with: [`UserBackend::by_username`] must find the user by
+    /// it (a login checks, once its session exists, that the password it verified is still
+    /// the user's by looking the user up again under this name; a password change reads the
+    /// stored hash the same way). Also the audit logs' name and the throttle's account
+    /// counter.
     fn username(&self) -> &str;
     /// Whether the user may log in and keep their sessions (default: always). A user who is
     /// not active is treated like a wrong password at login, and their sessions end at their
@@ -74,7 +78,7 @@ pub trait UserBackend: Send + Sync + 'static {
     /// Replaces the user's password hash with `new`, only if it is still `expected`
     /// (compare-and-set, so a reset that landed meanwhile wins); `Ok(true)` when written.
     /// Used by password changes and to upgrade outdated hashes at login. The default writes
-    /// nothing: password changes then answer [`crate::auth::AuthError::Conflict`].
+    /// nothing; implement it together with [`UserBackend::writes_password_hashes`].
     async fn set_password_hash_if(
         &self,
         id: UserId,
@@ -83,6 +87,15 @@ pub trait UserBackend: Send + Sync + 'static {
     ) -> Result<bool, StoreError> {
         let _ = (id, expected, new);
         Ok(false)
+    }
+
+    /// Whether [`UserBackend::set_password_hash_if`] writes (default `false`, like its
+    /// default): answer `true` when you implement it. A backend that writes no hashes gets
+    /// [`crate::auth::AuthError::Conflict`] from [`crate::Auth::change_password`] before any
+    /// password work or session change (the user's sessions stay as they were), and no hash
+    /// upgrades at login.
+    fn writes_password_hashes(&self) -> bool {
+        false
     }
 }
 
@@ -141,5 +154,9 @@ impl UserBackend for BuiltinUsers {
         new: &str,
     ) -> Result<bool, StoreError> {
         self.0.set_password_hash_if(id, expected, new).await
+    }
+
+    fn writes_password_hashes(&self) -> bool {
+        true
     }
 }

@@ -146,6 +146,9 @@ impl<B: UserBackend> Auth<B> {
     /// the user ends, and this one is rotated, so the caller stays logged in here only.
     ///
     /// Order matters:
+    /// 0. a backend that writes no password hashes
+    ///    ([`UserBackend::writes_password_hashes`]) is refused at once with
+    ///    [`AuthError::Conflict`], nothing changed;
     /// 1. the current password is verified against the stored hash `H`; the new hash is
     ///    computed (pure work);
     /// 2. the caller's session is rotated, only while it still exists: a session revoked
@@ -165,6 +168,13 @@ impl<B: UserBackend> Auth<B> {
         new: String,
         client: ClientInfo,
     ) -> Result<PasswordChanged, AuthError> {
+        // Refused before anything happens: the steps below end sessions before the write,
+        // which a backend that cannot write would turn into a logout everywhere.
+        if !self.backend().writes_password_hashes() {
+            return Err(AuthError::Conflict(
+                "passwords cannot be changed here (the user backend does not write them)".into(),
+            ));
+        }
         let attempt = throttle::Attempt::new(user.username(), client.ip.as_deref(), None);
         let owners = attempt.owners(Some(session.record().id.as_str()));
         let change = change_password_checked(self, session, user, current, new, client);

@@ -40,7 +40,7 @@ async fn authenticate_verified<B: UserBackend>(
     if !verified.matches || !user.is_active() {
         return Err(AuthError::InvalidCredentials);
     }
-    if verified.needs_rehash {
+    if verified.needs_rehash && auth.backend().writes_password_hashes() {
         // Outdated parameters: upgrade while we hold the password. Off the response path; a
         // failure just means we try again at the next login.
         // Written only over the hash just verified: a reset that landed meanwhile wins.

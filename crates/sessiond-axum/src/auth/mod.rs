@@ -223,12 +223,13 @@ impl<B: UserBackend> Auth<B> {
     ///
     /// Users are kept in memory under the session cache's epoch (see
     /// [`SessionManager::with_cache`]): an entry is served only while nothing changed since it
-    /// was read, so the hot path of a logged-in request costs no user lookup. The built-in
-    /// user store moves that epoch whenever a user changes; your own users table (a
-    /// [`UserBackend`] of yours) is not watched: when a change there must take effect at once
-    /// (disabling a user), also end the user's sessions with
-    /// `end_sessions(auth.sessions().store().as_ref(), id, None)` ([`end_sessions`]), which
-    /// moves the epoch on.
+    /// was read, so the hot path of a logged-in request costs no user lookup. The epoch moves
+    /// with every change of the session store (any session begun or ended, on any instance);
+    /// a change your app makes to its own users table does not move it. So when you
+    /// deactivate a user or change what your `User` holds, also end their sessions
+    /// ([`Auth::end_sessions_of`]), as the built-in [`disable`] does: that is what makes every
+    /// instance forget the user at once. Without the manager's cache, every request reads the
+    /// user from the backend.
     pub async fn user_of(
         &self,
         session: &ActiveSession,
@@ -269,6 +270,18 @@ impl<B: UserBackend> Auth<B> {
     pub async fn log_out_others(&self, session: &ActiveSession) -> Result<u64, StoreError> {
         let rec = session.record();
         end_sessions(self.store().as_ref(), rec.user_id, Some(&rec.id)).await
+    }
+
+    /// Ends every session of `user` (an admin's action, or after deactivating the user in
+    /// your own users table: see [`Auth::user_of`]); returns how many ended.
+    pub async fn end_sessions_of(&self, user: UserId) -> Result<u64, StoreError> {
+        end_sessions(self.store().as_ref(), user, None).await
+    }
+
+    /// Ends every session of this session's user, this one included ("log out
+    /// everywhere"); returns how many ended.
+    pub async fn log_out_everywhere(&self, session: &ActiveSession) -> Result<u64, StoreError> {
+        end_sessions(self.store().as_ref(), session.record().user_id, None).await
     }
 
     /// One page of a user's sessions, ordered by creation (then id), after the cursor

@@ -1,4 +1,4 @@
-//! Who is asking: the signed-in user of a request ([`CurrentUser`]). The account use cases
+//! Who is asking: the signed-in user of a request (`CurrentUser`). The account use cases
 //! themselves (logging in, the throttle, password checks and changes, disabling and deleting
 //! users) are the library's (`sessiond_axum::auth`): the server calls them like any app, and
 //! re-exports the ones its tests and CLI name.

@@ -107,12 +107,7 @@ pub(super) async fn revoke_one(
     let FormBody(form) = form?;
     check_form_token(&me.session, &form.csrf_token)?;
     let id = SessionId::parse(&id).ok_or(ApiError::NotFound)?;
-    if !state
-        .sessions
-        .store()
-        .delete_by_id(&id, Some(me.user.id))
-        .await?
-    {
+    if !state.auth.revoke(me.user.id, &id).await? {
         return Err(ApiError::NotFound.into());
     }
     tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, session = %id);
@@ -133,11 +128,7 @@ pub(super) async fn revoke_others(
     let me = me?;
     let FormBody(form) = form?;
     check_form_token(&me.session, &form.csrf_token)?;
-    let n = state
-        .sessions
-        .store()
-        .delete_for_user(me.user.id, Some(&me.session.record().id))
-        .await?;
+    let n = state.auth.log_out_others(&me.session).await?;
     tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, others_only = true, count = n);
     Ok(see_other("/?done=others"))
 }

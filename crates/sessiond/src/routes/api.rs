@@ -63,7 +63,7 @@ pub(super) async fn logout(
     Presented(presented): Presented,
 ) -> ApiResult<Response> {
     if let Some(s) = presented {
-        state.sessions.end(&s).await?;
+        state.auth.log_out(&s).await?;
         tracing::info!(target: "sessiond::audit", event = "logout", session = %s.record().id);
     }
     Ok((
@@ -123,12 +123,7 @@ pub(super) async fn revoke_session(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> ApiResult<Response> {
     let id = sessiond_core::SessionId::parse(&id).ok_or(ApiError::NotFound)?;
-    if !state
-        .sessions
-        .store()
-        .delete_by_id(&id, Some(me.user.id))
-        .await?
-    {
+    if !state.auth.revoke(me.user.id, &id).await? {
         return Err(ApiError::NotFound);
     }
     tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, session = %id);
@@ -156,12 +151,11 @@ pub(super) async fn revoke_sessions(
     query: Result<axum::extract::Query<RevokeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let keep = q.others.then(|| me.session.record().id.clone());
-    let n = state
-        .sessions
-        .store()
-        .delete_for_user(me.user.id, keep.as_ref())
-        .await?;
+    let n = if q.others {
+        state.auth.log_out_others(&me.session).await?
+    } else {
+        state.auth.log_out_everywhere(&me.session).await?
+    };
     tracing::info!(target: "sessiond::audit", event = "revoke", user = %me.user.username, others_only = q.others, count = n);
     if q.others {
         Ok(StatusCode::NO_CONTENT.into_response())

@@ -147,7 +147,7 @@ pub(super) async fn logout(
     let Presented(session) = presented?;
     if let Some(s) = session {
         check_form_token(&s, &form.csrf_token)?;
-        state.sessions.end(&s).await?;
+        state.auth.log_out(&s).await?;
         tracing::info!(target: "sessiond::audit", event = "logout", session = %s.record().id);
     }
     let mut res = see_other("/login");

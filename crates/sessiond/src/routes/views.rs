@@ -158,11 +158,16 @@ pub(super) async fn session_page(
 ) -> ApiResult<(Vec<SessionRecord>, Option<String>)> {
     let (limit, after) = q.parse()?;
     // One more than asked: whether a next page exists, without an empty last page.
-    let mut page = state
-        .sessions
-        .store()
-        .list_page(user, after, limit + 1)
-        .await?;
+    let mut page = match user {
+        Some(user) => state.auth.sessions_of(user, after, limit + 1).await?,
+        None => {
+            state
+                .sessions
+                .store()
+                .list_page(None, after, limit + 1)
+                .await?
+        }
+    };
     let next = if page.len() > limit {
         page.truncate(limit);
         page.last().map(cursor_of)

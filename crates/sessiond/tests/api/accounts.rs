@@ -118,6 +118,14 @@ impl SessionStore for Sessions {
     async fn save_data(&self, h: &TokenHash, d: &SessionData) -> Result<bool, StoreError> {
         self.s().save_data(h, d).await
     }
+    async fn patch_data(
+        &self,
+        h: &TokenHash,
+        set: &SessionData,
+        remove: &[String],
+    ) -> Result<bool, StoreError> {
+        self.s().patch_data(h, set, remove).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.s().ping().await
     }
