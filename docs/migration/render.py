@@ -19,7 +19,7 @@ minus = sum(1 for l in body if l.startswith("-"))
 # The parts of the app, by the line of the "after" file (or "before" file for removals) in
 # which each changed line falls: the first marker at or above it names the part.
 PARTS = [
-    (r"^use ", "Imports", "the crates' names; `Arc`, `SocketAddr` and `from_fn` from std and axum"),
+    (r"^use ", "Imports", "the crates' names; `Arc` and `SocketAddr` from std"),
     (r"^impl AuthUser", "`AuthUser`", "`id` is a `UserId`; `username` instead of `session_auth_hash`"),
     (r"^(impl AuthnBackend|#\[async_trait\])", "Backend", "`by_username` returns the hash instead of checking the password (the library checks it)"),
     (r"^type AuthSession", "`AuthSession` alias", "the crate's name"),

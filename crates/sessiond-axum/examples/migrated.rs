@@ -11,7 +11,7 @@ use axum::extract::Query;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{middleware::from_fn, Form, Router};
+use axum::{Form, Router};
 use serde::Deserialize;
 use sessiond_axum::core::{ExpiryPolicy, StoreError, UserId};
 use sessiond_axum::csrf::{CsrfLayer, Origins};
@@ -88,7 +88,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let auth = Auth::builder(backend, sessions, db).build()?;
     let app = Router::new()
         .route("/private", get(private))
-        .route_layer(from_fn(login_required::<Backend>))
+        .route_layer(login_required::<Backend>())
         .route(
             "/",
             get(|| async { Html(r#"<a href="/private">Private</a>"#) }),
