@@ -19,6 +19,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Wraps a failure of the store's service or connection as [`StoreError::Unavailable`].
     pub fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Unavailable(Box::new(e))
     }
@@ -30,15 +31,20 @@ impl StoreError {
 #[non_exhaustive]
 pub enum ValidationError {
     #[error("username must be 1 to 64 characters: letters, digits, '.', '_', '-' or '@' (not '.' or '..' alone)")]
+    /// A username outside the rule.
     Username,
     #[error("password must be at least 8 bytes long")]
+    /// A new password under [`crate::Password::MIN_BYTES`].
     PasswordTooShort,
     #[error("password must be at most 1024 bytes long")]
+    /// A password over [`crate::Password::MAX_BYTES`].
     PasswordTooLong,
     #[error("password must not contain NUL bytes")]
+    /// A password with a NUL byte.
     PasswordNul,
     #[error(
         "group {0:?}: 1 to 64 bytes, no commas or control characters, no spaces at either end"
     )]
+    /// A group name outside the rule (the name as given).
     Group(String),
 }

@@ -18,7 +18,9 @@ pub struct ExpiryPolicy {
 /// Why a session is no longer valid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Expired {
+    /// More than `idle` without activity (not for remember-me sessions).
     Idle,
+    /// Past `absolute_expires_at`.
     Absolute,
 }
 
@@ -27,8 +29,10 @@ pub enum Expired {
 pub enum Verdict {
     /// Valid. `touch` says whether the activity timestamp is due for a (coalesced) write.
     Valid {
+        /// Whether an activity write is due now.
         touch: bool,
     },
+    /// No longer valid, and why.
     Expired(Expired),
 }
 

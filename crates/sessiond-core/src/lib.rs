@@ -26,6 +26,8 @@
 //! * Stores only ever see a [`TokenHash`], never a [`SessionToken`].
 //! * Secret-bearing types ([`SessionToken`], [`Password`]) redact themselves in `Debug`.
 
+#![warn(missing_docs)]
+
 mod error;
 mod expiry;
 mod memo;

@@ -7,7 +7,9 @@ pub struct SessionRecord {
     pub id: SessionId,
     /// SHA-256 of the cookie secret: the store's lookup key.
     pub token_hash: TokenHash,
+    /// Whose session it is.
     pub user_id: UserId,
+    /// When it began (the login).
     pub created_at: Timestamp,
     /// Last recorded activity. Written coalesced (see [`crate::ExpiryPolicy::touch_interval`]).
     pub last_seen_at: Timestamp,
@@ -20,16 +22,22 @@ pub struct SessionRecord {
     /// "Stay logged in": a persistent cookie and the remember-me lifetime instead of idle and
     /// absolute timeouts.
     pub remember: bool,
+    /// The client's address at login, if known (for the user's session list).
     pub ip: Option<String>,
+    /// The `User-Agent` at login, if any.
     pub user_agent: Option<String>,
 }
 
 /// What the caller knows about a login that is about to create a session.
 #[derive(Clone, Debug)]
 pub struct NewSession {
+    /// Who logged in.
     pub user_id: UserId,
+    /// "Stay logged in" was chosen (see [`SessionRecord::remember`]).
     pub remember: bool,
+    /// The client's address, if known.
     pub ip: Option<String>,
+    /// The `User-Agent` header, if any.
     pub user_agent: Option<String>,
 }
 

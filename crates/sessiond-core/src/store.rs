@@ -257,13 +257,24 @@ impl ThrottleExpect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ThrottleChange<'a> {
     /// As [`ThrottleStore::throttle_hit`].
-    Hit { key: &'a str, window: Duration },
+    Hit {
+        /// The counter.
+        key: &'a str,
+        /// How long a fresh window lasts.
+        window: Duration,
+    },
     /// As [`ThrottleStore::throttle_delete`].
-    Delete { key: &'a str },
+    Delete {
+        /// The counter.
+        key: &'a str,
+    },
     /// Gives back one event of a live counter (an attempt reserved as a failure that turned
     /// out not to be one): its count goes down by one, its window and latest time stay; a
     /// counter that reaches zero is removed. Nothing happens to a missing or expired one.
-    Refund { key: &'a str },
+    Refund {
+        /// The counter.
+        key: &'a str,
+    },
 }
 
 impl ThrottleChange<'_> {
@@ -288,7 +299,9 @@ impl ThrottleChange<'_> {
 pub enum ThrottleOp {
     /// A hit; a fresh window ends at this many milliseconds.
     Hit(i64),
+    /// See [`ThrottleChange::Delete`].
     Delete,
+    /// See [`ThrottleChange::Refund`].
     Refund,
 }
 
@@ -305,6 +318,7 @@ pub trait UserStore: Send + Sync + Debug + 'static {
     /// Looks a user up by name, case-insensitively, with the password hash.
     async fn user_by_name(&self, name: &Username) -> Result<Option<UserCredentials>, StoreError>;
 
+    /// Looks a user up by id (without the password hash).
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
 
     /// All users, by username.

@@ -35,9 +35,13 @@ pub struct ThrottleRecord {
 /// The kinds of counter, with their rules.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
+    /// One account from one address.
     Pair,
+    /// One address (an IPv6 /64), across accounts.
     Ip,
+    /// One account, across addresses (its ceiling).
     Account,
+    /// One account from one device (a browser that logged in before).
     Device,
 }
 

@@ -12,10 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// The instant `ms` milliseconds after the Unix epoch (negative: before).
     pub const fn from_millis(ms: i64) -> Self {
         Self(ms)
     }
 
+    /// Milliseconds since the Unix epoch.
     pub const fn as_millis(self) -> i64 {
         self.0
     }
@@ -28,6 +30,7 @@ impl Timestamp {
         }
     }
 
+    /// The same instant as a [`SystemTime`].
     pub fn to_system_time(self) -> SystemTime {
         if self.0 >= 0 {
             UNIX_EPOCH + Duration::from_millis(self.0 as u64)
@@ -90,6 +93,7 @@ impl Timestamp {
 pub struct Rfc3339([u8; 20]);
 
 impl Rfc3339 {
+    /// The text, `YYYY-MM-DDThh:mm:ssZ`.
     pub fn as_str(&self) -> &str {
         // Only ASCII digits and separators are ever written.
         std::str::from_utf8(&self.0).unwrap_or("0000-00-00T00:00:00Z")

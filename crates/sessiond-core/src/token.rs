@@ -121,14 +121,17 @@ impl Eq for SessionToken {}
 pub struct TokenHash([u8; 32]);
 
 impl TokenHash {
+    /// A hash from its 32 bytes (as a store keeps them).
     pub fn from_bytes(b: [u8; 32]) -> Self {
         Self(b)
     }
 
+    /// The 32 bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// A hash from a slice of exactly 32 bytes; `None` otherwise.
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         <[u8; 32]>::try_from(b).ok().map(Self)
     }
@@ -216,6 +219,7 @@ impl fmt::Debug for TokenHash {
 pub struct SessionId(String);
 
 impl SessionId {
+    /// A new random id (128 bits from the OS CSPRNG).
     pub fn generate() -> Self {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).expect("the OS CSPRNG is unavailable");
@@ -227,6 +231,7 @@ impl SessionId {
         (s.len() == 22 && s.bytes().all(is_url_safe)).then(|| Self(s.to_owned()))
     }
 
+    /// The id as text (22 URL-safe characters).
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -17,6 +17,7 @@ pub struct UserId(pub i64);
 pub struct Username(String);
 
 impl Username {
+    /// Checks `s` against the username rule (docs/reference/accounts.md).
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         // `.` and `..` are refused: they are path segments, and usernames end up in paths
         // (URLs like `/admin/users/{name}/…`, files an operator may name after a user).
@@ -79,8 +80,10 @@ impl fmt::Display for Username {
 pub struct Group(String);
 
 impl Group {
+    /// The longest group name, in bytes.
     pub const MAX_BYTES: usize = 64;
 
+    /// Checks `s` against the group name rule.
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         let ok = (1..=Self::MAX_BYTES).contains(&s.len())
             && s.trim() == s
@@ -102,6 +105,7 @@ impl Group {
             .collect()
     }
 
+    /// The group name.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -135,7 +139,9 @@ impl fmt::Display for Group {
 pub struct Password(String);
 
 impl Password {
+    /// The shortest password a user may choose, in bytes.
     pub const MIN_BYTES: usize = 8;
+    /// The longest password accepted anywhere, in bytes.
     pub const MAX_BYTES: usize = 1024;
 
     /// A password that a user is choosing: the length rules apply.
@@ -164,6 +170,7 @@ impl Password {
         }
     }
 
+    /// The password itself, for hashing (never log it).
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -178,20 +185,30 @@ impl fmt::Debug for Password {
 /// A user as the rest of the system sees it (no password hash).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
+    /// The user's id (the key sessions are kept under).
     pub id: UserId,
+    /// The login name (unique, case-insensitively).
     pub username: Username,
+    /// The display name.
     pub name: String,
+    /// The e-mail address (may be empty).
     pub email: String,
+    /// Groups, for forward-auth rules.
     pub groups: Vec<Group>,
+    /// Administers the server.
     pub admin: bool,
+    /// May not log in; has no sessions.
     pub disabled: bool,
+    /// When the user was created.
     pub created_at: Timestamp,
 }
 
 /// A user together with the PHC string of its password hash, for login only.
 #[derive(Clone)]
 pub struct UserCredentials {
+    /// The user.
     pub user: User,
+    /// The PHC string of the password hash (argon2id).
     pub password_hash: String,
 }
 
@@ -206,13 +223,19 @@ impl fmt::Debug for UserCredentials {
 /// What it takes to create a user.
 #[derive(Clone)]
 pub struct NewUser {
+    /// The login name.
     pub username: Username,
+    /// The display name.
     pub name: String,
+    /// The e-mail address (may be empty).
     pub email: String,
+    /// Groups, for forward-auth rules.
     pub groups: Vec<Group>,
+    /// Administers the server.
     pub admin: bool,
     /// PHC string (argon2id).
     pub password_hash: String,
+    /// When the user is created.
     pub created_at: Timestamp,
 }
 
