@@ -191,6 +191,16 @@ impl<B: UserBackend> Fixture<B> {
         password: &str,
         ip: &str,
     ) -> Result<(Arc<B::User>, SessionToken), AuthError> {
+        self.log_in_from(username, password, Some(ip)).await
+    }
+
+    /// A login from `ip`, or from a client whose address the app does not know.
+    async fn log_in_from(
+        &self,
+        username: &str,
+        password: &str,
+        ip: Option<&str>,
+    ) -> Result<(Arc<B::User>, SessionToken), AuthError> {
         let done = self
             .auth
             .log_in(LoginAttempt {
@@ -198,7 +208,7 @@ impl<B: UserBackend> Fixture<B> {
                 password: password.to_owned(),
                 remember: false,
                 client: ClientInfo {
-                    ip: Some(ip.to_owned()),
+                    ip: ip.map(str::to_owned),
                     user_agent: None,
                 },
                 device_cookie: None,
@@ -279,6 +289,22 @@ async fn wrong_unknown_and_inactive_users_get_one_answer() {
         f.auth.counters().logins_succeeded.load(Ordering::Relaxed),
         0
     );
+}
+
+/// An app that does not know its clients' addresses (served without `ConnectInfo`) must not
+/// pool them into one: 25 failures against unknown accounts, and 25 against bob, from
+/// "nowhere", neither lock alice out nor bob himself (below the account ceiling of 100).
+#[tokio::test]
+async fn unknown_addresses_share_no_counter() {
+    let f = fixture(ReadOnly);
+    for i in 0..25 {
+        let name = format!("nobody{i}");
+        assert_invalid_credentials(f.log_in_from(&name, "x-guess-x", None).await, &name);
+        assert_invalid_credentials(f.log_in_from("bob", "x-guess-x", None).await, "bob");
+    }
+    f.log_in_from("alice", ALICE_PW, None)
+        .await
+        .expect("alice, from an unknown address too");
 }
 
 #[tokio::test]

@@ -33,6 +33,11 @@ pub(crate) struct Attempt {
     /// unknown and known accounts are throttled alike). Capped in length.
     account: String,
     ip: String,
+    /// Whether the client's address is known. Without it, the address counters (the
+    /// address's, and the account+address pair's) are not applied: every client would share
+    /// one, and 20 failures by anyone would lock everyone out (an app serving without
+    /// `ConnectInfo`). The account ceiling (or the device's budget) still applies.
+    ip_known: bool,
     /// The device cookie the client presented, if well-formed.
     device: Option<TokenHash>,
 }
@@ -66,6 +71,7 @@ impl Attempt {
         Self {
             account,
             ip: ip.map_or_else(|| "unknown".to_owned(), ip_bucket),
+            ip_known: ip.is_some(),
             device: device_cookie
                 .and_then(SessionToken::parse)
                 .map(|t| t.hash()),
@@ -160,9 +166,13 @@ pub(crate) async fn check(core: &Core, a: &Attempt) -> Result<Reserved, AuthErro
         } else {
             (Counter::Account, 2)
         };
-        let applying = [(Counter::Pair, 0), (Counter::Ip, 1), third];
+        let all = [(Counter::Pair, 0), (Counter::Ip, 1), third];
+        let applying: Vec<(Counter, usize)> = all
+            .into_iter()
+            .filter(|(c, _)| a.ip_known || !matches!(c, Counter::Pair | Counter::Ip))
+            .collect();
         let mut until: Option<Timestamp> = None;
-        for (counter, i) in applying {
+        for &(counter, i) in &applying {
             if let Some(u) = records[i]
                 .as_ref()
                 .and_then(|r| counter.locked_until(r, now))
