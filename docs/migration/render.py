@@ -23,7 +23,7 @@ PARTS = [
     (r"^impl AuthUser", "`AuthUser`", "`id` is a `UserId`; `username` instead of `session_auth_hash`"),
     (r"^(impl AuthnBackend|#\[async_trait\])", "Backend", "`by_username` returns the hash instead of checking the password (the library checks it)"),
     (r"^type AuthSession", "`AuthSession` alias", "the crate's name"),
-    (r"^async fn main", "Setup", "the store, the session manager, `Auth`; `login_required`; the CSRF layer; the client address"),
+    (r"^async fn main", "Setup", "the store and `Auth` (`Auth::for_store`); `login_required`; the client address"),
     (r"^async fn login\(", "Login handler", "one `log_in` call; its errors answer themselves; `next` checked"),
     (r"^async fn logout", "Logout handler", "`log_out`"),
     (r"^async fn private", "Private page", "`SessionMap` for `Session`, `user()` for `user`"),

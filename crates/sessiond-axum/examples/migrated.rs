@@ -13,11 +13,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use serde::Deserialize;
-use sessiond_axum::core::{ExpiryPolicy, StoreError, UserId};
-use sessiond_axum::csrf::{CsrfLayer, Origins};
+use sessiond_axum::core::{StoreError, UserId};
 use sessiond_axum::UserBackend;
 use sessiond_axum::{async_trait, login_required, redirect::local_path, stores::SqliteStore};
-use sessiond_axum::{Auth, AuthError, AuthUser, CookieConfig, SessionManager, SessionMap};
+use sessiond_axum::{Auth, AuthError, AuthUser, SessionMap};
 
 /// argon2id of "correct horse battery staple" (what the app's users table holds).
 const DEMO_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$WK+8viPie4nemfmW75zL2g$9k06gr+dyXyHIKcYv1mrsXnImJpYRtEhNrBOTutR8IY";
@@ -82,10 +81,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let backend = Backend {
         users: HashMap::from([(demo.username.clone(), demo)]),
     };
-    let db = Arc::new(SqliteStore::open("app.db")?);
-    let sessions =
-        SessionManager::new(db.clone(), CookieConfig::default(), ExpiryPolicy::default());
-    let auth = Auth::builder(backend, sessions, db).build()?;
+    let auth = Auth::for_store(backend, Arc::new(SqliteStore::open("app.db")?)).build()?;
     let app = Router::new()
         .route("/private", get(private))
         .route_layer(login_required::<Backend>())
@@ -95,7 +91,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .route("/login", get(login_form).post(login))
         .route("/logout", post(logout))
-        .layer(CsrfLayer::new(Origins::new("http://127.0.0.1:3000")?))
         .layer(auth.layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     let app = app.into_make_service_with_connect_info::<SocketAddr>();

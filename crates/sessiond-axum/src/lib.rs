@@ -48,14 +48,11 @@
 //! use axum::http::{header, Request, StatusCode};
 //! use axum::routing::{get, post};
 //! use axum::{Form, Router};
-//! use sessiond_axum::core::{ExpiryPolicy, NewUser, Password, Username};
-//! use sessiond_axum::csrf::{CsrfLayer, Origins};
+//! use sessiond_axum::core::{NewUser, Password, Username};
 //! use sessiond_axum::stores::SqliteStore;
-//! use sessiond_axum::{Auth, AuthError, AuthSession, BuiltinUsers, CookieConfig, CurrentUser};
-//! use sessiond_axum::{SessionManager, SessionMap, SessionRejection};
+//! use sessiond_axum::{Auth, AuthError, AuthSession, BuiltinUsers, CurrentUser};
+//! use sessiond_axum::{SessionMap, SessionRejection};
 //! use tower::ServiceExt; // `oneshot`, to call the app without a socket
-//!
-//! type User = CurrentUser<BuiltinUsers>;
 //!
 //! #[derive(serde::Deserialize)]
 //! struct LoginForm {
@@ -64,7 +61,7 @@
 //! }
 //!
 //! async fn login(
-//!     mut auth: AuthSession<BuiltinUsers>,
+//!     mut auth: AuthSession, // over the built-in users (`AuthSession<YourBackend>` otherwise)
 //!     Form(f): Form<LoginForm>,
 //! ) -> Result<&'static str, AuthError> {
 //!     // Django's authenticate() + login(): throttled, argon2id, the session rotated.
@@ -72,13 +69,13 @@
 //!     Ok("welcome")
 //! }
 //!
-//! async fn logout(mut auth: AuthSession<BuiltinUsers>) -> Result<&'static str, AuthError> {
+//! async fn logout(mut auth: AuthSession) -> Result<&'static str, AuthError> {
 //!     auth.log_out().await?; // Django's logout(): the session ends in the store
 //!     Ok("bye")
 //! }
 //!
 //! // Django's @login_required + request.user + request.session.
-//! async fn private(CurrentUser(user): User, session: SessionMap) -> Result<String, SessionRejection> {
+//! async fn private(CurrentUser(user): CurrentUser, session: SessionMap) -> Result<String, SessionRejection> {
 //!     let visits = session.get::<u64>("visits").await?.unwrap_or(0) + 1;
 //!     session.insert("visits", visits).await?; // saved after the response
 //!     Ok(format!("{}: {visits} visits", user.username))
@@ -89,16 +86,16 @@
 //! # let dir = std::env::temp_dir().join(format!("sessiond-axum-doc-{}", std::process::id()));
 //! # std::fs::create_dir_all(&dir)?;
 //! # let path = dir.join("app.db");
-//! // One file holds users, sessions and the throttle's counters.
+//! // One file holds users, sessions and the throttle's counters; secure cookie defaults.
 //! let store = Arc::new(SqliteStore::open(&path)?);
-//! let sessions = SessionManager::new(store.clone(), CookieConfig::default(), ExpiryPolicy::default());
-//! let auth = Auth::builder(BuiltinUsers::new(store.clone()), sessions, store.clone()).build()?;
+//! let auth = Auth::for_store(BuiltinUsers::new(store.clone()), store).build()?;
 //!
+//! // `auth.layer()`: sessions, the user for the extractors, and the CSRF check of every
+//! // unsafe request (a browser's cross-site POST gets 403).
 //! let app = Router::new()
 //!     .route("/login", post(login))
 //!     .route("/logout", post(logout))
 //!     .route("/private", get(private))
-//!     .layer(CsrfLayer::new(Origins::new("https://app.example")?))
 //!     .layer(auth.layer());
 //!
 //! // A user (in a real app: a sign-up page, or the `sessiond user add` command).
@@ -123,6 +120,7 @@
 //!     .clone()
 //!     .oneshot(
 //!         Request::post("/login")
+//!             .header(header::HOST, "app.example")
 //!             .header(header::ORIGIN, "https://app.example") // as a browser sends it
 //!             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
 //!             .body(Body::from("username=alice&password=correct+horse+battery"))?,
@@ -145,7 +143,8 @@
 //! ```
 //!
 //! Serving it: the client's address is what the login throttle counts per client, and axum
-//! hands it over only when asked (without it, every client counts as one):
+//! hands it over only when asked (without it, the throttle has no per-client counters, only
+//! the per-account ones):
 //!
 //! ```no_run
 //! # async fn serve(app: axum::Router) -> std::io::Result<()> {
@@ -174,7 +173,7 @@
 //! | `update_session_auth_hash(request, user)` after `user.set_password(…)` | [`AuthSession::change_password`]`(current, new)`: the other sessions end, this one is rotated and stays logged in |
 //! | `SESSION_COOKIE_NAME`, `_SECURE`, `_DOMAIN`, `_SAMESITE` | [`CookieConfig::new`]`(name, secure, domain, same_site)` (`HttpOnly` always) |
 //! | `SESSION_COOKIE_AGE`, `SESSION_EXPIRE_AT_BROWSER_CLOSE` | [`core::ExpiryPolicy`] (`idle`, `absolute`, `remember`); a login without "remember me" gets a cookie that ends with the browser |
-//! | `CsrfViewMiddleware`, `CSRF_TRUSTED_ORIGINS` | [`CsrfLayer`] with [`csrf::Origins`]`::new(own)?.trust(other)?`; `{% csrf_token %}`: [`csrf::form_token`] (logged in) or [`csrf::DoubleSubmit`] (the login form) |
+//! | `CsrfViewMiddleware`, `CSRF_TRUSTED_ORIGINS` | on by default in `auth.layer()` (the request's own host: [`csrf::Origins::same_host`]); others with [`auth::AuthBuilder::csrf_origins`]; [`CsrfLayer`] on its own for routers without `Auth`; `{% csrf_token %}`: [`csrf::form_token`] (logged in) or [`csrf::DoubleSubmit`] (the login form) |
 //! | `PASSWORD_HASHERS`, `make_password`, `check_password` | [`Hasher::hash`], [`Hasher::verify`] (argon2id only, on the bounded pool) |
 //! | `AUTHENTICATION_BACKENDS` | [`UserBackend`] (one per [`Auth`]) |
 //! | `user.is_active` | [`AuthUser::is_active`] |

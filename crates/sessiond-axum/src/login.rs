@@ -18,7 +18,8 @@ use sessiond_core::StoreError;
 use tower::{Layer, Service};
 
 use crate::auth::{
-    throttle::DEVICE_LIFETIME, Auth, AuthError, ClientInfo, LoggedIn, LoginAttempt, UserBackend,
+    throttle::DEVICE_LIFETIME, Auth, AuthError, BuiltinUsers, ClientInfo, LoggedIn, LoginAttempt,
+    UserBackend,
 };
 use crate::csrf::CsrfService;
 use crate::error_body::json_error;
@@ -234,7 +235,7 @@ async fn user_of<B: UserBackend>(
 /// }
 /// ```
 #[derive(Debug)]
-pub struct CurrentUser<B: UserBackend>(pub Arc<B::User>);
+pub struct CurrentUser<B: UserBackend = BuiltinUsers>(pub Arc<B::User>);
 
 impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for CurrentUser<B> {
     type Rejection = AuthRejection;
@@ -249,7 +250,7 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for CurrentUser<B> {
 
 /// The signed-in user, if any (Django's `request.user`, anonymous as `None`).
 #[derive(Debug)]
-pub struct MaybeUser<B: UserBackend>(pub Option<Arc<B::User>>);
+pub struct MaybeUser<B: UserBackend = BuiltinUsers>(pub Option<Arc<B::User>>);
 
 impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for MaybeUser<B> {
     type Rejection = AuthRejection;
@@ -376,7 +377,7 @@ where
 ///     }
 /// }
 /// ```
-pub struct AuthSession<B: UserBackend> {
+pub struct AuthSession<B: UserBackend = BuiltinUsers> {
     auth: Auth<B>,
     request: RequestSession,
     session: Option<ActiveSession>,

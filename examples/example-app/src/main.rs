@@ -18,8 +18,6 @@ use sessiond_axum::{
     BuiltinUsers, CookieConfig, CurrentUser, SameSite, SessionManager, SessionMap,
 };
 
-type User = CurrentUser<BuiltinUsers>;
-
 #[derive(clap::Parser)]
 struct Args {
     /// The address to listen on.
@@ -34,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
     // Secure cookies (the default) need HTTPS: plain HTTP only on this machine, to try it out.
     let secure = !args.listen.ip().is_loopback();
     let cookie = CookieConfig::new("example", secure, None, SameSite::Lax);
-    let sessions = SessionManager::new(store.clone(), cookie, ExpiryPolicy::default());
+    // Verified sessions (and their users) kept in memory, coherent with the store.
+    let sessions =
+        SessionManager::new(store.clone(), cookie, ExpiryPolicy::default()).with_cache(10_000);
     let auth = Auth::builder(BuiltinUsers::new(store.clone()), sessions, store).build()?;
     create_demo_user(&auth).await?;
     let app = Router::new()
@@ -118,7 +118,7 @@ fn login_form(next: Option<&str>, error: Option<&str>) -> Html<String> {
     ))
 }
 
-async fn login(mut auth: AuthSession<BuiltinUsers>, Form(f): Form<LoginForm>) -> Response {
+async fn login(mut auth: AuthSession, Form(f): Form<LoginForm>) -> Response {
     match auth.log_in(&f.username, f.password, false).await {
         Ok(_) => {
             let next = f.next.as_deref().and_then(local_path);
@@ -132,13 +132,13 @@ async fn login(mut auth: AuthSession<BuiltinUsers>, Form(f): Form<LoginForm>) ->
     }
 }
 
-async fn logout(mut auth: AuthSession<BuiltinUsers>) -> Result<Redirect, AuthError> {
+async fn logout(mut auth: AuthSession) -> Result<Redirect, AuthError> {
     auth.log_out().await?;
     Ok(Redirect::to("/"))
 }
 
 async fn private(
-    CurrentUser(user): User,
+    CurrentUser(user): CurrentUser,
     data: SessionMap,
 ) -> Result<Html<String>, SessionRejection> {
     let visits = data.get::<u64>("visits").await?.unwrap_or(0) + 1;
@@ -150,7 +150,7 @@ async fn private(
     )))
 }
 
-async fn me(CurrentUser(user): User) -> Json<serde_json::Value> {
+async fn me(CurrentUser(user): CurrentUser) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "username": user.username.as_str() }))
 }
 

@@ -25,7 +25,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use sessiond_core::{
-    Memo, SessionId, SessionRecord, SessionStore, StoreError, ThrottleStore, Timestamp, UserId,
+    ExpiryPolicy, Memo, SessionId, SessionRecord, SessionStore, StoreError, ThrottleStore,
+    Timestamp, UserId,
 };
 
 pub use backend::{AuthUser, BuiltinUsers, UserBackend};
@@ -45,7 +46,7 @@ const USER_CACHE_CAPACITY: usize = 50_000;
 /// Login and account use cases over a user backend `B` (cheap to clone: one `Arc`).
 ///
 /// Built with [`Auth::builder`]. See the [module docs](self).
-pub struct Auth<B: UserBackend>(Arc<Inner<B>>);
+pub struct Auth<B: UserBackend = BuiltinUsers>(Arc<Inner<B>>);
 
 impl<B: UserBackend> Clone for Auth<B> {
     fn clone(&self) -> Self {
@@ -194,6 +195,24 @@ impl<B: UserBackend> Auth<B> {
             device_cookie: None,
             csrf: Origins::same_host(),
         }
+    }
+
+    /// Starts building over one store that keeps the sessions and the throttle's counters
+    /// (SQLite, PostgreSQL, Redis or memory), with the secure cookie defaults
+    /// ([`CookieConfig::default`]) and the default expiry ([`ExpiryPolicy::default`]). For
+    /// other cookie settings or expiry, or separate stores, use [`Auth::builder`].
+    ///
+    /// Call from within a tokio runtime.
+    pub fn for_store<S>(backend: B, store: Arc<S>) -> AuthBuilder<B>
+    where
+        S: SessionStore + ThrottleStore + 'static,
+    {
+        let sessions = SessionManager::new(
+            Arc::clone(&store) as Arc<dyn SessionStore>,
+            CookieConfig::default(),
+            ExpiryPolicy::default(),
+        );
+        Self::builder(backend, sessions, store)
     }
 
     /// The user backend.
