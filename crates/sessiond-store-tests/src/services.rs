@@ -29,8 +29,35 @@ pub fn redis_server_available() -> bool {
     found
 }
 
-/// A port that is free now, and whose Cluster bus port (+10000) is free too.
+/// A port that is free now, and whose Cluster bus port (+10000) is free too, for a child
+/// process (a server, a proxy) to bind later.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, from 32768 by default),
+/// together with its bus port: a listener bound to port 0 meanwhile (a test's own server, an
+/// upstream) is always handed a port from that range, so it can never take this one between
+/// our check and the child's bind (which made a proxy test talk to sessiond itself). Each call
+/// in a process takes the next candidate; the start depends on the process id.
 pub fn spare_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    // Candidates 20000..(ephemeral_from - 10000): port and port + 10000 both below the range.
+    let span = ephemeral_from.saturating_sub(10_000).saturating_sub(20_000);
+    if span >= 1_000 {
+        let offset = std::process::id().wrapping_mul(7919) % span;
+        for _ in 0..span {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = 20_000 + (offset + n) % span;
+            let free = |p: u32| TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+            if free(port) && free(port + 10_000) {
+                return port as u16;
+            }
+        }
+    }
+    // A kernel configured otherwise: any free port (a race with port-0 binds is possible).
     loop {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();

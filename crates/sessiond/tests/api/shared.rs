@@ -423,22 +423,32 @@ async fn postgres_connections_terminated_under_load_heal_by_themselves() {
     }
     let start = Instant::now();
     // Until the pool has replaced its dead connections, a request may fail closed (503);
-    // it never answers anything else.
+    // it never answers anything else. A dead connection is found out when it is next used
+    // (or checked out, once its connection task has seen the close), so after the first good
+    // answer another of the pool's dead connections may still fail one request each: at most
+    // the pool's size (16) of them. Healed means: then 50 good answers in a row.
     let mut first_ok = None;
-    while start.elapsed() < Duration::from_secs(10) {
+    let (mut late_failures, mut good_in_a_row) = (0, 0);
+    while start.elapsed() < Duration::from_secs(10) && good_in_a_row < 50 {
         match status_on(&app, &token).await {
             StatusCode::OK => {
                 first_ok.get_or_insert(start.elapsed());
-                if start.elapsed() > first_ok.unwrap() + Duration::from_millis(200) {
-                    break;
-                }
+                good_in_a_row += 1;
             }
             StatusCode::SERVICE_UNAVAILABLE => {
-                assert!(first_ok.is_none(), "503 after having healed")
+                good_in_a_row = 0;
+                if first_ok.is_some() {
+                    late_failures += 1;
+                    assert!(
+                        late_failures <= 16,
+                        "503s after having healed: more than one per pooled connection"
+                    );
+                }
             }
             other => panic!("{other} while the pool heals"),
         }
     }
+    assert_eq!(good_in_a_row, 50, "the pool did not stay healed");
     let healed = first_ok.expect("never healed");
     eprintln!("postgres backends terminated ({killed}): first good answer after {healed:?}");
 }
