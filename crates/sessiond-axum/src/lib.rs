@@ -144,7 +144,8 @@
 //!
 //! Serving it: the client's address is what the login throttle counts per client, and axum
 //! hands it over only when asked (without it, the throttle has no per-client counters, only
-//! the per-account ones):
+//! the per-account ones; behind a reverse proxy, name the address your proxy vouches for with
+//! [`auth::AuthBuilder::client_ip`]):
 //!
 //! ```no_run
 //! # async fn serve(app: axum::Router) -> std::io::Result<()> {

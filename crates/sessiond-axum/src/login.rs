@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,7 +31,21 @@ use crate::{
     SessionService,
 };
 
+/// The client's address by default: the socket's peer, when the app is served with
+/// `into_make_service_with_connect_info::<SocketAddr>()`.
+pub(crate) fn peer_ip(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(a)| a.ip())
+}
+
 impl<B: UserBackend> Auth<B> {
+    /// The client's address for a request ([`crate::auth::AuthBuilder::client_ip`]).
+    pub fn client_ip_of(&self, parts: &Parts) -> Option<IpAddr> {
+        (self.core().client_ip)(parts)
+    }
+
     /// The throttle's device cookie the browser presented, if exactly one (a duplicate is
     /// ambiguous: none).
     pub fn device_cookie<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
@@ -402,12 +416,10 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for AuthSession<B> {
         let (auth, session, user) = user_of::<B>(parts).await?;
         let request = RequestSession::of(parts)?.clone();
         let client = ClientInfo {
-            // The socket's peer (behind a proxy: the proxy's address; give the app's own
-            // notion of the client through `Auth::log_in` if it has a better one).
-            ip: parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(a)| a.ip().to_canonical().to_string()),
+            // `AuthBuilder::client_ip`, by default the socket's peer.
+            ip: auth
+                .client_ip_of(parts)
+                .map(|a| a.to_canonical().to_string()),
             user_agent: parts
                 .headers
                 .get(header::USER_AGENT)

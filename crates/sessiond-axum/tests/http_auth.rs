@@ -21,12 +21,20 @@ const PASSWORD: &str = "correct horse battery";
 type Users = BuiltinUsers;
 
 async fn app() -> Router {
+    app_with(|b| b).await
+}
+
+/// The app, its `Auth` built with `options`.
+async fn app_with(
+    options: impl FnOnce(
+        sessiond_axum::auth::AuthBuilder<Users>,
+    ) -> sessiond_axum::auth::AuthBuilder<Users>,
+) -> Router {
     let store = Arc::new(MemoryStore::new());
     let cookie = CookieConfig::new("t", true, None, SameSite::Lax);
     let sessions = SessionManager::new(store.clone(), cookie, ExpiryPolicy::default());
-    let auth = Auth::builder(BuiltinUsers::new(store.clone()), sessions, store.clone())
-        .build()
-        .unwrap();
+    let builder = Auth::builder(BuiltinUsers::new(store.clone()), sessions, store.clone());
+    let auth = options(builder).build().unwrap();
     let hash = auth
         .hasher()
         .hash(Password::new(PASSWORD.into()).unwrap())
@@ -213,6 +221,38 @@ async fn cross_site_posts_are_refused_by_default() {
         let res = send(&app, post(origin, site)).await;
         assert_eq!(res.status(), StatusCode::OK, "{origin:?} {site:?}");
     }
+}
+
+/// Behind a proxy, `AuthBuilder::client_ip` gives the throttle each client's address: a
+/// guesser's address is held back after five failures, another client's is not.
+#[tokio::test]
+async fn the_throttle_counts_the_address_the_app_names() {
+    let app = app_with(|b| {
+        b.client_ip(|parts| {
+            let v = parts.headers.get("x-test-client")?.to_str().ok()?;
+            v.parse().ok()
+        })
+    })
+    .await;
+    let from = |ip: &str, password: &str| {
+        Request::post("/login")
+            .header("x-test-client", ip)
+            .body(Body::from(password.to_owned()))
+            .unwrap()
+    };
+    for _ in 0..5 {
+        let res = send(&app, from("198.51.100.7", "wrong wrong wrong")).await;
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = send(&app, from("198.51.100.7", PASSWORD)).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guesser's address"
+    );
+    assert!(res.headers().contains_key(header::RETRY_AFTER));
+    let res = send(&app, from("192.0.2.3", PASSWORD)).await;
+    assert_eq!(res.status(), StatusCode::OK, "another client");
 }
 
 /// A login that presents a valid session rotates it: the presented secret stops working.

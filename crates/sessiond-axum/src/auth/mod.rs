@@ -21,6 +21,7 @@ mod error;
 mod login;
 pub mod throttle;
 
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub use client::ClientInfo;
 pub use error::{AuthError, ChangeError};
 pub use login::{LoggedIn, LoginAttempt};
 pub use throttle::MAX_NEW_DEVICES;
+
+use axum::http::request::Parts;
 
 use crate::csrf::{CsrfLayer, Origins};
 use crate::password::{HashError, Hasher};
@@ -82,7 +85,11 @@ pub(crate) struct Core {
     login: LoginRedirect,
     pub(crate) device_cookie: CookieConfig,
     pub(crate) csrf: CsrfLayer,
+    pub(crate) client_ip: ClientIp,
 }
+
+/// How the client's address is read from a request (see [`AuthBuilder::client_ip`]).
+type ClientIp = Arc<dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync>;
 
 /// What logins did since the start (for metrics).
 #[derive(Debug, Default)]
@@ -97,7 +104,6 @@ pub struct AuthCounters {
 
 /// Builds an [`Auth`]: `Auth::builder(backend, sessions, throttle)`, then the options, then
 /// [`AuthBuilder::build`].
-#[derive(Debug)]
 #[must_use]
 pub struct AuthBuilder<B> {
     backend: B,
@@ -108,9 +114,36 @@ pub struct AuthBuilder<B> {
     login_path: String,
     device_cookie: Option<CookieConfig>,
     csrf: Origins,
+    client_ip: Option<ClientIp>,
+}
+
+impl<B> std::fmt::Debug for AuthBuilder<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthBuilder")
+            .field("sessions", &self.sessions)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
+            .field("login_path", &self.login_path)
+            .field("csrf", &self.csrf)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<B: UserBackend> AuthBuilder<B> {
+    /// How [`crate::AuthSession`] reads the client's address, which the login throttle
+    /// counts per client. Default: the socket's peer (serve with
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). Behind a reverse proxy that
+    /// is the proxy, for every client: give the address your proxy vouches for instead, e.g.
+    /// the last `X-Forwarded-For` entry it appended, and only when the peer is that proxy (a
+    /// client can write any `X-Forwarded-For` of its own). `None` means unknown: the
+    /// throttle then applies only its per-account counters.
+    pub fn client_ip(
+        mut self,
+        read: impl Fn(&Parts) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.client_ip = Some(Arc::new(read));
+        self
+    }
+
     /// The origins whose unsafe requests `auth.layer()` lets through (its CSRF check, see
     /// [`crate::csrf`]). Default: [`Origins::same_host`], the request's own host; name the
     /// public origin (and any trusted ones) when a proxy rewrites `Host` or other sites must
@@ -171,6 +204,9 @@ impl<B: UserBackend> AuthBuilder<B> {
                 max_sessions_per_user: self.max_sessions_per_user,
                 login: LoginRedirect::new(&self.login_path),
                 csrf: CsrfLayer::new(self.csrf),
+                client_ip: self
+                    .client_ip
+                    .unwrap_or_else(|| Arc::new(crate::login::peer_ip)),
             },
             users: Memo::new(USER_CACHE_CAPACITY),
         })))
@@ -194,6 +230,7 @@ impl<B: UserBackend> Auth<B> {
             login_path: "/login".to_owned(),
             device_cookie: None,
             csrf: Origins::same_host(),
+            client_ip: None,
         }
     }
 
