@@ -87,34 +87,20 @@ pub fn start(bin: &Path) -> anyhow::Result<RunningExample> {
     Ok(running)
 }
 
-/// `GET /login`, then its form posted back (hidden fields included, a CSRF token among them
-/// if the app renders one) with `demo`'s password, same-origin; returns the `Cookie` header
-/// with every cookie the two answers set.
+/// The login form posted as a browser posts it (same-origin, `demo`'s password); returns the
+/// `Cookie` header with the cookies the answer set. (The example's form carries no token of
+/// its own: its CSRF defence is the `Origin` check of `auth.layer()`.)
 fn form_login(addr: SocketAddr) -> anyhow::Result<String> {
     let host = addr.to_string();
-    let page = once_blocking(addr, &navigation(addr, "/login"))?;
-    anyhow::ensure!(page.status == 200, "GET /login answered {}", page.status);
-    let mut jar = set_cookies(&page);
-    let html = String::from_utf8_lossy(&page.body);
-    let mut form = url::form_urlencoded::Serializer::new(String::new());
-    for (name, value) in hidden_inputs(&html) {
-        form.append_pair(&name, &value);
-    }
-    form.append_pair("username", USER)
-        .append_pair("password", PASSWORD);
-    let mut req = Req::post(
-        &host,
-        "/login",
-        "application/x-www-form-urlencoded",
-        form.finish(),
-    )
-    .header("origin", &format!("http://{host}"))
-    .header("sec-fetch-site", "same-origin")
-    .header("sec-fetch-mode", "navigate")
-    .header("sec-fetch-dest", "document");
-    if !jar.is_empty() {
-        req = req.cookie(&cookie_header(&jar));
-    }
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("username", USER)
+        .append_pair("password", PASSWORD)
+        .finish();
+    let req = Req::post(&host, "/login", "application/x-www-form-urlencoded", form)
+        .header("origin", &format!("http://{host}"))
+        .header("sec-fetch-site", "same-origin")
+        .header("sec-fetch-mode", "navigate")
+        .header("sec-fetch-dest", "document");
     let res = once_blocking(addr, &req)?;
     anyhow::ensure!(
         res.status == 303,
@@ -125,13 +111,11 @@ fn form_login(addr: SocketAddr) -> anyhow::Result<String> {
             .take(300)
             .collect::<String>()
     );
-    for (name, value) in set_cookies(&res) {
-        jar.retain(|(n, _)| *n != name);
-        // An emptied cookie is a removal.
-        if !value.is_empty() {
-            jar.push((name, value));
-        }
-    }
+    // An emptied cookie is a removal.
+    let jar: Vec<_> = set_cookies(&res)
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
     anyhow::ensure!(!jar.is_empty(), "the login set no cookie");
     Ok(cookie_header(&jar))
 }
@@ -153,87 +137,4 @@ fn cookie_header(jar: &[(String, String)]) -> String {
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-/// The `name`/`value` of every `<input type="hidden">` of `html` (attribute values quoted
-/// with `"` or `'`, or bare; `&amp;`, `&quot;`, `&#39;`, `&lt;`, `&gt;` decoded).
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let lower = html.to_ascii_lowercase();
-    let mut from = 0;
-    while let Some(at) = lower[from..].find("<input") {
-        let start = from + at;
-        let end = lower[start..].find('>').map_or(html.len(), |e| start + e);
-        let tag = &html[start + "<input".len()..end];
-        from = end;
-        let attrs = attributes(tag);
-        let get = |n: &str| attrs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
-        if get("type").is_some_and(|t| t.eq_ignore_ascii_case("hidden")) {
-            if let Some(name) = get("name") {
-                out.push((name.to_owned(), get("value").unwrap_or("").to_owned()));
-            }
-        }
-    }
-    out
-}
-
-fn attributes(mut s: &str) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    loop {
-        s = s.trim_start_matches(|c: char| c.is_ascii_whitespace() || c == '/');
-        if s.is_empty() {
-            return out;
-        }
-        let name_end = s
-            .find(|c: char| c.is_ascii_whitespace() || c == '=' || c == '/')
-            .unwrap_or(s.len());
-        let name = s[..name_end].to_ascii_lowercase();
-        s = s[name_end..].trim_start();
-        let mut value = String::new();
-        if let Some(after) = s.strip_prefix('=') {
-            let after = after.trim_start();
-            let (raw, rest) = match after.chars().next() {
-                Some(q @ ('"' | '\'')) => {
-                    let body = &after[1..];
-                    let close = body.find(q).unwrap_or(body.len());
-                    (&body[..close], &body[(close + 1).min(body.len())..])
-                }
-                _ => {
-                    let close = after
-                        .find(|c: char| c.is_ascii_whitespace())
-                        .unwrap_or(after.len());
-                    (&after[..close], &after[close..])
-                }
-            };
-            value = raw
-                .replace("&quot;", "\"")
-                .replace("&#39;", "'")
-                .replace("&#x27;", "'")
-                .replace("&lt;", "<")
-                .replace("&gt;", ">")
-                .replace("&amp;", "&");
-            s = rest;
-        }
-        out.push((name, value));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hidden_inputs_are_read_as_a_browser_posts_them() {
-        let html = r#"<form method=post><INPUT TYPE=hidden name=next value="/private">
-            <input name="username"><input type="password" name="password">
-            <input type='hidden' name='csrf_token' value='a&amp;b&quot;c'/></form>"#;
-        assert_eq!(
-            hidden_inputs(html),
-            [
-                ("next".to_owned(), "/private".to_owned()),
-                ("csrf_token".to_owned(), "a&b\"c".to_owned()),
-            ]
-        );
-        assert!(hidden_inputs("<p>no form</p>").is_empty());
-    }
 }
