@@ -239,6 +239,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )
@@ -359,6 +360,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )
@@ -414,6 +416,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )

@@ -127,6 +127,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )
@@ -191,6 +192,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )
@@ -251,6 +253,7 @@ mod tests {
             remember: false,
             ip: None,
             user_agent: None,
+            level: Default::default(),
         };
         // Wait for the watcher's first poll, then fill the cache.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;

@@ -233,6 +233,7 @@ mod tests {
                     remember: false,
                     ip: None,
                     user_agent: None,
+                    level: Default::default(),
                 },
                 None,
             )

@@ -87,6 +87,7 @@ impl ExpiryPolicy {
             remember: new.remember,
             ip: new.ip,
             user_agent,
+            level: new.level,
         };
         record.expires_at = self.deadline(&record, now);
         record
@@ -139,6 +140,7 @@ mod tests {
                 remember,
                 ip: None,
                 user_agent: None,
+                level: Default::default(),
             },
             SessionToken::generate().hash(),
             Timestamp::from_millis(0),
@@ -247,6 +249,7 @@ mod tests {
                 remember: false,
                 ip: None,
                 user_agent: Some("é".repeat(400)),
+                level: Default::default(),
             },
             SessionToken::generate().hash(),
             Timestamp::from_millis(0),

@@ -17,8 +17,8 @@
 //!   is valid, expired (idle or absolute), and whether its activity timestamp is due for a
 //!   write. Activity writes are coalesced: at most one per `touch_interval`, which is at most
 //!   half the idle timeout, so a session used at least every half idle-timeout never idles out.
-//! * [`SessionStore`], [`ThrottleStore`] and [`UserStore`] are the storage contracts, one per
-//!   concern; `sessiond-store-tests` holds the conformance suite every implementation must pass.
+//! * [`SessionStore`], [`ThrottleStore`], [`UserStore`] and [`FactorStore`] are the storage
+//!   contracts, one per concern; `sessiond-store-tests` holds the conformance suite every implementation must pass.
 //!
 //! ## Architecture invariants
 //!
@@ -30,6 +30,7 @@
 
 mod error;
 mod expiry;
+mod factor;
 mod memo;
 mod session;
 mod store;
@@ -40,6 +41,7 @@ mod user;
 
 pub use error::{StoreError, ValidationError};
 pub use expiry::{Expired, ExpiryPolicy, Verdict};
+pub use factor::{AuthLevel, FactorStore, FactorSummary, RecoveryHash, StoredPasskey, TotpState};
 pub use memo::Memo;
 pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{

@@ -1,4 +1,4 @@
-use crate::{SessionId, Timestamp, TokenHash, UserId};
+use crate::{AuthLevel, SessionId, Timestamp, TokenHash, UserId};
 
 /// A session as stored. Holds the hash of the secret, never the secret itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub struct SessionRecord {
     pub ip: Option<String>,
     /// The `User-Agent` at login, if any.
     pub user_agent: Option<String>,
+    /// How the session was authenticated. Raising it is a rotation (a new secret), never an
+    /// update in place.
+    pub level: AuthLevel,
 }
 
 /// What the caller knows about a login that is about to create a session.
@@ -39,6 +42,8 @@ pub struct NewSession {
     pub ip: Option<String>,
     /// The `User-Agent` header, if any.
     pub user_agent: Option<String>,
+    /// How the user authenticated.
+    pub level: AuthLevel,
 }
 
 /// Longest user agent kept with a session; the rest is cut (it is display-only data).

@@ -10,9 +10,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, User, UserCredentials,
-    UserId, UserStore, Username,
+    FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId, SessionRecord,
+    SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect, ThrottleRecord,
+    ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId, UserStore,
+    Username,
 };
 
 #[derive(Debug, Default)]
@@ -26,6 +27,10 @@ struct Inner {
     generation: u64,
     users: Vec<UserCredentials>,
     next_user_id: i64,
+    /// Second factors by user id.
+    totp: HashMap<i64, TotpState>,
+    recovery: HashMap<i64, Vec<RecoveryHash>>,
+    passkeys: Vec<StoredPasskey>,
 }
 
 /// Sessions and users in process memory.
@@ -437,6 +442,7 @@ impl UserStore for MemoryStore {
         let mut g = self.lock();
         let before = g.users.len();
         g.users.retain(|u| u.user.id != id);
+        forget_factors(&mut g, id);
         g.generation += 1;
         Ok(g.users.len() < before)
     }
@@ -463,6 +469,195 @@ fn insert_user(g: &mut Inner, new: &NewUser) -> Result<User, StoreError> {
         password_hash: new.password_hash.clone(),
     });
     Ok(user)
+}
+
+
+/// Removes every factor of `user`; `true` if there was any.
+fn forget_factors(g: &mut Inner, user: UserId) -> bool {
+    let totp = g.totp.remove(&user.0).is_some();
+    let codes = g.recovery.remove(&user.0).is_some_and(|c| !c.is_empty());
+    let before = g.passkeys.len();
+    g.passkeys.retain(|k| k.user_id != user);
+    totp || codes || g.passkeys.len() < before
+}
+
+impl Inner {
+    fn has_user(&self, user: UserId) -> bool {
+        self.users.iter().any(|u| u.user.id == user)
+    }
+}
+
+#[async_trait]
+impl FactorStore for MemoryStore {
+    async fn factor_summary(&self, user: UserId) -> Result<FactorSummary, StoreError> {
+        let g = self.lock();
+        Ok(FactorSummary {
+            totp: g.totp.get(&user.0).is_some_and(|t| t.active.is_some()),
+            recovery_codes: g.recovery.get(&user.0).map_or(0, |c| c.len() as u32),
+            passkeys: g.passkeys.iter().filter(|k| k.user_id == user).count() as u32,
+        })
+    }
+
+    async fn totp_state(&self, user: UserId) -> Result<Option<TotpState>, StoreError> {
+        Ok(self.lock().totp.get(&user.0).cloned())
+    }
+
+    async fn totp_begin(
+        &self,
+        user: UserId,
+        secret: &[u8],
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if !g.has_user(user) {
+            return Ok(false);
+        }
+        g.totp.entry(user.0).or_default().pending = Some((secret.to_vec(), at));
+        Ok(true)
+    }
+
+    async fn totp_confirm(
+        &self,
+        user: UserId,
+        pending: &[u8],
+        step: i64,
+        recovery: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let Some(t) = g.totp.get_mut(&user.0) else {
+            return Ok(false);
+        };
+        if t.pending.as_ref().map(|(p, _)| p.as_slice()) != Some(pending) {
+            return Ok(false);
+        }
+        t.active = t.pending.take().map(|(p, _)| p);
+        t.last_step = step;
+        g.recovery.insert(user.0, recovery.to_vec());
+        Ok(true)
+    }
+
+    async fn totp_use_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(match g.totp.get_mut(&user.0) {
+            Some(t) if t.active.is_some() && t.last_step < step => {
+                t.last_step = step;
+                true
+            }
+            _ => false,
+        })
+    }
+
+    async fn totp_remove(&self, user: UserId) -> Result<bool, StoreError> {
+        Ok(self.lock().totp.remove(&user.0).is_some())
+    }
+
+    async fn recovery_use(&self, user: UserId, hash: &RecoveryHash) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let Some(codes) = g.recovery.get_mut(&user.0) else {
+            return Ok(false);
+        };
+        let before = codes.len();
+        codes.retain(|c| c != hash);
+        Ok(codes.len() < before)
+    }
+
+    async fn recovery_replace(
+        &self,
+        user: UserId,
+        hashes: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if !g.has_user(user) {
+            return Ok(false);
+        }
+        g.recovery.insert(user.0, hashes.to_vec());
+        Ok(true)
+    }
+
+    async fn passkey_add(
+        &self,
+        key: &StoredPasskey,
+        max_per_user: usize,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        if g.passkeys
+            .iter()
+            .any(|k| k.credential_id == key.credential_id)
+        {
+            return Err(StoreError::Conflict);
+        }
+        if !g.has_user(key.user_id)
+            || g.passkeys
+                .iter()
+                .filter(|k| k.user_id == key.user_id)
+                .count()
+                >= max_per_user
+        {
+            return Ok(false);
+        }
+        g.passkeys.push(key.clone());
+        Ok(true)
+    }
+
+    async fn passkeys_of(&self, user: UserId) -> Result<Vec<StoredPasskey>, StoreError> {
+        let mut v: Vec<StoredPasskey> = self
+            .lock()
+            .passkeys
+            .iter()
+            .filter(|k| k.user_id == user)
+            .cloned()
+            .collect();
+        v.sort_by_key(|k| k.created_at);
+        Ok(v)
+    }
+
+    async fn passkey_by_credential(
+        &self,
+        credential_id: &[u8],
+    ) -> Result<Option<StoredPasskey>, StoreError> {
+        Ok(self
+            .lock()
+            .passkeys
+            .iter()
+            .find(|k| k.credential_id == credential_id)
+            .cloned())
+    }
+
+    async fn passkey_update(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        data: &str,
+        used_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        Ok(
+            match g
+                .passkeys
+                .iter_mut()
+                .find(|k| k.user_id == user && k.credential_id == credential_id)
+            {
+                Some(k) => {
+                    k.data = data.to_owned();
+                    k.last_used_at = Some(used_at);
+                    true
+                }
+                None => false,
+            },
+        )
+    }
+
+    async fn passkey_remove(&self, user: UserId, credential_id: &[u8]) -> Result<bool, StoreError> {
+        let mut g = self.lock();
+        let before = g.passkeys.len();
+        g.passkeys
+            .retain(|k| !(k.user_id == user && k.credential_id == credential_id));
+        Ok(g.passkeys.len() < before)
+    }
+
+    async fn factors_reset(&self, user: UserId) -> Result<bool, StoreError> {
+        Ok(forget_factors(&mut self.lock(), user))
+    }
 }
 
 #[cfg(test)]

@@ -430,6 +430,7 @@ fn session_from_row(r: &Row) -> Result<SessionRecord, StoreError> {
         remember: col(r, 7)?,
         ip: col(r, 8)?,
         user_agent: col(r, 9)?,
+        level: Default::default(),
     })
 }
 

@@ -350,6 +350,7 @@ fn record_from(hash: TokenHash, m: &HashMap<String, String>) -> Result<SessionRe
         remember: int("r")? == 1,
         ip: m.get("ip").cloned(),
         user_agent: m.get("ua").cloned(),
+        level: Default::default(),
     })
 }
 

@@ -242,6 +242,7 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         remember: r.get(7)?,
         ip: r.get(8)?,
         user_agent: r.get(9)?,
+        level: Default::default(),
     })
 }
 
@@ -1288,6 +1289,7 @@ mod tests {
                             remember: false,
                             ip: Some("203.0.113.9".into()),
                             user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+                            level: Default::default(),
                         };
                         store.create(&rec).await.unwrap();
                     }

@@ -28,6 +28,7 @@ pub fn session_at(user: i64, at: Timestamp) -> (SessionToken, SessionRecord) {
             remember: false,
             ip: Some("203.0.113.7".into()),
             user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0".into()),
+            level: Default::default(),
         },
         token.hash(),
         at,

@@ -215,6 +215,7 @@ async fn log_in<B: UserBackend>(
         remember,
         ip: client.ip,
         user_agent: client.user_agent,
+        level: Default::default(),
     };
     let (token, record) = core.sessions.begin(new, presented).await?;
     // A password change, reset or disable that landed while this password was being
