@@ -528,12 +528,17 @@ impl AuthError {
     /// overloaded hashing pool or a failed store, `500` otherwise.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidCredentials | Self::SessionEnded => StatusCode::UNAUTHORIZED,
+            Self::InvalidCredentials
+            | Self::SessionEnded
+            | Self::InvalidSecondFactor
+            | Self::SecondFactorRequired => StatusCode::UNAUTHORIZED,
             Self::Invalid(_) => StatusCode::BAD_REQUEST,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Hash(HashError::Overloaded) | Self::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Hash(_) | Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Hash(_) | Self::Internal(_) | Self::SecondFactorUnavailable(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 
@@ -545,6 +550,9 @@ impl AuthError {
             Self::Invalid(_) => "bad_request",
             Self::Conflict(_) => "conflict",
             Self::Throttled { .. } => "throttled",
+            Self::InvalidSecondFactor => "invalid_second_factor",
+            Self::SecondFactorRequired => "second_factor_required",
+            Self::SecondFactorUnavailable(_) => "second_factor_unavailable",
             Self::Hash(HashError::Overloaded) => "overloaded",
             Self::Store(_) => "store_unavailable",
             Self::Hash(_) | Self::Internal(_) => "internal",

@@ -471,7 +471,6 @@ fn insert_user(g: &mut Inner, new: &NewUser) -> Result<User, StoreError> {
     Ok(user)
 }
 
-
 /// Removes every factor of `user`; `true` if there was any.
 fn forget_factors(g: &mut Inner, user: UserId) -> bool {
     let totp = g.totp.remove(&user.0).is_some();

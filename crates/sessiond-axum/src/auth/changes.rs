@@ -213,7 +213,8 @@ async fn change_password_checked<B: UserBackend>(
         remember: rec.remember,
         ip: client.ip,
         user_agent: client.user_agent,
-        level: Default::default(),
+        // The new password does not lower how this session was authenticated.
+        level: rec.level,
     };
     let Some((token, record)) = auth.sessions().rotate(fresh, session).await? else {
         tracing::info!(target: "sessiond::audit", event = "password_change_refused", reason = "session_ended", user = %name);

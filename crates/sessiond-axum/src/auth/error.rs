@@ -34,6 +34,17 @@ pub enum AuthError {
     /// A store failed: callers fail closed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A TOTP code or recovery code was wrong, or already used.
+    #[error("invalid second factor")]
+    InvalidSecondFactor,
+    /// The session is `one_factor` and the action needs `two_factor` (the user has a second
+    /// factor: managing factors, the admin pages, a `two_factor` access rule).
+    #[error("this needs a second factor: verify one first")]
+    SecondFactorRequired,
+    /// Second factors cannot be checked here: not configured, or the encryption key does not
+    /// match the stored secrets (the message says which; the cause is logged).
+    #[error("{0}")]
+    SecondFactorUnavailable(String),
     /// A store answered something it cannot have meant.
     #[error("internal error: {0}")]
     Internal(String),

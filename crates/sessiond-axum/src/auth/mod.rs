@@ -19,6 +19,8 @@ mod changes;
 mod client;
 mod error;
 mod login;
+mod second_factor;
+mod secret_box;
 pub mod throttle;
 
 use std::net::IpAddr;
@@ -35,6 +37,11 @@ pub use changes::{delete, disable, enable, end_sessions, set_password, PasswordC
 pub use client::ClientInfo;
 pub use error::{AuthError, ChangeError};
 pub use login::{LoggedIn, LoginAttempt};
+pub use second_factor::{
+    totp_code, totp_matching_step, FactorKind, Raised, RecoveryCodes, SecondFactors, TotpSetup,
+    RECOVERY_CODES, TOTP_DIGITS, TOTP_SETUP_LIFETIME, TOTP_SKEW_STEPS, TOTP_STEP_SECS,
+};
+pub use secret_box::{EncryptionKey, KeyError, WrongKey};
 pub use throttle::MAX_NEW_DEVICES;
 
 use axum::http::request::Parts;
@@ -73,6 +80,8 @@ struct Inner<B: UserBackend> {
     /// read under: served only while that epoch is current, so a change that moves the
     /// epoch (any session ended, any user changed through sessiond) is seen at once.
     users: Memo<UserId, (u64, Arc<B::User>)>,
+    /// Second factors, when configured ([`AuthBuilder::second_factors`]).
+    factors: Option<SecondFactors>,
 }
 
 /// The part of [`Auth`] that does not depend on the user backend (what the throttle needs).
@@ -115,6 +124,7 @@ pub struct AuthBuilder<B> {
     device_cookie: Option<CookieConfig>,
     csrf: Origins,
     client_ip: Option<ClientIp>,
+    factors: Option<SecondFactors>,
 }
 
 impl<B> std::fmt::Debug for AuthBuilder<B> {
@@ -129,6 +139,13 @@ impl<B> std::fmt::Debug for AuthBuilder<B> {
 }
 
 impl<B: UserBackend> AuthBuilder<B> {
+    /// Enables second factors (TOTP and recovery codes; see [`SecondFactors`]). Without
+    /// them every session stays at `one_factor` unless the app raises it otherwise.
+    pub fn second_factors(mut self, factors: SecondFactors) -> Self {
+        self.factors = Some(factors);
+        self
+    }
+
     /// How [`crate::AuthSession`] reads the client's address, which the login throttle
     /// counts per client. Default: the socket's peer (serve with
     /// `into_make_service_with_connect_info::<SocketAddr>()`). Behind a reverse proxy that
@@ -209,6 +226,7 @@ impl<B: UserBackend> AuthBuilder<B> {
                     .unwrap_or_else(|| Arc::new(crate::login::peer_ip)),
             },
             users: Memo::new(USER_CACHE_CAPACITY),
+            factors: self.factors,
         })))
     }
 }
@@ -231,6 +249,7 @@ impl<B: UserBackend> Auth<B> {
             device_cookie: None,
             csrf: Origins::same_host(),
             client_ip: None,
+            factors: None,
         }
     }
 

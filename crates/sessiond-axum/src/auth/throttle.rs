@@ -263,7 +263,7 @@ pub(crate) async fn settled(core: &Core, reserved: &Reserved) -> Result<(), Auth
 
 /// Runs `work`, a check of `a`'s password (and what follows it), under the throttle: refused
 /// while a counter holds, reserved before `work` starts, and settled by its outcome
-/// ([`AuthError::InvalidCredentials`]: stays counted; success: [`settled`]; any other
+/// ([`AuthError::InvalidCredentials`] or [`AuthError::InvalidSecondFactor`]: stays counted; success: [`settled`]; any other
 /// error: [`release`]d). Its password work is tagged with the attempt's account and address
 /// for the hashing queue's fairness ([`Owners`]).
 pub(crate) async fn guarded<T>(
@@ -274,7 +274,8 @@ pub(crate) async fn guarded<T>(
 ) -> Result<T, AuthError> {
     let reserved = check(core, a).await?;
     match with_owners(owners, work).await {
-        Err(AuthError::InvalidCredentials) => Err(AuthError::InvalidCredentials),
+        // A wrong guess stays counted, be it a password or a second factor.
+        Err(e @ (AuthError::InvalidCredentials | AuthError::InvalidSecondFactor)) => Err(e),
         Err(e) => {
             if let Err(r) = release(core, &reserved).await {
                 tracing::warn!(error = %r, "throttle reservation not released");
