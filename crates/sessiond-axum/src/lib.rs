@@ -245,12 +245,16 @@ pub use async_trait::async_trait;
 /// The session model and the store traits (`sessiond-core`), for apps and backends.
 pub use sessiond_core as core;
 
-pub use auth::{Auth, AuthError, AuthUser, BuiltinUsers, ClientInfo, UserBackend};
+pub use auth::{
+    Auth, AuthError, AuthUser, BuiltinUsers, ClientInfo, EncryptionKey, FactorKind, SecondFactors,
+    UserBackend,
+};
 pub use login::{
-    login_required, AuthLayer, AuthRejection, AuthService, AuthSession, CurrentUser, LoginRequired,
-    LoginRequiredService, MaybeUser,
+    login_required, two_factor_required, AuthLayer, AuthRejection, AuthService, AuthSession,
+    CurrentUser, LoginRequired, LoginRequiredService, MaybeUser, TwoFactorUser,
 };
 pub use password::{HashError, Hasher};
+pub use sessiond_core::AuthLevel;
 
 /// The stores, one cargo feature each: `sqlite` (the default: one file, no other service),
 /// `postgres`, `redis` (sessions and throttle counters only; users need SQL), `memory`

@@ -18,8 +18,8 @@ use sessiond_core::StoreError;
 use tower::{Layer, Service};
 
 use crate::auth::{
-    throttle::DEVICE_LIFETIME, Auth, AuthError, BuiltinUsers, ClientInfo, LoggedIn, LoginAttempt,
-    UserBackend,
+    throttle::DEVICE_LIFETIME, Auth, AuthError, BuiltinUsers, ClientInfo, FactorKind, LoggedIn,
+    LoginAttempt, Raised, RecoveryCodes, TotpSetup, UserBackend,
 };
 use crate::csrf::CsrfService;
 use crate::error_body::json_error;
@@ -30,6 +30,7 @@ use crate::{
     find_cookie, ActiveSession, CookieLookup, MaybeSession, SessionLayer, SessionRejection,
     SessionService,
 };
+use sessiond_core::AuthLevel;
 
 /// The client's address by default: the socket's peer, when the app is served with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
@@ -149,6 +150,13 @@ pub enum AuthRejection {
         /// Where a page navigation goes; `None` for other requests.
         location: Option<HeaderValue>,
     },
+    /// A signed-in user whose session is `one_factor` where `two_factor` is needed. A page
+    /// navigation is sent to the second-factor page (`{second_factor_path}?next=…`, `303`);
+    /// anything else gets `401` `{"code": "second_factor_required", …}`.
+    SecondFactorRequired {
+        /// Where a page navigation goes; `None` for other requests.
+        location: Option<HeaderValue>,
+    },
     /// The store failed: `503 store_unavailable` with `Retry-After: 1` (fail closed).
     StoreUnavailable(Arc<StoreError>),
     /// The app forgot `auth.layer()`: `500` (a bug, logged).
@@ -163,6 +171,22 @@ impl AuthRejection {
             is_page_navigation(&parts.method, &parts.headers).then(|| login.location(&parts.uri));
         Self::Unauthenticated { location }
     }
+
+    /// The refusal of a `one_factor` session where `two_factor` is needed (see
+    /// [`AuthRejection::SecondFactorRequired`]).
+    pub fn second_factor_required(parts: &Parts, step: &LoginRedirect) -> Self {
+        let location =
+            is_page_navigation(&parts.method, &parts.headers).then(|| step.location(&parts.uri));
+        Self::SecondFactorRequired { location }
+    }
+}
+
+fn see_other(location: HeaderValue) -> Response {
+    let mut res = StatusCode::SEE_OTHER.into_response();
+    let headers = res.headers_mut();
+    headers.insert(header::LOCATION, location);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
 }
 
 impl IntoResponse for AuthRejection {
@@ -170,13 +194,15 @@ impl IntoResponse for AuthRejection {
         match self {
             Self::Unauthenticated {
                 location: Some(location),
-            } => {
-                let mut res = StatusCode::SEE_OTHER.into_response();
-                let headers = res.headers_mut();
-                headers.insert(header::LOCATION, location);
-                headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-                res
             }
+            | Self::SecondFactorRequired {
+                location: Some(location),
+            } => see_other(location),
+            Self::SecondFactorRequired { location: None } => json_error(
+                StatusCode::UNAUTHORIZED,
+                "second_factor_required",
+                "this needs a second factor: verify one first",
+            ),
             Self::Unauthenticated { location: None } => json_error(
                 StatusCode::UNAUTHORIZED,
                 "unauthenticated",
@@ -274,6 +300,41 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for MaybeUser<B> {
     }
 }
 
+/// The signed-in user of a `two_factor` session; refuses the request otherwise: without a
+/// user as [`CurrentUser`] does, and a `one_factor` session with
+/// [`AuthRejection::SecondFactorRequired`] (the second-factor page for page navigations,
+/// `401 second_factor_required` otherwise). Like Authelia's `two_factor` policy for one
+/// handler; [`two_factor_required`] does it for a whole router.
+#[derive(Debug)]
+pub struct TwoFactorUser<B: UserBackend = BuiltinUsers>(pub Arc<B::User>);
+
+impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for TwoFactorUser<B> {
+    type Rejection = AuthRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, AuthRejection> {
+        let (auth, session, user) = user_of::<B>(parts).await?;
+        check_level(parts, &auth, session.as_ref(), user, AuthLevel::TwoFactor).map(Self)
+    }
+}
+
+/// The user when the session is at `level` or above, else the refusal for the request.
+fn check_level<B: UserBackend>(
+    parts: &Parts,
+    auth: &Auth<B>,
+    session: Option<&ActiveSession>,
+    user: Option<Arc<B::User>>,
+    level: AuthLevel,
+) -> Result<Arc<B::User>, AuthRejection> {
+    match (session, user) {
+        (Some(s), Some(user)) if s.record().level >= level => Ok(user),
+        (Some(_), Some(_)) => Err(AuthRejection::second_factor_required(
+            parts,
+            auth.second_factor_redirect(),
+        )),
+        _ => Err(AuthRejection::unauthenticated(parts, auth.login_redirect())),
+    }
+}
+
 /// Refuses, for a whole router, requests without a signed-in user, as [`CurrentUser`] does
 /// (Django's `@login_required` on every route of it):
 ///
@@ -289,21 +350,37 @@ impl<S: Send + Sync, B: UserBackend> FromRequestParts<S> for MaybeUser<B> {
 /// `route_layer`, not `layer`: an unknown path then still gets `404`, not a login page. The
 /// router must sit inside `auth.layer()`.
 pub fn login_required<B: UserBackend>() -> LoginRequired<B> {
-    LoginRequired(PhantomData)
+    LoginRequired(AuthLevel::OneFactor, PhantomData)
 }
 
-/// The layer of [`login_required`].
-pub struct LoginRequired<B>(PhantomData<fn() -> B>);
+/// Refuses, for a whole router, requests without a signed-in user of a `two_factor` session,
+/// as [`TwoFactorUser`] does (Authelia's `two_factor` policy). Use it with `route_layer`,
+/// inside `auth.layer()`, like [`login_required`]:
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use sessiond_axum::{two_factor_required, BuiltinUsers};
+///
+/// let admin: Router = Router::new()
+///     .route("/admin", get(|| async { "only after a second factor" }))
+///     .route_layer(two_factor_required::<BuiltinUsers>());
+/// ```
+pub fn two_factor_required<B: UserBackend>() -> LoginRequired<B> {
+    LoginRequired(AuthLevel::TwoFactor, PhantomData)
+}
+
+/// The layer of [`login_required`] and [`two_factor_required`]: the level it asks for.
+pub struct LoginRequired<B>(AuthLevel, PhantomData<fn() -> B>);
 
 impl<B> Clone for LoginRequired<B> {
     fn clone(&self) -> Self {
-        Self(PhantomData)
+        Self(self.0, PhantomData)
     }
 }
 
 impl<B> std::fmt::Debug for LoginRequired<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LoginRequired")
+        write!(f, "LoginRequired({})", self.0.as_str())
     }
 }
 
@@ -313,6 +390,7 @@ impl<S, B> Layer<S> for LoginRequired<B> {
     fn layer(&self, inner: S) -> Self::Service {
         LoginRequiredService {
             inner,
+            level: self.0,
             backend: PhantomData,
         }
     }
@@ -321,6 +399,7 @@ impl<S, B> Layer<S> for LoginRequired<B> {
 /// The service of [`LoginRequired`].
 pub struct LoginRequiredService<S, B> {
     inner: S,
+    level: AuthLevel,
     backend: PhantomData<fn() -> B>,
 }
 
@@ -328,6 +407,7 @@ impl<S: Clone, B> Clone for LoginRequiredService<S, B> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
+            level: self.level,
             backend: PhantomData,
         }
     }
@@ -358,15 +438,17 @@ where
         // is async (a store lookup), so the future is boxed.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        let level = self.level;
         Box::pin(async move {
             let (mut parts, body) = req.into_parts();
-            match user_of::<B>(&mut parts).await {
-                Ok((_, _, Some(_))) => inner.call(Request::from_parts(parts, body)).await,
-                Ok((auth, _, None)) => Ok(AuthRejection::unauthenticated(
-                    &parts,
-                    auth.login_redirect(),
-                )
-                .into_response()),
+            let checked = match user_of::<B>(&mut parts).await {
+                Ok((auth, session, user)) => {
+                    check_level(&parts, &auth, session.as_ref(), user, level).map(drop)
+                }
+                Err(e) => Err(e),
+            };
+            match checked {
+                Ok(()) => inner.call(Request::from_parts(parts, body)).await,
                 Err(e) => Ok(e.into_response()),
             }
         })
@@ -519,6 +601,74 @@ impl<B: UserBackend> AuthSession<B> {
         );
         self.session = None;
         Ok(())
+    }
+}
+
+/// Second factors (see [`Auth::verify_second_factor`] and the other second-factor use
+/// cases): each sets the raised session's cookie on the response.
+impl<B: UserBackend> AuthSession<B> {
+    /// The session's level (`None` when signed out).
+    pub fn level(&self) -> Option<AuthLevel> {
+        self.session.as_ref().map(|s| s.record().level)
+    }
+
+    fn signed_in(&self) -> Result<(&ActiveSession, &Arc<B::User>), AuthError> {
+        match (&self.session, &self.user) {
+            (Some(s), Some(u)) => Ok((s, u)),
+            _ => Err(AuthError::SessionEnded),
+        }
+    }
+
+    fn adopt(&mut self, raised: &Raised) {
+        self.request.set_cookie_later(
+            self.auth
+                .sessions()
+                .session_cookie(&raised.token, &raised.record),
+        );
+        // The presented session is gone (rotated): nothing more may act on it.
+        self.session = None;
+    }
+
+    /// The second step of a login: a TOTP code or a recovery code raises the session to
+    /// `two_factor` ([`Auth::verify_second_factor`]: throttled, each code once) and sets the
+    /// new cookie.
+    pub async fn verify_second_factor(
+        &mut self,
+        kind: FactorKind,
+        code: &str,
+    ) -> Result<(), AuthError> {
+        let (session, user) = self.signed_in()?;
+        let raised = self
+            .auth
+            .verify_second_factor(
+                session,
+                user,
+                kind,
+                code,
+                &self.client,
+                self.device.as_deref(),
+            )
+            .await?;
+        self.adopt(&raised);
+        Ok(())
+    }
+
+    /// Starts TOTP enrolment after checking the password again ([`Auth::totp_setup`]).
+    pub async fn totp_setup(&self, password: String) -> Result<TotpSetup, AuthError> {
+        let (session, user) = self.signed_in()?;
+        self.auth
+            .totp_setup(session, user, password, &self.client)
+            .await
+    }
+
+    /// Confirms TOTP enrolment with a code ([`Auth::totp_confirm`]): this session is raised
+    /// to `two_factor` (its new cookie set), the other sessions end; gives the recovery codes
+    /// to show once.
+    pub async fn totp_confirm(&mut self, code: &str) -> Result<RecoveryCodes, AuthError> {
+        let (session, user) = self.signed_in()?;
+        let (raised, codes) = self.auth.totp_confirm(session, user, code).await?;
+        self.adopt(&raised);
+        Ok(codes)
     }
 }
 

@@ -92,6 +92,7 @@ pub(crate) struct Core {
     pub(crate) counters: AuthCounters,
     max_sessions_per_user: Option<usize>,
     login: LoginRedirect,
+    second_factor: LoginRedirect,
     pub(crate) device_cookie: CookieConfig,
     pub(crate) csrf: CsrfLayer,
     pub(crate) client_ip: ClientIp,
@@ -121,6 +122,7 @@ pub struct AuthBuilder<B> {
     hasher: Option<Hasher>,
     max_sessions_per_user: Option<usize>,
     login_path: String,
+    second_factor_path: String,
     device_cookie: Option<CookieConfig>,
     csrf: Origins,
     client_ip: Option<ClientIp>,
@@ -201,6 +203,19 @@ impl<B: UserBackend> AuthBuilder<B> {
         self
     }
 
+    /// Where page navigations of a `one_factor` session are sent when a route needs
+    /// `two_factor` ([`crate::two_factor_required`], [`crate::TwoFactorUser`]), with
+    /// `?next=`: the app's page that asks for a TOTP or recovery code (or offers enrolment
+    /// to a user who has none). Default `/login/2fa`.
+    ///
+    /// # Panics
+    ///
+    /// [`AuthBuilder::build`] panics if it is not a local path (see [`LoginRedirect::new`]).
+    pub fn second_factor_path(mut self, path: impl Into<String>) -> Self {
+        self.second_factor_path = path.into();
+        self
+    }
+
     /// Starts the hashing pool unless one was given.
     pub fn build(self) -> Result<Auth<B>, HashError> {
         let hasher = match self.hasher {
@@ -220,6 +235,7 @@ impl<B: UserBackend> AuthBuilder<B> {
                 counters: AuthCounters::default(),
                 max_sessions_per_user: self.max_sessions_per_user,
                 login: LoginRedirect::new(&self.login_path),
+                second_factor: LoginRedirect::new(&self.second_factor_path),
                 csrf: CsrfLayer::new(self.csrf),
                 client_ip: self
                     .client_ip
@@ -246,6 +262,7 @@ impl<B: UserBackend> Auth<B> {
             hasher: None,
             max_sessions_per_user: None,
             login_path: "/login".to_owned(),
+            second_factor_path: "/login/2fa".to_owned(),
             device_cookie: None,
             csrf: Origins::same_host(),
             client_ip: None,
@@ -300,6 +317,12 @@ impl<B: UserBackend> Auth<B> {
     /// navigations, `401` otherwise).
     pub fn login_redirect(&self) -> &LoginRedirect {
         &self.0.core.login
+    }
+
+    /// How `one_factor` sessions are answered where `two_factor` is needed (the second-factor
+    /// page for page navigations, `401 second_factor_required` otherwise).
+    pub fn second_factor_redirect(&self) -> &LoginRedirect {
+        &self.0.core.second_factor
     }
 
     pub(crate) fn core(&self) -> &Core {
