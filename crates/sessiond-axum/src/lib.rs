@@ -15,6 +15,10 @@
 //!   at the next login.
 //! * **Your users or ours**: the built-in user store ([`BuiltinUsers`]), or your own table
 //!   through the small [`UserBackend`] trait.
+//! * **Second factors**: TOTP and recovery codes ([`SecondFactors`], [`AuthSession::totp_setup`],
+//!   [`AuthSession::verify_second_factor`]); every session carries its [`AuthLevel`], and
+//!   [`two_factor_required`] / [`TwoFactorUser`] ask for `two_factor` (see "Second factors"
+//!   below).
 //! * **For handlers**: [`CurrentUser`] (required), [`MaybeUser`] (optional), [`login_required`]
 //!   for a whole router, [`SessionMap`] (typed session data), [`csrf`] (a layer for every
 //!   route, tokens for HTML forms).
@@ -180,6 +184,9 @@
 //! | `user.is_active` | [`AuthUser::is_active`] |
 //! | `url_has_allowed_host_and_scheme(next)` | [`redirect::local_path`] |
 //!
+//! | django-otp's `OTPMiddleware`, `user.is_verified()`, `@otp_required` | the session's [`AuthLevel`] ([`AuthSession::level`]), [`TwoFactorUser`] / [`two_factor_required`] |
+//! | django-otp's `TOTPDevice`, `StaticDevice` (backup tokens) | [`AuthSession::totp_setup`] + [`AuthSession::totp_confirm`], recovery codes ([`FactorKind::Recovery`]) |
+//!
 //! Not here: permissions (`@permission_required`, `user.has_perm`). The sessiond server has
 //! groups for its forward-auth rules, but the library gives a handler the user and leaves
 //! authorization to the app.
@@ -189,6 +196,35 @@
 //! `docs/migrating-from-tower-sessions.md` in the repository: a small app before and after,
 //! the diff, and what each side has that the other has not. The app after is the `migrated`
 //! example of this crate (`cargo run -p sessiond-axum --example migrated`).
+//!
+//! ## Second factors
+//!
+//! Give the [`Auth`] a factor store and an encryption key, and every session carries an
+//! [`AuthLevel`]: `one_factor` after a password, `two_factor` after a TOTP code or a recovery
+//! code too. Raising the level rotates the session (the old cookie dies).
+//!
+//! ```no_run
+//! # async fn build() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use sessiond_axum::stores::SqliteStore;
+//! use sessiond_axum::{Auth, BuiltinUsers, EncryptionKey, SecondFactors};
+//!
+//! let store = Arc::new(SqliteStore::open("app.db")?);
+//! // TOTP secrets are encrypted at rest under this key: keep it (and back it up) apart
+//! // from the database. Created 0600 on first use.
+//! let key = EncryptionKey::load_or_create("app.db.key".as_ref())?;
+//! let auth = Auth::for_store(BuiltinUsers::new(store.clone()), store.clone())
+//!     .second_factors(SecondFactors::new(store, key).issuer("My App"))
+//!     .build()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Then, in handlers: [`AuthSession::totp_setup`] (re-checks the password; gives the secret
+//! and the `otpauth://` URI for a QR code), [`AuthSession::totp_confirm`] (activates it; gives
+//! ten recovery codes to show once), [`AuthSession::verify_second_factor`] (the login's second
+//! step: throttled like passwords, each code accepted once), and [`two_factor_required`] or
+//! [`TwoFactorUser`] where the second factor is needed. The rules, and what losing the key
+//! means: `docs/reference/second-factor.md` in the repository.
 //!
 //! ## How it works
 //!

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 
 use crate::auth::{
     throttle::DEVICE_LIFETIME, Auth, AuthError, BuiltinUsers, ClientInfo, FactorKind, LoggedIn,
-    LoginAttempt, Raised, RecoveryCodes, TotpSetup, UserBackend,
+    LoginAttempt, PasskeyInfo, Raised, RecoveryCodes, TotpSetup, UserBackend,
 };
 use crate::csrf::CsrfService;
 use crate::error_body::json_error;
@@ -669,6 +669,74 @@ impl<B: UserBackend> AuthSession<B> {
         let (raised, codes) = self.auth.totp_confirm(session, user, code).await?;
         self.adopt(&raised);
         Ok(codes)
+    }
+
+    /// Finishes registering a passkey ([`Auth::passkey_register_finish`]; start it with
+    /// [`Auth::passkey_register_start`]): this session is raised to `two_factor` and its new
+    /// cookie set.
+    pub async fn passkey_register_finish(
+        &mut self,
+        ceremony: &str,
+        credential: &crate::auth::webauthn::RegisterPublicKeyCredential,
+        name: &str,
+    ) -> Result<PasskeyInfo, AuthError> {
+        let (session, user) = self.signed_in()?;
+        let (raised, info) = self
+            .auth
+            .passkey_register_finish(session, user, ceremony, credential, name)
+            .await?;
+        self.adopt(&raised);
+        Ok(info)
+    }
+
+    /// Finishes the passkey step of a login ([`Auth::passkey_second_factor_finish`]; start
+    /// it with [`Auth::passkey_second_factor_start`]) and sets the raised session's cookie.
+    pub async fn passkey_second_factor_finish(
+        &mut self,
+        ceremony: &str,
+        credential: &crate::auth::webauthn::PublicKeyCredential,
+    ) -> Result<(), AuthError> {
+        let (session, user) = self.signed_in()?;
+        let raised = self
+            .auth
+            .passkey_second_factor_finish(
+                session,
+                user,
+                ceremony,
+                credential,
+                &self.client,
+                self.device.as_deref(),
+            )
+            .await?;
+        self.adopt(&raised);
+        Ok(())
+    }
+
+    /// Logs in with a passkey alone ([`Auth::passkey_login_finish`]; start it with
+    /// [`Auth::passkey_login_start`]): a `two_factor` session, its cookie set.
+    pub async fn passkey_log_in(
+        &mut self,
+        ceremony: &str,
+        credential: &crate::auth::webauthn::PublicKeyCredential,
+        remember: bool,
+    ) -> Result<Arc<B::User>, AuthError> {
+        let done = self
+            .auth
+            .passkey_login_finish(
+                ceremony,
+                credential,
+                remember,
+                self.client.clone(),
+                self.session.as_ref(),
+            )
+            .await?;
+        for cookie in self.auth.login_cookies(&done) {
+            self.request.set_cookie_later(cookie);
+        }
+        let user = Arc::new(done.user);
+        self.session = None;
+        self.user = Some(Arc::clone(&user));
+        Ok(user)
     }
 }
 

@@ -127,6 +127,22 @@ pub struct LoggedIn<U> {
 }
 
 impl<B: UserBackend> Auth<B> {
+    /// The per-user cap, after a login: the user's oldest sessions beyond it end.
+    pub(crate) async fn cap_sessions(&self, user: &B::User) -> Result<(), AuthError> {
+        let core = self.core();
+        if let Some(cap) = core.max_sessions_per_user {
+            let ended = core
+                .sessions
+                .store()
+                .delete_oldest_for_user(user.id(), cap)
+                .await?;
+            if ended > 0 {
+                tracing::info!(target: "sessiond::audit", event = "sessions_capped", user = %user.username(), count = ended);
+            }
+        }
+        Ok(())
+    }
+
     /// Logs in: checks the throttles, then the credentials, and starts a session with a fresh
     /// secret (rotating the presented one).
     ///
@@ -226,17 +242,7 @@ async fn log_in<B: UserBackend>(
         tracing::info!(target: "sessiond::audit", event = "login_failed", reason = "changed_meanwhile", user = %user.username(), ip = ?record.ip);
         return Err(AuthError::InvalidCredentials);
     }
-    if let Some(cap) = core.max_sessions_per_user {
-        // The per-user cap: the oldest sessions end first.
-        let ended = core
-            .sessions
-            .store()
-            .delete_oldest_for_user(user.id(), cap)
-            .await?;
-        if ended > 0 {
-            tracing::info!(target: "sessiond::audit", event = "sessions_capped", user = %user.username(), count = ended);
-        }
-    }
+    auth.cap_sessions(&user).await?;
     tracing::info!(target: "sessiond::audit", event = "login", user = %user.username(), session = %record.id, ip = ?record.ip);
     Ok(LoggedIn {
         user,

@@ -19,6 +19,7 @@ mod changes;
 mod client;
 mod error;
 mod login;
+mod passkeys;
 mod second_factor;
 mod secret_box;
 pub mod throttle;
@@ -37,11 +38,19 @@ pub use changes::{delete, disable, enable, end_sessions, set_password, PasswordC
 pub use client::ClientInfo;
 pub use error::{AuthError, ChangeError};
 pub use login::{LoggedIn, LoginAttempt};
+pub use passkeys::{
+    PasskeyChallenge, PasskeyConfigError, PasskeyInfo, CEREMONY_LIFETIME, MAX_PASSKEYS,
+};
 pub use second_factor::{
     totp_code, totp_matching_step, FactorKind, Raised, RecoveryCodes, SecondFactors, TotpSetup,
     RECOVERY_CODES, TOTP_DIGITS, TOTP_SETUP_LIFETIME, TOTP_SKEW_STEPS, TOTP_STEP_SECS,
 };
 pub use secret_box::{EncryptionKey, KeyError, WrongKey};
+/// The WebAuthn types a passkey ceremony's answers arrive as (deserialise the browser's JSON
+/// into them), and `Url` for [`SecondFactors::passkeys`].
+pub mod webauthn {
+    pub use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential, Url};
+}
 pub use throttle::MAX_NEW_DEVICES;
 
 use axum::http::request::Parts;

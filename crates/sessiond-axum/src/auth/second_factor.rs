@@ -58,6 +58,8 @@ pub struct SecondFactors {
     pub(crate) store: Arc<dyn FactorStore>,
     pub(crate) key: EncryptionKey,
     pub(crate) issuer: String,
+    /// The WebAuthn relying party, when passkeys are on ([`SecondFactors::passkeys`]).
+    pub(crate) passkeys: Option<super::passkeys::RelyingParty>,
 }
 
 impl SecondFactors {
@@ -69,6 +71,7 @@ impl SecondFactors {
             store,
             key,
             issuer: "sessiond".to_owned(),
+            passkeys: None,
         }
     }
 
@@ -353,7 +356,7 @@ impl<B: UserBackend> Auth<B> {
             ));
         }
         tracing::info!(target: "sessiond::audit", event = "second_factor_enrolled", factor = "totp", user = %user.username());
-        let raised = self.raise(session, user).await?;
+        let raised = self.raise_to_two_factor(session, id).await?;
         end_sessions(
             self.sessions().store().as_ref(),
             id,
@@ -414,16 +417,20 @@ impl<B: UserBackend> Auth<B> {
             }
         };
         throttle::guarded(self.core(), &attempt, owners, check).await?;
-        let raised = self.raise(session, user).await?;
+        let raised = self.raise_to_two_factor(session, id).await?;
         tracing::info!(target: "sessiond::audit", event = "second_factor_used", factor = kind.as_str(), user = %user.username(), session = %raised.record.id);
         Ok(raised)
     }
 
     /// Replaces the session by one at `two_factor` (same user, client and "remember me").
-    async fn raise(&self, session: &ActiveSession, user: &B::User) -> Result<Raised, AuthError> {
+    pub(crate) async fn raise_to_two_factor(
+        &self,
+        session: &ActiveSession,
+        user: UserId,
+    ) -> Result<Raised, AuthError> {
         let rec = session.record();
         let fresh = NewSession {
-            user_id: user.id(),
+            user_id: user,
             remember: rec.remember,
             ip: rec.ip.clone(),
             user_agent: rec.user_agent.clone(),

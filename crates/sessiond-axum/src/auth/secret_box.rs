@@ -142,17 +142,20 @@ impl EncryptionKey {
     /// Encrypts `plain` for `user` under a random nonce (96 bits from the OS CSPRNG: secrets
     /// are encrypted a handful of times per user, far from the birthday bound).
     pub(crate) fn seal(&self, user: UserId, plain: &[u8]) -> Vec<u8> {
+        self.seal_for(&associated_data(user), plain)
+    }
+
+    /// Decrypts what [`EncryptionKey::seal`] made for `user`.
+    pub(crate) fn open(&self, user: UserId, sealed: &[u8]) -> Result<Vec<u8>, WrongKey> {
+        self.open_for(&associated_data(user), sealed)
+    }
+
+    /// Encrypts `plain` bound to the associated data `aad` (what it is for).
+    pub(crate) fn seal_for(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
-        let aad = associated_data(user);
         let sealed = self
             .cipher()
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plain,
-                    aad: &aad,
-                },
-            )
+            .encrypt(&nonce, Payload { msg: plain, aad })
             .expect("ChaCha20-Poly1305 encrypts any message below 256 GiB");
         let mut out = Vec::with_capacity(1 + NONCE_LEN + sealed.len());
         out.push(VERSION);
@@ -161,15 +164,14 @@ impl EncryptionKey {
         out
     }
 
-    /// Decrypts what [`EncryptionKey::seal`] made for `user`.
-    pub(crate) fn open(&self, user: UserId, sealed: &[u8]) -> Result<Vec<u8>, WrongKey> {
+    /// Decrypts what [`EncryptionKey::seal_for`] made with the same `aad`.
+    pub(crate) fn open_for(&self, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>, WrongKey> {
         if sealed.len() < 1 + NONCE_LEN || sealed[0] != VERSION {
             return Err(WrongKey);
         }
         let (nonce, ct) = sealed[1..].split_at(NONCE_LEN);
-        let aad = associated_data(user);
         self.cipher()
-            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad: &aad })
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: ct, aad })
             .map_err(|_| WrongKey)
     }
 }
