@@ -54,6 +54,13 @@ fn router(state: AppState) -> Router {
         .route("/sessions/revoke-others", post(account::revoke_others))
         .route("/sessions/{id}/revoke", post(account::revoke_one))
         .route("/password", post(account::change_password))
+        .route("/2fa/totp/setup", post(account::totp_setup))
+        .route("/2fa/totp/confirm", post(account::totp_confirm))
+        .route("/2fa/totp/remove", post(account::totp_remove))
+        .route(
+            "/2fa/recovery/regenerate",
+            post(account::regenerate_recovery),
+        )
         .route("/admin", get(admin::index))
         .route("/admin/users", post(admin::create_user))
         .route("/admin/users/{name}/{action}", post(admin::user_action))
