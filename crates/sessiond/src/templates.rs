@@ -32,6 +32,10 @@ impl Templates {
             ("account.html", include_str!("templates/account.html")),
             ("error.html", include_str!("templates/error.html")),
             ("admin.html", include_str!("templates/admin.html")),
+            (
+                "recovery_codes.html",
+                include_str!("templates/recovery_codes.html"),
+            ),
         ] {
             env.add_template(name, src)
                 .expect("built-in templates parse");

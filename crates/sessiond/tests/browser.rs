@@ -155,6 +155,87 @@ async fn remember_me_survives_a_browser_restart() {
     browser.quit().await;
 }
 
+/// The current TOTP code of `secret` by the wall clock (the server's, too: it runs as a child
+/// process), waiting out the last seconds of a step so the code cannot change on its way.
+async fn current_totp(secret: &[u8]) -> String {
+    use sessiond_axum::auth::{totp_code, TOTP_STEP_SECS};
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let left = TOTP_STEP_SECS - now().rem_euclid(TOTP_STEP_SECS);
+    if left < 4 {
+        tokio::time::sleep(Duration::from_secs(left as u64 + 1)).await;
+    }
+    totp_code(secret, now().div_euclid(TOTP_STEP_SECS))
+}
+
+#[tokio::test]
+async fn enrol_totp_from_the_account_page_then_log_in_again() {
+    let Some(env) = Harness::start().await else {
+        return;
+    };
+    let browser = env.browser("totp").await;
+    browser.login("admin", ADMIN_PASSWORD, false).await;
+    let level = browser.find("#level").await;
+    assert_eq!(browser.text(&level).await, "password only");
+
+    // The password again, then the page shows the key and its QR code.
+    let password = browser.find("#totp-password").await;
+    browser.send_keys(&password, ADMIN_PASSWORD).await;
+    let setup = browser.find("#totp-setup").await;
+    browser.click_and_wait_for_load(&setup).await;
+    browser.find("#totp-qr svg").await;
+    let shown = browser.find("#totp-secret").await;
+    let secret_b32 = browser.text(&shown).await;
+    let secret = base32::decode(
+        base32::Alphabet::Rfc4648 { padding: false },
+        secret_b32.trim(),
+    )
+    .unwrap_or_else(|| panic!("the page shows no base32 key: {secret_b32:?}"));
+
+    // A code from "the app" turns it on; the recovery codes are shown once.
+    let code = current_totp(&secret).await;
+    let input = browser.find("#totp-code").await;
+    browser.send_keys(&input, &code).await;
+    let confirm = browser.find("#totp-confirm").await;
+    browser.click_and_wait_for_load(&confirm).await;
+    let codes = browser
+        .execute(
+            "return document.querySelectorAll('#recovery-codes li').length;",
+            json!([]),
+        )
+        .await;
+    assert_eq!(codes, 10, "{}", browser.context().await);
+    let done = browser.find("#codes-done").await;
+    browser.click_and_wait_for_load(&done).await;
+    browser.wait_for_path("/").await;
+    let level = browser.find("#level").await;
+    assert_eq!(browser.text(&level).await, "password and second factor");
+    let status = browser.find("#totp-status").await;
+    assert_eq!(browser.text(&status).await, "on");
+
+    // Log out, log in with the password: one factor, and the page asks for the second.
+    let logout = browser.find("#logout-submit").await;
+    browser.click_and_wait_for_load(&logout).await;
+    browser.wait_for_path("/login").await;
+    browser.login("admin", ADMIN_PASSWORD, false).await;
+    let level = browser.find("#level").await;
+    assert_eq!(browser.text(&level).await, "password only");
+    browser.find("#verify-first a[href^='/login/2fa']").await;
+    // /admin needs the second factor now.
+    browser.goto("/admin").await;
+    let url = browser.try_current_url().await.unwrap_or_default();
+    assert!(
+        url.contains("/login/2fa"),
+        "/admin should send a one-factor session to the second-factor step: {url}"
+    );
+    // The second-factor step's page (/login/2fa) is the portal's; the code is entered there.
+    browser.quit().await;
+}
+
 /// A running server and chromedriver, plus a scratch directory for the database, logs and
 /// browser profiles. Fields drop in order: browsers go first, the directory last.
 #[derive(Debug)]

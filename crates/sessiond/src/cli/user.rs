@@ -1,4 +1,4 @@
-//! `sessiond user add|passwd|list|disable|enable|delete`
+//! `sessiond user add|passwd|list|disable|enable|delete|2fa list|2fa reset`
 
 use serde::Serialize;
 use sessiond_core::{Group, NewUser, StoreError, User, Username};
@@ -47,6 +47,29 @@ pub(super) enum Command {
     Enable { name: String },
     /// Delete a user (ends all their sessions)
     Delete { name: String },
+    /// Second factors: list them, or reset a user's
+    #[command(name = "2fa", subcommand)]
+    TwoFactor(TwoFactorCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(super) enum TwoFactorCommand {
+    /// Each user's second factors
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove all of a user's second factors and end all their sessions (for a user who lost
+    /// their device and their recovery codes)
+    Reset { name: String },
+}
+
+#[derive(Serialize)]
+struct FactorRow<'a> {
+    username: &'a str,
+    totp: bool,
+    recovery_codes: u32,
+    passkeys: u32,
 }
 
 fn username(name: &str) -> Result<Username, CliError> {
@@ -189,6 +212,63 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
             rt.block_on(sessiond_axum::auth::enable(stores.users.as_ref(), user.id))?;
             tracing::info!(target: "sessiond::audit", event = "user_enabled", user = %user.username, by = "cli");
             println!("enabled {}", user.username);
+        }
+        Command::TwoFactor(TwoFactorCommand::List { json }) => {
+            let users = rt.block_on(stores.users.list_users())?;
+            let mut summaries = Vec::with_capacity(users.len());
+            for u in &users {
+                summaries.push(rt.block_on(stores.factors.factor_summary(u.id))?);
+            }
+            let rows: Vec<FactorRow<'_>> = users
+                .iter()
+                .zip(&summaries)
+                .map(|(u, f)| FactorRow {
+                    username: u.username.as_str(),
+                    totp: f.totp,
+                    recovery_codes: f.recovery_codes,
+                    passkeys: f.passkeys,
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24} {:<5} {:<14} {:<8}",
+                    "USERNAME", "TOTP", "RECOVERY_CODES", "PASSKEYS"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<5} {:<14} {:<8}",
+                        r.username,
+                        if r.totp { "yes" } else { "no" },
+                        r.recovery_codes,
+                        r.passkeys
+                    );
+                }
+            }
+        }
+        Command::TwoFactor(TwoFactorCommand::Reset { name }) => {
+            let user = rt.block_on(find(&stores, &name))?;
+            // The library's order (`Auth::reset_second_factors`): sessions end first, so if
+            // that fails the factors stay and the error is reported; again after, for a
+            // session that began meanwhile. No encryption key is needed to remove secrets.
+            let sessions = stores.sessions.as_ref();
+            let mut ended =
+                rt.block_on(sessiond_axum::auth::end_sessions(sessions, user.id, None))?;
+            let removed = rt.block_on(stores.factors.factors_reset(user.id))?;
+            ended += rt.block_on(sessiond_axum::auth::end_sessions(sessions, user.id, None))?;
+            tracing::info!(target: "sessiond::audit", event = "second_factors_reset", user = %user.username, removed, by = "cli");
+            if removed {
+                println!(
+                    "second factors of {} removed; {ended} session(s) ended",
+                    user.username
+                );
+            } else {
+                println!(
+                    "{} had no second factors; {ended} session(s) ended",
+                    user.username
+                );
+            }
         }
         Command::Delete { name } => {
             let user = rt.block_on(find(&stores, &name))?;

@@ -19,7 +19,9 @@ use crate::accounts;
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
-/// A logged-in admin, or `403` (`401` → the login page when not logged in).
+/// A logged-in admin, or `403` (`401` → the login page when not logged in). An admin who has
+/// a second factor needs a `two_factor` session (a one-factor one is sent to the
+/// second-factor step); one held to enrolment by `two_factor.required` is sent to it.
 pub(super) struct Admin(pub CurrentUser);
 
 impl FromRequestParts<AppState> for Admin {
@@ -33,6 +35,7 @@ impl FromRequestParts<AppState> for Admin {
         if !me.user.admin {
             return Err(ApiError::Forbidden.into());
         }
+        state.auth.require_level_for(&me.session).await?;
         Ok(Self(me))
     }
 }
@@ -49,6 +52,7 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "enabled" => Some("User enabled."),
         "password" => Some("Password reset; the user was logged out everywhere."),
         "revoked" => Some("Sessions logged out."),
+        "2fa_reset" => Some("Second factors removed; the user was logged out everywhere."),
         _ => None,
     }
 }
@@ -62,6 +66,8 @@ struct UserRow<'a> {
     admin: bool,
     disabled: bool,
     sessions: String,
+    /// The user's second factors, e.g. `TOTP, 9 recovery codes` (empty: none).
+    factors: String,
 }
 
 #[derive(Serialize)]
@@ -86,6 +92,21 @@ struct AdminPage<'a> {
     csrf_token: String,
     notice: Option<&'static str>,
     error: Option<String>,
+}
+
+/// `TOTP, 9 recovery codes`, or empty when the user has none.
+pub(crate) fn factors_label(f: &sessiond_core::FactorSummary) -> String {
+    let mut parts = Vec::new();
+    if f.totp {
+        parts.push("TOTP".to_owned());
+    }
+    if f.passkeys > 0 {
+        parts.push(format!("{} passkey(s)", f.passkeys));
+    }
+    if f.recovery_codes > 0 {
+        parts.push(format!("{} recovery codes", f.recovery_codes));
+    }
+    parts.join(", ")
 }
 
 /// Users' session counts are read up to this many (shown as "N+" beyond).
@@ -121,7 +142,9 @@ async fn render_page(
         .unwrap_or(COUNT_BOUND)
         .min(COUNT_BOUND);
     let mut counts: HashMap<UserId, String> = HashMap::new();
+    let mut factors: HashMap<UserId, String> = HashMap::new();
     for u in &users {
+        factors.insert(u.id, factors_label(&state.auth.factors_of(u.id).await?));
         let n = state
             .sessions
             .store()
@@ -160,6 +183,7 @@ async fn render_page(
             admin: u.admin,
             disabled: u.disabled,
             sessions: counts.remove(&u.id).unwrap_or_default(),
+            factors: factors.remove(&u.id).unwrap_or_default(),
         })
         .collect();
     let ctx = AdminPage {
@@ -315,6 +339,13 @@ pub(super) async fn user_action(
         "revoke" => {
             sessions.delete_for_user(user.id, None).await?;
             "revoked"
+        }
+        "2fa-reset" => {
+            // Ends all the user's sessions, removes every factor, ends them again (the
+            // library's order: a failure leaves the factors in place and is reported).
+            crate::accounts::second_factors_configured(&state)?;
+            state.auth.reset_second_factors(user.id).await?;
+            "2fa_reset"
         }
         _ => return Err(ApiError::NotFound.into()),
     };

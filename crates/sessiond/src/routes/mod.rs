@@ -10,6 +10,7 @@ mod health;
 mod html;
 mod login;
 mod metrics;
+mod two_factor;
 mod views;
 
 use std::convert::Infallible;
@@ -53,6 +54,13 @@ fn router(state: AppState) -> Router {
         .route("/sessions/revoke-others", post(account::revoke_others))
         .route("/sessions/{id}/revoke", post(account::revoke_one))
         .route("/password", post(account::change_password))
+        .route("/2fa/totp/setup", post(account::totp_setup))
+        .route("/2fa/totp/confirm", post(account::totp_confirm))
+        .route("/2fa/totp/remove", post(account::totp_remove))
+        .route(
+            "/2fa/recovery/regenerate",
+            post(account::regenerate_recovery),
+        )
         .route("/admin", get(admin::index))
         .route("/admin/users", post(admin::create_user))
         .route("/admin/users/{name}/{action}", post(admin::user_action))
@@ -70,6 +78,15 @@ fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}", delete(api::revoke_session))
         .route("/api/password", post(api::password))
+        .route("/api/2fa", get(two_factor::summary))
+        .route("/api/2fa/totp/setup", post(two_factor::totp_setup))
+        .route("/api/2fa/totp/confirm", post(two_factor::totp_confirm))
+        .route(
+            "/api/2fa/totp",
+            post(two_factor::verify_totp).delete(two_factor::totp_remove),
+        )
+        .route("/api/2fa/recovery", post(two_factor::verify_recovery))
+        .route("/api/2fa/recovery/regenerate", post(two_factor::regenerate))
         .route("/api/authz/forward-auth", get(authz::forward_auth))
         .route("/api/verify", get(authz::forward_auth))
         .route("/api/authz/auth-request", get(authz::auth_request))

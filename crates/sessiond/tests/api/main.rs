@@ -19,3 +19,4 @@ mod paths;
 mod proxies;
 mod shared;
 mod throttle;
+mod two_factor;
