@@ -1,9 +1,9 @@
 //! # sessiond-store-memory
 //!
-//! The reference implementation of [`SessionStore`] and [`UserStore`]: plain maps behind a
-//! mutex. It is the simplest thing that passes the conformance suite, which makes it the
-//! executable documentation of the store contract, and a handy store for unit tests of code
-//! built on sessiond. Nothing survives a restart.
+//! The reference implementation of [`SessionStore`], [`ThrottleStore`], [`UserStore`] and
+//! [`FactorStore`]: plain maps behind a mutex. It is the simplest thing that passes the
+//! conformance suite, which makes it the executable documentation of the store contract, and
+//! a handy store for unit tests of code built on sessiond. Nothing survives a restart.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};

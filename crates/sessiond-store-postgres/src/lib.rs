@@ -34,6 +34,11 @@
 //!   `JSONB` column read only by [`SessionStore::load_data`]. User ids come from an identity
 //!   column, so a deleted user's id is never reused; usernames and session ids compare in the
 //!   `"C"` collation, so listings come back in byte order as in every other store.
+//! * **Second factors** ([`FactorStore`]): TOTP state, recovery-code hashes and passkeys, each
+//!   row referencing its user `ON DELETE CASCADE`. A TOTP step or a recovery code is spent by
+//!   one conditional `UPDATE`/`DELETE` (its row lock and READ COMMITTED's re-check make
+//!   exactly one of racing callers win); a change that reads before it writes (the passkey
+//!   cap, replacing the recovery codes) runs in a transaction holding the user's row lock.
 //! * **Errors:** a unique violation (SQLSTATE `23505`) is [`StoreError::Conflict`]; a row that
 //!   does not decode is [`StoreError::Corrupt`]; a URL or schema name that cannot work is
 //!   [`StoreError::Config`]; anything else, [`StoreError::Unavailable`] with the driver's error
@@ -56,9 +61,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    Group, NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
-    ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp,
-    TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    AuthLevel, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData, SessionId,
+    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
+    ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User,
+    UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -357,7 +363,7 @@ fn col<'r, T: FromSql<'r>>(row: &'r Row, i: usize) -> Result<T, StoreError> {
 macro_rules! session_columns {
     () => {
         "token_hash, id, user_id, created_at, last_seen_at, absolute_expires_at, expires_at, \
-         remember, ip, user_agent"
+         remember, ip, user_agent, level"
     };
 }
 macro_rules! user_columns {
@@ -369,7 +375,7 @@ macro_rules! user_columns {
 const INSERT_SESSION: &str = concat!(
     "INSERT INTO sessions (",
     session_columns!(),
-    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 );
 const LOAD_SESSION: &str = concat!(
     "SELECT ",
@@ -430,7 +436,9 @@ fn session_from_row(r: &Row) -> Result<SessionRecord, StoreError> {
         remember: col(r, 7)?,
         ip: col(r, 8)?,
         user_agent: col(r, 9)?,
-        level: Default::default(),
+        // An unknown level is corrupt, never read as some level: it decides access.
+        level: AuthLevel::from_i64(col(r, 10)?)
+            .ok_or_else(|| StoreError::Corrupt("bad authentication level".into()))?,
     })
 }
 
@@ -453,6 +461,7 @@ async fn insert_session<C: GenericClient>(c: &C, s: &SessionRecord) -> Result<()
             &s.remember,
             &s.ip,
             &s.user_agent,
+            &s.level.as_i64(),
         ],
     )
     .await?;
@@ -1212,6 +1221,438 @@ impl UserStore for PostgresStore {
         self.run(move |c| {
             Box::pin(async move {
                 Ok(exec(&*c, "DELETE FROM users WHERE id = $1", &[&id.0]).await? > 0)
+            })
+        })
+        .await
+    }
+}
+
+macro_rules! passkey_columns {
+    () => {
+        "credential_id, user_id, name, data, created_at, last_used_at"
+    };
+}
+
+const PASSKEYS_OF: &str = concat!(
+    "SELECT ",
+    passkey_columns!(),
+    " FROM passkeys WHERE user_id = $1 ORDER BY created_at, seq"
+);
+const PASSKEY_BY_CREDENTIAL: &str = concat!(
+    "SELECT ",
+    passkey_columns!(),
+    " FROM passkeys WHERE credential_id = $1"
+);
+const INSERT_PASSKEY: &str = concat!(
+    "INSERT INTO passkeys (",
+    passkey_columns!(),
+    ") VALUES ($1, $2, $3, $4, $5, $6)"
+);
+
+fn passkey_from_row(r: &Row) -> Result<StoredPasskey, StoreError> {
+    Ok(StoredPasskey {
+        credential_id: col(r, 0)?,
+        user_id: UserId(col(r, 1)?),
+        name: col(r, 2)?,
+        data: col(r, 3)?,
+        created_at: Timestamp::from_millis(col(r, 4)?),
+        last_used_at: col::<Option<i64>>(r, 5)?.map(Timestamp::from_millis),
+    })
+}
+
+/// A stored count as the summary's `u32`.
+fn count(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Locks the user's row until the transaction ends; `false` if there is no such user.
+///
+/// `FOR NO KEY UPDATE` conflicts with itself and with the lock a `DELETE` of the user takes,
+/// not with reads (logins) or foreign-key checks: two changes of one user's factors that
+/// read before they write (the passkey cap, replacing the recovery codes) run one after the
+/// other, each seeing what the other committed (every statement of a READ COMMITTED
+/// transaction takes a fresh snapshot), and the user cannot be deleted in between, so no
+/// write fails on the foreign key.
+async fn lock_user<C: GenericClient>(tx: &C, user: UserId) -> Result<bool, StoreError> {
+    Ok(query_opt(
+        tx,
+        "SELECT 1 FROM users WHERE id = $1 FOR NO KEY UPDATE",
+        &[&user.0],
+    )
+    .await?
+    .is_some())
+}
+
+/// Replaces every recovery code of `user` by `hashes`, inside the caller's transaction (which
+/// holds the user's lock: see [`lock_user`]).
+async fn replace_recovery<C: GenericClient>(
+    tx: &C,
+    user: UserId,
+    hashes: &[RecoveryHash],
+) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "DELETE FROM recovery_codes WHERE user_id = $1",
+        &[&user.0],
+    )
+    .await?;
+    let hashes: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+    exec(
+        tx,
+        "INSERT INTO recovery_codes (user_id, hash) SELECT $1, unnest($2::bytea[]) \
+         ON CONFLICT DO NOTHING",
+        &[&user.0, &hashes],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Every change below is one statement (its row lock orders racing callers, and under READ
+/// COMMITTED a waiting statement re-checks its condition on the row as committed) or one
+/// transaction holding the user's lock (`lock_user`): of two requests racing on one TOTP
+/// step or one recovery code, on any instance, exactly one wins.
+#[async_trait]
+impl FactorStore for PostgresStore {
+    async fn factor_summary(&self, user: UserId) -> Result<FactorSummary, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let row = query_one(
+                    &*c,
+                    "SELECT EXISTS (SELECT 1 FROM totp WHERE user_id = $1 AND secret IS NOT NULL), \
+                     (SELECT count(*) FROM recovery_codes WHERE user_id = $1), \
+                     (SELECT count(*) FROM passkeys WHERE user_id = $1)",
+                    &[&user.0],
+                )
+                .await?;
+                Ok(FactorSummary {
+                    totp: col(&row, 0)?,
+                    recovery_codes: count(col(&row, 1)?),
+                    passkeys: count(col(&row, 2)?),
+                })
+            })
+        })
+        .await
+    }
+
+    async fn totp_state(&self, user: UserId) -> Result<Option<TotpState>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let Some(row) = query_opt(
+                    &*c,
+                    "SELECT secret, last_step, pending, pending_at FROM totp WHERE user_id = $1",
+                    &[&user.0],
+                )
+                .await?
+                else {
+                    return Ok(None);
+                };
+                let active: Option<Vec<u8>> = col(&row, 0)?;
+                let pending = match (
+                    col::<Option<Vec<u8>>>(&row, 2)?,
+                    col::<Option<i64>>(&row, 3)?,
+                ) {
+                    (Some(secret), Some(at)) => Some((secret, Timestamp::from_millis(at))),
+                    (None, _) => None,
+                    (Some(_), None) => {
+                        return Err(StoreError::Corrupt(
+                            "totp: a pending secret without its time".into(),
+                        ))
+                    }
+                };
+                if active.is_none() && pending.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(TotpState {
+                    active,
+                    last_step: col(&row, 1)?,
+                    pending,
+                }))
+            })
+        })
+        .await
+    }
+
+    async fn totp_begin(
+        &self,
+        user: UserId,
+        secret: &[u8],
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let secret = secret.to_vec();
+        // Only the pending columns are set: an active secret and its last step stay as they
+        // are.
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                if !lock_user(&tx, user).await? {
+                    return Ok(false);
+                }
+                exec(
+                    &tx,
+                    "INSERT INTO totp (user_id, pending, pending_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO UPDATE \
+                     SET pending = excluded.pending, pending_at = excluded.pending_at",
+                    &[&user.0, &secret, &at.as_millis()],
+                )
+                .await?;
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn totp_confirm(
+        &self,
+        user: UserId,
+        pending: &[u8],
+        step: i64,
+        recovery: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let (pending, recovery) = (pending.to_vec(), recovery.to_vec());
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                if !lock_user(&tx, user).await? {
+                    return Ok(false);
+                }
+                // Compare-and-set on the pending secret: a setup that replaced it, or a
+                // confirm that took it, makes this one match nothing, and the dropped
+                // transaction rolls back.
+                let confirmed = exec(
+                    &tx,
+                    "UPDATE totp SET secret = pending, last_step = $3, \
+                     pending = NULL, pending_at = NULL \
+                     WHERE user_id = $1 AND pending = $2",
+                    &[&user.0, &pending, &step],
+                )
+                .await?
+                    > 0;
+                if !confirmed {
+                    return Ok(false);
+                }
+                replace_recovery(&tx, user, &recovery).await?;
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn totp_use_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        // Compare-and-set in one statement: a second request with the same code waits on the
+        // row lock, then re-checks `last_step < step` on the committed row and matches nothing.
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE totp SET last_step = $2 \
+                     WHERE user_id = $1 AND secret IS NOT NULL AND last_step < $2",
+                    &[&user.0, &step],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn totp_remove(&self, user: UserId) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(&*c, "DELETE FROM totp WHERE user_id = $1", &[&user.0]).await? > 0)
+            })
+        })
+        .await
+    }
+
+    async fn recovery_use(&self, user: UserId, hash: &RecoveryHash) -> Result<bool, StoreError> {
+        let hash = *hash;
+        // The delete is the check: a second request with the same code waits on the row
+        // lock, then finds the row gone.
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "DELETE FROM recovery_codes WHERE user_id = $1 AND hash = $2",
+                    &[&user.0, &hash.as_slice()],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn recovery_replace(
+        &self,
+        user: UserId,
+        hashes: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let hashes = hashes.to_vec();
+        // Under the user's lock: two replacements racing cannot both keep their set (each
+        // delete would miss the rows the other inserted in a snapshot it cannot see).
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                if !lock_user(&tx, user).await? {
+                    return Ok(false);
+                }
+                replace_recovery(&tx, user, &hashes).await?;
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn passkey_add(
+        &self,
+        key: &StoredPasskey,
+        max_per_user: usize,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        let max = i64::try_from(max_per_user).unwrap_or(i64::MAX);
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                // A taken credential id is a conflict before anything else (as in the
+                // reference store). One registered meanwhile by another transaction makes
+                // the insert below wait for it, then fail as a unique violation: a conflict
+                // too.
+                let taken = query_opt(
+                    &tx,
+                    "SELECT 1 FROM passkeys WHERE credential_id = $1",
+                    &[&key.credential_id],
+                )
+                .await?
+                .is_some();
+                if taken {
+                    return Err(StoreError::Conflict);
+                }
+                // The cap is counted under the user's lock: two registrations racing cannot
+                // both fit under it.
+                if !lock_user(&tx, key.user_id).await? {
+                    return Ok(false);
+                }
+                let held: i64 = col(
+                    &query_one(
+                        &tx,
+                        "SELECT count(*) FROM passkeys WHERE user_id = $1",
+                        &[&key.user_id.0],
+                    )
+                    .await?,
+                    0,
+                )?;
+                if held >= max {
+                    return Ok(false);
+                }
+                exec(
+                    &tx,
+                    INSERT_PASSKEY,
+                    &[
+                        &key.credential_id,
+                        &key.user_id.0,
+                        &key.name,
+                        &key.data,
+                        &key.created_at.as_millis(),
+                        &key.last_used_at.map(Timestamp::as_millis),
+                    ],
+                )
+                .await?;
+                tx.commit().await.map_err(pg)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
+    async fn passkeys_of(&self, user: UserId) -> Result<Vec<StoredPasskey>, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                query(&*c, PASSKEYS_OF, &[&user.0])
+                    .await?
+                    .iter()
+                    .map(passkey_from_row)
+                    .collect()
+            })
+        })
+        .await
+    }
+
+    async fn passkey_by_credential(
+        &self,
+        credential_id: &[u8],
+    ) -> Result<Option<StoredPasskey>, StoreError> {
+        let credential_id = credential_id.to_vec();
+        self.run(move |c| {
+            Box::pin(async move {
+                query_opt(&*c, PASSKEY_BY_CREDENTIAL, &[&credential_id])
+                    .await?
+                    .map(|r| passkey_from_row(&r))
+                    .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn passkey_update(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        data: &str,
+        used_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (credential_id, data) = (credential_id.to_vec(), data.to_owned());
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "UPDATE passkeys SET data = $3, last_used_at = $4 \
+                     WHERE user_id = $1 AND credential_id = $2",
+                    &[&user.0, &credential_id, &data, &used_at.as_millis()],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn passkey_remove(&self, user: UserId, credential_id: &[u8]) -> Result<bool, StoreError> {
+        let credential_id = credential_id.to_vec();
+        self.run(move |c| {
+            Box::pin(async move {
+                Ok(exec(
+                    &*c,
+                    "DELETE FROM passkeys WHERE user_id = $1 AND credential_id = $2",
+                    &[&user.0, &credential_id],
+                )
+                .await?
+                    > 0)
+            })
+        })
+        .await
+    }
+
+    async fn factors_reset(&self, user: UserId) -> Result<bool, StoreError> {
+        self.run(move |c| {
+            Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                // Under the user's lock (when the user exists): ordered against a confirm or
+                // a registration in flight, which then find nothing or commit first and are
+                // removed here.
+                lock_user(&tx, user).await?;
+                let mut removed = 0;
+                for sql in [
+                    "DELETE FROM totp WHERE user_id = $1",
+                    "DELETE FROM recovery_codes WHERE user_id = $1",
+                    "DELETE FROM passkeys WHERE user_id = $1",
+                ] {
+                    removed += exec(&tx, sql, &[&user.0]).await?;
+                }
+                tx.commit().await.map_err(pg)?;
+                Ok(removed > 0)
             })
         })
         .await

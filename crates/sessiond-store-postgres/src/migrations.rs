@@ -91,6 +91,43 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
     "#,
     ),
+    (
+        5,
+        r#"
+    -- How each session was authenticated: 1 one factor, 2 two factors (`AuthLevel::as_i64`).
+    -- Sessions from before second factors were one-factor sessions.
+    ALTER TABLE sessions ADD COLUMN level BIGINT NOT NULL DEFAULT 1;
+
+    -- Second factors; their secrets are ciphertexts (the library encrypts them before they
+    -- reach a store). Each row belongs to a user and goes with it (ON DELETE CASCADE, in the
+    -- statement that deletes the user, whoever runs it): no passkey of a deleted user is left
+    -- to sign in with, or to hold its credential id.
+    CREATE TABLE totp (
+        user_id    BIGINT PRIMARY KEY REFERENCES users (id) ON DELETE CASCADE,
+        secret     BYTEA,                     -- the confirmed secret; NULL = none active
+        last_step  BIGINT NOT NULL DEFAULT 0, -- last accepted time step: never accepted again
+        pending    BYTEA,                     -- a secret handed out, not yet confirmed
+        pending_at BIGINT                     -- when it was handed out (ms)
+    );
+    -- SHA-256 of each unspent recovery code.
+    CREATE TABLE recovery_codes (
+        user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        hash    BYTEA NOT NULL CHECK (octet_length(hash) = 32),
+        PRIMARY KEY (user_id, hash)
+    );
+    CREATE TABLE passkeys (
+        credential_id BYTEA PRIMARY KEY,      -- unique across all users
+        user_id       BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+        name          TEXT NOT NULL,
+        data          TEXT NOT NULL,          -- the WebAuthn credential, serialised
+        created_at    BIGINT NOT NULL,
+        last_used_at  BIGINT,
+        -- Registration order, for passkeys registered in the same millisecond.
+        seq           BIGINT GENERATED ALWAYS AS IDENTITY
+    );
+    CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at);
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every

@@ -391,6 +391,48 @@ async fn a_stored_group_that_breaks_the_rule_is_corrupt() {
     ));
 }
 
+/// A session level that no version writes, put straight into the table, makes the session
+/// corrupt (loaded or listed), never a session of some level; a session from before levels
+/// (the column's default) is a one-factor session.
+#[tokio::test]
+async fn an_unknown_session_level_is_corrupt() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let (t, rec) = session_at(1, T0);
+    store.create(&rec).await.unwrap();
+    let client = operator_session(&store).await;
+    let hash = t.hash().as_bytes().to_vec();
+    client
+        .execute(
+            "UPDATE sessions SET level = DEFAULT WHERE token_hash = $1",
+            &[&hash],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&t.hash()).await.unwrap().map(|s| s.level),
+        Some(sessiond_core::AuthLevel::OneFactor)
+    );
+    for bad in [0_i64, 3, -1] {
+        client
+            .execute(
+                "UPDATE sessions SET level = $1 WHERE token_hash = $2",
+                &[&bad, &hash],
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(store.load(&t.hash()).await, Err(StoreError::Corrupt(_))),
+            "{bad}"
+        );
+        assert!(matches!(
+            store.list_for_user(UserId(1)).await,
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}
+
 /// Data that is not a JSON object, written straight into the table, is reported as corrupt
 /// by a patch and left as it is (not merged into, not replaced).
 #[tokio::test]

@@ -9,7 +9,7 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret: `id`, `uid`, `c` created, `l` last seen, `a` hard deadline, `e` deadline (ms), `r` remember, `ip`, `ua`, `d` session data (JSON); TTL to its deadline |
+//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret: `id`, `uid`, `c` created, `l` last seen, `a` hard deadline, `e` deadline (ms), `r` remember, `ip`, `ua`, `f` authentication level (`2` two factors; written only then, absent = one factor, so one-factor sessions cost no byte more), `d` session data (JSON); TTL to its deadline |
 //! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
 //! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
 //! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
@@ -53,7 +53,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
-    SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
+    AuthLevel, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
     ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, UserId,
 };
 
@@ -350,7 +350,16 @@ fn record_from(hash: TokenHash, m: &HashMap<String, String>) -> Result<SessionRe
         remember: int("r")? == 1,
         ip: m.get("ip").cloned(),
         user_agent: m.get("ua").cloned(),
-        level: Default::default(),
+        // Absent: one factor. Present, it must be a level we know: it decides access, so
+        // anything else is corrupt, never read as some level.
+        level: match m.get("f") {
+            None => AuthLevel::OneFactor,
+            Some(v) => v
+                .parse()
+                .ok()
+                .and_then(AuthLevel::from_i64)
+                .ok_or_else(|| corrupt("f"))?,
+        },
     })
 }
 
@@ -418,7 +427,8 @@ local function tapply(at, now)
     if op == 'h' then thit(key, now, w) elseif op == 'd' then tdel(key) else trefund(key, now) end
   end
 end
--- ARGV from `at`: hash, id, uid, c, l, a, e, r, ttl, ip or '', has_ip, ua or '', has_ua
+-- ARGV from `at`: hash, id, uid, c, l, a, e, r, ttl, ip or '', has_ip, ua or '', has_ua,
+-- level (1 one factor: not written, the field's absence says it)
 local function create(at)
   local h, id, uid = ARGV[at], ARGV[at + 1], ARGV[at + 2]
   local sk = tag .. ':s:' .. h
@@ -429,6 +439,7 @@ local function create(at)
     'a', ARGV[at + 5], 'e', ARGV[at + 6], 'r', ARGV[at + 7])
   if ARGV[at + 10] == '1' then redis.call('HSET', sk, 'ip', ARGV[at + 9]) end
   if ARGV[at + 12] == '1' then redis.call('HSET', sk, 'ua', ARGV[at + 11]) end
+  if ARGV[at + 13] ~= '1' then redis.call('HSET', sk, 'f', ARGV[at + 13]) end
   local ttl = tonumber(ARGV[at + 8])
   redis.call('PEXPIRE', sk, ttl)
   redis.call('SET', tag .. ':i:' .. id, h, 'PX', ttl)
@@ -622,7 +633,10 @@ fn create_args(inv: &mut redis::ScriptInvocation<'_>, s: &SessionRecord) {
         .arg(s.ip.as_deref().unwrap_or(""))
         .arg(if s.ip.is_some() { "1" } else { "0" })
         .arg(s.user_agent.as_deref().unwrap_or(""))
-        .arg(if s.user_agent.is_some() { "1" } else { "0" });
+        .arg(if s.user_agent.is_some() { "1" } else { "0" })
+        // Last: `rotate` passes these after its own arguments, and `create(at)` reads the
+        // level at `at + 13` in both scripts.
+        .arg(s.level.as_i64());
 }
 
 #[async_trait]

@@ -586,3 +586,59 @@ async fn a_users_set_sheds_sessions_that_expired_by_ttl() {
         1
     );
 }
+
+/// The level's field is written only for a two-factor session (a one-factor session, the
+/// common case, costs no byte more than before levels existed), and a value that is not a
+/// level is corrupt, never read as some level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_level_field_is_written_only_for_two_factors() {
+    use sessiond_core::AuthLevel;
+    use sessiond_store_tests::sessions::{session_at, T0};
+
+    let Some(store) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let field = |hash| {
+        let store = store.clone();
+        async move {
+            store
+                .query::<Option<String>>(redis::cmd("HGET").arg(store.session_key(&hash)).arg("f"))
+                .await
+                .unwrap()
+        }
+    };
+    let (weak_t, weak) = session_at(1, T0);
+    store.create(&weak).await.unwrap();
+    assert_eq!(field(weak_t.hash()).await, None);
+    let (strong_t, mut strong) = session_at(1, T0);
+    strong.level = AuthLevel::TwoFactor;
+    store.create(&strong).await.unwrap();
+    assert_eq!(field(strong_t.hash()).await.as_deref(), Some("2"));
+    // A rotation back down writes no field either.
+    let (down_t, down) = session_at(1, T0);
+    assert!(store.rotate(&strong_t.hash(), &down).await.unwrap());
+    assert_eq!(field(down_t.hash()).await, None);
+    assert_eq!(
+        store.load(&down_t.hash()).await.unwrap().unwrap().level,
+        AuthLevel::OneFactor
+    );
+
+    for bad in ["0", "3", "two", ""] {
+        let _: i64 = store
+            .query(
+                redis::cmd("HSET")
+                    .arg(store.session_key(&weak_t.hash()))
+                    .arg("f")
+                    .arg(bad),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.load(&weak_t.hash()).await,
+                Err(StoreError::Corrupt(_))
+            ),
+            "{bad:?}"
+        );
+    }
+}

@@ -12,6 +12,10 @@
 //!   fsync.
 //! * Sessions live in a `WITHOUT ROWID` table keyed by the token hash, with indexes on the user
 //!   (per-user listing and revocation) and on the expiry (bounded sweeps).
+//! * **Second factors** ([`FactorStore`]) live beside the users: TOTP state, recovery-code
+//!   hashes, passkeys. Every change is one statement or one `IMMEDIATE` transaction, so two
+//!   requests racing on one code never both win; a trigger deletes a user's factors with the
+//!   user (foreign keys are not enforced on every SQLite connection, triggers are).
 
 mod migrations;
 
@@ -24,9 +28,10 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    Group, NewUser, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
-    ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp,
-    TokenHash, User, UserCredentials, UserId, UserStore, Username,
+    AuthLevel, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData, SessionId,
+    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
+    ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User,
+    UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -219,21 +224,22 @@ fn configure(c: &Connection) -> rusqlite::Result<()> {
 }
 
 const SESSION_COLUMNS: &str = "token_hash, id, user_id, created_at, last_seen_at, \
-     absolute_expires_at, expires_at, remember, ip, user_agent";
+     absolute_expires_at, expires_at, remember, ip, user_agent, level";
 
 fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
     let hash: Vec<u8> = r.get(0)?;
     let id: String = r.get(1)?;
-    let bad = |what: &str| {
+    let level: i64 = r.get(10)?;
+    let bad = |column: usize, what: &str| {
         rusqlite::Error::FromSqlConversionFailure(
-            0,
+            column,
             rusqlite::types::Type::Blob,
             format!("bad {what}").into(),
         )
     };
     Ok(SessionRecord {
-        token_hash: TokenHash::from_slice(&hash).ok_or_else(|| bad("token hash"))?,
-        id: SessionId::parse(&id).ok_or_else(|| bad("session id"))?,
+        token_hash: TokenHash::from_slice(&hash).ok_or_else(|| bad(0, "token hash"))?,
+        id: SessionId::parse(&id).ok_or_else(|| bad(1, "session id"))?,
         user_id: UserId(r.get(2)?),
         created_at: Timestamp::from_millis(r.get(3)?),
         last_seen_at: Timestamp::from_millis(r.get(4)?),
@@ -242,13 +248,15 @@ fn session_from_row(r: &Row<'_>) -> rusqlite::Result<SessionRecord> {
         remember: r.get(7)?,
         ip: r.get(8)?,
         user_agent: r.get(9)?,
-        level: Default::default(),
+        // An unknown level is corrupt, never read as some level: it decides access.
+        level: AuthLevel::from_i64(level).ok_or_else(|| bad(10, "authentication level"))?,
     })
 }
 
 fn insert_session(c: &Connection, s: &SessionRecord) -> rusqlite::Result<()> {
     c.prepare_cached(&format!(
-        "INSERT INTO sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        "INSERT INTO sessions ({SESSION_COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
     ))?
     .execute(params![
         s.token_hash.as_bytes().as_slice(),
@@ -261,6 +269,7 @@ fn insert_session(c: &Connection, s: &SessionRecord) -> rusqlite::Result<()> {
         s.remember,
         s.ip,
         s.user_agent,
+        s.level.as_i64(),
     ])?;
     Ok(())
 }
@@ -935,6 +944,319 @@ impl UserStore for SqliteStore {
     }
 }
 
+const PASSKEY_COLUMNS: &str = "credential_id, user_id, name, data, created_at, last_used_at";
+
+fn passkey_from_row(r: &Row<'_>) -> rusqlite::Result<StoredPasskey> {
+    Ok(StoredPasskey {
+        credential_id: r.get(0)?,
+        user_id: UserId(r.get(1)?),
+        name: r.get(2)?,
+        data: r.get(3)?,
+        created_at: Timestamp::from_millis(r.get(4)?),
+        last_used_at: r.get::<_, Option<i64>>(5)?.map(Timestamp::from_millis),
+    })
+}
+
+/// A stored count as the summary's `u32`.
+fn count(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// Replaces every recovery code of `user` by `hashes`, inside the caller's transaction.
+fn replace_recovery(c: &Connection, user: UserId, hashes: &[RecoveryHash]) -> rusqlite::Result<()> {
+    c.prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1")?
+        .execute([user.0])?;
+    let mut insert = c.prepare_cached(
+        "INSERT INTO recovery_codes (user_id, hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+    )?;
+    for h in hashes {
+        insert.execute(params![user.0, h.as_slice()])?;
+    }
+    Ok(())
+}
+
+/// Every change below is one statement, or one `IMMEDIATE` transaction (it takes the file's
+/// write lock before its first read), on the writer: atomic against this process's other
+/// writes and against every other process on the file, so of two requests racing on one TOTP
+/// step or one recovery code exactly one wins.
+#[async_trait]
+impl FactorStore for SqliteStore {
+    async fn factor_summary(&self, user: UserId) -> Result<FactorSummary, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM totp WHERE user_id = ?1 AND secret IS NOT NULL), \
+                 (SELECT count(*) FROM recovery_codes WHERE user_id = ?1), \
+                 (SELECT count(*) FROM passkeys WHERE user_id = ?1)",
+            )?
+            .query_row([user.0], |r| {
+                Ok(FactorSummary {
+                    totp: r.get(0)?,
+                    recovery_codes: count(r.get(1)?),
+                    passkeys: count(r.get(2)?),
+                })
+            })
+        })
+    }
+
+    async fn totp_state(&self, user: UserId) -> Result<Option<TotpState>, StoreError> {
+        let row: Option<(Option<Vec<u8>>, i64, Option<Vec<u8>>, Option<i64>)> = self.read(|c| {
+            c.prepare_cached(
+                "SELECT secret, last_step, pending, pending_at FROM totp WHERE user_id = ?1",
+            )?
+            .query_row([user.0], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()
+        })?;
+        let Some((active, last_step, pending, pending_at)) = row else {
+            return Ok(None);
+        };
+        let pending = match (pending, pending_at) {
+            (Some(secret), Some(at)) => Some((secret, Timestamp::from_millis(at))),
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(StoreError::Corrupt(
+                    "totp: a pending secret without its time".into(),
+                ))
+            }
+        };
+        if active.is_none() && pending.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(TotpState {
+            active,
+            last_step,
+            pending,
+        }))
+    }
+
+    async fn totp_begin(
+        &self,
+        user: UserId,
+        secret: &[u8],
+        at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let secret = secret.to_vec();
+        // One statement: the user's existence is checked where the row is written. Only the
+        // pending columns are set: an active secret and its last step stay as they are.
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "INSERT INTO totp (user_id, pending, pending_at) \
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM users WHERE id = ?1) \
+                 ON CONFLICT (user_id) DO UPDATE \
+                 SET pending = excluded.pending, pending_at = excluded.pending_at",
+            )?
+            .execute(params![user.0, secret, at.as_millis()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn totp_confirm(
+        &self,
+        user: UserId,
+        pending: &[u8],
+        step: i64,
+        recovery: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let (pending, recovery) = (pending.to_vec(), recovery.to_vec());
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Compare-and-set on the pending secret: a setup that replaced it, or a confirm
+            // that took it, makes this one match nothing, and the transaction rolls back.
+            let confirmed = tx
+                .prepare_cached(
+                    "UPDATE totp SET secret = pending, last_step = ?3, \
+                     pending = NULL, pending_at = NULL \
+                     WHERE user_id = ?1 AND pending = ?2",
+                )?
+                .execute(params![user.0, pending, step])?
+                > 0;
+            if !confirmed {
+                return Ok(false);
+            }
+            replace_recovery(&tx, user, &recovery)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn totp_use_step(&self, user: UserId, step: i64) -> Result<bool, StoreError> {
+        // Compare-and-set in one statement: of two requests with one code, the second finds
+        // `last_step` already at `step` and changes nothing.
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE totp SET last_step = ?2 \
+                 WHERE user_id = ?1 AND secret IS NOT NULL AND last_step < ?2",
+            )?
+            .execute(params![user.0, step])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn totp_remove(&self, user: UserId) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            Ok(c.prepare_cached("DELETE FROM totp WHERE user_id = ?1")?
+                .execute([user.0])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn recovery_use(&self, user: UserId, hash: &RecoveryHash) -> Result<bool, StoreError> {
+        let hash = *hash;
+        // The delete is the check: only the caller whose statement removed the row wins.
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM recovery_codes WHERE user_id = ?1 AND hash = ?2")?
+                    .execute(params![user.0, hash.as_slice()])?
+                    > 0,
+            )
+        })
+        .await
+    }
+
+    async fn recovery_replace(
+        &self,
+        user: UserId,
+        hashes: &[RecoveryHash],
+    ) -> Result<bool, StoreError> {
+        let hashes = hashes.to_vec();
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let exists: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1)")?
+                .query_row([user.0], |r| r.get(0))?;
+            if !exists {
+                return Ok(false);
+            }
+            replace_recovery(&tx, user, &hashes)?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn passkey_add(
+        &self,
+        key: &StoredPasskey,
+        max_per_user: usize,
+    ) -> Result<bool, StoreError> {
+        let key = key.clone();
+        let max = i64::try_from(max_per_user).unwrap_or(i64::MAX);
+        // The id check, the cap and the insert in one IMMEDIATE transaction: two
+        // registrations racing cannot both fit under the cap. A taken credential id is a
+        // conflict before anything else (as in the reference store); the primary key would
+        // refuse it anyway.
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let taken: bool = tx
+                .prepare_cached("SELECT EXISTS (SELECT 1 FROM passkeys WHERE credential_id = ?1)")?
+                .query_row([key.credential_id.as_slice()], |r| r.get(0))?;
+            if taken {
+                return Ok(Err(StoreError::Conflict));
+            }
+            let room: bool = tx
+                .prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM users WHERE id = ?1) \
+                     AND (SELECT count(*) FROM passkeys WHERE user_id = ?1) < ?2",
+                )?
+                .query_row(params![key.user_id.0, max], |r| r.get(0))?;
+            if !room {
+                return Ok(Ok(false));
+            }
+            tx.prepare_cached(&format!(
+                "INSERT INTO passkeys ({PASSKEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ))?
+            .execute(params![
+                key.credential_id.as_slice(),
+                key.user_id.0,
+                key.name,
+                key.data,
+                key.created_at.as_millis(),
+                key.last_used_at.map(Timestamp::as_millis),
+            ])?;
+            tx.commit()?;
+            Ok(Ok(true))
+        })
+        .await?
+    }
+
+    async fn passkeys_of(&self, user: UserId) -> Result<Vec<StoredPasskey>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(&format!(
+                "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE user_id = ?1 \
+                 ORDER BY created_at, rowid"
+            ))?;
+            let rows = stmt.query_map([user.0], passkey_from_row)?;
+            rows.collect()
+        })
+    }
+
+    async fn passkey_by_credential(
+        &self,
+        credential_id: &[u8],
+    ) -> Result<Option<StoredPasskey>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached(&format!(
+                "SELECT {PASSKEY_COLUMNS} FROM passkeys WHERE credential_id = ?1"
+            ))?
+            .query_row([credential_id], passkey_from_row)
+            .optional()
+        })
+    }
+
+    async fn passkey_update(
+        &self,
+        user: UserId,
+        credential_id: &[u8],
+        data: &str,
+        used_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (credential_id, data) = (credential_id.to_vec(), data.to_owned());
+        self.write(move |c| {
+            Ok(c.prepare_cached(
+                "UPDATE passkeys SET data = ?3, last_used_at = ?4 \
+                 WHERE user_id = ?1 AND credential_id = ?2",
+            )?
+            .execute(params![user.0, credential_id, data, used_at.as_millis()])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn passkey_remove(&self, user: UserId, credential_id: &[u8]) -> Result<bool, StoreError> {
+        let credential_id = credential_id.to_vec();
+        self.write(move |c| {
+            Ok(
+                c.prepare_cached("DELETE FROM passkeys WHERE user_id = ?1 AND credential_id = ?2")?
+                    .execute(params![user.0, credential_id])?
+                    > 0,
+            )
+        })
+        .await
+    }
+
+    async fn factors_reset(&self, user: UserId) -> Result<bool, StoreError> {
+        self.write(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut removed = 0;
+            for sql in [
+                "DELETE FROM totp WHERE user_id = ?1",
+                "DELETE FROM recovery_codes WHERE user_id = ?1",
+                "DELETE FROM passkeys WHERE user_id = ?1",
+            ] {
+                removed += tx.prepare_cached(sql)?.execute([user.0])?;
+            }
+            tx.commit()?;
+            Ok(removed > 0)
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod conformance {
     sessiond_store_tests::conformance_tests!(async {
@@ -994,6 +1316,115 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.generation().await.unwrap(), before);
+    }
+
+    /// Sessions stored before authentication levels existed (schema 5) load as one-factor
+    /// sessions; a level no version writes is corrupt, never read as some level.
+    #[tokio::test]
+    async fn session_levels_migrate_as_one_factor_and_unknown_ones_are_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("l.db");
+        let (t, rec) =
+            sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+        {
+            // A file at schema 5, with a session in it.
+            let raw = Connection::open(&path).unwrap();
+            raw.execute_batch(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, \
+                 applied_at INTEGER NOT NULL DEFAULT 0)",
+            )
+            .unwrap();
+            for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v <= 5) {
+                raw.execute_batch(sql).unwrap();
+                raw.execute(
+                    "INSERT INTO schema_migrations (version) VALUES (?1)",
+                    [version],
+                )
+                .unwrap();
+            }
+            raw.execute(
+                "INSERT INTO sessions (token_hash, id, user_id, created_at, last_seen_at, \
+                 absolute_expires_at, expires_at, remember, ip, user_agent) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    rec.token_hash.as_bytes().as_slice(),
+                    rec.id.as_str(),
+                    rec.user_id.0,
+                    rec.created_at.as_millis(),
+                    rec.last_seen_at.as_millis(),
+                    rec.absolute_expires_at.as_millis(),
+                    rec.expires_at.as_millis(),
+                    rec.remember,
+                    rec.ip,
+                    rec.user_agent,
+                ],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec.clone()));
+        assert_eq!(rec.level, AuthLevel::OneFactor);
+
+        for bad in [0, 3, -1] {
+            Connection::open(&path)
+                .unwrap()
+                .execute(
+                    "UPDATE sessions SET level = ?1 WHERE token_hash = ?2",
+                    params![bad, t.hash().as_bytes().as_slice()],
+                )
+                .unwrap();
+            assert!(
+                matches!(store.load(&t.hash()).await, Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+            assert!(matches!(
+                store.list_for_user(UserId(1)).await,
+                Err(StoreError::Corrupt(_))
+            ));
+        }
+    }
+
+    /// The factors of a user deleted by hand (a connection with foreign keys off, as SQLite
+    /// connections are by default) go with it: the trigger, not the store's code, removes them.
+    #[tokio::test]
+    async fn factors_go_with_a_user_deleted_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let u = store
+            .create_user(&sessiond_store_tests::users::new_user("fred"))
+            .await
+            .unwrap();
+        assert!(store
+            .totp_begin(u.id, b"s", Timestamp::from_millis(1))
+            .await
+            .unwrap());
+        assert!(store.recovery_replace(u.id, &[[1; 32]]).await.unwrap());
+        let key = StoredPasskey {
+            credential_id: b"cred".to_vec(),
+            user_id: u.id,
+            name: "key".into(),
+            data: "{}".into(),
+            created_at: Timestamp::from_millis(1),
+            last_used_at: None,
+        };
+        assert!(store.passkey_add(&key, 10).await.unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute("DELETE FROM users WHERE id = ?1", [u.id.0])
+            .unwrap();
+        assert_eq!(store.passkey_by_credential(b"cred").await.unwrap(), None);
+        let left: i64 = store
+            .read(|c| {
+                c.query_row(
+                    "SELECT (SELECT count(*) FROM totp) + (SELECT count(*) FROM recovery_codes) \
+                     + (SELECT count(*) FROM passkeys)",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(left, 0);
     }
 
     /// A user named `..` stored before `Username::parse` refused it still lists and loads.

@@ -88,6 +88,50 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
     ",
     ),
+    (
+        6,
+        "
+    -- How each session was authenticated: 1 one factor, 2 two factors (`AuthLevel::as_i64`).
+    -- Sessions from before second factors were one-factor sessions.
+    ALTER TABLE sessions ADD COLUMN level INTEGER NOT NULL DEFAULT 1;
+
+    -- Second factors; their secrets are ciphertexts (the library encrypts them before they
+    -- reach a store). No REFERENCES clauses: SQLite enforces foreign keys only on connections
+    -- that turn them on (`PRAGMA foreign_keys`), which a hand-made connection may not, so an
+    -- ON DELETE CASCADE would be a promise the file cannot keep. A trigger always runs: the
+    -- factors of a deleted user go in the statement that deletes the user, whatever deletes
+    -- it (no passkey of a deleted user is left to sign in with, or to hold its credential id).
+    CREATE TABLE totp (
+        user_id    INTEGER PRIMARY KEY,
+        secret     BLOB,                       -- the confirmed secret; NULL = none active
+        last_step  INTEGER NOT NULL DEFAULT 0, -- last accepted time step: never accepted again
+        pending    BLOB,                       -- a secret handed out, not yet confirmed
+        pending_at INTEGER                     -- when it was handed out (ms)
+    );
+    -- SHA-256 of each unspent recovery code.
+    CREATE TABLE recovery_codes (
+        user_id INTEGER NOT NULL,
+        hash    BLOB NOT NULL,
+        PRIMARY KEY (user_id, hash)
+    ) WITHOUT ROWID;
+    -- A rowid table: the rowid orders passkeys registered in the same millisecond.
+    CREATE TABLE passkeys (
+        credential_id BLOB PRIMARY KEY,        -- unique across all users
+        user_id       INTEGER NOT NULL,
+        name          TEXT NOT NULL,
+        data          TEXT NOT NULL,           -- the WebAuthn credential, serialised
+        created_at    INTEGER NOT NULL,
+        last_used_at  INTEGER
+    );
+    CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at);
+    CREATE TRIGGER users_factors_gone AFTER DELETE ON users
+        BEGIN
+            DELETE FROM totp WHERE user_id = old.id;
+            DELETE FROM recovery_codes WHERE user_id = old.id;
+            DELETE FROM passkeys WHERE user_id = old.id;
+        END;
+    ",
+    ),
 ];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction

@@ -1,9 +1,9 @@
 //! # sessiond-store-tests
 //!
-//! The store contract, executable. Each behaviour of [`SessionStore`], [`ThrottleStore`] and
-//! [`UserStore`] is one async function here, written once (in `sessions.rs`, `throttle.rs`,
-//! `users.rs`); a store crate runs all of them against its real backend with one macro line
-//! in its tests:
+//! The store contract, executable. Each behaviour of [`SessionStore`], [`ThrottleStore`],
+//! [`UserStore`] and [`FactorStore`] is one async function here, written once (in
+//! `sessions.rs`, `throttle.rs`, `users.rs`, `factors.rs`); a store crate runs all of them
+//! against its real backend with one macro line in its tests:
 //!
 //! ```ignore
 //! sessiond_store_tests::conformance_tests!(async { MyStore::connect(...).await.unwrap() });
@@ -13,14 +13,18 @@
 //! behaviour files (every `async fn` there is a behaviour), so a new behaviour runs on every
 //! store as soon as it is written, as its own `#[tokio::test]` named after it.
 //!
-//! A store that holds only sessions and counters (Redis) uses [`session_store_tests!`] and
-//! [`throttle_store_tests!`]; one that holds only users would use [`user_store_tests!`]. The
-//! calling crate needs `tokio` as a dev-dependency.
+//! [`conformance_tests!`] is for a store of everything (sessions, counters, users and their
+//! second factors: memory, SQLite, PostgreSQL). A store that holds only sessions and counters
+//! (Redis) uses [`session_store_tests!`] and [`throttle_store_tests!`]; one that holds only
+//! users would use [`user_store_tests!`], and [`factor_store_tests!`] if it keeps their
+//! factors too. The calling crate needs `tokio` as a dev-dependency.
 //!
 //! [`SessionStore`]: sessiond_core::SessionStore
 //! [`ThrottleStore`]: sessiond_core::ThrottleStore
 //! [`UserStore`]: sessiond_core::UserStore
+//! [`FactorStore`]: sessiond_core::FactorStore
 
+pub mod factors;
 pub mod services;
 pub mod sessions;
 pub mod throttle;
@@ -92,8 +96,8 @@ pub fn service_or_skip<S, E: std::fmt::Display>(service: &str, made: Result<S, E
     }
 }
 
-/// Runs the session, throttle and user suites against the store built by `$make` (an async
-/// block giving the store), one `#[tokio::test]` per behaviour, named after it. With
+/// Runs the session, throttle, user and factor suites against the store built by `$make` (an
+/// async block giving the store), one `#[tokio::test]` per behaviour, named after it. With
 /// `optional`, the block gives an `Option` of a store (see [`service_or_skip`]) and `None`
 /// skips.
 #[macro_export]
@@ -102,11 +106,13 @@ macro_rules! conformance_tests {
         $crate::session_store_tests!(optional $make);
         $crate::throttle_store_tests!(optional $make);
         $crate::user_store_tests!(optional $make);
+        $crate::factor_store_tests!(optional $make);
     };
     ($make:expr) => {
         $crate::session_store_tests!($make);
         $crate::throttle_store_tests!($make);
         $crate::user_store_tests!($make);
+        $crate::factor_store_tests!($make);
     };
 }
 
@@ -152,6 +158,21 @@ macro_rules! user_store_tests {
     };
 }
 
+/// Runs every [`sessiond_core::FactorStore`] behaviour against the store built by `$make`,
+/// which must be a [`sessiond_core::UserStore`] too (factors belong to users).
+#[macro_export]
+macro_rules! factor_store_tests {
+    (optional $make:expr) => {
+        $crate::factor_store_tests!(@ optional $make);
+    };
+    ($make:expr) => {
+        $crate::factor_store_tests!(@ plain $make);
+    };
+    (@ $kind:ident $make:expr) => {
+        $crate::__behaviours!(factors $crate::__gen { $kind factors; $make; });
+    };
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __gen {
@@ -186,6 +207,7 @@ mod tests {
             ("sessions", __behaviours!(sessions names {})),
             ("throttle", __behaviours!(throttle names {})),
             ("users", __behaviours!(users names {})),
+            ("factors", __behaviours!(factors names {})),
         ]
     }
 

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sessiond_core::{
-    ExpiryPolicy, NewSession, SessionData, SessionId, SessionRecord, SessionStore, SessionToken,
-    StoreError, Timestamp, UserId,
+    AuthLevel, ExpiryPolicy, NewSession, SessionData, SessionId, SessionRecord, SessionStore,
+    SessionToken, StoreError, Timestamp, UserId,
 };
 
 /// A fixed, arbitrary "now" (2026-01-01) so tests never read a clock.
@@ -139,6 +139,48 @@ pub async fn rotate_swaps_old_for_new<S: SessionStore>(store: S) {
         ids(&store.list_for_user(UserId(1)).await.unwrap()),
         vec![new.id]
     );
+}
+
+/// A session's authentication level is kept: a two-factor session loads as two-factor, a
+/// rotation from a one-factor session to a two-factor record (how a second factor raises the
+/// level: a new secret, never an update in place) leaves only the two-factor session, and
+/// every listing carries each session's own level.
+pub async fn the_level_round_trips_and_a_rotation_raises_it<S: SessionStore>(store: S) {
+    let (strong_t, mut strong) = session(1);
+    strong.level = AuthLevel::TwoFactor;
+    store.create(&strong).await.unwrap();
+    assert_eq!(
+        store.load(&strong_t.hash()).await.unwrap(),
+        Some(strong.clone())
+    );
+
+    let (old_t, old) = session_at(1, at(1_000));
+    assert_eq!(old.level, AuthLevel::OneFactor);
+    store.create(&old).await.unwrap();
+    assert_eq!(
+        store.load(&old_t.hash()).await.unwrap().map(|s| s.level),
+        Some(AuthLevel::OneFactor)
+    );
+    let (new_t, mut raised) = session_at(1, at(2_000));
+    raised.level = AuthLevel::TwoFactor;
+    assert!(store.rotate(&old_t.hash(), &raised).await.unwrap());
+    assert_eq!(store.load(&old_t.hash()).await.unwrap(), None);
+    assert_eq!(
+        store.load(&new_t.hash()).await.unwrap(),
+        Some(raised.clone())
+    );
+
+    // A one-factor session beside them: each keeps its own level in every listing.
+    let (_, weak) = session_at(1, at(3_000));
+    store.create(&weak).await.unwrap();
+    let all = vec![strong, raised, weak];
+    assert_eq!(store.list_for_user(UserId(1)).await.unwrap(), all);
+    assert_eq!(store.list_all().await.unwrap(), all);
+    assert_eq!(
+        store.list_page(Some(UserId(1)), None, 10).await.unwrap(),
+        all
+    );
+    assert_eq!(store.list_page(None, None, 2).await.unwrap(), all[..2]);
 }
 
 /// A rotation of a session that is gone (revoked, logged out) fails and inserts nothing:
