@@ -17,5 +17,6 @@ mod net;
 mod pages;
 mod paths;
 mod proxies;
+mod second_factor_step;
 mod shared;
 mod throttle;
