@@ -444,16 +444,6 @@ async fn walk(proxy: &Proxy, app: &TestApp) {
         .is_empty());
 }
 
-/// The value of the hidden `name` field of a page.
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let i = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no {name} in {html}"))
-        + marker.len();
-    html[i..].split('"').next().unwrap().to_owned()
-}
-
 /// Gives a TOTP code on the second-factor step the browser is at (`step`, the form) and
 /// follows on: back at `rd`, the protected content.
 async fn give_code(
@@ -464,7 +454,7 @@ async fn give_code(
     browser: &reqwest::Client,
     step: reqwest::Response,
 ) {
-    use crate::second_factor_step::next_code;
+    use crate::second_factor_step::{hidden, next_code};
     let name = proxy.name;
     assert_eq!(step.status(), StatusCode::OK, "{name}: the step's form");
     let form = step.text().await.unwrap();
@@ -499,7 +489,7 @@ async fn give_code(
 /// second-factor step, gives a TOTP code and is back at the app with the content; so does a
 /// browser that starts without a session (login form → step → app); API calls get `401`.
 async fn walk_two_factor(proxy: &Proxy, app: &TestApp) {
-    use crate::second_factor_step::enrol_totp;
+    use crate::second_factor_step::{enrol_totp, hidden};
     let name = proxy.name;
     let html = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
     app.add_user("zoe").await;

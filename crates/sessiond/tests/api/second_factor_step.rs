@@ -152,14 +152,25 @@ async fn levels(app: &TestApp) -> Vec<AuthLevel> {
     all.iter().map(|s| s.level).collect()
 }
 
-/// The value of the hidden `name` field of a page.
-fn hidden(html: &str, name: &str) -> String {
+/// The value of the hidden `name` field of a page, unescaped.
+pub fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let i = html
         .find(&marker)
         .unwrap_or_else(|| panic!("no {name} in {html}"))
         + marker.len();
-    html[i..].split('"').next().unwrap().to_owned()
+    let raw = html[i..].split('"').next().unwrap();
+    // What the templates' auto-escaping writes (`&amp;` last: it may have made the others).
+    [
+        ("&#x2f;", "/"),
+        ("&#x27;", "'"),
+        ("&quot;", "\""),
+        ("&lt;", "<"),
+        ("&gt;", ">"),
+        ("&amp;", "&"),
+    ]
+    .iter()
+    .fold(raw.to_owned(), |s, (from, to)| s.replace(from, to))
 }
 
 const RULES: &str = r#"
