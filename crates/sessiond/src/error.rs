@@ -57,6 +57,21 @@ pub(crate) enum ApiError {
     /// meanwhile, the last enabled admin); the message says what to do.
     #[error("{0}")]
     Conflict(String),
+    /// A TOTP code or recovery code that is wrong or already used.
+    #[error("invalid second factor")]
+    InvalidSecondFactor,
+    /// A one-factor session of a user who has a second factor, for something that needs
+    /// `two_factor` (managing factors, the admin pages): verify a factor first.
+    #[error("this needs a second factor: verify one first")]
+    SecondFactorRequired,
+    /// `two_factor.required` applies to this user, who has no second factor yet: until one
+    /// is enrolled, the session may only enrol one, read itself and log out.
+    #[error("this account must enrol a second factor first (POST /api/2fa/totp/setup, or the account page)")]
+    EnrolmentRequired,
+    /// Second factors cannot be checked here: not configured (no encryption key), or the key
+    /// does not open the stored secrets. The message says which and what to do.
+    #[error("{0}")]
+    SecondFactorUnavailable(String),
 }
 
 impl ApiError {
@@ -79,6 +94,10 @@ impl ApiError {
             Self::Overloaded { .. } | Self::StoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::InvalidSecondFactor | Self::SecondFactorRequired | Self::EnrolmentRequired => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::SecondFactorUnavailable(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -100,6 +119,10 @@ impl ApiError {
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::Internal(_) => "internal",
             Self::Conflict(_) => "conflict",
+            Self::InvalidSecondFactor => "invalid_second_factor",
+            Self::SecondFactorRequired => "second_factor_required",
+            Self::EnrolmentRequired => "second_factor_enrolment_required",
+            Self::SecondFactorUnavailable(_) => "second_factor_unavailable",
         }
     }
 
@@ -150,6 +173,9 @@ impl From<AuthError> for ApiError {
             AuthError::Hash(e) => e.into(),
             AuthError::Store(e) => e.into(),
             AuthError::Internal(msg) => Self::Internal(anyhow::anyhow!(msg)),
+            AuthError::InvalidSecondFactor => Self::InvalidSecondFactor,
+            AuthError::SecondFactorRequired => Self::SecondFactorRequired,
+            AuthError::SecondFactorUnavailable(msg) => Self::SecondFactorUnavailable(msg),
             // A refusal added to the library later: a bug until it is mapped here.
             other => Self::Internal(anyhow::anyhow!(other.to_string())),
         }
@@ -229,10 +255,20 @@ impl<E: Into<ApiError>> From<E> for HtmlError {
 impl IntoResponse for HtmlError {
     fn into_response(self) -> Response {
         let e = self.0;
-        if matches!(e, ApiError::Unauthenticated) {
+        // A browser is sent where it can do what is missing: log in, verify a second factor
+        // (the portal's second-factor step), or enrol one (the account page).
+        let to = match e {
+            ApiError::Unauthenticated => Some("/login"),
+            ApiError::SecondFactorRequired => Some("/login/2fa"),
+            ApiError::EnrolmentRequired => Some("/#two-factor"),
+            _ => None,
+        };
+        if let Some(to) = to {
             let mut res = StatusCode::SEE_OTHER.into_response();
             res.headers_mut()
-                .insert(header::LOCATION, HeaderValue::from_static("/login"));
+                .insert(header::LOCATION, HeaderValue::from_static(to));
+            res.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return res;
         }
         e.log();

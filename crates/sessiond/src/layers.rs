@@ -31,7 +31,14 @@ const ROUTE_LAYERS: &[&[&str]] = &[
     &["extract", "html"],
     &["guards", "views"],
     &[
-        "account", "admin", "api", "authz", "health", "login", "metrics",
+        "account",
+        "admin",
+        "api",
+        "authz",
+        "health",
+        "login",
+        "metrics",
+        "two_factor",
     ],
     &["mod"],
 ];

@@ -11,13 +11,14 @@ use axum::extract::ConnectInfo;
 use axum::response::IntoResponse as _;
 use base64::Engine as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use sessiond_axum::auth::{EncryptionKey, SecondFactors};
 use sessiond_axum::{Auth, BuiltinUsers, HashError, Hasher, SessionManager};
 use sessiond_core::{Group, NewUser, Password, SessionStore, Timestamp, Username};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
-use crate::config::Config;
+use crate::config::{Config, KeySource};
 use crate::routes;
 use crate::state::AppState;
 use crate::stores;
@@ -68,11 +69,40 @@ async fn build_state_with(
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
         .with_cache(VERIFY_CACHE_CAPACITY);
-    let auth = Auth::builder(BuiltinUsers::new(stores.users), sessions, stores.throttle)
+    let mut builder = Auth::builder(BuiltinUsers::new(stores.users), sessions, stores.throttle)
         .hasher(hasher)
-        .max_sessions_per_user(config.max_sessions_per_user)
-        .build()?;
+        .max_sessions_per_user(config.max_sessions_per_user);
+    if let Some(key) = encryption_key(&config)? {
+        let factors = SecondFactors::new(stores.factors, key).issuer(&config.two_factor.issuer);
+        builder = builder.second_factors(factors);
+    }
+    let auth = builder.build()?;
     Ok(AppState::new(config, auth))
+}
+
+/// The key that encrypts second-factor secrets: given, or the key file beside the SQLite
+/// database (created `0600` with a fresh key on first start). `None` on PostgreSQL without a
+/// key: second factors are off, said once at start (docs/reference/second-factor.md).
+fn encryption_key(config: &Config) -> anyhow::Result<Option<EncryptionKey>> {
+    match &config.two_factor.key {
+        KeySource::Given(key) => Ok(Some(key.clone())),
+        KeySource::BesideDatabase(path) => {
+            // A key file that exists but cannot be read or parsed stops the start: running
+            // on would leave every enrolled user unable to use their factor, or worse, make a
+            // new key that can never open the stored secrets.
+            let key = EncryptionKey::load_or_create(path)
+                .with_context(|| "two_factor: the encryption key beside the database")?;
+            Ok(Some(key))
+        }
+        KeySource::Missing => {
+            tracing::warn!(
+                "second factors are off: no encryption key (set SESSIOND_ENCRYPTION_KEY or \
+                 two_factor.encryption_key_file); the 2FA endpoints answer \
+                 second_factor_unavailable"
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// On an empty user table, creates `admin` (password from `SESSIOND_ADMIN_PASSWORD`, or a

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use sessiond_core::{SessionStore, ThrottleStore, UserStore};
+use sessiond_core::{FactorStore, SessionStore, ThrottleStore, UserStore};
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
 use sessiond_store_sqlite::SqliteStore;
@@ -122,6 +122,8 @@ fn redact(url: &str) -> String {
 #[derive(Debug, Clone)]
 pub(crate) struct Stores {
     pub(crate) users: Arc<dyn UserStore>,
+    /// Second factors: beside the users (the users' store object, as a [`FactorStore`]).
+    pub(crate) factors: Arc<dyn FactorStore>,
     pub(crate) sessions: Arc<dyn SessionStore>,
     /// The login throttle's counters: the session store's object, as a [`ThrottleStore`].
     pub(crate) throttle: Arc<dyn ThrottleStore>,
@@ -138,10 +140,11 @@ fn both<S: SessionStore + ThrottleStore>(store: Arc<S>) -> SessionStores {
 /// when `session_store` names it. (The configuration allows no other combination.)
 pub(crate) async fn open(database: &StoreUrl, session_store: &StoreUrl) -> anyhow::Result<Stores> {
     let context = || format!("cannot open database {}", database.redacted());
-    let (users, db_sessions): (Arc<dyn UserStore>, SessionStores) = match database {
+    type UserStores = (Arc<dyn UserStore>, Arc<dyn FactorStore>);
+    let ((users, factors), db_sessions): (UserStores, SessionStores) = match database {
         StoreUrl::Postgres(url) => {
             let pg = Arc::new(PostgresStore::connect(url).await.with_context(context)?);
-            (pg.clone(), both(pg))
+            ((pg.clone(), pg.clone()), both(pg))
         }
         StoreUrl::Sqlite { path, .. } => {
             let sqlite = Arc::new(SqliteStore::open(path).with_context(context)?);
@@ -154,7 +157,7 @@ pub(crate) async fn open(database: &StoreUrl, session_store: &StoreUrl) -> anyho
                      other users: chmod 600 it and its -wal and -shm files"
                 );
             }
-            (sqlite.clone(), both(sqlite))
+            ((sqlite.clone(), sqlite.clone()), both(sqlite))
         }
         StoreUrl::Redis(_) => anyhow::bail!(
             "database {}: Redis holds sessions only; the database must be sqlite:// or postgres://",
@@ -173,6 +176,7 @@ pub(crate) async fn open(database: &StoreUrl, session_store: &StoreUrl) -> anyho
     };
     Ok(Stores {
         users,
+        factors,
         sessions,
         throttle,
     })

@@ -163,6 +163,8 @@ fn run(cli: Cli) -> CliResult {
         public_url: env("SESSIOND_PUBLIC_URL"),
         admin_password: env("SESSIOND_ADMIN_PASSWORD"),
         trusted_origins: env("SESSIOND_TRUSTED_ORIGINS"),
+        // The key from the environment only, never a flag: argv is visible to every user.
+        encryption_key: env("SESSIOND_ENCRYPTION_KEY"),
         ..Overrides::default()
     };
     match cli.command {

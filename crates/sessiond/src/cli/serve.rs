@@ -34,6 +34,10 @@ pub(super) struct Args {
         value_name = "auto|process|threads"
     )]
     hash_worker: Option<String>,
+    /// File holding the key that encrypts second-factor secrets [default: the
+    /// two_factor.encryption_key_file setting, or <database>.key beside a SQLite database]
+    #[arg(long, env = "SESSIOND_ENCRYPTION_KEY_FILE", value_name = "FILE")]
+    encryption_key_file: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -45,6 +49,7 @@ impl Args {
         over.remember_me_timeout = self.remember_me_timeout;
         over.sweep_interval = self.sweep_interval;
         over.hash_worker = self.hash_worker;
+        over.encryption_key_file = self.encryption_key_file;
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Deserialize;
+use sessiond_axum::auth::EncryptionKey;
 use sessiond_axum::csrf::Origins;
 use sessiond_axum::redirect::host_is_ours;
 use sessiond_axum::{CookieConfig, SameSite};
@@ -51,6 +52,20 @@ pub struct FileConfig {
     pub trusted_origins: Option<Vec<String>>,
     #[serde(default)]
     pub server: FileServer,
+    #[serde(default)]
+    pub two_factor: FileTwoFactor,
+}
+
+/// `[two_factor]`: second factors (docs/reference/second-factor.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTwoFactor {
+    /// A file holding the key that encrypts TOTP secrets (base64 or hex, 32 bytes).
+    pub encryption_key_file: Option<PathBuf>,
+    /// `"off"`, `"admins"` or `"all"`: who must enrol a second factor.
+    pub required: Option<String>,
+    /// The issuer name authenticator apps show (default: `sessiond`).
+    pub issuer: Option<String>,
 }
 
 /// `[server]`: connection limits.
@@ -115,6 +130,11 @@ pub struct Overrides {
     pub admin_password: Option<String>,
     /// Comma-separated (`SESSIOND_TRUSTED_ORIGINS`); replaces the file's list.
     pub trusted_origins: Option<String>,
+    /// The key that encrypts second-factor secrets (`SESSIOND_ENCRYPTION_KEY`); wins over
+    /// `two_factor.encryption_key_file`.
+    pub encryption_key: Option<String>,
+    /// `SESSIOND_ENCRYPTION_KEY_FILE` / `--encryption-key-file`.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// The validated configuration. Its `Debug` output is safe to log: store URLs show no
@@ -153,6 +173,56 @@ pub struct Config {
     /// `[session] max_per_user`: sessions one user may hold at once (`None`: no cap). A
     /// login beyond it ends that user's oldest sessions.
     pub max_sessions_per_user: Option<usize>,
+    /// Second factors (`[two_factor]`).
+    pub two_factor: TwoFactor,
+}
+
+/// `[two_factor]`, validated. Its `Debug` never shows the key.
+#[derive(Debug, Clone)]
+pub struct TwoFactor {
+    /// Where the key that encrypts TOTP secrets comes from.
+    pub(crate) key: KeySource,
+    /// Who must enrol a second factor.
+    pub required: Required,
+    /// The issuer name authenticator apps show.
+    pub issuer: String,
+}
+
+/// Where the encryption key of second-factor secrets comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum KeySource {
+    /// `SESSIOND_ENCRYPTION_KEY`, or a key file that was read (its `Debug` is redacted).
+    Given(EncryptionKey),
+    /// Neither set, SQLite: the key file beside the database, created `0600` on first start
+    /// (`EncryptionKey::load_or_create`, when the state is built: reading a configuration
+    /// never creates files).
+    BesideDatabase(PathBuf),
+    /// Neither set, PostgreSQL: second factors are off (a warning at start; the 2FA
+    /// endpoints answer `second_factor_unavailable`).
+    Missing,
+}
+
+/// `two_factor.required`: whose one-factor sessions are limited to enrolling a second factor
+/// until they have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Required {
+    /// Nobody must (default).
+    Off,
+    /// Users with the admin flag.
+    Admins,
+    /// Every user.
+    All,
+}
+
+impl Required {
+    /// Whether a user (admin or not) must have a second factor.
+    pub fn applies_to(self, admin: bool) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Admins => admin,
+            Self::All => true,
+        }
+    }
 }
 
 /// A secret from the configuration (the first admin's password): `Debug` prints `***`.
@@ -469,6 +539,13 @@ impl Config {
             max_connections,
         };
 
+        let two_factor = two_factor(
+            f.two_factor,
+            o.encryption_key,
+            o.encryption_key_file,
+            &database,
+        )?;
+
         Ok(Self {
             listen,
             database,
@@ -486,6 +563,7 @@ impl Config {
             max_sessions_per_user,
             trusted_origins,
             connections,
+            two_factor,
         })
     }
 
@@ -505,6 +583,72 @@ impl Config {
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()
     }
+}
+
+/// `[two_factor]` with the key's overrides. A key given in the environment must parse, and a
+/// key file named in the configuration must be readable and hold a key: either is a
+/// configuration error at start, never a server that runs without its second factors.
+fn two_factor(
+    f: FileTwoFactor,
+    env_key: Option<String>,
+    key_file: Option<PathBuf>,
+    database: &StoreUrl,
+) -> Result<TwoFactor, ConfigError> {
+    let key = if let Some(text) = env_key {
+        KeySource::Given(
+            EncryptionKey::parse(&text)
+                .or_else(|e| err(format!("SESSIOND_ENCRYPTION_KEY: {e}")))?,
+        )
+    } else if let Some(path) = key_file.or(f.encryption_key_file) {
+        let text = std::fs::read_to_string(&path).or_else(|e| {
+            err(format!(
+                "two_factor.encryption_key_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        KeySource::Given(EncryptionKey::parse(&text).or_else(|e| {
+            err(format!(
+                "two_factor.encryption_key_file: {}: {e}",
+                path.display()
+            ))
+        })?)
+    } else {
+        match database {
+            StoreUrl::Sqlite { path, .. } => {
+                let mut file = path.clone().into_os_string();
+                file.push(".key");
+                KeySource::BesideDatabase(file.into())
+            }
+            _ => KeySource::Missing,
+        }
+    };
+    let required = match f.required.as_deref().map(str::trim) {
+        None | Some("off") => Required::Off,
+        Some("admins") => Required::Admins,
+        Some("all") => Required::All,
+        Some(other) => {
+            return err(format!(
+                "two_factor.required: {other:?} must be \"off\", \"admins\" or \"all\""
+            ))
+        }
+    };
+    if required != Required::Off && matches!(key, KeySource::Missing) {
+        // Nobody could enrol: every one-factor session would be limited to a dead end.
+        return err(
+            "two_factor.required needs an encryption key on PostgreSQL: set \
+             SESSIOND_ENCRYPTION_KEY or two_factor.encryption_key_file",
+        );
+    }
+    let issuer = f.issuer.unwrap_or_else(|| "sessiond".into());
+    let issuer = issuer.trim();
+    if issuer.is_empty() || issuer.len() > 64 || issuer.chars().any(char::is_control) {
+        return err("two_factor.issuer: must be 1 to 64 characters without control characters");
+    }
+    Ok(TwoFactor {
+        key,
+        required,
+        issuer: issuer.to_owned(),
+    })
 }
 
 /// A `trusted_origins` entry as browsers send it in `Origin` (`scheme://host[:port]`, the
@@ -785,6 +929,89 @@ mod tests {
         ] {
             let e = check(file, Overrides::default()).unwrap_err();
             assert!(e.contains(needle), "{file:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn two_factor_key_sources_and_policy() {
+        let d = Overrides::default();
+        let c = check("database = \"sqlite:///var/lib/sessiond/s.db\"", d.clone()).unwrap();
+        match &c.two_factor.key {
+            KeySource::BesideDatabase(p) => {
+                assert_eq!(p, &PathBuf::from("/var/lib/sessiond/s.db.key"))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.two_factor.required, Required::Off);
+        assert_eq!(c.two_factor.issuer, "sessiond");
+        let pg = "database = \"postgres://u@db.internal/s\"";
+        assert!(matches!(
+            check(pg, d.clone()).unwrap().two_factor.key,
+            KeySource::Missing
+        ));
+        let e = check(
+            &format!("{pg}\n[two_factor]\nrequired = \"all\""),
+            d.clone(),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("two_factor.required needs an encryption key"),
+            "{e}"
+        );
+
+        let key = EncryptionKey::generate().to_text();
+        let env = Overrides {
+            encryption_key: Some(key.clone()),
+            ..Overrides::default()
+        };
+        let c = check(
+            &format!("{pg}\n[two_factor]\nrequired = \"admins\"\nissuer = \"Example\""),
+            env,
+        )
+        .unwrap();
+        assert!(matches!(c.two_factor.key, KeySource::Given(_)));
+        assert!(c.two_factor.required.applies_to(true));
+        assert!(!c.two_factor.required.applies_to(false));
+        assert_eq!(c.two_factor.issuer, "Example");
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&key), "the key in {shown}");
+
+        let bad = Overrides {
+            encryption_key: Some("too short".into()),
+            ..Overrides::default()
+        };
+        let e = check("", bad).unwrap_err();
+        assert!(e.starts_with("SESSIOND_ENCRYPTION_KEY:"), "{e}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.key");
+        std::fs::write(&good, format!("{key}\n")).unwrap();
+        let c = check(
+            &format!(
+                "[two_factor]\nencryption_key_file = {:?}",
+                good.display().to_string()
+            ),
+            d.clone(),
+        )
+        .unwrap();
+        assert!(matches!(c.two_factor.key, KeySource::Given(_)));
+        let junk = dir.path().join("junk.key");
+        std::fs::write(&junk, "not a key").unwrap();
+        let missing = dir.path().join("missing.key");
+        for path in [junk, missing] {
+            let file = format!(
+                "[two_factor]\nencryption_key_file = {:?}",
+                path.display().to_string()
+            );
+            let e = check(&file, d.clone()).unwrap_err();
+            assert!(e.starts_with("two_factor.encryption_key_file:"), "{e}");
+        }
+        for bad in [
+            "[two_factor]\nrequired = \"some\"",
+            "[two_factor]\nissuer = \"\"",
+        ] {
+            let e = check(bad, d.clone()).unwrap_err();
+            assert!(e.contains("two_factor."), "{bad}: {e}");
         }
     }
 

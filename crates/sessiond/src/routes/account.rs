@@ -9,7 +9,7 @@ use sessiond_axum::auth::{AuthError, PasswordChanged};
 use sessiond_axum::csrf::form_token;
 use sessiond_core::SessionId;
 
-use super::extract::{ClientInfo, CurrentUser, FormBody};
+use super::extract::{AnyLevel, ClientInfo, CurrentUser, FormBody};
 use super::html::{check_form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, list_own, rfc3339, PageQuery, SessionListItem, UserView};
 use crate::error::{ApiError, HtmlResult};
@@ -85,13 +85,14 @@ async fn render_page(
     page(status, "account.html", ctx)
 }
 
+/// The account page. Open to a session held to enrolment by `two_factor.required`.
 pub(super) async fn account(
     State(state): State<AppState>,
-    me: Result<CurrentUser, ApiError>,
+    me: Result<AnyLevel, ApiError>,
     Query(q): Query<Done>,
     page: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> HtmlResult<Response> {
-    let me = me?;
+    let AnyLevel(me) = me?;
     let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let done = notice(q.done.as_deref());
     render_page(&state, &me, StatusCode::OK, done, None, &page).await

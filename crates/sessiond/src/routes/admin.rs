@@ -19,7 +19,9 @@ use crate::accounts;
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
-/// A logged-in admin, or `403` (`401` → the login page when not logged in).
+/// A logged-in admin, or `403` (`401` → the login page when not logged in). An admin who has
+/// a second factor needs a `two_factor` session (a one-factor one is sent to the
+/// second-factor step); one held to enrolment by `two_factor.required` is sent to it.
 pub(super) struct Admin(pub CurrentUser);
 
 impl FromRequestParts<AppState> for Admin {
@@ -33,6 +35,7 @@ impl FromRequestParts<AppState> for Admin {
         if !me.user.admin {
             return Err(ApiError::Forbidden.into());
         }
+        state.auth.require_level_for(&me.session).await?;
         Ok(Self(me))
     }
 }

@@ -4,11 +4,12 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sessiond_axum::auth::{LoginAttempt, PasswordChanged};
 
-use super::extract::{ClientInfo, CurrentUser, JsonBody, Presented};
-use super::views::{cookie_headers, list_own, login_headers, PageQuery, SessionView, UserView};
+use super::extract::{AnyLevel, ClientInfo, CurrentUser, JsonBody, Presented};
+use super::views::{cookie_headers, list_own, login_headers, PageQuery, SecondFactorView, Whoami};
+use crate::accounts::next_step;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -29,12 +30,6 @@ impl std::fmt::Debug for LoginRequest {
     }
 }
 
-#[derive(Serialize)]
-struct Whoami<'a> {
-    user: UserView<'a>,
-    session: SessionView<'a>,
-}
-
 pub(super) async fn login(
     State(state): State<AppState>,
     client: ClientInfo,
@@ -51,9 +46,13 @@ pub(super) async fn login(
         presented: presented.as_ref(),
     });
     let done = login.await?;
+    // Whether a second step is expected: the client shows the code prompt (or enrolment)
+    // next. Only a hint: the server enforces every level itself.
+    let summary = state.auth.factors_of(done.user.id).await?;
+    let next = next_step(&state, &done.user, done.record.level, &summary);
     let body = Whoami {
-        user: UserView::of(&done.user),
-        session: SessionView::of(&state, &done.record),
+        second_factor: Some(SecondFactorView::of(&summary, next)),
+        ..Whoami::of(&state, &done.user, &done.record)
     };
     Ok((login_headers(&state, &done), Json(body)).into_response())
 }
@@ -73,14 +72,16 @@ pub(super) async fn logout(
         .into_response())
 }
 
-pub(super) async fn session(State(state): State<AppState>, me: CurrentUser) -> ApiResult<Response> {
+/// `GET /api/session`: open to a session limited to enrolment (`two_factor.required`), which
+/// reads its level here.
+pub(super) async fn session(
+    State(state): State<AppState>,
+    AnyLevel(me): AnyLevel,
+) -> ApiResult<Response> {
     let body = state
         .session_bodies
         .get_or_render(me.session.shared_record(), &me.user, || {
-            let view = Whoami {
-                user: UserView::of(&me.user),
-                session: SessionView::of(&state, me.session.record()),
-            };
+            let view = Whoami::of(&state, &me.user, me.session.record());
             // Serialised into one right-sized `Vec` rather than through `Json`'s `BytesMut`
             // writer.
             let mut buf = Vec::with_capacity(512);
@@ -196,10 +197,7 @@ pub(super) async fn password(
         client,
     );
     let PasswordChanged { token, record } = change.await?;
-    let body = Whoami {
-        user: UserView::of(&me.user),
-        session: SessionView::of(&state, &record),
-    };
+    let body = Whoami::of(&state, &me.user, &record);
     Ok((
         cookie_headers(state.sessions.session_cookie(&token, &record)),
         Json(body),

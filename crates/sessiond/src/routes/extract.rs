@@ -95,15 +95,37 @@ impl FromRequestParts<AppState> for Presented {
     }
 }
 
-/// A valid session of an enabled user, or `401 unauthenticated`.
+/// A valid session of an enabled user, or `401 unauthenticated`; and, when
+/// `two_factor.required` limits the session to enrolment, `401
+/// second_factor_enrolment_required`. Every route that takes a `CurrentUser` is closed to such
+/// a session; the few it may use (reading itself, enrolling, the account page that shows the
+/// enrolment) take [`AnyLevel`] instead, so a route added later is closed by default.
 impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AnyLevel(me) = AnyLevel::from_request_parts(parts, state).await?;
+        if me.must_enrol(state).await? {
+            return Err(ApiError::EnrolmentRequired);
+        }
+        Ok(me)
+    }
+}
+
+/// A valid session of an enabled user, or `401 unauthenticated`, whatever
+/// `two_factor.required` says (see [`CurrentUser`]'s extractor).
+#[derive(Debug, Clone)]
+pub(super) struct AnyLevel(pub CurrentUser);
+
+impl FromRequestParts<AppState> for AnyLevel {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Presented(session) = Presented::from_request_parts(parts, state).await?;
         let session = session.ok_or(ApiError::Unauthenticated)?;
-        Self::resolve(state, session)
+        CurrentUser::resolve(state, session)
             .await?
+            .map(Self)
             .ok_or(ApiError::Unauthenticated)
     }
 }

@@ -10,6 +10,7 @@ mod health;
 mod html;
 mod login;
 mod metrics;
+mod two_factor;
 mod views;
 
 use std::convert::Infallible;
@@ -74,6 +75,15 @@ fn router(state: AppState) -> Router {
         )
         .route("/api/sessions/{id}", delete(api::revoke_session))
         .route("/api/password", post(api::password))
+        .route("/api/2fa", get(two_factor::summary))
+        .route("/api/2fa/totp/setup", post(two_factor::totp_setup))
+        .route("/api/2fa/totp/confirm", post(two_factor::totp_confirm))
+        .route(
+            "/api/2fa/totp",
+            post(two_factor::verify_totp).delete(two_factor::totp_remove),
+        )
+        .route("/api/2fa/recovery", post(two_factor::verify_recovery))
+        .route("/api/2fa/recovery/regenerate", post(two_factor::regenerate))
         .route("/api/authz/forward-auth", get(authz::forward_auth))
         .route("/api/verify", get(authz::forward_auth))
         .route("/api/authz/auth-request", get(authz::auth_request))

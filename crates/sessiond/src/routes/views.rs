@@ -4,9 +4,9 @@
 use axum::http::{header, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sessiond_axum::auth::LoggedIn;
-use sessiond_core::{SessionId, SessionRecord, Timestamp, User, UserId};
+use sessiond_core::{FactorSummary, SessionId, SessionRecord, Timestamp, User, UserId};
 
-use crate::accounts::CurrentUser;
+use crate::accounts::{CurrentUser, NextStep};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::user_agent;
@@ -66,6 +66,58 @@ impl<'a> SessionView<'a> {
             remember: s.remember,
         }
     }
+}
+
+/// A user's second factors and what is expected next (`null`: nothing; `"verify"`;
+/// `"enrol"`), in the login answer and `GET /api/2fa`.
+#[derive(Serialize, Debug)]
+pub(super) struct SecondFactorView {
+    totp: bool,
+    recovery_codes: u32,
+    passkeys: u32,
+    next: Option<NextStep>,
+}
+
+impl SecondFactorView {
+    pub(super) fn of(s: &FactorSummary, next: Option<NextStep>) -> Self {
+        Self {
+            totp: s.totp,
+            recovery_codes: s.recovery_codes,
+            passkeys: s.passkeys,
+            next,
+        }
+    }
+}
+
+/// The answer about a session: `GET /api/session`, a login, a password change, a second
+/// factor verified.
+#[derive(Serialize)]
+pub(super) struct Whoami<'a> {
+    pub(super) user: UserView<'a>,
+    pub(super) session: SessionView<'a>,
+    /// `one_factor` or `two_factor`.
+    pub(super) authentication_level: &'static str,
+    /// A login's answer only: the user's factors and what is expected next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) second_factor: Option<SecondFactorView>,
+}
+
+impl<'a> Whoami<'a> {
+    pub(super) fn of(state: &AppState, user: &'a User, record: &'a SessionRecord) -> Self {
+        Self {
+            user: UserView::of(user),
+            session: SessionView::of(state, record),
+            authentication_level: record.level.as_str(),
+            second_factor: None,
+        }
+    }
+}
+
+/// `Cache-Control: no-store`, for answers that hold a secret (a TOTP secret, recovery codes).
+pub(super) fn no_store() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h
 }
 
 /// Headers of a response that sets (or clears) the session cookie.

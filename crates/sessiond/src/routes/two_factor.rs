@@ -1,0 +1,204 @@
+//! Second factors over the JSON API (docs/reference/endpoints.md, "Second factors"): TOTP
+//! enrolment, verification of a TOTP or recovery code (raising the session to `two_factor`),
+//! recovery codes, removal. The rules themselves are the library's
+//! (`sessiond_axum::auth::second_factor`); this file is their HTTP form.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sessiond_axum::auth::{FactorKind, Raised};
+
+use super::extract::{AnyLevel, ClientInfo, CurrentUser, JsonBody};
+use super::views::{cookie_headers, no_store, SecondFactorView, Whoami};
+use crate::accounts;
+use crate::error::{ApiError, ApiResult};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PasswordBody {
+    password: String,
+}
+
+impl std::fmt::Debug for PasswordBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordBody(<redacted>)")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CodeBody {
+    code: String,
+}
+
+impl std::fmt::Debug for CodeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CodeBody(<redacted>)")
+    }
+}
+
+/// `GET /api/2fa`'s answer.
+#[derive(Serialize)]
+struct Summary {
+    authentication_level: &'static str,
+    /// Whether this server can check second factors (it has an encryption key).
+    available: bool,
+    #[serde(flatten)]
+    factors: SecondFactorView,
+}
+
+/// `GET /api/2fa`: the caller's factors, the session's level and what is expected next.
+pub(super) async fn summary(
+    State(state): State<AppState>,
+    AnyLevel(me): AnyLevel,
+) -> ApiResult<Response> {
+    let (summary, next) = me.second_factor(&state).await?;
+    let body = Summary {
+        authentication_level: me.session.record().level.as_str(),
+        available: state.auth.second_factors().is_some(),
+        factors: SecondFactorView::of(&summary, next),
+    };
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// `POST /api/2fa/totp/setup {"password"}` → `{"secret", "uri"}`: a pending secret, which
+/// changes nothing until confirmed. Open to a session limited to enrolment (that is what it
+/// is for); a user who has a factor already needs a `two_factor` session (the library's
+/// `require_level_for`).
+pub(super) async fn totp_setup(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    AnyLevel(me): AnyLevel,
+    JsonBody(req): JsonBody<PasswordBody>,
+) -> ApiResult<Response> {
+    accounts::second_factors_configured(&state)?;
+    let setup = state
+        .auth
+        .totp_setup(&me.session, &me.user, req.password, &client)
+        .await?;
+    // The answer holds a secret: never cached.
+    Ok((no_store(), Json(setup)).into_response())
+}
+
+#[derive(Serialize)]
+struct Confirmed<'a> {
+    recovery_codes: &'a [String],
+    authentication_level: &'static str,
+}
+
+/// `POST /api/2fa/totp/confirm {"code"}` → `{"recovery_codes": [...]}` and the raised
+/// session's cookie (the old one is dead; the user's other sessions end).
+pub(super) async fn totp_confirm(
+    State(state): State<AppState>,
+    AnyLevel(me): AnyLevel,
+    JsonBody(req): JsonBody<CodeBody>,
+) -> ApiResult<Response> {
+    accounts::second_factors_configured(&state)?;
+    let (raised, codes) = state
+        .auth
+        .totp_confirm(&me.session, &me.user, &req.code)
+        .await?;
+    let body = Confirmed {
+        recovery_codes: &codes.0,
+        authentication_level: raised.record.level.as_str(),
+    };
+    Ok((raised_cookie(&state, &raised), Json(body)).into_response())
+}
+
+/// `POST /api/2fa/totp {"code"}`: the second step of a login with a TOTP code.
+pub(super) async fn verify_totp(
+    state: State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    me: AnyLevel,
+    body: JsonBody<CodeBody>,
+) -> ApiResult<Response> {
+    verify(state, client, headers, me, body, FactorKind::Totp).await
+}
+
+/// `POST /api/2fa/recovery {"code"}`: the same with a recovery code, which is then spent.
+pub(super) async fn verify_recovery(
+    state: State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    me: AnyLevel,
+    body: JsonBody<CodeBody>,
+) -> ApiResult<Response> {
+    verify(state, client, headers, me, body, FactorKind::Recovery).await
+}
+
+/// Checks the code (under the login throttle, the owner's device cookie sparing them) and
+/// answers like `GET /api/session` for the raised session, with its cookie.
+async fn verify(
+    State(state): State<AppState>,
+    client: ClientInfo,
+    headers: HeaderMap,
+    AnyLevel(me): AnyLevel,
+    JsonBody(req): JsonBody<CodeBody>,
+    kind: FactorKind,
+) -> ApiResult<Response> {
+    accounts::second_factors_configured(&state)?;
+    let raised = state
+        .auth
+        .verify_second_factor(
+            &me.session,
+            &me.user,
+            kind,
+            &req.code,
+            &client,
+            state.auth.device_cookie(&headers),
+        )
+        .await?;
+    let body = Whoami::of(&state, &me.user, &raised.record);
+    Ok((raised_cookie(&state, &raised), Json(body)).into_response())
+}
+
+#[derive(Serialize)]
+struct Codes<'a> {
+    recovery_codes: &'a [String],
+}
+
+/// `POST /api/2fa/recovery/regenerate` → `{"recovery_codes": [...]}`: a fresh set; the old
+/// set is dead.
+pub(super) async fn regenerate(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> ApiResult<Response> {
+    accounts::second_factors_configured(&state)?;
+    if !state.auth.factors_of(me.user.id).await?.any() {
+        // Recovery codes back up a factor; alone they would be a second password.
+        return Err(ApiError::BadRequest(
+            "enrol a second factor first: recovery codes come with it".into(),
+        ));
+    }
+    let codes = state
+        .auth
+        .regenerate_recovery_codes(&me.session, &me.user)
+        .await?;
+    let body = Codes {
+        recovery_codes: &codes.0,
+    };
+    Ok((no_store(), Json(body)).into_response())
+}
+
+/// `DELETE /api/2fa/totp` → `204`: removes the TOTP factor (the user's other sessions end);
+/// `404` when there is none. Refused (`409`) when `two_factor.required` applies to the user
+/// and it is their only factor: they would be locked into enrolment at their next login.
+pub(super) async fn totp_remove(
+    State(state): State<AppState>,
+    me: CurrentUser,
+) -> ApiResult<Response> {
+    accounts::second_factors_configured(&state)?;
+    if !accounts::remove_totp(&state, &me).await? {
+        return Err(ApiError::NotFound);
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `Set-Cookie` for a raised session and `Cache-Control: no-store`.
+pub(super) fn raised_cookie(state: &AppState, raised: &Raised) -> HeaderMap {
+    cookie_headers(state.sessions.session_cookie(&raised.token, &raised.record))
+}
