@@ -17,9 +17,10 @@ use sessiond_axum::csrf::form_token;
 use sessiond_axum::redirect::safe_redirect;
 use sessiond_axum::AuthLevel;
 
-use super::extract::{ClientInfo, CurrentUser, FormBody, Presented};
+use super::extract::{AnyLevel, ClientInfo, CurrentUser, FormBody, Presented};
 use super::html::{check_form_token, page, see_other, sentence, TokenForm};
 use super::views::{cookie_headers, login_headers};
+use crate::accounts::{next_step, NextStep};
 use crate::error::{ApiError, HtmlResult};
 use crate::state::AppState;
 
@@ -118,12 +119,14 @@ pub(super) async fn login_submit(
     });
     match login.await {
         Ok(done) => {
-            let target = after_login(&state, rd);
-            // A user who has a second factor gives it next; `rd` goes along, already checked.
-            let target = if state.auth.factors_of(done.user.id).await?.any() {
-                portal_step("/login/2fa", &target)
-            } else {
-                target
+            let safe = safe_redirect(rd, &state.config.public_url, state.config.cookie.domain());
+            // A user who has a second factor gives it next, `rd` going along (already
+            // checked); one whom `two_factor.required` holds to enrolment enrols first.
+            let summary = state.auth.factors_of(done.user.id).await?;
+            let target = match next_step(&state, &done.user, done.record.level, &summary) {
+                Some(NextStep::Verify) => portal_step("/login/2fa", safe.as_deref().unwrap_or("")),
+                Some(NextStep::Enrol) => ENROL.to_owned(),
+                None => safe.unwrap_or_else(|| "/".to_owned()),
             };
             let mut res = see_other(&target);
             for (name, value) in &login_headers(&state, &done) {
@@ -167,9 +170,10 @@ fn portal_step(path: &str, rd: &str) -> String {
     format!("{path}?rd={rd}")
 }
 
-/// Where a one-factor user without any second factor is sent from the second-factor step: the
-/// account page, where one is enrolled (enrolment raises the session to `two_factor`). The
-/// step itself could never be completed.
+/// Where a one-factor user without any second factor is sent from the second-factor step (and
+/// from the login, when `two_factor.required` holds them to enrolment): the account page,
+/// where one is enrolled (enrolment raises the session to `two_factor`). The step itself could
+/// never be completed.
 const ENROL: &str = "/#two-factor";
 
 #[derive(Deserialize)]
@@ -221,14 +225,16 @@ enum Before {
 }
 
 /// The signed-in session decides: none (or an ended one) → the login page, keeping `rd`;
-/// `two_factor` already → `rd`; a user without any second factor → enrolment.
+/// `two_factor` already → `rd`; a user without any second factor → enrolment. Any session
+/// level is taken ([`AnyLevel`]): a session that `two_factor.required` holds to enrolment is
+/// sent there from here too.
 async fn before_second_factor(
     state: &AppState,
-    me: Result<CurrentUser, ApiError>,
+    me: Result<AnyLevel, ApiError>,
     rd: &str,
 ) -> HtmlResult<Before> {
     let me = match me {
-        Ok(me) => me,
+        Ok(AnyLevel(me)) => me,
         Err(ApiError::Unauthenticated) => {
             return Ok(Before::Redirect(see_other(&portal_step("/login", rd))))
         }
@@ -245,7 +251,7 @@ async fn before_second_factor(
 
 pub(super) async fn second_factor_form(
     State(state): State<AppState>,
-    me: Result<CurrentUser, ApiError>,
+    me: Result<AnyLevel, ApiError>,
     query: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> HtmlResult<Response> {
     let Query(q) = query.map_err(|_| ApiError::BadRequest("malformed query string".into()))?;
@@ -260,7 +266,7 @@ pub(super) async fn second_factor_submit(
     State(state): State<AppState>,
     headers: HeaderMap,
     client: ClientInfo,
-    me: Result<CurrentUser, ApiError>,
+    me: Result<AnyLevel, ApiError>,
     form: Result<FormBody<SecondFactorForm>, ApiError>,
 ) -> HtmlResult<Response> {
     let FormBody(form) = form?;

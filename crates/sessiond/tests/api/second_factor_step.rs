@@ -417,7 +417,7 @@ async fn the_second_factor_step_asks_only_who_can_answer_and_checks_every_code()
     );
     // A hostile rd is dropped at the login already: the step is asked with none.
     let res = login("//evil.example/", csrf.clone()).await;
-    assert_eq!(res.headers()["location"], "/login/2fa?rd=%2F");
+    assert_eq!(res.headers()["location"], "/login/2fa");
     let res = login("/private?tab=2", csrf.clone()).await;
     let (status, html, token) = app.page(&vic, "/login/2fa?rd=%2Fprivate%3Ftab%3D2").await;
     assert_eq!(status, StatusCode::OK);
@@ -645,4 +645,27 @@ async fn open_redirect_payloads_never_leave_our_hosts_through_the_second_factor_
             "payload {i}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_login_held_to_enrolment_goes_to_the_account_page() {
+    let app = spawn_app_full(
+        Arc::new(tempfile::tempdir().unwrap()),
+        "[two_factor]\nrequired = \"all\"\n",
+        Overrides::default(),
+    )
+    .await;
+    app.add_user("wes").await;
+    let c = app.client();
+    let res = app.form_login(&c, "wes", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/#two-factor");
+    // And the second-factor step, which this user could not complete, sends there too.
+    let res = c.get(app.url("/login/2fa?rd=/x")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(res.headers()["location"], "/#two-factor");
+    // Once enrolled, the login goes to the step.
+    enrol_totp(&app, "wes").await;
+    let res = app.form_login(&app.client(), "wes", PASSWORD).await;
+    assert_eq!(res.headers()["location"], "/login/2fa");
 }
