@@ -29,6 +29,7 @@ impl Templates {
         for (name, src) in [
             ("base.html", include_str!("templates/base.html")),
             ("login.html", include_str!("templates/login.html")),
+            ("login_2fa.html", include_str!("templates/login_2fa.html")),
             ("account.html", include_str!("templates/account.html")),
             ("error.html", include_str!("templates/error.html")),
             ("admin.html", include_str!("templates/admin.html")),

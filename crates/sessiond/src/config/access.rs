@@ -3,11 +3,15 @@
 //! configuration, parsed and validated with the rest of it; `forward_auth` applies them to
 //! canonical paths only (`forward_auth::path`).
 //!
+//! The policies, from laxest to strictest: `bypass`, `authenticated` (Authelia's name for it,
+//! `one_factor`, is accepted as the same policy), `two_factor` (a session raised by a second
+//! factor), `deny`.
+//!
 //! Prefixes match whole segments (`/admin` matches `/admin` and `/admin/x`, not
 //! `/administrator`) of the decoded path (`/%61dmin` is `/admin`). A `bypass` rule matches
-//! only the exact case it was written in; `deny` and `authenticated` rules match ASCII letters
-//! in any case: a case-insensitive back end serves `/ADMIN` as `/admin`, so the stricter
-//! rules must cover it, while a laxer one must never reach a path it was not written for.
+//! only the exact case it was written in; every other rule matches ASCII letters in any case:
+//! a case-insensitive back end serves `/ADMIN` as `/admin`, so the stricter rules must cover
+//! it, while a laxer one must never reach a path it was not written for.
 
 use std::fmt;
 
@@ -18,8 +22,12 @@ use sessiond_core::Group;
 pub enum Policy {
     /// No session needed; the identity headers are sent empty.
     Bypass,
-    /// A valid session, and membership of one of `groups` when any are given.
+    /// A valid session, and membership of one of `groups` when any are given. Written
+    /// `authenticated` or `one_factor` (Authelia's name): a password is enough.
     Authenticated,
+    /// As [`Policy::Authenticated`], and the session must be `two_factor` (raised by a second
+    /// factor after the password).
+    TwoFactor,
     /// Refused (`403`), logged in or not.
     Deny,
 }
@@ -74,11 +82,13 @@ impl AccessRules {
                 .map_err(|e: toml::de::Error| format!("access.rules[{n}]: {}", e.message()))?;
             let policy = match raw.policy.as_str() {
                 "bypass" => Policy::Bypass,
-                "authenticated" => Policy::Authenticated,
+                // Authelia's name for the same policy, so its rules can be carried over.
+                "authenticated" | "one_factor" => Policy::Authenticated,
+                "two_factor" => Policy::TwoFactor,
                 "deny" => Policy::Deny,
                 other => {
                     return Err(format!(
-                        "access.rules[{n}].policy: {other:?} must be \"bypass\", \"authenticated\" or \"deny\""
+                        "access.rules[{n}].policy: {other:?} must be \"bypass\", \"authenticated\" (or \"one_factor\"), \"two_factor\" or \"deny\""
                     ))
                 }
             };
@@ -116,9 +126,9 @@ impl AccessRules {
                     ));
                 }
             }
-            if !raw.groups.is_empty() && policy != Policy::Authenticated {
+            if !raw.groups.is_empty() && !policy.needs_session() {
                 return Err(format!(
-                    "access.rules[{n}].groups: only an \"authenticated\" rule can require groups"
+                    "access.rules[{n}].groups: only an \"authenticated\", \"one_factor\" or \"two_factor\" rule can require groups"
                 ));
             }
             let groups = raw.groups.iter().map(|g| Group::parse(g));
@@ -181,6 +191,13 @@ impl AccessRules {
     }
 }
 
+impl Policy {
+    /// Whether the policy lets a request through only with a session (of some level).
+    pub fn needs_session(self) -> bool {
+        matches!(self, Policy::Authenticated | Policy::TwoFactor)
+    }
+}
+
 /// Whole-segment prefix match; ASCII letters in any case when `any_case`.
 fn path_matches(prefix: &str, path: &str, any_case: bool) -> bool {
     let (p, head) = (prefix.as_bytes(), path.as_bytes());
@@ -201,6 +218,7 @@ impl fmt::Display for Policy {
         f.write_str(match self {
             Policy::Bypass => "bypass",
             Policy::Authenticated => "authenticated",
+            Policy::TwoFactor => "two_factor",
             Policy::Deny => "deny",
         })
     }
@@ -317,10 +335,82 @@ mod tests {
     }
 
     #[test]
+    fn two_factor_and_one_factor_rules() {
+        let r = rules(
+            r#"
+            [[access.rules]]
+            domain = "app.example.com"
+            path_prefix = "/admin"
+            policy = "two_factor"
+            groups = ["ops"]
+            [[access.rules]]
+            domain = "app.example.com"
+            path_prefix = "/billing"
+            policy = "two_factor"
+            [[access.rules]]
+            domain = "app.example.com"
+            path_prefix = "/wiki"
+            policy = "one_factor"
+            [[access.rules]]
+            domain = "app.example.com"
+            path_prefix = "/team"
+            policy = "one_factor"
+            groups = ["dev", "ops"]
+            [[access.rules]]
+            domain = "*.vault.example.com"
+            policy = "two_factor"
+        "#,
+        )
+        .unwrap();
+        let ops = vec![Group::parse("ops").unwrap()];
+        let team = vec![Group::parse("dev").unwrap(), Group::parse("ops").unwrap()];
+        let table: &[(&str, &str, Policy, &[Group])] = &[
+            ("app.example.com", "/admin", Policy::TwoFactor, &ops),
+            ("app.example.com", "/admin/users", Policy::TwoFactor, &ops),
+            // Like every rule stricter than bypass, in any case of ASCII letters.
+            ("app.example.com", "/ADMIN/users", Policy::TwoFactor, &ops),
+            (
+                "app.example.com",
+                "/administrator",
+                Policy::Authenticated,
+                &[],
+            ),
+            ("app.example.com", "/billing", Policy::TwoFactor, &[]),
+            ("app.example.com", "/Billing/x", Policy::TwoFactor, &[]),
+            // `one_factor` is Authelia's name for `authenticated`: the same policy.
+            ("app.example.com", "/wiki/x", Policy::Authenticated, &[]),
+            ("app.example.com", "/WIKI", Policy::Authenticated, &[]),
+            ("app.example.com", "/team/x", Policy::Authenticated, &team),
+            ("app.example.com", "/", Policy::Authenticated, &[]),
+            ("db.vault.example.com", "/", Policy::TwoFactor, &[]),
+            ("vault.example.com", "/", Policy::Authenticated, &[]),
+            ("other.example.com", "/admin", Policy::Authenticated, &[]),
+        ];
+        for (host, path, policy, groups) in table {
+            let d = r.decide(host, path);
+            assert_eq!((d.policy, d.groups), (*policy, *groups), "{host}{path}");
+        }
+        for (policy, session) in [
+            (Policy::Bypass, false),
+            (Policy::Authenticated, true),
+            (Policy::TwoFactor, true),
+            (Policy::Deny, false),
+        ] {
+            assert_eq!(policy.needs_session(), session, "{policy}");
+        }
+        assert_eq!(Policy::TwoFactor.to_string(), "two_factor");
+    }
+
+    #[test]
     fn invalid_rules_are_refused_with_the_rule_named() {
         for (src, needle) in [
             ("[[access.rules]]\npolicy = \"allow\"", "rules[1].policy"),
             ("[[access.rules]]\npolicy = \"deny\"\ngroups = [\"a\"]", "rules[1].groups"),
+            ("[[access.rules]]\npolicy = \"bypass\"\ngroups = [\"a\"]", "rules[1].groups"),
+            ("[[access.rules]]\npolicy = \"two_factor\"\ngroups = [\"\"]", "rules[1].groups"),
+            // Authelia's other names are not ours: a rule we would read differently is refused.
+            ("[[access.rules]]\npolicy = \"TWO_FACTOR\"", "rules[1].policy"),
+            ("[[access.rules]]\npolicy = \"2fa\"", "rules[1].policy"),
             // The rule of `Group`, as for the CLI and the admin page.
             ("[[access.rules]]\npolicy = \"authenticated\"\ngroups = [\"\"]", "rules[1].groups"),
             ("[[access.rules]]\npolicy = \"authenticated\"\ngroups = [\"a,b\"]", "rules[1].groups"),

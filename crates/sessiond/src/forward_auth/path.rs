@@ -197,14 +197,17 @@ mod tests {
 
     use super::lenient;
 
-    /// Whether a person in `groups` (`None`: anonymous) gets through a decision.
-    fn lets_through(d: Decision<'_>, groups: Option<&[&str]>) -> bool {
-        match (d.policy, groups) {
+    /// Whether a person in `groups` with a session of `two_factor` level or not (`None`:
+    /// anonymous) gets through a decision.
+    fn lets_through(d: Decision<'_>, who: Option<(&[&str], bool)>) -> bool {
+        let member = |mine: &[&str]| {
+            d.groups.is_empty() || d.groups.iter().any(|g| mine.contains(&g.as_str()))
+        };
+        match (d.policy, who) {
             (Policy::Bypass, _) => true,
-            (Policy::Deny, _) | (Policy::Authenticated, None) => false,
-            (Policy::Authenticated, Some(mine)) => {
-                d.groups.is_empty() || d.groups.iter().any(|g| mine.contains(&g.as_str()))
-            }
+            (Policy::Deny, _) | (Policy::Authenticated | Policy::TwoFactor, None) => false,
+            (Policy::Authenticated, Some((mine, _))) => member(mine),
+            (Policy::TwoFactor, Some((mine, two_factor))) => two_factor && member(mine),
         }
     }
 
@@ -220,7 +223,7 @@ mod tests {
                 "/", "/", "/", "public", "Public", "deny", "DENY", "ops", "Ops", "docs", "x",
                 "a.b", ".", "..", "%2e", "%2E", "%2f", "%2F", "%5c", "\\", ";", ";x", "%3b",
                 "%00", "%20", " ", "%252e", "%252f", "%c0%ae", "%EF%BC%8E", "%EF%BC%8F", "?",
-                "#", "%3f", "%23", "%41", "%64eny", "~", "%", "%zz",
+                "#", "%3f", "%23", "%41", "%64eny", "~", "%", "%zz", "vault", "VAULT",
             ]), 1..12),
         ) {
             let r = rules(
@@ -238,6 +241,9 @@ mod tests {
                 [[access.rules]]
                 path_prefix = "/docs/"
                 policy = "bypass"
+                [[access.rules]]
+                path_prefix = "/vault"
+                policy = "two_factor"
             "#,
             )
             .unwrap();
@@ -246,7 +252,12 @@ mod tests {
                 let decided = r.decide("app.example.com", &path);
                 let served = lenient::lenient_path(&uri);
                 let as_served = r.decide("app.example.com", &served);
-                for who in [None, Some(&["dev"][..]), Some(&["ops"][..])] {
+                for who in [
+                    None,
+                    Some((&["dev"][..], false)),
+                    Some((&["ops"][..], false)),
+                    Some((&["ops"][..], true)),
+                ] {
                     proptest::prop_assert!(
                         !lets_through(decided, who) || lets_through(as_served, who),
                         "{:?} as {:?}: {:?} for {:?}, but {:?} for the {:?} served",

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::Response;
+use sessiond_axum::auth::AuthError;
+use sessiond_axum::AuthLevel;
 use url::Url;
 
 use super::extract::CurrentUser;
@@ -112,35 +114,75 @@ async fn decide(
     match decision.policy {
         Policy::Bypass => return Ok(allowed(state, None)),
         Policy::Deny => return Err(ApiError::Forbidden),
-        Policy::Authenticated => {}
+        Policy::Authenticated | Policy::TwoFactor => {}
     }
     let me = match state.sessions.verify(h).await? {
         Some(session) => CurrentUser::resolve(state, session).await?,
         None => None,
     };
     let Some(me) = me else {
-        return Err(login_required(state, &target.url, h, flavour));
+        return Err(to_portal(state, Step::Login, &target.url, h, flavour));
     };
+    // The level is in the (cached) session record: no store read for any rule. It is checked
+    // before the groups, so a one-factor session (a password alone, perhaps a stolen one)
+    // learns nothing of the rule beyond "a second factor is needed". Whether the user has a
+    // factor to give is the second-factor step's question (it sends users without one to
+    // enrolment), not the hot path's.
+    if decision.policy == Policy::TwoFactor && me.session.record().level < AuthLevel::TwoFactor {
+        return Err(to_portal(
+            state,
+            Step::SecondFactor,
+            &target.url,
+            h,
+            flavour,
+        ));
+    }
     if !decision.groups.is_empty() && !me.user.groups.iter().any(|g| decision.groups.contains(g)) {
         return Err(ApiError::Forbidden);
     }
     Ok(allowed(state, Some(&me)))
 }
 
-fn login_required(state: &AppState, target: &Url, h: &HeaderMap, flavour: Flavour) -> ApiError {
+/// The step of the portal a request is missing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// No valid session: the login page.
+    Login,
+    /// A `one_factor` session where the rule needs `two_factor`: the second-factor step.
+    SecondFactor,
+}
+
+/// The answer for a request that lacks `step`: a browser navigation is sent to the portal's
+/// page for it with the target as `rd` (`302` on forward-auth, `401` with `Location` on
+/// auth-request, which the nginx snippet turns into a redirect); anything else gets a plain
+/// `401` it can act on (`unauthenticated`, or `second_factor_required`).
+fn to_portal(
+    state: &AppState,
+    step: Step,
+    target: &Url,
+    h: &HeaderMap,
+    flavour: Flavour,
+) -> ApiError {
     if !is_navigation(h) {
-        return ApiError::LoginRequired {
-            location: None,
-            redirect: false,
+        return match step {
+            Step::Login => ApiError::LoginRequired {
+                location: None,
+                redirect: false,
+            },
+            Step::SecondFactor => AuthError::SecondFactorRequired.into(),
         };
     }
-    let mut login = state
+    let path = match step {
+        Step::Login => "/login",
+        Step::SecondFactor => "/login/2fa",
+    };
+    let mut portal = state
         .config
         .public_url
-        .join("/login")
+        .join(path)
         .expect("a path joins any base");
-    login.query_pairs_mut().append_pair("rd", target.as_str());
-    let location = HeaderValue::from_str(login.as_str()).ok();
+    portal.query_pairs_mut().append_pair("rd", target.as_str());
+    let location = HeaderValue::from_str(portal.as_str()).ok();
     ApiError::LoginRequired {
         location,
         redirect: flavour == Flavour::ForwardAuth,

@@ -67,6 +67,10 @@ fn router(state: AppState) -> Router {
         .route("/admin/sessions/revoke-all", post(admin::revoke_all))
         .route("/admin/sessions/{id}/revoke", post(admin::revoke_session))
         .route("/login", get(login::login_form).post(login::login_submit))
+        .route(
+            "/login/2fa",
+            get(login::second_factor_form).post(login::second_factor_submit),
+        )
         .route("/logout", post(login::logout))
         .route("/static/style.css", get(html::style))
         .route("/api/login", post(api::login))

@@ -17,6 +17,7 @@ mod net;
 mod pages;
 mod paths;
 mod proxies;
+mod second_factor_step;
 mod shared;
 mod throttle;
 mod two_factor;

@@ -1,7 +1,9 @@
 //! Real reverse proxies in front of a real upstream (issue 5): nginx `auth_request` and Caddy
 //! `forward_auth`, configured like the files in `examples/`, walking the whole flow a browser
 //! would: redirect to login with the right `rd`, login, the upstream sees the user, API calls
-//! get 401, rules deny or bypass, logout ends access on the next request.
+//! get 401, rules deny or bypass, logout ends access on the next request; and a `two_factor`
+//! rule (issue 18): a one-factor session is sent to the second-factor step and, after a TOTP
+//! code, back to the app.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -43,6 +45,11 @@ domain = "app.example.test"
 path_prefix = "/dev"
 policy = "authenticated"
 groups = ["dev"]
+
+[[access.rules]]
+domain = "app.example.test"
+path_prefix = "/vault"
+policy = "two_factor"
 "#;
 
 /// An upstream app that echoes what it was told about the user, and the cookies it got.
@@ -216,6 +223,20 @@ impl Proxy {
         reqwest::Client::builder()
             .cookie_store(jar)
             .redirect(reqwest::redirect::Policy::none())
+            .resolve("app.example.test", addr)
+            .resolve("auth.example.test", addr)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    /// A browser-like client that follows redirects (as a browser does, `303` after a form
+    /// post becomes a `GET`), with a cookie jar.
+    pub fn following_client(&self) -> reqwest::Client {
+        let addr: SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::limited(10))
             .resolve("app.example.test", addr)
             .resolve("auth.example.test", addr)
             .timeout(Duration::from_secs(10))
@@ -423,7 +444,153 @@ async fn walk(proxy: &Proxy, app: &TestApp) {
         .is_empty());
 }
 
-async fn run(proxy_name: &'static str) {
+/// Gives a TOTP code on the second-factor step the browser is at (`step`, the form) and
+/// follows on: back at `rd`, the protected content.
+async fn give_code(
+    proxy: &Proxy,
+    app: &TestApp,
+    secret: &[u8],
+    rd: &str,
+    browser: &reqwest::Client,
+    step: reqwest::Response,
+) {
+    use crate::second_factor_step::{hidden, next_code};
+    let name = proxy.name;
+    assert_eq!(step.status(), StatusCode::OK, "{name}: the step's form");
+    let form = step.text().await.unwrap();
+    assert_eq!(hidden(&form, "rd"), rd, "{name}: rd kept");
+    let res = browser
+        .post(proxy.auth("/login/2fa"))
+        .header("accept", "text/html")
+        .form(&[
+            ("code", next_code(app, secret).as_str()),
+            ("kind", "totp"),
+            ("rd", hidden(&form, "rd").as_str()),
+            ("csrf_token", hidden(&form, "csrf_token").as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.url().as_str(), rd, "{name}: back at rd");
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{name}: the app after the code"
+    );
+    let seen = json(res).await;
+    assert_eq!(seen["remote_user"], "zoe", "{name}: {seen}");
+    assert!(
+        !seen["cookie"].as_str().unwrap().contains("sessiond="),
+        "{name}: {seen}"
+    );
+}
+
+/// A `two_factor` rule through the proxy: a one-factor session navigating to it lands on the
+/// second-factor step, gives a TOTP code and is back at the app with the content; so does a
+/// browser that starts without a session (login form → step → app); API calls get `401`.
+async fn walk_two_factor(proxy: &Proxy, app: &TestApp) {
+    use crate::second_factor_step::{enrol_totp, hidden};
+    let name = proxy.name;
+    let html = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8";
+    app.add_user("zoe").await;
+    let (secret, _) = enrol_totp(app, "zoe").await;
+    let rd = proxy.app("/vault/page?x=1");
+    let rd_enc: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+
+    // 1. A one-factor session (a password login through the JSON API) navigates to the rule.
+    let browser = proxy.following_client();
+    let res = browser
+        .post(proxy.auth("/api/login"))
+        .json(&serde_json::json!({ "username": "zoe", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{name}: API login");
+    let res = browser
+        .get(proxy.app("/page"))
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::OK,
+        "{name}: authenticated with one factor"
+    );
+    let step = browser
+        .get(&rd)
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        step.url().as_str(),
+        proxy.auth(&format!("/login/2fa?rd={rd_enc}")),
+        "{name}: sent to the second-factor step"
+    );
+    give_code(proxy, app, &secret, &rd, &browser, step).await;
+    // Raised: the rule lets it through from now on, API calls too.
+    let res = browser
+        .get(proxy.app("/vault/api"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{name}: raised API call");
+
+    // 2. No session yet: login form, then the step, then the app.
+    let browser = proxy.following_client();
+    let login = browser
+        .get(&rd)
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        login.url().as_str(),
+        proxy.auth(&format!("/login?rd={rd_enc}")),
+        "{name}"
+    );
+    let form = login.text().await.unwrap();
+    let step = browser
+        .post(proxy.auth("/login"))
+        .header("accept", html)
+        .form(&[
+            ("username", "zoe"),
+            ("password", PASSWORD),
+            ("csrf_token", &csrf_from(&form)),
+            ("rd", &hidden(&form, "rd")),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        step.url().as_str(),
+        proxy.auth(&format!("/login/2fa?rd={rd_enc}")),
+        "{name}: from the password to the step"
+    );
+    give_code(proxy, app, &secret, &rd, &browser, step).await;
+
+    // 3. An API call of a one-factor session: 401, no redirect.
+    let api = proxy.client(true);
+    let res = api
+        .post(proxy.auth("/api/login"))
+        .json(&serde_json::json!({ "username": "zoe", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = api
+        .get(proxy.app("/vault/items"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{name}: API call");
+    assert!(res.headers().get("location").is_none(), "{name}");
+}
+
+async fn run(proxy_name: &'static str, two_factor: bool) {
     if !installed(proxy_name) {
         return;
     }
@@ -445,15 +612,29 @@ async fn run(proxy_name: &'static str) {
         _ => start_caddy(port, sessiond, &backend),
     };
     proxy.wait_up().await;
-    walk(&proxy, &app).await;
+    if two_factor {
+        walk_two_factor(&proxy, &app).await;
+    } else {
+        walk(&proxy, &app).await;
+    }
 }
 
 #[tokio::test]
 async fn nginx_auth_request_protects_an_app() {
-    run("nginx").await;
+    run("nginx", false).await;
 }
 
 #[tokio::test]
 async fn caddy_forward_auth_protects_an_app() {
-    run("caddy").await;
+    run("caddy", false).await;
+}
+
+#[tokio::test]
+async fn nginx_two_factor_rule_goes_through_the_second_factor_step() {
+    run("nginx", true).await;
+}
+
+#[tokio::test]
+async fn caddy_two_factor_rule_goes_through_the_second_factor_step() {
+    run("caddy", true).await;
 }
