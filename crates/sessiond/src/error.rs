@@ -242,19 +242,20 @@ impl IntoResponse for ApiError {
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// An [`ApiError`] on a browser route: the same status and message as an HTML page, except
-/// that "not logged in" sends the browser to the login form.
+/// that "not logged in" sends the browser to the login form. The second field is the page to
+/// come back to (a path with its query, this server's), for the redirects that have one.
 #[derive(Debug)]
-pub(crate) struct HtmlError(pub ApiError);
+pub(crate) struct HtmlError(pub ApiError, pub Option<String>);
 
 impl<E: Into<ApiError>> From<E> for HtmlError {
     fn from(e: E) -> Self {
-        Self(e.into())
+        Self(e.into(), None)
     }
 }
 
 impl IntoResponse for HtmlError {
     fn into_response(self) -> Response {
-        let e = self.0;
+        let HtmlError(e, back) = self;
         // A browser is sent where it can do what is missing: log in, verify a second factor
         // (the portal's second-factor step), or enrol one (the account page).
         let to = match e {
@@ -264,9 +265,17 @@ impl IntoResponse for HtmlError {
             _ => None,
         };
         if let Some(to) = to {
+            let location = match back.filter(|_| !to.contains('#')) {
+                // `rd` percent-encoded whole: it stays one query value.
+                Some(rd) => {
+                    let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
+                    HeaderValue::try_from(format!("{to}?rd={rd}"))
+                        .unwrap_or_else(|_| HeaderValue::from_static(to))
+                }
+                None => HeaderValue::from_static(to),
+            };
             let mut res = StatusCode::SEE_OTHER.into_response();
-            res.headers_mut()
-                .insert(header::LOCATION, HeaderValue::from_static(to));
+            res.headers_mut().insert(header::LOCATION, location);
             res.headers_mut()
                 .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             return res;

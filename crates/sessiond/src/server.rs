@@ -74,10 +74,40 @@ async fn build_state_with(
         .max_sessions_per_user(config.max_sessions_per_user);
     if let Some(key) = encryption_key(&config)? {
         let factors = SecondFactors::new(stores.factors, key).issuer(&config.two_factor.issuer);
-        builder = builder.second_factors(factors);
+        builder = builder.second_factors(with_passkeys(factors, &config));
     }
     let auth = builder.build()?;
     Ok(AppState::new(config, auth))
+}
+
+/// Passkeys for the relying party of the public URL: its host, or the cookie domain when one
+/// is set (its subdomains then share passkeys). A public URL whose host cannot be a relying
+/// party (an IP address: browsers refuse them) leaves passkeys off, said once at start; TOTP
+/// and recovery codes work regardless (docs/reference/second-factor.md, "Passkeys").
+fn with_passkeys(factors: SecondFactors, config: &Config) -> SecondFactors {
+    let host = config.public_url.host_str().unwrap_or_default();
+    let rp_id = config.cookie.domain().unwrap_or(host).to_owned();
+    let ip = host
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    if ip {
+        tracing::warn!(
+            public_url = %config.public_url,
+            "passkeys are off: the public URL's host is an IP address, which browsers refuse              as a relying party (use a host name, e.g. localhost)"
+        );
+        return factors;
+    }
+    match factors
+        .clone()
+        .passkeys(&rp_id, &config.public_url, &config.two_factor.issuer)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "passkeys are off");
+            factors
+        }
+    }
 }
 
 /// The key that encrypts second-factor secrets: given, or the key file beside the SQLite

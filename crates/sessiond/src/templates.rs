@@ -56,3 +56,5 @@ impl Templates {
 }
 
 pub(crate) const STYLE_CSS: &str = include_str!("templates/style.css");
+/// The passkey ceremonies of the pages (`/static/passkeys.js`).
+pub(crate) const PASSKEYS_JS: &str = include_str!("templates/passkeys.js");

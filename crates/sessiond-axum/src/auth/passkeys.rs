@@ -95,6 +95,11 @@ impl std::fmt::Debug for RelyingParty {
 }
 
 impl SecondFactors {
+    /// Whether passkeys are on ([`SecondFactors::passkeys`]).
+    pub fn passkeys_enabled(&self) -> bool {
+        self.passkeys.is_some()
+    }
+
     /// Enables passkeys for the relying party `rp_id` (a host name: the public URL's host, or
     /// the cookie domain to share passkeys across its subdomains; `localhost` works for
     /// development), whose pages are served from `origin` (`https://auth.example.com`, or

@@ -103,6 +103,29 @@ pub(crate) fn second_factors_configured(state: &AppState) -> Result<(), AuthErro
     }
 }
 
+/// Removes one of the caller's passkeys (base64url id; the library ends their other
+/// sessions); `false` when they have no such passkey. Refused ([`AuthError::Conflict`]) when
+/// `two_factor.required` applies to the user and it is their only factor.
+pub(crate) async fn remove_passkey(
+    state: &AppState,
+    me: &CurrentUser,
+    id: &str,
+) -> Result<bool, AuthError> {
+    let summary = state.auth.factors_of(me.user.id).await?;
+    if summary.passkeys == 0 {
+        return Ok(false);
+    }
+    // The level first: a one-factor session learns nothing more than "verify first".
+    state.auth.require_level_for(&me.session).await?;
+    let only = !summary.totp && summary.passkeys == 1;
+    if only && state.config.two_factor.required.applies_to(me.user.admin) {
+        return Err(AuthError::Conflict(
+            "two_factor.required: this is your only second factor, so it cannot be removed".into(),
+        ));
+    }
+    state.auth.passkey_remove(&me.session, &me.user, id).await
+}
+
 /// Removes the caller's TOTP factor (the library ends their other sessions); `false` when
 /// there is none. Refused ([`AuthError::Conflict`]) when `two_factor.required` applies to the
 /// user and it is their only factor: they would be held to enrolment at their next login.

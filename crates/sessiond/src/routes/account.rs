@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
-use sessiond_axum::auth::{AuthError, PasswordChanged};
+use sessiond_axum::auth::{AuthError, PasskeyInfo, PasswordChanged};
 use sessiond_axum::csrf::form_token;
 use sessiond_core::SessionId;
 
@@ -58,6 +58,10 @@ struct TwoFactorPart {
     verify_first: bool,
     /// `two_factor.required` holds this session to enrolment: the page shows nothing else.
     must_enrol: bool,
+    /// Passkeys are on (the public URL's host can be a relying party).
+    passkeys_available: bool,
+    /// The user's passkeys.
+    passkeys: Vec<PasskeyInfo>,
 }
 
 /// The enrolment's second step: the secret as text and as a QR code, and the confirm form.
@@ -103,6 +107,8 @@ fn notice(done: Option<&str>) -> Option<&'static str> {
         "revoked" => Some("Session logged out."),
         "others" => Some("All your other sessions were logged out."),
         "totp_removed" => Some("Authenticator app removed. Your other sessions were logged out."),
+        "passkey_removed" => Some("Passkey removed. Your other sessions were logged out."),
+        "passkey_added" => Some("Passkey added. Your other sessions were logged out."),
         _ => None,
     }
 }
@@ -158,6 +164,11 @@ async fn render_page(
             recovery_codes: summary.recovery_codes,
             verify_first: next == Some(NextStep::Verify),
             must_enrol,
+            passkeys_available: state
+                .auth
+                .second_factors()
+                .is_some_and(|f| f.passkeys_enabled()),
+            passkeys: state.auth.passkeys_of(me.user.id).await?,
         },
         setup,
         sessions,
@@ -415,6 +426,29 @@ pub(super) async fn regenerate_recovery(
         enrolled: false,
     };
     page(StatusCode::OK, "recovery_codes.html", ctx)
+}
+
+/// Removes one passkey (the user's other sessions end).
+pub(super) async fn passkey_remove(
+    State(state): State<AppState>,
+    me: Result<CurrentUser, ApiError>,
+    Path(id): Path<String>,
+    form: Result<FormBody<TokenForm>, ApiError>,
+) -> HtmlResult<Response> {
+    let me = me?;
+    let FormBody(form) = form?;
+    check_form_token(&me.session, &form.csrf_token)?;
+    accounts::second_factors_configured(&state)?;
+    match accounts::remove_passkey(&state, &me, &id).await {
+        Ok(true) => Ok(see_other("/?done=passkey_removed")),
+        Ok(false) => Err(ApiError::NotFound.into()),
+        Err(e @ AuthError::Conflict(_)) => {
+            let e = ApiError::from(e);
+            let msg = Some(sentence(&e.to_string()));
+            render(&state, &me, e.status(), None, msg).await
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Removes the authenticator app (the user's other sessions end).

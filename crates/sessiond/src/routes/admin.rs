@@ -35,7 +35,13 @@ impl FromRequestParts<AppState> for Admin {
         if !me.user.admin {
             return Err(ApiError::Forbidden.into());
         }
-        state.auth.require_level_for(&me.session).await?;
+        if let Err(e) = state.auth.require_level_for(&me.session).await {
+            // A page comes back here after the second-factor step.
+            let back = (parts.method == axum::http::Method::GET)
+                .then(|| parts.uri.path_and_query().map(|p| p.as_str().to_owned()))
+                .flatten();
+            return Err(crate::error::HtmlError(e.into(), back));
+        }
         Ok(Self(me))
     }
 }

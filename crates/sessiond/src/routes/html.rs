@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sessiond_axum::{csrf, ActiveSession};
 
 use crate::error::{ApiError, HtmlResult};
-use crate::templates::{templates, STYLE_CSS};
+use crate::templates::{templates, PASSKEYS_JS, STYLE_CSS};
 
 /// Checks a posted form token against the session's (`csrf::check_form_token`).
 pub(crate) fn check_form_token(session: &ActiveSession, sent: &str) -> Result<(), ApiError> {
@@ -51,6 +51,21 @@ pub(crate) fn sentence(s: &str) -> String {
         .map(|f| f.to_uppercase().chain(c).collect())
         .unwrap_or_default();
     format!("{first}.")
+}
+
+/// The pages' only script: the passkey ceremonies (`navigator.credentials`), which cannot be
+/// done without one. Served from here so the pages' CSP allows scripts from `'self'` only.
+pub(crate) async fn passkeys_script() -> Response {
+    let mut res = (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        PASSKEYS_JS,
+    )
+        .into_response();
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=3600"),
+    );
+    res
 }
 
 pub(crate) async fn style() -> Response {

@@ -48,6 +48,9 @@ struct LoginPage<'a> {
     rd: &'a str,
     username: &'a str,
     error: Option<&'a str>,
+    /// Where a passwordless passkey login goes (the safe `rd`, else `/`); `None` when
+    /// passkeys are off.
+    passkey_next: Option<String>,
 }
 
 fn render_login(
@@ -68,6 +71,7 @@ fn render_login(
             rd,
             username,
             error,
+            passkey_next: passkeys_on(state).then(|| after_login(state, rd)),
         },
     )?;
     if let Some(c) = csrf.set_cookie() {
@@ -194,15 +198,28 @@ struct SecondFactorPage<'a> {
     username: &'a str,
     recovery: bool,
     error: Option<&'a str>,
+    /// Where the passkey step goes once done (the safe `rd`, else `/`); `None` when the user
+    /// has no passkey or passkeys are off.
+    passkey_next: Option<String>,
 }
 
-fn render_second_factor(
+/// Whether this server offers passkeys.
+fn passkeys_on(state: &AppState) -> bool {
+    state
+        .auth
+        .second_factors()
+        .is_some_and(|f| f.passkeys_enabled())
+}
+
+async fn render_second_factor(
+    state: &AppState,
     me: &CurrentUser,
     status: StatusCode,
     rd: &str,
     recovery: bool,
     error: Option<&str>,
 ) -> HtmlResult<Response> {
+    let has_passkey = passkeys_on(state) && state.auth.factors_of(me.user.id).await?.passkeys > 0;
     page(
         status,
         "login_2fa.html",
@@ -212,6 +229,7 @@ fn render_second_factor(
             username: me.user.username.as_str(),
             recovery,
             error,
+            passkey_next: has_passkey.then(|| after_login(state, rd)),
         },
     )
 }
@@ -258,7 +276,9 @@ pub(super) async fn second_factor_form(
     let rd = q.rd.or(q.next).unwrap_or_default();
     match before_second_factor(&state, me, &rd).await? {
         Before::Redirect(res) => Ok(res),
-        Before::Ask(me) => render_second_factor(&me, StatusCode::OK, &rd, false, None),
+        Before::Ask(me) => {
+            render_second_factor(&state, &me, StatusCode::OK, &rd, false, None).await
+        }
     }
 }
 
@@ -284,7 +304,8 @@ pub(super) async fn second_factor_submit(
     // The session-bound token: a page of this session, not another site, posted the code.
     if check_form_token(&me.session, &form.csrf_token).is_err() {
         let msg = "This form expired. Please enter a new code.";
-        return render_second_factor(&me, StatusCode::FORBIDDEN, rd, recovery, Some(msg));
+        return render_second_factor(&state, &me, StatusCode::FORBIDDEN, rd, recovery, Some(msg))
+            .await;
     }
     let verified = state.auth.verify_second_factor(
         &me.session,
@@ -305,7 +326,8 @@ pub(super) async fn second_factor_submit(
         Err(AuthError::Throttled { retry_after }) => {
             let msg = format!("Too many failed attempts. Try again in {retry_after} seconds.");
             let status = StatusCode::TOO_MANY_REQUESTS;
-            let mut res = render_second_factor(&me, status, rd, recovery, Some(&msg))?;
+            let mut res =
+                render_second_factor(&state, &me, status, rd, recovery, Some(&msg)).await?;
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             Ok(res)
@@ -321,7 +343,7 @@ pub(super) async fn second_factor_submit(
                 other => sentence(&other.to_string()),
             };
             let status = ApiError::from(e).status();
-            render_second_factor(&me, status, rd, recovery, Some(&msg))
+            render_second_factor(&state, &me, status, rd, recovery, Some(&msg)).await
         }
         // Ended meanwhile (revoked, or raised by another tab): sign in again.
         Err(AuthError::SessionEnded) => Ok(see_other(&portal_step("/login", rd))),

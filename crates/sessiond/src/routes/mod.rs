@@ -10,6 +10,7 @@ mod health;
 mod html;
 mod login;
 mod metrics;
+mod passkeys;
 mod two_factor;
 mod views;
 
@@ -57,6 +58,7 @@ fn router(state: AppState) -> Router {
         .route("/2fa/totp/setup", post(account::totp_setup))
         .route("/2fa/totp/confirm", post(account::totp_confirm))
         .route("/2fa/totp/remove", post(account::totp_remove))
+        .route("/2fa/passkeys/{id}/remove", post(account::passkey_remove))
         .route(
             "/2fa/recovery/regenerate",
             post(account::regenerate_recovery),
@@ -73,6 +75,7 @@ fn router(state: AppState) -> Router {
         )
         .route("/logout", post(login::logout))
         .route("/static/style.css", get(html::style))
+        .route("/static/passkeys.js", get(html::passkeys_script))
         .route("/api/login", post(api::login))
         .route("/api/logout", post(api::logout))
         .route("/api/session", get(api::session))
@@ -91,6 +94,23 @@ fn router(state: AppState) -> Router {
         )
         .route("/api/2fa/recovery", post(two_factor::verify_recovery))
         .route("/api/2fa/recovery/regenerate", post(two_factor::regenerate))
+        .route("/api/2fa/passkeys", get(passkeys::list))
+        .route(
+            "/api/2fa/passkeys/register/start",
+            post(passkeys::register_start),
+        )
+        .route(
+            "/api/2fa/passkeys/register/finish",
+            post(passkeys::register_finish),
+        )
+        .route("/api/2fa/passkeys/{id}", delete(passkeys::remove))
+        .route(
+            "/api/2fa/passkey/start",
+            post(passkeys::second_factor_start),
+        )
+        .route("/api/2fa/passkey", post(passkeys::second_factor_finish))
+        .route("/api/login/passkey/start", post(passkeys::login_start))
+        .route("/api/login/passkey", post(passkeys::login_finish))
         .route("/api/authz/forward-auth", get(authz::forward_auth))
         .route("/api/verify", get(authz::forward_auth))
         .route("/api/authz/auth-request", get(authz::auth_request))
