@@ -38,6 +38,7 @@ const ROUTE_LAYERS: &[&[&str]] = &[
         "health",
         "login",
         "metrics",
+        "passkeys",
         "two_factor",
     ],
     &["mod"],

@@ -49,7 +49,10 @@ pub use secret_box::{EncryptionKey, KeyError, WrongKey};
 /// The WebAuthn types a passkey ceremony's answers arrive as (deserialise the browser's JSON
 /// into them), and `Url` for [`SecondFactors::passkeys`].
 pub mod webauthn {
-    pub use webauthn_rs::prelude::{PublicKeyCredential, RegisterPublicKeyCredential, Url};
+    pub use webauthn_rs::prelude::{
+        CreationChallengeResponse, PublicKeyCredential, RegisterPublicKeyCredential,
+        RequestChallengeResponse, Url,
+    };
 }
 pub use throttle::MAX_NEW_DEVICES;
 

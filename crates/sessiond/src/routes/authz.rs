@@ -128,7 +128,13 @@ async fn decide(
     // learns nothing of the rule beyond "a second factor is needed". Whether the user has a
     // factor to give is the second-factor step's question (it sends users without one to
     // enrolment), not the hot path's.
-    if decision.policy == Policy::TwoFactor && me.session.record().level < AuthLevel::TwoFactor {
+    // `two_factor.required` makes every rule that lets users in a `two_factor` rule for the
+    // users it covers: a mandatory second factor that a protected app could be reached
+    // without would be no requirement (docs/reference/second-factor.md, "Who needs which
+    // level"). Still no store read: the flag is in the cached user.
+    let needs_two = decision.policy == Policy::TwoFactor
+        || state.config.two_factor.required.applies_to(me.user.admin);
+    if needs_two && me.session.record().level < AuthLevel::TwoFactor {
         return Err(to_portal(
             state,
             Step::SecondFactor,

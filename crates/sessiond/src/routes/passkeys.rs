@@ -15,8 +15,7 @@ use sessiond_axum::auth::webauthn::{PublicKeyCredential, RegisterPublicKeyCreden
 use sessiond_axum::auth::PasskeyInfo;
 
 use super::extract::{AnyLevel, ClientInfo, CurrentUser, JsonBody, Presented};
-use super::two_factor::raised_cookie;
-use super::views::{login_headers, no_store, SecondFactorView, Whoami};
+use super::views::{login_headers, no_store, raised_cookie, SecondFactorView, Whoami};
 use crate::accounts::{self, next_step};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;

@@ -8,10 +8,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sessiond_axum::auth::{FactorKind, Raised};
+use sessiond_axum::auth::FactorKind;
 
 use super::extract::{AnyLevel, ClientInfo, CurrentUser, JsonBody};
-use super::views::{cookie_headers, no_store, SecondFactorView, Whoami};
+use super::views::{no_store, raised_cookie, SecondFactorView, Whoami};
 use crate::accounts;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -196,9 +196,4 @@ pub(super) async fn totp_remove(
         return Err(ApiError::NotFound);
     }
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-/// `Set-Cookie` for a raised session and `Cache-Control: no-store`.
-pub(super) fn raised_cookie(state: &AppState, raised: &Raised) -> HeaderMap {
-    cookie_headers(state.sessions.session_cookie(&raised.token, &raised.record))
 }

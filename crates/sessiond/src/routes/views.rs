@@ -120,6 +120,12 @@ pub(super) fn no_store() -> HeaderMap {
     h
 }
 
+/// `Set-Cookie` for a raised session (a second factor given: rotated) and
+/// `Cache-Control: no-store`.
+pub(super) fn raised_cookie(state: &AppState, raised: &sessiond_axum::auth::Raised) -> HeaderMap {
+    cookie_headers(state.sessions.session_cookie(&raised.token, &raised.record))
+}
+
 /// Headers of a response that sets (or clears) the session cookie.
 pub(crate) fn cookie_headers(cookie: HeaderValue) -> HeaderMap {
     let mut h = HeaderMap::new();

@@ -15,6 +15,7 @@ mod logfmt;
 mod login;
 mod net;
 mod pages;
+mod passkeys;
 mod paths;
 mod proxies;
 mod second_factor_step;

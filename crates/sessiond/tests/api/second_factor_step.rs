@@ -669,3 +669,51 @@ async fn a_login_held_to_enrolment_goes_to_the_account_page() {
     let res = app.form_login(&app.client(), "wes", PASSWORD).await;
     assert_eq!(res.headers()["location"], "/login/2fa");
 }
+
+/// `two_factor.required = "admins"` turns every rule that lets users in into a `two_factor`
+/// rule for admins (a mandatory factor a protected app could be reached without would be no
+/// requirement), and leaves other users' one-factor sessions alone.
+#[tokio::test]
+async fn required_second_factors_hold_in_forward_auth_too() {
+    let rules = format!("{RULES}\n[two_factor]\nrequired = \"admins\"\n");
+    let app = spawn_app_full(
+        Arc::new(tempfile::tempdir().unwrap()),
+        &rules,
+        Overrides::default(),
+    )
+    .await;
+    app.add_user("una").await;
+    app.add_user_with("ida", PASSWORD, true).await;
+    let admin = one_factor_cookie(&app, "ida").await;
+    let user = one_factor_cookie(&app, "una").await;
+    // `/wiki` is a one_factor rule: enough for the user, not for an admin.
+    let res = fa(&app, "/wiki/page", Some(&user), HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "a user's one-factor session");
+    let res = fa(&app, "/wiki/page", Some(&admin), HTML)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::FOUND,
+        "an admin's one-factor session"
+    );
+    let location = res.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        format!(
+            "https://auth.example.test/login/2fa?rd={}",
+            enc("https://app.example.test/wiki/page")
+        )
+    );
+    let res = fa(&app, "/wiki/page", Some(&admin), "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "second_factor_required");
+}

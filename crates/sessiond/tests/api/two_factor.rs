@@ -686,7 +686,8 @@ async fn an_admin_with_a_factor_needs_two_factor_for_admin_pages() {
     assert_eq!(level(&app, &c).await, "one_factor");
     let res = c.get(app.url("/admin")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(res.headers()["location"], "/login/2fa");
+    // To the step, and back to /admin after it.
+    assert_eq!(res.headers()["location"], "/login/2fa?rd=%2Fadmin");
     // The account page links to the second-factor step and hides the factor forms.
     let (status, html, _) = app.page(&c, "/").await;
     assert_eq!(status, StatusCode::OK);
