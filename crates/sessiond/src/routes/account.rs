@@ -439,13 +439,25 @@ pub(super) async fn passkey_remove(
     let FormBody(form) = form?;
     check_form_token(&me.session, &form.csrf_token)?;
     accounts::second_factors_configured(&state)?;
-    match accounts::remove_passkey(&state, &me, &id).await {
-        Ok(true) => Ok(see_other("/?done=passkey_removed")),
+    let removed = accounts::remove_passkey(&state, &me, &id).await;
+    after_removal(&state, &me, removed, "/?done=passkey_removed").await
+}
+
+/// The answer to a factor's removal: `done` when it was removed, `404` when there was none,
+/// the page with the reason when the removal was refused.
+async fn after_removal(
+    state: &AppState,
+    me: &CurrentUser,
+    removed: Result<bool, AuthError>,
+    done: &str,
+) -> HtmlResult<Response> {
+    match removed {
+        Ok(true) => Ok(see_other(done)),
         Ok(false) => Err(ApiError::NotFound.into()),
         Err(e @ AuthError::Conflict(_)) => {
             let e = ApiError::from(e);
             let msg = Some(sentence(&e.to_string()));
-            render(&state, &me, e.status(), None, msg).await
+            render(state, me, e.status(), None, msg).await
         }
         Err(e) => Err(e.into()),
     }
@@ -461,14 +473,6 @@ pub(super) async fn totp_remove(
     let FormBody(form) = form?;
     check_form_token(&me.session, &form.csrf_token)?;
     accounts::second_factors_configured(&state)?;
-    match accounts::remove_totp(&state, &me).await {
-        Ok(true) => Ok(see_other("/?done=totp_removed")),
-        Ok(false) => Err(ApiError::NotFound.into()),
-        Err(e @ AuthError::Conflict(_)) => {
-            let e = ApiError::from(e);
-            let msg = Some(sentence(&e.to_string()));
-            render(&state, &me, e.status(), None, msg).await
-        }
-        Err(e) => Err(e.into()),
-    }
+    let removed = accounts::remove_totp(&state, &me).await;
+    after_removal(&state, &me, removed, "/?done=totp_removed").await
 }
