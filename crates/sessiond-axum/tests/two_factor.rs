@@ -506,3 +506,49 @@ async fn a_lost_key_is_a_clear_error_and_recovery_codes_still_work() {
         .unwrap();
     assert_eq!(raised.record.level.as_str(), "two_factor");
 }
+
+#[tokio::test]
+async fn raising_the_level_keeps_the_session_data() {
+    let app = app().await;
+    let (secret, _, _) = enrol(&app).await;
+    app.clock.advance_steps(2);
+    let cookie = log_in(&app).await;
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert(header::COOKIE, cookie.parse().unwrap());
+    let session = app.auth.sessions().verify(&headers).await.unwrap().unwrap();
+    let mut data = sessiond_axum::core::SessionData::new();
+    data.insert("cart".into(), serde_json::json!(["book"]));
+    let store = app.auth.sessions().store();
+    assert!(store
+        .save_data(&session.record().token_hash, &data)
+        .await
+        .unwrap());
+    let user = app
+        .store
+        .user_by_name(&Username::parse("ada").unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .user;
+    let code = totp_code(&secret, app.clock.step());
+    let raised = app
+        .auth
+        .verify_second_factor(
+            &session,
+            &user,
+            FactorKind::Totp,
+            &code,
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load_data(&raised.record.token_hash).await.unwrap(),
+        Some(data)
+    );
+    assert_eq!(
+        store.load(&session.record().token_hash).await.unwrap(),
+        None
+    );
+}

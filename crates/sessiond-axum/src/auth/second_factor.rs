@@ -422,7 +422,8 @@ impl<B: UserBackend> Auth<B> {
         Ok(raised)
     }
 
-    /// Replaces the session by one at `two_factor` (same user, client and "remember me").
+    /// Replaces the session by one at `two_factor` (same user, client, "remember me" and
+    /// session data).
     pub(crate) async fn raise_to_two_factor(
         &self,
         session: &ActiveSession,
@@ -436,11 +437,18 @@ impl<B: UserBackend> Auth<B> {
             user_agent: rec.user_agent.clone(),
             level: AuthLevel::TwoFactor,
         };
+        let store = self.sessions().store();
+        // The session's data (an app's `SessionMap`) goes along: the user is the same, only
+        // the proof grew. Read before the rotation ends the old record.
+        let data = store.load_data(&rec.token_hash).await?;
         let (token, record) = self
             .sessions()
             .rotate(fresh, session)
             .await?
             .ok_or(AuthError::SessionEnded)?;
+        if let Some(data) = data.filter(|d| !d.is_empty()) {
+            store.save_data(&record.token_hash, &data).await?;
+        }
         Ok(Raised { token, record })
     }
 
