@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage error; every error is one line on stderr.
 
+mod config_check;
 mod hash_password;
 mod serve;
 mod session;
@@ -17,10 +18,19 @@ use sessiond_core::{Password, StoreError};
 
 use crate::config::{Config, Overrides};
 
+/// `sessiond --version`: the crate's version and the git revision it was built from
+/// (`build.rs`; `unknown` when built outside a git checkout).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SESSIOND_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sessiond",
-    version,
+    version = VERSION,
     about = "Cookie-based user sessions done right"
 )]
 pub(crate) struct Cli {
@@ -55,6 +65,9 @@ enum Command {
     /// Login back-offs in force
     #[command(subcommand)]
     Throttle(throttle::Command),
+    /// Check a configuration: valid, stores reachable; print the effective settings
+    #[command(subcommand)]
+    Config(config_check::Command),
     /// Print the argon2id PHC hash of a password
     HashPassword(hash_password::Args),
     /// The server's password hashing worker (started by `serve`, not by hand)
@@ -176,6 +189,7 @@ fn run(cli: Cli) -> CliResult {
         Command::User(cmd) => user::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Throttle(cmd) => throttle::run(load_config(cli.config.as_ref(), over)?, cmd),
+        Command::Config(cmd) => config_check::run(cli.config.as_ref(), over, cmd),
         Command::HashPassword(args) => hash_password::run(args),
         Command::HashWorker { threads } => Ok(sessiond_axum::password::worker::serve(threads)?),
     }
