@@ -348,12 +348,30 @@ where
             drop(stream);
         }
     }
+    // Shutdown: new connections are refused from here (the listening socket is closed), and
+    // every open connection finishes the request it is serving, answering it normally, then
+    // closes (`graceful_shutdown`: an idle keep-alive connection closes at once). Requests
+    // cannot hold the exit for long: a body must arrive within the header-read timeout and
+    // every store call is bounded; a client reading its answer slowly is cut off after
+    // `DRAIN_TIMEOUT`, so a service manager's stop timeout is never the one that ends us.
     drop(listener);
     let _ = close_tx.send(());
     drop(close_rx);
-    close_tx.closed().await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, close_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = close_tx.receiver_count(),
+            "shutdown: connections still open after {DRAIN_TIMEOUT:?}, closed"
+        );
+    }
     Ok(())
 }
+
+/// How long a shutdown waits for open connections to finish their requests (the systemd unit
+/// in `examples/` allows a little more before it kills the process).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a connection's [`Watchdog`] looks at: request heads parsed, requests in flight, and
 /// bytes of answers written (a client reading a long answer slowly is not idle).
@@ -568,27 +586,37 @@ where
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: called before the listener is bound, a SIGTERM that
+/// arrives as soon as the server says it listens (a service manager stopping it at once) is a
+/// graceful shutdown, never the default action that kills the process mid-request.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            async fn wait(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => drop(s.recv().await),
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = wait(term.as_mut()) => {},
+                () = wait(int.as_mut()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }
 
 pin_project_lite::pin_project! {

@@ -61,6 +61,8 @@ pub(super) fn run(config: Config) -> CliResult {
         if !config.cookie.secure() {
             tracing::warn!("cookie.secure = false: session cookies will travel over plain HTTP; development only");
         }
+        // Before anything else: a stop request from here on is a graceful shutdown.
+        let shutdown = server::shutdown_signal();
         let listen = config.listen;
         let public = config.public_url.clone();
         let state = server::build_state(config).await?;
@@ -70,7 +72,8 @@ pub(super) fn run(config: Config) -> CliResult {
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, public_url = %public, "sessiond listening");
         eprintln!("sessiond: listening on http://{listen} (open {public})");
-        server::run(listener, state, server::shutdown_signal()).await?;
+        server::run(listener, state, shutdown).await?;
+        tracing::info!("sessiond stopped");
         Ok(())
     })
 }

@@ -184,3 +184,180 @@ fn config_check_names_each_unreachable_store() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("neither does its directory"));
 }
+
+/// A `sessiond serve` child on a fresh SQLite database, ready; its stderr in `log`.
+struct Served {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+const ADMIN_PASSWORD: &str = "ops test admin password";
+
+impl Served {
+    async fn start(envs: &[(&str, &str)], file: Option<&str>) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let port = spare_port();
+        let log = dir.path().join("server.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sessiond"));
+        cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--database")
+            .arg(format!("sqlite://{}", dir.path().join("s.db").display()))
+            .args(["--hash-worker", "threads"])
+            .env_remove("SESSIOND_CONFIG")
+            .env_remove("SESSIOND_LOG_FORMAT")
+            .env("SESSIOND_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(text) = file {
+            let path = dir.path().join("sessiond.toml");
+            std::fs::write(&path, text).unwrap();
+            cmd.arg("--config").arg(path);
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut served = Served {
+            child: cmd.spawn().unwrap(),
+            port,
+            log,
+            _dir: dir,
+        };
+        let c = reqwest::Client::new();
+        let start = std::time::Instant::now();
+        while c.get(served.url("/readyz")).send().await.is_err() {
+            if let Some(status) = served.child.try_wait().unwrap() {
+                panic!("sessiond exited ({status}): {}", served.log());
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(20));
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        served
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -s {sig}");
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGTERM drains: requests in flight (logins whose bodies are still arriving, so they are
+/// surely in flight when the signal lands) complete with their normal answer, new
+/// connections are refused at once, an idle keep-alive connection is closed rather than
+/// waited for, and the process exits 0 soon after the last answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_exits_0() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    let mut served = Served::start(&[], None).await;
+    let addr = format!("127.0.0.1:{}", served.port);
+
+    // An idle keep-alive connection, one request served on it.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+
+    // Logins in flight: the head and half the body sent.
+    let body = format!(r#"{{"username":"admin","password":"{ADMIN_PASSWORD}"}}"#);
+    let (first, rest) = body.split_at(body.len() / 2);
+    let mut in_flight = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/login HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{first}",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        in_flight.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    served.signal("TERM");
+    let termed = Instant::now();
+
+    // New connections are refused once the signal is handled.
+    loop {
+        match TcpStream::connect(&addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("{e}"),
+            Ok(_) => {
+                assert!(termed.elapsed() < Duration::from_secs(2), "still accepting");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+    // The idle connection is closed, not waited for.
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "EOF on the idle connection");
+    // The server is still there, waiting for the requests in flight.
+    assert!(
+        served.child.try_wait().unwrap().is_none(),
+        "{}",
+        served.log()
+    );
+
+    // The bodies arrive: each login answers as usual.
+    for s in &mut in_flight {
+        s.write_all(rest.as_bytes()).await.unwrap();
+    }
+    for mut s in in_flight {
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+            .await
+            .expect("the answer comes, then the connection closes")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(answer.contains("set-cookie: __host-sessiond="), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
+
+    // Then the process exits 0, promptly.
+    let exited = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            termed.elapsed() < Duration::from_secs(10),
+            "still running 10 s after SIGTERM: {}",
+            served.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exited.success(), "{exited}: {}", served.log());
+    let log = served.log();
+    assert!(log.contains("shutting down"), "{log}");
+    assert!(log.contains("sessiond stopped"), "{log}");
+}
