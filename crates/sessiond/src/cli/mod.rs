@@ -159,7 +159,11 @@ fn init_tracing(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
-        builder.json().flatten_event(true).try_init()
+        // Span fields (a request's `request_id`) at the top level, beside the event's.
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(crate::logging::FlatJson)
+            .try_init()
     } else {
         // Client-chosen values (a typed username) quoted, so they cannot plant fields.
         builder

@@ -361,3 +361,132 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
     assert!(log.contains("shutting down"), "{log}");
     assert!(log.contains("sessiond stopped"), "{log}");
 }
+
+/// The JSON log lines of a server's log, parsed.
+fn json_lines(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// A failed login with `X-Request-Id` set, and the id its answer echoes.
+async fn failed_login(served: &Served, id: Option<reqwest::header::HeaderValue>) -> String {
+    // Each from another client address (believed from the loopback proxy), so the failures
+    // never add up to a back-off.
+    static N: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(1);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut req = reqwest::Client::new()
+        .post(served.url("/api/login"))
+        .header("x-forwarded-for", format!("198.51.100.{n}"))
+        .json(&serde_json::json!({"username": format!("user{n}"), "password": "not the password"}));
+    if let Some(id) = id {
+        req = req.header("x-request-id", id);
+    }
+    let res = req.send().await.unwrap();
+    assert_eq!(res.status(), reqwest::StatusCode::UNAUTHORIZED);
+    res.headers()["x-request-id"].to_str().unwrap().to_owned()
+}
+
+/// Waits for the server's log to have a `login_failed` audit event under `id`; returns it.
+async fn audit_event(served: &Served, id: &str) -> serde_json::Value {
+    let start = std::time::Instant::now();
+    loop {
+        let found = json_lines(&served.log()).into_iter().find(|l| {
+            l["event"] == "login_failed"
+                && l["request_id"] == id
+                && l["target"] == "sessiond::audit"
+        });
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "no audit event with request_id {id:?}: {}",
+            served.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Behind a trusted proxy (loopback, the default `proxy.trusted`), a sane `X-Request-Id` is
+/// the request's id: echoed on the answer and the `request_id` of its JSON log lines and audit
+/// events, at the top level. Hostile values (spaces and quotes that would plant fields,
+/// control characters, bytes beyond ASCII, a huge value) are replaced by an id of our own
+/// and never reach the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_from_a_trusted_proxy_reach_json_logs_and_audit_events() {
+    use reqwest::header::HeaderValue;
+    let served = Served::start(&[("SESSIOND_LOG_FORMAT", "json")], None).await;
+
+    let echoed = failed_login(&served, Some(HeaderValue::from_static("edge-7f3a:42"))).await;
+    assert_eq!(echoed, "edge-7f3a:42");
+    let line = audit_event(&served, "edge-7f3a:42").await;
+    assert!(line["user"].as_str().unwrap().starts_with("user"), "{line}");
+    assert!(line.get("span").is_none(), "flat: {line}");
+
+    // Without the header: an id made here, still in the log and on the answer.
+    let made = failed_login(&served, None).await;
+    assert!(
+        made.len() >= 13 && made.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{made}"
+    );
+    audit_event(&served, &made).await;
+    let other = failed_login(&served, None).await;
+    assert_ne!(made, other, "ids are unique");
+
+    let huge = "a".repeat(10_000);
+    let hostile = [
+        HeaderValue::from_static("x\" event=\"login\" user=\"root"),
+        HeaderValue::from_static("tab\there"),
+        HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        HeaderValue::from_str(&huge).unwrap(),
+        HeaderValue::from_static(""),
+    ];
+    for value in hostile {
+        let id = failed_login(&served, Some(value.clone())).await;
+        assert_ne!(id.as_bytes(), value.as_bytes());
+        audit_event(&served, &id).await;
+    }
+    let log = served.log();
+    for needle in ["root", "tab", "caf", &huge[..200]] {
+        assert!(!log.contains(needle), "{needle:?} reached the log: {log}");
+    }
+}
+
+/// From a peer that is not a trusted proxy, `X-Request-Id` is ignored: the id is ours, in the
+/// log and on the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_from_an_untrusted_peer_is_replaced() {
+    let served = Served::start(
+        &[("SESSIOND_LOG_FORMAT", "json")],
+        Some("[proxy]\ntrusted = [\"10.0.0.0/8\"]\n"),
+    )
+    .await;
+    let forged = reqwest::header::HeaderValue::from_static("forged-by-the-client");
+    let id = failed_login(&served, Some(forged)).await;
+    assert_ne!(id, "forged-by-the-client");
+    audit_event(&served, &id).await;
+    assert!(!served.log().contains("forged-by-the-client"));
+}
+
+/// The text log shows the id too, in the request's span.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_text_log_shows_the_request_id() {
+    let served = Served::start(&[], None).await;
+    let forged = reqwest::header::HeaderValue::from_static("text-log-id-1");
+    failed_login(&served, Some(forged)).await;
+    let start = std::time::Instant::now();
+    while !served
+        .log()
+        .lines()
+        .any(|l| l.contains("request{request_id=text-log-id-1}") && l.contains("login_failed"))
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(5),
+            "{}",
+            served.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
