@@ -192,9 +192,20 @@ pub(crate) async fn purge_expired(
     sessions: &dyn SessionStore,
     now: Timestamp,
 ) -> Result<u64, sessiond_core::StoreError> {
+    purge_expired_reporting(sessions, now, |_| {}).await
+}
+
+/// [`purge_expired`], telling `batch_done` how many each batch removed (`session purge`
+/// shows its progress).
+pub(crate) async fn purge_expired_reporting(
+    sessions: &dyn SessionStore,
+    now: Timestamp,
+    mut batch_done: impl FnMut(u64),
+) -> Result<u64, sessiond_core::StoreError> {
     let mut total = 0;
     loop {
         let n = sessions.purge_expired(now, SWEEP_BATCH).await?;
+        batch_done(n);
         total += n;
         if n < SWEEP_BATCH as u64 {
             return Ok(total);

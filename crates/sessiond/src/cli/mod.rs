@@ -4,6 +4,7 @@
 
 mod config_check;
 mod hash_password;
+mod progress;
 mod serve;
 mod session;
 mod throttle;

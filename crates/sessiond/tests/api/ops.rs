@@ -490,3 +490,33 @@ async fn the_text_log_shows_the_request_id() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// `session purge` off a terminal (cron, a pipe): no progress bar drawn, only plain lines on
+/// stderr (one a second, so none for a quick purge), and a summary with the count, the time
+/// and the rate.
+#[tokio::test]
+async fn session_purge_off_a_terminal_prints_plain_progress_and_a_summary() {
+    use sessiond_core::{SessionStore as _, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
+    for i in 0..2_500 {
+        let (_, mut old) = sessiond_store_tests::sessions::session_at(1, Timestamp::from_millis(0));
+        old.expires_at = Timestamp::from_millis(1 + i);
+        store.create(&old).await.unwrap();
+    }
+    drop(store);
+    let db = format!("sqlite://{}", path.display());
+    let out = sessiond(&["session", "purge", "--database", &db], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let summary = stdout.trim_end();
+    assert!(
+        summary.starts_with("removed 2500 expired session(s) in ") && summary.ends_with("/s)"),
+        "{summary}"
+    );
+    assert!(!stderr.contains('\x1b'), "no terminal drawing: {stderr:?}");
+    for line in stderr.lines() {
+        assert!(line.starts_with("sessiond: purge: "), "{line:?}");
+    }
+}
