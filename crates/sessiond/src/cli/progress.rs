@@ -24,7 +24,8 @@ impl Progress {
         if !std::io::stderr().is_terminal() {
             return Self { bar: None, plain };
         }
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        // Drawn only once styled and labelled.
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         let style = ProgressStyle::with_template(
             "{spinner} {prefix}: {human_pos} {msg} ({per_sec}, {elapsed})",
         )
@@ -32,6 +33,7 @@ impl Progress {
         bar.set_style(style);
         bar.set_prefix(what);
         bar.set_message(unit);
+        bar.set_draw_target(ProgressDrawTarget::stderr());
         bar.enable_steady_tick(Duration::from_millis(100));
         Self {
             bar: Some(bar),

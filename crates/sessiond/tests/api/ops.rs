@@ -520,3 +520,52 @@ async fn session_purge_off_a_terminal_prints_plain_progress_and_a_summary() {
         assert!(line.starts_with("sessiond: purge: "), "{line:?}");
     }
 }
+
+/// `examples/sessiond.service` is a unit systemd accepts without a warning, and its exposure
+/// (`systemd-analyze security`) stays low. Skipped, with a notice, where systemd-analyze is
+/// not installed.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/sessiond.service"
+    ))
+    .unwrap();
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: systemd-analyze is not installed; examples/sessiond.service unchecked");
+        return;
+    }
+    // verify wants the binary ExecStart names to exist: the one under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessiond.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/sessiond", env!("CARGO_BIN_EXE_sessiond")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    // It exits 0 on unknown keys and bad values, only saying so: any word about the unit
+    // is a failure.
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("sessiond.service"), "{stderr}");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--threshold=20"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exposure above 2.0: {stdout}{}",
+        text(&out.stderr)
+    );
+}
