@@ -10,7 +10,9 @@ mod health;
 mod html;
 mod login;
 mod metrics;
+mod openapi;
 mod passkeys;
+mod schema;
 mod two_factor;
 mod views;
 
@@ -114,6 +116,7 @@ fn router(state: AppState) -> Router {
         .route("/api/authz/forward-auth", get(authz::forward_auth))
         .route("/api/verify", get(authz::forward_auth))
         .route("/api/authz/auth-request", get(authz::auth_request))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))
