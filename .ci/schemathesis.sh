@@ -30,11 +30,29 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 base="http://127.0.0.1:$port"
 password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
 
-# `localhost`: passkeys need a public URL with a host name (not an IP address).
+# `localhost`: passkeys need a public URL with a host name (not an IP address). The access
+# rules give forward auth every answer to give (the hooks aim targets at these paths).
 cat >"$tmp/sessiond.toml" <<TOML
 listen = "127.0.0.1:$port"
 public_url = "http://localhost:$port"
 database = "sqlite://$tmp/sessiond.db"
+
+[[access.rules]]
+path_prefix = "/open"
+policy = "bypass"
+
+[[access.rules]]
+path_prefix = "/closed"
+policy = "deny"
+
+[[access.rules]]
+path_prefix = "/staff"
+policy = "authenticated"
+groups = ["staff"]
+
+[[access.rules]]
+path_prefix = "/secure"
+policy = "two_factor"
 TOML
 
 SESSIOND_ADMIN_PASSWORD=$password RUST_LOG=warn "$bin" serve --config "$tmp/sessiond.toml" \
@@ -46,13 +64,20 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 
+# Every check but positive_data_acceptance, which wants every request the schema allows to
+# be accepted: here many `400`s depend on the server's state (no TOTP setup pending, no
+# passkey registered), its configuration (trusted proxies, the public URL's host for forward
+# auth) or on values a client cannot make up (a passkey ceremony is sealed by the server), so
+# no schema can describe them. The schema still rules out what it can (cursors, ids,
+# forwarded schemes) and negative_data_rejection holds the server to refusing it.
+#
 # Run from the temporary folder: schemathesis keeps a cache in the working directory.
 status=0
 (cd "$tmp" && SESSIOND_BASE=$base SESSIOND_ADMIN_PASSWORD=$password SESSIOND_COOKIE=__Host-sessiond \
   SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH="$OLDPWD/.ci" \
   python3 -m schemathesis.cli run "$base/api/openapi.json" \
-  --checks not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance,response_headers_conformance \
-  --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" --seed 1 --workers 1 \
+  --checks all --exclude-checks positive_data_acceptance \
+  --max-examples "${SCHEMATHESIS_EXAMPLES:-30}" --seed "${SCHEMATHESIS_SEED:-1}" --workers 1 \
   --suppress-health-check all --generation-database none --no-color "$@") || status=$?
 
 if ((status)); then

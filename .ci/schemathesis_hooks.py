@@ -10,8 +10,19 @@ from loopback, a trusted proxy by default; the address is from the documentation
 only a header value here) and present the account's device cookie, so the failed logins and
 password checks that the fuzzed cases make from 127.0.0.1 never throttle them
 (docs/reference/security.md, "Login throttling").
+
+Forward auth answers `400` to a target on another host than the public URL's
+(`localhost` here), which is all a generated host ever is; every other forward-auth case
+names a target on `localhost` instead, as a browser navigation (`Accept: text/html`) or
+not, with the session or without, so the `200`, `302` and `401` answers are checked too.
+
+Generated passwords are never right, so the operations that check one would only ever
+answer `400`/`401`/`429`. Every other case of those gets the real password instead (a
+password change to the same password, which keeps the run's logins working), so their
+`200` answers are checked against the description too.
 """
 
+import itertools
 import json
 import os
 import urllib.request
@@ -55,3 +66,56 @@ class FreshSession:
     def set(self, case, data, ctx):
         case.headers = case.headers or {}
         case.headers["Cookie"] = f"{COOKIE}={data}"
+
+
+# The operations that check the admin's password, and the fields that carry it.
+RIGHT_PASSWORD = {
+    ("POST", "/api/login"): ("password",),
+    ("POST", "/api/password"): ("current_password", "new_password"),
+    ("POST", "/api/2fa/totp/setup"): ("password",),
+}
+_turn = itertools.count()
+
+
+FORWARD_AUTH = {"/api/authz/forward-auth", "/api/verify", "/api/authz/auth-request"}
+# Header values a target on this server's host is made of (a value is replaced only where
+# the case has one that is a string, so a case without the header stays without it).
+OUR_TARGET = {
+    "X-Forwarded-Host": "localhost",
+    "X-Forwarded-Uri": "{path}?x=1",
+    "X-Forwarded-Method": "GET",
+    "X-Original-URL": "http://localhost{path}?x=1",
+    "X-Original-Method": "GET",
+}
+# A path under each access rule of .ci/schemathesis.sh, and one under none.
+PATHS = ["/app/page", "/open/page", "/closed/page", "/staff/page", "/secure/page"]
+_forward_turn = itertools.count()
+
+
+def _our_target(case):
+    turn = next(_forward_turn)
+    if turn % 2 or case.headers is None:
+        return
+    path = PATHS[turn // 8 % len(PATHS)]
+    for name, value in OUR_TARGET.items():
+        if isinstance(case.headers.get(name), str):
+            case.headers[name] = value.format(path=path)
+    variant = turn // 2 % 4
+    if variant & 1:
+        case.headers["Accept"] = "text/html"
+    if variant & 2:
+        case.headers.pop("Cookie", None)
+
+
+@schemathesis.hook
+def map_case(context, case):
+    if case.method.upper() == "GET" and case.operation.path in FORWARD_AUTH:
+        _our_target(case)
+        return case
+    fields = RIGHT_PASSWORD.get((case.method.upper(), case.operation.path))
+    if fields and isinstance(case.body, dict) and next(_turn) % 2 == 0:
+        # Only strings are replaced: a negative case whose fault is a field's type keeps it.
+        for field in (*fields, "username"):
+            if isinstance(case.body.get(field), str):
+                case.body[field] = "admin" if field == "username" else PASSWORD
+    return case

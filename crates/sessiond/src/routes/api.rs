@@ -212,7 +212,7 @@ pub(super) async fn sessions(
     delete,
     path = "/api/sessions/{id}",
     tag = "sessions",
-    params(("id" = String, Path, description = "A session id (22 URL-safe characters)")),
+    params(("id" = String, Path, description = "A session id (22 URL-safe characters)", pattern = r"^[A-Za-z0-9_-]{22}$")),
     security(("session" = [])),
     responses(
         (status = 204, description = "Ended (a clearing `Set-Cookie` when it was the caller's own).",

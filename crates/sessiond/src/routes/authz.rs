@@ -45,8 +45,8 @@ enum Flavour {
     tag = "forward auth",
     operation_id = "forward_auth",
     params(
-        ("X-Forwarded-Proto" = Option<String>, Header, description = "The target's scheme (`http`, `https`)"),
-        ("X-Forwarded-Host" = Option<String>, Header, description = "The target's host (a DNS name or IP literal, optionally with a port)"),
+        ("X-Forwarded-Proto" = String, Header, description = "The target's scheme (`http`, `https`, any case)", pattern = "^[Hh][Tt][Tt][Pp][Ss]?$"),
+        ("X-Forwarded-Host" = String, Header, description = "The target's host (a DNS name or IP literal, optionally with a port)"),
         ("X-Forwarded-Uri" = Option<String>, Header, description = "The target's path and query (default `/`)"),
         ("X-Forwarded-Method" = Option<String>, Header, description = "The target request's method"),
     ),

@@ -212,7 +212,47 @@ fn add_refusals(op: &mut Operation, unsafe_method: bool) {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::path::PathBuf;
+
+    /// Every route of the router (routes/mod.rs) under `/api/`, and `/healthz` and
+    /// `/readyz`, with each of its methods, is an operation of the description, and the
+    /// description has no other (`/api/verify` shares its handler with
+    /// `/api/authz/forward-auth`). `/metrics` (Prometheus text) and the pages are not part
+    /// of the JSON API.
+    #[test]
+    fn every_api_route_is_described() {
+        let router = include_str!("mod.rs");
+        let mut routed = BTreeSet::new();
+        for call in router.split(".route(").skip(1) {
+            let path = call.split('"').nth(1).unwrap();
+            if !(path.starts_with("/api/") || path == "/healthz" || path == "/readyz") {
+                continue;
+            }
+            let call = call.split(".route(").next().unwrap();
+            let call = call.split(".fallback(").next().unwrap();
+            for method in ["get", "post", "put", "patch", "delete"] {
+                let called = call
+                    .match_indices(&format!("{method}("))
+                    .any(|(i, _)| !call[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_'));
+                if called {
+                    routed.insert(format!("{method} {path}"));
+                }
+            }
+        }
+        let spec: serde_json::Value = serde_json::from_str(super::spec()).unwrap();
+        let mut described = BTreeSet::new();
+        for (path, item) in spec["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                described.insert(format!("{method} {path}"));
+            }
+        }
+        assert!(
+            routed.len() > 20,
+            "the router's routes were not found: {routed:?}"
+        );
+        assert_eq!(routed, described);
+    }
 
     /// docs/reference/openapi.json is what the code describes. On a difference, write it
     /// again with `SESSIOND_BLESS=1 cargo test -p sessiond --lib -- openapi` and review the

@@ -205,8 +205,10 @@ pub(super) struct PageQuery {
     #[serde(default)]
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
-    /// The `next` cursor of the previous page (`<created ms>.<session id>`).
+    /// The `next` cursor of the previous page (`<created ms>.<session id>`); empty: the
+    /// first page.
     #[serde(default)]
+    #[param(pattern = r"^([+-]?[0-9]{1,19}\.[A-Za-z0-9_-]{22})?$")]
     pub after: Option<String>,
 }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod logfmt;
 mod login;
 mod net;
+mod openapi;
 mod pages;
 mod passkeys;
 mod paths;
