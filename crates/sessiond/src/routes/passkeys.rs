@@ -80,9 +80,8 @@ pub(super) struct List {
     tag = "passkeys",
     security(("session" = [])),
     responses(
-        (status = 200, description = "The caller's passkeys.", body = List, headers(("Cache-Control" = String, description = "`no-store`"))),
+        (status = 200, description = "The caller's passkeys (none when the server has no encryption key).", body = List, headers(("Cache-Control" = String, description = "`no-store`"))),
         (status = 401, description = "`unauthenticated` or `second_factor_enrolment_required`.", body = ErrorBody),
-        (status = 500, description = "`second_factor_unavailable`: no encryption key.", body = ErrorBody),
         (status = 503, description = "`store_unavailable`.", body = ErrorBody,
             headers(("Retry-After" = u64, description = "`1`"))),
     ),
