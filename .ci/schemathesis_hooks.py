@@ -14,7 +14,8 @@ password checks that the fuzzed cases make from 127.0.0.1 never throttle them
 Forward auth answers `400` to a target on another host than the public URL's
 (`localhost` here), which is all a generated host ever is; every other forward-auth case
 names a target on `localhost` instead, as a browser navigation (`Accept: text/html`) or
-not, with the session or without, so the `200`, `302` and `401` answers are checked too.
+not, with the session or without, on paths under each access rule the script configures,
+so the `200`, `302`, `401` and `403` answers are checked too.
 
 Generated passwords are never right, so the operations that check one would only ever
 answer `400`/`401`/`429`. Every other case of those gets the real password instead (a
