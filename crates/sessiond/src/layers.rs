@@ -28,7 +28,7 @@ const LAYERS: &[&[&str]] = &[
 /// Inside `routes/`, bottom first: the shared files, then one file per area (which may not
 /// import each other), then the router.
 const ROUTE_LAYERS: &[&[&str]] = &[
-    &["extract", "html"],
+    &["extract", "html", "schema"],
     &["guards", "request_id", "views"],
     &[
         "account",
@@ -41,6 +41,8 @@ const ROUTE_LAYERS: &[&[&str]] = &[
         "passkeys",
         "two_factor",
     ],
+    // The OpenAPI description names the handlers of every area.
+    &["openapi"],
     &["mod"],
 ];
 

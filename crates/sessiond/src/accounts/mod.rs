@@ -36,7 +36,7 @@ impl CurrentUser {
 }
 
 /// What a session's user is expected to do about second factors next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum NextStep {
     /// Verify a factor (`POST /api/2fa/totp` or `/api/2fa/recovery`): the session is

@@ -18,6 +18,7 @@ use sessiond_axum::AuthLevel;
 use url::Url;
 
 use super::extract::CurrentUser;
+use super::schema::ErrorBody;
 use crate::config::access::Policy;
 use crate::error::{ApiError, ApiResult};
 use crate::forward_auth::headers::{Forwarded, TargetError};
@@ -36,6 +37,41 @@ enum Flavour {
 // The handlers take the whole request and read its headers and peer in place: axum's
 // `HeaderMap` extractor would clone every header of every forward-auth request.
 
+/// Forward auth for Traefik and Caddy (alias `/api/verify`): may the forwarded request
+/// pass? Only from a trusted proxy; the first access rule matching the target decides.
+#[utoipa::path(
+    get,
+    path = "/api/authz/forward-auth",
+    tag = "forward auth",
+    operation_id = "forward_auth",
+    params(
+        ("X-Forwarded-Proto" = String, Header, description = "The target's scheme (`http`, `https`, any case)", pattern = "^[Hh][Tt][Tt][Pp][Ss]?$"),
+        ("X-Forwarded-Host" = String, Header, description = "The target's host (a DNS name or IP literal, optionally with a port)"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The target's path and query (default `/`)"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "The target request's method"),
+    ),
+    security((), ("session" = [])),
+    responses(
+        (status = 200, description = "Allowed. An empty body and the identity headers (sent empty for a `bypass` rule, so a proxy that copies them overwrites what the client sent).",
+            headers(
+                ("Remote-User" = String, description = "The username"),
+                ("Remote-Groups" = String, description = "The user's groups, comma-separated"),
+                ("Remote-Email" = String, description = "The user's email"),
+                ("Remote-Name" = String, description = "The user's display name (control characters replaced by spaces)"),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
+        (status = 302, description = "No valid session (`unauthenticated`), or a `one_factor` session on a `two_factor` rule, for a browser navigation: to the portal's login page or second-factor step with the target as `rd`.", body = ErrorBody,
+            headers(
+                ("Location" = String, description = "`<public_url>/login?rd=<target>` or `<public_url>/login/2fa?rd=<target>`"),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
+        (status = 400, description = "`bad_request`: the peer is not a trusted proxy; forwarded headers missing, repeated or malformed; a non-canonical path; a host the session cookie cannot belong to.", body = ErrorBody),
+        (status = 401, description = "No valid session (`unauthenticated`), or a `one_factor` session on a `two_factor` rule (`second_factor_required`), for anything but a browser navigation.", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a `deny` rule, or the user is in none of the rule's groups.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "`1`"))),
+    ),
+)]
 pub(super) async fn forward_auth(
     State(state): State<AppState>,
     req: Request,
@@ -43,6 +79,39 @@ pub(super) async fn forward_auth(
     decide(&state, peer(&req)?, req.headers(), Flavour::ForwardAuth).await
 }
 
+/// Forward auth for nginx `auth_request`: may the forwarded request pass? Only from a
+/// trusted proxy; the first access rule matching the target decides.
+#[utoipa::path(
+    get,
+    path = "/api/authz/auth-request",
+    tag = "forward auth",
+    operation_id = "auth_request",
+    params(
+        ("X-Original-URL" = Option<String>, Header, description = "The target's absolute URL; else the `X-Forwarded-*` headers"),
+        ("X-Original-Method" = Option<String>, Header, description = "The target request's method; else `X-Forwarded-Method` when the target came from `X-Forwarded-*`"),
+        ("X-Forwarded-Proto" = Option<String>, Header, description = "The target's scheme (`http`, `https`)"),
+        ("X-Forwarded-Host" = Option<String>, Header, description = "The target's host (a DNS name or IP literal, optionally with a port)"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "The target's path and query (default `/`)"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "The target request's method"),
+    ),
+    security((), ("session" = [])),
+    responses(
+        (status = 200, description = "Allowed. An empty body and the identity headers (sent empty for a `bypass` rule, so a proxy that copies them overwrites what the client sent).",
+            headers(
+                ("Remote-User" = String, description = "The username"),
+                ("Remote-Groups" = String, description = "The user's groups, comma-separated"),
+                ("Remote-Email" = String, description = "The user's email"),
+                ("Remote-Name" = String, description = "The user's display name (control characters replaced by spaces)"),
+                ("Cache-Control" = String, description = "`no-store`"),
+            )),
+        (status = 400, description = "`bad_request`: the peer is not a trusted proxy; forwarded headers missing, repeated or malformed; a non-canonical path; a host the session cookie cannot belong to.", body = ErrorBody),
+        (status = 401, description = "No valid session (`unauthenticated`), or a `one_factor` session on a `two_factor` rule (`unauthenticated` for a browser navigation, else `second_factor_required`). A browser navigation gets `Location` (the login page or the second-factor step, with the target as `rd`), which the nginx snippet turns into a redirect.", body = ErrorBody,
+            headers(("Location" = String, description = "For a browser navigation only: `<public_url>/login?rd=<target>` or `<public_url>/login/2fa?rd=<target>`"))),
+        (status = 403, description = "`forbidden`: a `deny` rule, or the user is in none of the rule's groups.", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`.", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "`1`"))),
+    ),
+)]
 pub(super) async fn auth_request(
     State(state): State<AppState>,
     req: Request,

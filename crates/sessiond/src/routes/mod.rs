@@ -10,8 +10,10 @@ mod health;
 mod html;
 mod login;
 mod metrics;
+mod openapi;
 mod passkeys;
 mod request_id;
+mod schema;
 mod two_factor;
 mod views;
 
@@ -117,6 +119,7 @@ fn router(state: AppState) -> Router {
         .route("/api/authz/forward-auth", get(authz::forward_auth))
         .route("/api/verify", get(authz::forward_auth))
         .route("/api/authz/auth-request", get(authz::auth_request))
+        .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::metrics))

@@ -5,17 +5,23 @@ use axum::http::{header, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use sessiond_axum::auth::LoggedIn;
 use sessiond_core::{FactorSummary, SessionId, SessionRecord, Timestamp, User, UserId};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::accounts::{CurrentUser, NextStep};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::user_agent;
 
-#[derive(Serialize)]
+/// `USER`: who a session belongs to.
+#[derive(Serialize, ToSchema)]
+#[schema(as = User)]
 pub(super) struct UserView<'a> {
     username: &'a str,
+    /// The display name (may be empty).
     name: &'a str,
+    /// May be empty.
     email: &'a str,
+    #[schema(value_type = Vec<String>)]
     groups: &'a [sessiond_core::Group],
     admin: bool,
 }
@@ -32,12 +38,20 @@ impl<'a> UserView<'a> {
     }
 }
 
-#[derive(Serialize)]
+/// `SESSION`: a session as its owner sees it (never its secret).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Session)]
 pub(super) struct SessionView<'a> {
+    /// The public id (22 URL-safe characters), unrelated to the cookie's secret.
     id: &'a str,
+    #[schema(value_type = String, format = DateTime)]
     created_at: Rfc3339,
+    #[schema(value_type = String, format = DateTime)]
     last_seen_at: Rfc3339,
+    /// When the session ends if it sees no more activity (as of its last activity write).
+    #[schema(value_type = String, format = DateTime)]
     expires_at: Rfc3339,
+    /// "Stay logged in" was chosen: a persistent cookie, no idle timeout.
     remember: bool,
 }
 
@@ -70,11 +84,19 @@ impl<'a> SessionView<'a> {
 
 /// A user's second factors and what is expected next (`null`: nothing; `"verify"`;
 /// `"enrol"`), in the login answer and `GET /api/2fa`.
-#[derive(Serialize, Debug)]
+#[derive(Serialize, Debug, ToSchema)]
+#[schema(as = SecondFactors)]
 pub(super) struct SecondFactorView {
+    /// TOTP is enrolled.
     totp: bool,
+    /// Unspent recovery codes.
     recovery_codes: u32,
+    /// Registered passkeys.
     passkeys: u32,
+    /// A hint for the client (the server enforces every level itself): `verify` for a
+    /// `one_factor` session of a user who has a factor, `enrol` when `two_factor.required`
+    /// holds the session to enrolment, `null` otherwise.
+    #[schema(required = true)]
     next: Option<NextStep>,
 }
 
@@ -91,11 +113,13 @@ impl SecondFactorView {
 
 /// The answer about a session: `GET /api/session`, a login, a password change, a second
 /// factor verified.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Whoami)]
 pub(super) struct Whoami<'a> {
     pub(super) user: UserView<'a>,
     pub(super) session: SessionView<'a>,
     /// `one_factor` or `two_factor`.
+    #[schema(value_type = super::schema::AuthenticationLevel)]
     pub(super) authentication_level: &'static str,
     /// A login's answer only: the user's factors and what is expected next.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -147,26 +171,44 @@ pub(crate) fn login_headers(state: &AppState, done: &LoggedIn<User>) -> HeaderMa
     h
 }
 
-#[derive(Serialize)]
+/// One of the caller's sessions in `GET /api/sessions`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = SessionListItem)]
 pub(super) struct SessionListItem {
+    /// The public id (22 URL-safe characters).
     pub id: String,
+    #[schema(format = DateTime)]
     pub created_at: String,
+    #[schema(format = DateTime)]
     pub last_seen_at: String,
+    #[schema(format = DateTime)]
     pub expires_at: String,
     pub remember: bool,
+    /// The client address recorded at login, if known.
+    #[schema(required = true)]
     pub ip: Option<String>,
+    /// The `User-Agent` recorded at login, if known.
+    #[schema(required = true)]
     pub user_agent: Option<String>,
+    /// A short label such as `Firefox on Linux`.
     pub device: String,
+    /// The session making the request.
     pub current: bool,
 }
 
 /// `?limit=&after=` of a session list: pages keep an answer bounded however many sessions a
 /// user has. `after` is the `next` cursor of the previous page.
-#[derive(Deserialize, Default, Debug, Clone)]
+#[derive(Deserialize, Default, Debug, Clone, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct PageQuery {
+    /// Sessions per page, 1–500 (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<usize>,
+    /// The `next` cursor of the previous page (`<created ms>.<session id>`); empty: the
+    /// first page.
     #[serde(default)]
+    #[param(pattern = r"^([+-]?[0-9]{1,19}\.[A-Za-z0-9_-]{22})?$")]
     pub after: Option<String>,
 }
 

@@ -14,6 +14,7 @@ mod lifecycle;
 mod logfmt;
 mod login;
 mod net;
+mod openapi;
 mod ops;
 mod pages;
 mod passkeys;
