@@ -203,7 +203,7 @@ impl RedisStore {
             node = node.set_redis_connection_info(info);
             let client = SentinelClient::build(
                 sentinels,
-                service.to_owned(),
+                service,
                 Some(node),
                 SentinelServerType::Master,
             )
