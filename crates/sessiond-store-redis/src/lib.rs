@@ -201,13 +201,9 @@ impl RedisStore {
                 info = info.set_password(pw);
             }
             node = node.set_redis_connection_info(info);
-            let client = SentinelClient::build(
-                sentinels,
-                service,
-                Some(node),
-                SentinelServerType::Master,
-            )
-            .map_err(|e| bad_url(url, &e.to_string()))?;
+            let client =
+                SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
+                    .map_err(|e| bad_url(url, &e.to_string()))?;
             Conn::Sentinel(Arc::new(SentinelConn {
                 client: tokio::sync::Mutex::new(client),
                 current: tokio::sync::RwLock::new(None),
