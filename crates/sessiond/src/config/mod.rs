@@ -381,8 +381,8 @@ impl Config {
                 Ok(url) if url == database || matches!(url, StoreUrl::Redis(_)) => url,
                 Ok(url) => {
                     return err(format!(
-                        "session_store: must be the database URL or a redis://, redis+sentinel:// \
-                         or redis+cluster:// URL (got {})",
+                        "session_store: must be the database URL or a redis://, rediss://, \
+                         redis+sentinel://, redis+cluster:// or rediss+cluster:// URL (got {})",
                         url.redacted()
                     ))
                 }
