@@ -379,3 +379,58 @@ async fn tls_settings_are_checked_at_start() {
     .unwrap();
     assert!(behind_proxy.tls.is_none());
 }
+
+/// HTTP/2 keeps the idle limit: a connection that made one request and then stays quiet is
+/// closed by the server within the header-read timeout (here 1 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_is_closed_by_the_header_timeout() {
+    let ca = TestCa::new("main");
+    let (app, _) = spawn_tls(&ca, "[server]\nheader_read_timeout = \"1s\"").await;
+    let addr = app.base.trim_start_matches("http://").to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject as _;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get(format!(
+        "https://localhost:{}/healthz",
+        app.base.rsplit(':').next().unwrap()
+    ))
+    .body(http_body_util::Empty::<hyper::body::Bytes>::new())
+    .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let start = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(4), driver).await;
+    assert!(
+        ended.is_ok(),
+        "the idle HTTP/2 connection is still open after 4 s"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    app.stop().await;
+}
