@@ -29,7 +29,7 @@ const LAYERS: &[&[&str]] = &[
 /// import each other), then the router.
 const ROUTE_LAYERS: &[&[&str]] = &[
     &["extract", "html"],
-    &["guards", "views"],
+    &["guards", "request_id", "views"],
     &[
         "account",
         "admin",

@@ -14,7 +14,9 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::time::{FormatTime as _, SystemTime};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
 
 /// The field formatter of the text log (see the module docs).
 #[derive(Debug, Default, Clone, Copy)]
@@ -73,6 +75,163 @@ fn is_plain(v: &str) -> bool {
     !v.is_empty()
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-:/@+,[]()".contains(&b))
+}
+
+/// The JSON log (`SESSIOND_LOG_FORMAT=json`): one object a line, the event's fields at the
+/// top level beside `timestamp`, `level` and `target`, and the fields of the spans it happened
+/// in at the top level too (the request's `request_id`), so a log shipper finds them where it
+/// finds the rest. An event's own field wins over a span field of the same name; an inner
+/// span's over an outer one's. Every value is a JSON string, number or boolean, escaped by
+/// construction.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FlatJson;
+
+impl<S, N> FormatEvent<S, N> for FlatJson
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        use serde_json::Value;
+        let meta = event.metadata();
+        let mut timestamp = String::new();
+        SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        let mut fields = JsonVisitor(vec![
+            ("timestamp".to_owned(), Value::String(timestamp)),
+            (
+                "level".to_owned(),
+                Value::String(meta.level().as_str().to_owned()),
+            ),
+        ]);
+        event.record(&mut fields);
+        fields.push("target", Value::String(meta.target().to_owned()));
+        if let Some(scope) = ctx.event_scope() {
+            // Innermost first: the first value of a name is kept.
+            for span in scope {
+                let extensions = span.extensions();
+                let Some(formatted) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                // Written by `JsonFields` (the field formatter this format is paired with).
+                if let Ok(serde_json::Value::Object(map)) =
+                    serde_json::from_str::<Value>(&formatted.fields)
+                {
+                    for (name, value) in map {
+                        fields.push_if_absent(name, value);
+                    }
+                }
+            }
+        }
+        let map: serde_json::Map<String, Value> = fields.0.into_iter().collect();
+        let line = serde_json::to_string(&map).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{line}")
+    }
+}
+
+/// An event's fields, in order, as JSON values.
+struct JsonVisitor(Vec<(String, serde_json::Value)>);
+
+impl JsonVisitor {
+    fn push(&mut self, name: &str, value: serde_json::Value) {
+        self.push_if_absent(name.to_owned(), value);
+    }
+
+    fn push_if_absent(&mut self, name: String, value: serde_json::Value) {
+        if !self.0.iter().any(|(n, _)| *n == name) {
+            self.0.push((name, value));
+        }
+    }
+}
+
+impl Visit for JsonVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.push(field.name(), value.into());
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.push(field.name(), value.into());
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.push(field.name(), value.into());
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.push(field.name(), value.into());
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.push(field.name(), value.into());
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.push(field.name(), format!("{value:?}").into());
+    }
+}
+
+/// A request's id (`request_id` in the logs, `X-Request-Id` on the answer): the one a trusted
+/// proxy sent when it is [`sane`](RequestId::given), else one made here.
+#[derive(Debug, Clone)]
+pub(crate) enum RequestId {
+    /// This process's prefix and a counter: unique without a system call per request.
+    Made(u64),
+    /// From a trusted proxy's `X-Request-Id`, checked by [`RequestId::given`].
+    Given(axum::http::HeaderValue),
+}
+
+/// Longest `X-Request-Id` accepted from a proxy (a UUID is 36 characters; trace ids such as
+/// AWS's `Root=1-…;Parent=…` fit easily).
+pub(crate) const MAX_REQUEST_ID: usize = 128;
+
+impl RequestId {
+    /// A new id: 12 hex digits drawn once per process, then a counter.
+    pub(crate) fn make() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self::Made(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// A proxy's id, when it is 1 to [`MAX_REQUEST_ID`] characters of letters, digits and
+    /// `-_.:/+@=;`: never a space, quote, newline or anything else a log reader could take for
+    /// a separator, so it cannot plant a field or a line, whatever the log format.
+    pub(crate) fn given(value: &axum::http::HeaderValue) -> Option<Self> {
+        let b = value.as_bytes();
+        let sane = !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:/+@=;".contains(c));
+        sane.then(|| Self::Given(value.clone()))
+    }
+
+    /// The id as a header value.
+    pub(crate) fn header_value(&self) -> axum::http::HeaderValue {
+        match self {
+            Self::Given(v) => v.clone(),
+            Self::Made(_) => axum::http::HeaderValue::try_from(self.to_string())
+                .expect("hex digits are a valid header value"),
+        }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Made(n) => write!(f, "{}{n:06x}", process_prefix()),
+            // Checked to be visible ASCII by `given`.
+            Self::Given(v) => f.write_str(v.to_str().unwrap_or("-")),
+        }
+    }
+}
+
+/// 12 hex digits from the OS CSPRNG, drawn once: ids of two processes (instances, restarts)
+/// do not collide. Not a secret: a request id only names a request.
+fn process_prefix() -> &'static str {
+    static PREFIX: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let mut raw = [0u8; 6];
+        // Without the CSPRNG the counter alone still tells this process's requests apart.
+        let _ = getrandom::fill(&mut raw);
+        raw.iter().map(|b| format!("{b:02x}")).collect()
+    })
 }
 
 /// The logfmt reader of the integration tests, shared.
@@ -148,5 +307,66 @@ mod tests {
             out.contains("done\\nforged event=revoke user=carol count=3"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn json_lines_carry_span_fields_at_the_top_level() {
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || buf.clone())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let outer = tracing::info_span!("request", request_id = "r-1", user = "span-user");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", request_id = "r-2");
+            let _inner = inner.enter();
+            tracing::info!(target: "sessiond::audit", event = "login", user = "bob\n{\"x\":1}", n = 3, ok = true);
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let line: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(line["request_id"], "r-2", "the innermost span wins: {line}");
+        assert_eq!(
+            line["user"], "bob\n{\"x\":1}",
+            "the event's field wins: {line}"
+        );
+        assert_eq!(line["n"], 3);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["event"], "login");
+        assert_eq!(line["target"], "sessiond::audit");
+        assert_eq!(line["level"], "INFO");
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+
+    #[test]
+    fn request_ids_from_proxies_are_bounded_plain_tokens() {
+        use axum::http::HeaderValue;
+        for ok in [
+            "a",
+            "0af7651916cd43dd8448eb211c80319c",
+            "Root=1-5759e988-bd862e3f;Parent=53995c3f",
+            "req_1.2:3/4+5@6",
+        ] {
+            let id = RequestId::given(&HeaderValue::from_static(ok)).expect(ok);
+            assert_eq!(id.to_string(), ok);
+        }
+        let long = "a".repeat(MAX_REQUEST_ID + 1);
+        for bad in ["", "a b", "a\tb", "x\"y", "a,b", "{}", long.as_str()] {
+            assert!(
+                RequestId::given(&HeaderValue::from_str(bad).unwrap()).is_none(),
+                "{bad:?}"
+            );
+        }
+        assert!(RequestId::given(&HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap()).is_none());
+        let (a, b) = (RequestId::make().to_string(), RequestId::make().to_string());
+        assert_ne!(a, b);
+        assert!(
+            a.len() >= 18 && a.bytes().all(|c| c.is_ascii_hexdigit()),
+            "{a}"
+        );
+        assert_eq!(a[..12], b[..12], "one prefix per process");
     }
 }

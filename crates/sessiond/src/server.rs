@@ -193,9 +193,20 @@ pub(crate) async fn purge_expired(
     sessions: &dyn SessionStore,
     now: Timestamp,
 ) -> Result<u64, sessiond_core::StoreError> {
+    purge_expired_reporting(sessions, now, |_| {}).await
+}
+
+/// [`purge_expired`], telling `batch_done` how many each batch removed (`session purge`
+/// shows its progress).
+pub(crate) async fn purge_expired_reporting(
+    sessions: &dyn SessionStore,
+    now: Timestamp,
+    mut batch_done: impl FnMut(u64),
+) -> Result<u64, sessiond_core::StoreError> {
     let mut total = 0;
     loop {
         let n = sessions.purge_expired(now, SWEEP_BATCH).await?;
+        batch_done(n);
         total += n;
         if n < SWEEP_BATCH as u64 {
             return Ok(total);
@@ -439,10 +450,24 @@ where
             drop(stream);
         }
     }
+    // Shutdown: new connections are refused from here (the listening socket is closed), and
+    // every open connection finishes the request it is serving, answering it normally, then
+    // closes (`graceful_shutdown`: an idle keep-alive connection closes at once). Requests
+    // cannot hold the exit for long: a body must arrive within the header-read timeout and
+    // every store call is bounded; a client reading its answer slowly is cut off after
+    // `DRAIN_TIMEOUT`, so a service manager's stop timeout is never the one that ends us.
     drop(listener);
     let _ = close_tx.send(());
     drop(close_rx);
-    close_tx.closed().await;
+    if tokio::time::timeout(DRAIN_TIMEOUT, close_tx.closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = close_tx.receiver_count(),
+            "shutdown: connections still open after {DRAIN_TIMEOUT:?}, closed"
+        );
+    }
     Ok(())
 }
 
@@ -513,6 +538,10 @@ async fn drive<C: Graceful>(
         }
     }
 }
+
+/// How long a shutdown waits for open connections to finish their requests (the systemd unit
+/// in `examples/` allows a little more before it kills the process).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a connection's [`Watchdog`] looks at: request heads parsed, requests in flight, and
 /// bytes of answers written (a client reading a long answer slowly is not idle).
@@ -751,27 +780,37 @@ fn host_from_authority(req: &mut axum::extract::Request) {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub(crate) async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is called,
+/// not when the future is first polled: called before the listener is bound, a SIGTERM that
+/// arrives as soon as the server says it listens (a service manager stopping it at once) is a
+/// graceful shutdown, never the default action that kills the process mid-request.
+pub(crate) fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            async fn wait(s: Option<&mut tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => drop(s.recv().await),
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                () = wait(term.as_mut()) => {},
+                () = wait(int.as_mut()) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down: finishing requests in flight");
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }
 
 pin_project_lite::pin_project! {

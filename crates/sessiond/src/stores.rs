@@ -113,8 +113,25 @@ impl std::fmt::Debug for StoreUrl {
     }
 }
 
-/// A URL fit for messages: the password, if any, replaced.
+/// A URL fit for messages: the password, if any, replaced: in the userinfo, and in a
+/// `password=` query parameter (PostgreSQL URLs accept one).
 fn redact(url: &str) -> String {
+    match url.split_once('?') {
+        Some((base, query)) if query.contains("password=") => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{}?{}", redact_userinfo(base), query.join("&"))
+        }
+        _ => redact_userinfo(url),
+    }
+}
+
+fn redact_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => {
             let creds = &url[s + 3..at];
@@ -220,5 +237,10 @@ mod tests {
         }
         let e = StoreUrl::parse("mysql://root:hunter2@db/x").unwrap_err();
         assert!(e.contains("root:***@db") && !e.contains("hunter2"), "{e}");
+        let pg = StoreUrl::parse("postgres://u@db/x?sslmode=disable&password=hunter2").unwrap();
+        assert_eq!(
+            pg.redacted(),
+            "postgres://***@db/x?sslmode=disable&password=***"
+        );
     }
 }

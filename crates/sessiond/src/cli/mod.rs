@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 ok, 1 runtime failure, 2 usage error; every error is one line on stderr.
 
+mod config_check;
 mod hash_password;
+mod progress;
 mod serve;
 mod session;
 mod throttle;
@@ -17,10 +19,19 @@ use sessiond_core::{Password, StoreError};
 
 use crate::config::{Config, Overrides};
 
+/// `sessiond --version`: the crate's version and the git revision it was built from
+/// (`build.rs`; `unknown` when built outside a git checkout).
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("SESSIOND_GIT_REVISION"),
+    ")"
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "sessiond",
-    version,
+    version = VERSION,
     about = "Cookie-based user sessions done right"
 )]
 pub(crate) struct Cli {
@@ -55,6 +66,9 @@ enum Command {
     /// Login back-offs in force
     #[command(subcommand)]
     Throttle(throttle::Command),
+    /// Check a configuration: valid, stores reachable; print the effective settings
+    #[command(subcommand)]
+    Config(config_check::Command),
     /// Print the argon2id PHC hash of a password
     HashPassword(hash_password::Args),
     /// The server's password hashing worker (started by `serve`, not by hand)
@@ -146,7 +160,11 @@ fn init_tracing(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
-        builder.json().flatten_event(true).try_init()
+        // Span fields (a request's `request_id`) at the top level, beside the event's.
+        builder
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(crate::logging::FlatJson)
+            .try_init()
     } else {
         // Client-chosen values (a typed username) quoted, so they cannot plant fields.
         builder
@@ -176,6 +194,7 @@ fn run(cli: Cli) -> CliResult {
         Command::User(cmd) => user::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Session(cmd) => session::run(load_config(cli.config.as_ref(), over)?, cmd),
         Command::Throttle(cmd) => throttle::run(load_config(cli.config.as_ref(), over)?, cmd),
+        Command::Config(cmd) => config_check::run(cli.config.as_ref(), over, cmd),
         Command::HashPassword(args) => hash_password::run(args),
         Command::HashWorker { threads } => Ok(sessiond_axum::password::worker::serve(threads)?),
     }

@@ -70,6 +70,8 @@ pub(super) fn run(config: Config) -> CliResult {
         if !config.cookie.secure() {
             tracing::warn!("cookie.secure = false: session cookies will travel over plain HTTP; development only");
         }
+        // Before anything else: a stop request from here on is a graceful shutdown.
+        let shutdown = server::shutdown_signal();
         let listen = config.listen;
         let scheme = if config.tls.is_some() { "https" } else { "http" };
         let public = config.public_url.clone();
@@ -80,7 +82,8 @@ pub(super) fn run(config: Config) -> CliResult {
             .with_context(|| format!("cannot listen on {listen}"))?;
         tracing::info!(%listen, public_url = %public, tls = scheme == "https", "sessiond listening");
         eprintln!("sessiond: listening on {scheme}://{listen} (open {public})");
-        server::run(listener, state, server::shutdown_signal()).await?;
+        server::run(listener, state, shutdown).await?;
+        tracing::info!("sessiond stopped");
         Ok(())
     })
 }

@@ -8,7 +8,8 @@ use sessiond_core::{SessionId, UserId, Username};
 use super::{runtime, usage, CliError, CliResult};
 use crate::config::Config;
 
-use crate::server::{now, purge_expired};
+use super::progress::Progress;
+use crate::server::{now, purge_expired_reporting};
 use crate::stores;
 
 #[derive(Debug, clap::Subcommand)]
@@ -128,12 +129,15 @@ pub(super) fn run(config: Config, cmd: Command) -> CliResult {
             println!("revoked {n} session(s)");
         }
         Command::Purge => {
-            let started = std::time::Instant::now();
-            let n = rt.block_on(purge_expired(stores.sessions.as_ref(), now()))?;
-            println!(
-                "removed {n} expired session(s) in {:.2?}",
-                started.elapsed()
-            );
+            let mut progress = Progress::start("purge", "expired session(s) removed");
+            let purged = rt.block_on(purge_expired_reporting(
+                stores.sessions.as_ref(),
+                now(),
+                |n| progress.add(n),
+            ));
+            let summary = progress.finish();
+            let n = purged?;
+            println!("removed {n} expired session(s) {}", summary.timing());
         }
     }
     Ok(())

@@ -71,6 +71,11 @@ struct RawRule {
 }
 
 impl AccessRules {
+    /// How many rules there are (`sessiond config check` says so).
+    pub(crate) fn len(&self) -> usize {
+        self.rules.len()
+    }
+
     /// Validates the rules of the config file; errors name the rule (1-based) and the key.
     pub fn parse(tables: &[toml::Table]) -> Result<Self, String> {
         let mut rules = Vec::new();

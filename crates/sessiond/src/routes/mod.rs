@@ -11,6 +11,7 @@ mod html;
 mod login;
 mod metrics;
 mod passkeys;
+mod request_id;
 mod two_factor;
 mod views;
 
@@ -29,7 +30,8 @@ use crate::state::AppState;
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The whole application: the router inside the layers every request passes (outermost
-/// first): the session layer, the guard (limits, CSRF, security headers), the body limit.
+/// first): the request id (and the span every log line of the request is in), the session
+/// layer, the guard (limits, CSRF, security headers), the body limit.
 ///
 /// The layers wrap the router once rather than each route (`Router::layer`): a per-route
 /// layer boxes and clones every layered route on every request (docs/performance.md, "Layers
@@ -42,6 +44,7 @@ pub fn app(
        + Sync
        + 'static {
     ServiceBuilder::new()
+        .layer(request_id::RequestIdLayer::new(state.clone()))
         .layer(state.sessions.layer())
         .layer(guards::GuardLayer::new(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -14,6 +14,7 @@ mod lifecycle;
 mod logfmt;
 mod login;
 mod net;
+mod ops;
 mod pages;
 mod passkeys;
 mod paths;

@@ -32,7 +32,7 @@ fn postgres_url() -> String {
 
 /// A PostgreSQL database URL of the test's own: a fresh schema (created and migrated here),
 /// and an application name to find its connections by.
-async fn fresh_postgres() -> Option<String> {
+pub(crate) async fn fresh_postgres() -> Option<String> {
     let schema = fresh_prefix();
     let made =
         sessiond_store_postgres::PostgresStore::connect_in_schema(&postgres_url(), &schema).await;

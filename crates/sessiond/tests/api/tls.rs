@@ -434,3 +434,36 @@ async fn an_idle_http2_connection_is_closed_by_the_header_timeout() {
     );
     app.stop().await;
 }
+
+/// `sessiond config check` shows the pair, and refuses one that does not load (exit 1).
+#[test]
+fn config_check_shows_and_checks_the_tls_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = TestCa::new("main").write(dir.path());
+    let check = |cert: &Path, key: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_sessiond"))
+            .args(["config", "check", "--database", &db_url(dir.path())])
+            .arg("--tls-cert")
+            .arg(cert)
+            .arg("--tls-key")
+            .arg(key)
+            .env_remove("SESSIOND_CONFIG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = check(&cert, &key);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("[tls]") && stdout.contains("cert.pem"),
+        "{stdout}"
+    );
+    let other = dir.path().join("other-key.pem");
+    std::fs::write(&other, TestCa::new("other").key_pem).unwrap();
+    let out = check(&cert, &other);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("tls.key"), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "{stderr}");
+}
