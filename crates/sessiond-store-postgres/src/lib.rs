@@ -44,14 +44,14 @@
 //!   [`StoreError::Config`]; anything else, [`StoreError::Unavailable`] with the driver's error
 //!   as its source.
 //!
-//! ## Known limitations
-//!
-//! * **No TLS yet.** Connections are made with `NoTls`: `sslmode=disable` and the default
-//!   `prefer` connect in plain text, and `sslmode=require` fails at connect (never a silent
-//!   downgrade). Until TLS lands, reach PostgreSQL over loopback, a Unix socket or a private
-//!   network.
+//! * **TLS** with rustls, chosen by the connection string's `sslmode` (and `sslrootcert`):
+//!   `require` encrypts without verifying the server, `verify-ca` verifies the chain,
+//!   `verify-full` the chain and the host name; `disable` and the default `prefer` connect in
+//!   plain text (`tls.rs` has the table). A mode that asks for TLS never falls back to plain
+//!   text: a server without TLS fails the connect.
 
 mod migrations;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -170,8 +170,17 @@ impl PostgresStore {
     }
 
     async fn open(url: &str, schema: Option<&str>) -> Result<Self, StoreError> {
+        // TLS options tokio-postgres does not know are taken out first (`tls.rs`).
+        let split = tls::split(url)?;
+        let tls = match &split.tls {
+            None => None,
+            Some(verify) => Some(tokio_postgres_rustls::MakeRustlsConnect::new(
+                tls::client_config(verify)?,
+            )),
+        };
         // The parser names the option at fault, never its value: no password reaches a log.
-        let mut config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = split
+            .url
             .parse()
             .map_err(|e| StoreError::Config(format!("invalid PostgreSQL URL: {e}")))?;
         config.connect_timeout(CONNECT_TIMEOUT);
@@ -190,13 +199,13 @@ impl PostgresStore {
             config.options(options);
         }
         let pool_of = |config: tokio_postgres::Config, size: usize| {
-            let manager = Manager::from_config(
-                config,
-                NoTls,
-                ManagerConfig {
-                    recycling_method: RecyclingMethod::Fast,
-                },
-            );
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                None => Manager::from_config(config, NoTls, manager_config),
+                Some(tls) => Manager::from_config(config, tls.clone(), manager_config),
+            };
             Pool::builder(manager)
                 .max_size(size)
                 .build()
@@ -1668,3 +1677,5 @@ mod conformance {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;

@@ -303,7 +303,7 @@ async fn a_server_that_hangs_mid_session_fails_calls_fast_and_the_store_recovers
 
 /// A `key=value` connection string to `addr` with the credentials and database of `config`
 /// (values quoted, so any password survives).
-fn key_value_url(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
+pub(crate) fn key_value_url(config: &tokio_postgres::Config, addr: SocketAddr) -> String {
     fn quote(v: &str) -> String {
         format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
     }

@@ -131,11 +131,22 @@ impl RedisStore {
     /// `redis+cluster://[password@]host:port[,host:port…]`, each optionally followed by
     /// `?prefix=NAME` (default `sessiond`).
     ///
+    /// TLS: `rediss://…` and `rediss+cluster://…` verify the server's certificate against the
+    /// system's roots, or against the CA certificates (PEM) of `?ca=FILE`; a `#insecure`
+    /// fragment at the end (the redis crate's own syntax) skips verification, host name and
+    /// chain alike. Sentinel over TLS is not supported.
+    ///
     /// A standalone or Sentinel store connects lazily: it can start while Redis is down and
     /// answers `Unavailable` until it is back.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let (base, prefix) = match url.split_once('?') {
-            None => (url, "sessiond".to_owned()),
+        // `#insecure` ends the URL, after the query; the redis crate reads it from the base.
+        let (url_body, fragment) = match url.split_once('#') {
+            Some((body, f)) => (body, Some(f)),
+            None => (url, None),
+        };
+        let mut ca = None;
+        let (base, prefix) = match url_body.split_once('?') {
+            None => (url_body, "sessiond".to_owned()),
             Some((base, query)) => {
                 let mut prefix = None;
                 for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -147,19 +158,55 @@ impl RedisStore {
                                 "prefix must be 1-64 letters, digits, '_', '-', '.' or ':'",
                             ))
                         }
-                        _ => return Err(bad_url(url, "the only query parameter is prefix")),
+                        Some(("ca", v)) if !v.is_empty() => ca = Some(v.to_owned()),
+                        _ => {
+                            return Err(bad_url(
+                                url,
+                                "the only query parameters are prefix and ca (rediss://)",
+                            ))
+                        }
                     }
                 }
                 (base, prefix.unwrap_or_else(|| "sessiond".to_owned()))
             }
         };
+        let tls = base.starts_with("rediss://") || base.starts_with("rediss+cluster://");
+        match fragment {
+            None => {}
+            Some("insecure") if tls => {}
+            Some(_) => {
+                return Err(bad_url(
+                    url,
+                    "the only fragment is #insecure, on rediss:// and rediss+cluster://",
+                ))
+            }
+        }
+        if ca.is_some() && !tls {
+            return Err(bad_url(url, "ca= is for rediss:// and rediss+cluster://"));
+        }
+        let certs = match &ca {
+            Some(path) => Some(tls_roots(url, path)?),
+            None => None,
+        };
+        if tls {
+            // The redis crate builds its rustls configurations with the process's default
+            // provider: make it ring, the one this workspace builds (a no-op if one is set).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let insecure = if fragment.is_some() { "#insecure" } else { "" };
         let mut watch = None;
-        let conn = if let Some(rest) = base.strip_prefix("redis+cluster://") {
+        let conn = if let Some((scheme, rest)) = base
+            .strip_prefix("redis+cluster://")
+            .map(|r| ("redis", r))
+            .or_else(|| {
+                base.strip_prefix("rediss+cluster://")
+                    .map(|r| ("rediss", r))
+            }) {
             let (auth, hosts) = split_auth(rest);
             let nodes: Vec<String> = hosts
                 .split(',')
                 .filter(|h| !h.is_empty())
-                .map(|h| format!("redis://{auth}{h}"))
+                .map(|h| format!("{scheme}://{auth}{h}{insecure}"))
                 .collect();
             if nodes.is_empty() {
                 return Err(bad_url(
@@ -167,12 +214,22 @@ impl RedisStore {
                     "redis+cluster:// needs host:port[,host:port…]",
                 ));
             }
-            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+            let mut builder = redis::cluster::ClusterClientBuilder::new(nodes)
                 .connection_timeout(CONNECT_TIMEOUT)
                 .response_timeout(OP_TIMEOUT)
-                .retries(2)
-                .build()
-                .map_err(|e| bad_url(url, &e.to_string()))?;
+                .retries(2);
+            if tls {
+                // Nodes the cluster reports later are reached with the same TLS.
+                builder = builder.tls(if fragment.is_some() {
+                    redis::TlsMode::Insecure
+                } else {
+                    redis::TlsMode::Secure
+                });
+            }
+            if let Some(certs) = certs {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(|e| bad_url(url, &e.to_string()))?;
             let conn = bounded(client.get_async_connection()).await?;
             Conn::Cluster(conn)
         } else if let Some(rest) = base.strip_prefix("redis+sentinel://") {
@@ -201,27 +258,27 @@ impl RedisStore {
                 info = info.set_password(pw);
             }
             node = node.set_redis_connection_info(info);
-            let client = SentinelClient::build(
-                sentinels,
-                service.to_owned(),
-                Some(node),
-                SentinelServerType::Master,
-            )
-            .map_err(|e| bad_url(url, &e.to_string()))?;
+            let client =
+                SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
+                    .map_err(|e| bad_url(url, &e.to_string()))?;
             Conn::Sentinel(Arc::new(SentinelConn {
                 client: tokio::sync::Mutex::new(client),
                 current: tokio::sync::RwLock::new(None),
             }))
-        } else if base.starts_with("redis://") {
+        } else if base.starts_with("redis://") || base.starts_with("rediss://") {
             // TCP_NODELAY (the crate's default is off): on one multiplexed connection a small
             // command written while another's bytes are unacknowledged otherwise waits for the
             // peer's delayed ACK, and the cache's generation polls come late
             // (docs/performance.md, "The cache's own store connection").
-            let info = redis::IntoConnectionInfo::into_connection_info(base)
+            let info = redis::IntoConnectionInfo::into_connection_info(format!("{base}{insecure}"))
                 .map_err(|e| bad_url(url, &e.to_string()))?;
             let info =
                 info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-            let client = redis::Client::open(info).map_err(|e| bad_url(url, &e.to_string()))?;
+            let client = match certs {
+                None => redis::Client::open(info),
+                Some(certs) => redis::Client::build_with_tls(info, certs),
+            }
+            .map_err(|e| bad_url(url, &e.to_string()))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(OP_TIMEOUT))
@@ -235,15 +292,17 @@ impl RedisStore {
                 ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|e| bad_url(url, &e.to_string()))?,
             )
-        } else if base.starts_with("rediss://") {
+        } else if base.starts_with("rediss+sentinel://") {
             return Err(bad_url(
                 url,
-                "TLS (rediss://) is not built in; use a local TLS proxy such as stunnel",
+                "Sentinel over TLS is not supported; use rediss:// to the master or \
+                 rediss+cluster://",
             ));
         } else {
             return Err(bad_url(
                 url,
-                "expected redis://, redis+sentinel:// or redis+cluster://",
+                "expected redis://, rediss://, redis+sentinel://, redis+cluster:// or \
+                 rediss+cluster://",
             ));
         };
         Ok(Self {
@@ -302,6 +361,25 @@ impl RedisStore {
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
         Ok(out)
     }
+}
+
+/// The CA certificates of `?ca=FILE`, read now: a missing or empty file is a configuration
+/// error at start, not a failure of every call. (The path is shown; it is no secret.)
+fn tls_roots(url: &str, path: &str) -> Result<redis::TlsCertificates, StoreError> {
+    let pem = std::fs::read(path).map_err(|e| bad_url(url, &format!("ca {path}: {e}")))?;
+    if !pem
+        .windows(b"-----BEGIN CERTIFICATE-----".len())
+        .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+    {
+        return Err(bad_url(
+            url,
+            &format!("ca {path}: no PEM certificate in it"),
+        ));
+    }
+    Ok(redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    })
 }
 
 fn valid_prefix(p: &str) -> bool {

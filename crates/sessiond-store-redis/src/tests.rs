@@ -211,7 +211,17 @@ async fn a_frozen_redis_times_out_instead_of_hanging() {
 async fn urls_are_checked_without_leaking_passwords() {
     for (url, needle) in [
         ("mysql://x", "expected redis://"),
-        ("rediss://127.0.0.1", "TLS"),
+        ("rediss+sentinel://127.0.0.1:26379/m", "Sentinel over TLS"),
+        ("redis://127.0.0.1:6379#insecure", "#insecure"),
+        ("rediss://127.0.0.1:6379#whatever", "#insecure"),
+        (
+            "redis://127.0.0.1:6379?ca=/etc/ca.pem",
+            "ca= is for rediss://",
+        ),
+        (
+            "rediss://127.0.0.1:6379?ca=/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
         ("redis://127.0.0.1:6379/0?prefix=", "prefix"),
         ("redis://127.0.0.1:6379/0?db=2", "only query parameter"),
         ("redis+sentinel://127.0.0.1:26379", "master-name"),
@@ -224,7 +234,7 @@ async fn urls_are_checked_without_leaking_passwords() {
         // The operator's mistake, not a record that does not decode.
         assert!(matches!(e, StoreError::Config(_)), "{url}: {e:?}");
     }
-    let Err(e) = RedisStore::connect("rediss://user:hunter2@127.0.0.1").await else {
+    let Err(e) = RedisStore::connect("rediss+sentinel://user:hunter2@127.0.0.1/m").await else {
         panic!()
     };
     assert!(!e.to_string().contains("hunter2"));
@@ -641,4 +651,117 @@ async fn the_level_field_is_written_only_for_two_factors() {
             "{bad:?}"
         );
     }
+}
+
+/// A CA (PEM file) and a server certificate it signed for `localhost` only, with its key.
+fn test_ca(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let ca_file = dir.join(format!("{name}-ca.pem"));
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    (ca_file, leaf.pem(), key.serialize_pem())
+}
+
+/// `rediss://` against a `redis-server` with a TLS port and a certificate from a throwaway
+/// CA: verified against `?ca=`, refused for a name the certificate does not hold, for another
+/// CA and for the system's roots; `#insecure` connects anyway; plain `redis://` to the TLS
+/// port gets nowhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_server_against_the_given_ca() {
+    if !redis_server_available() {
+        let _ = service_or_skip::<(), _>("redis-server", Err("not installed"));
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("sessiond-rediss-{}", fresh_prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = test_ca(&dir, "main");
+    let (other_ca, _, _) = test_ca(&dir, "other");
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert).unwrap();
+    std::fs::write(&key_file, key).unwrap();
+    let tls_port = spare_port();
+    let tls_port_text = tls_port.to_string();
+    let _server = Server::start(
+        spare_port(),
+        &[
+            "--tls-port",
+            &tls_port_text,
+            "--tls-cert-file",
+            cert_file.to_str().unwrap(),
+            "--tls-key-file",
+            key_file.to_str().unwrap(),
+            "--tls-ca-cert-file",
+            ca.to_str().unwrap(),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let url = |host: &str, query: &str| {
+        format!(
+            "rediss://{host}:{tls_port}/0?prefix={}{query}",
+            fresh_prefix()
+        )
+    };
+    let ca_query = format!("&ca={}", ca.display());
+
+    let store = RedisStore::connect(&url("localhost", &ca_query))
+        .await
+        .unwrap();
+    let mut up = store.ping().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while up.is_err() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        up = store.ping().await;
+    }
+    up.unwrap();
+    let (t, rec) =
+        sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
+    store.create(&rec).await.unwrap();
+    assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec));
+
+    let refused = [
+        (
+            "a name the certificate does not hold",
+            url("127.0.0.1", &ca_query),
+            "not valid for name",
+        ),
+        (
+            "another CA",
+            url("localhost", &format!("&ca={}", other_ca.display())),
+            "UnknownIssuer",
+        ),
+        ("the system's roots", url("localhost", ""), "UnknownIssuer"),
+        (
+            "plain text to the TLS port",
+            format!("redis://localhost:{tls_port}/0"),
+            "",
+        ),
+    ];
+    for (what, url, why) in refused {
+        let store = RedisStore::connect(&url).await.unwrap();
+        let got = store.ping().await;
+        let Err(StoreError::Unavailable(e)) = got else {
+            panic!("{what}: {got:?}")
+        };
+        let cause = e.to_string();
+        assert!(cause.contains(why), "{what}: {cause}");
+    }
+    // #insecure: no verification at all (the redis crate's meaning).
+    let insecure = format!("{}#insecure", url("127.0.0.1", ""));
+    RedisStore::connect(&insecure)
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

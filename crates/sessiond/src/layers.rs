@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["logging", "templates", "user_agent"],
+    &["logging", "templates", "tls", "user_agent"],
     &["stores"],
     &["config"],
     &["forward_auth"],

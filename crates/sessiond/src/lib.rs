@@ -6,7 +6,7 @@
 //!
 //! The modules form layers, bottom first; each imports only the layers below it (the order
 //! and the test that enforces it: `layers.rs`; the codemap: ARCHITECTURE.md):
-//! 1. `logging`, `templates`, `user_agent`: leaves.
+//! 1. `logging`, `templates`, `tls`, `user_agent`: leaves.
 //! 2. `stores`: store URLs, parsed once, and opening the stores.
 //! 3. `config`: defaults < TOML < env < flags, validated into one [`Config`], with the
 //!    forward-auth access rules.
@@ -35,6 +35,7 @@ mod server;
 mod state;
 mod stores;
 mod templates;
+mod tls;
 mod user_agent;
 
 // The public surface, kept small on purpose: what `main.rs`, the integration tests and the

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use axum::response::IntoResponse as _;
 use base64::Engine as _;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use sessiond_axum::auth::{EncryptionKey, SecondFactors};
 use sessiond_axum::{Auth, BuiltinUsers, HashError, Hasher, SessionManager};
 use sessiond_core::{Group, NewUser, Password, SessionStore, Timestamp, Username};
@@ -22,6 +22,7 @@ use crate::config::{Config, KeySource};
 use crate::routes;
 use crate::state::AppState;
 use crate::stores;
+use crate::tls::Tls;
 
 /// Sessions removed per sweep batch: small enough that one batch holds the writer for a few
 /// milliseconds, so requests never stall behind a sweep.
@@ -236,11 +237,50 @@ pub async fn run(
         })
     });
     let limits = state.config.connections;
-    let result = serve(listener, routes::app(state), limits, shutdown).await;
-    if let Some(sweeper) = sweeper {
-        sweeper.abort();
+    let tls = match &state.config.tls {
+        None => None,
+        Some(files) => Some(Tls::load(&files.cert, &files.key).map_err(std::io::Error::other)?),
+    };
+    let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
+    let result = serve(listener, routes::app(state), limits, tls, shutdown).await;
+    for task in [sweeper, reloader].into_iter().flatten() {
+        task.abort();
     }
     result
+}
+
+/// Reads the certificate and key again on every SIGHUP (what `systemctl reload` and
+/// certbot's deploy hooks send): new handshakes get the new pair, open connections keep the
+/// one they were made with. A pair that does not load is logged and the old one stays.
+///
+/// The handler is installed before this returns (not in the task it runs in), so a SIGHUP
+/// sent once the server answers never meets the default action, which ends the process.
+fn reload_on_sighup(tls: Tls) -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    async move {
+        #[cfg(unix)]
+        {
+            let mut hup = match hup {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGHUP: the TLS certificate will not be reloaded");
+                    return;
+                }
+            };
+            while hup.recv().await.is_some() {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => tracing::error!(
+                        error = %e,
+                        "SIGHUP: TLS certificate not reloaded; still serving the previous one"
+                    ),
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tls;
+    }
 }
 
 /// Connections past the cap that get a `503 overloaded` answer (each for at most
@@ -249,13 +289,17 @@ const MAX_REFUSING: usize = 64;
 /// How long a connection past the cap may take to send its request head before it is closed.
 const REFUSAL_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The accept loop: HTTP/1.1 over hyper, with the limits that keep a slow or idle client from
-/// holding the server's descriptors and memory (docs/reference/security.md, "Request limits").
+/// The accept loop: HTTP/1.1 over hyper, or with `[tls]` HTTPS (HTTP/2 or HTTP/1.1 by ALPN),
+/// with the limits that keep a slow or idle client from holding the server's descriptors and
+/// memory (docs/reference/security.md, "Request limits").
 ///
 /// * a header-read timeout: a connection on which no request head has arrived in full for
 ///   `header_read_timeout` (idle, or sending a head slowly), with no request in flight, is
 ///   closed (`Watchdog`). So it is also the idle keep-alive timeout, and it ends a client that
-///   does not read its answer too.
+///   does not read its answer too. Over TLS the handshake gets the same timeout, before it.
+///   (On HTTP/2 a client's PINGs make the server write, which the watchdog counts as
+///   activity: that holds a connection open no longer than a keep-alive HTTP/1.1 client
+///   sending a cheap request now and then could.)
 /// * a cap on open connections (a semaphore permit per connection); a connection past it is
 ///   answered `503 overloaded` (a few at a time, quickly) rather than left to exhaust file
 ///   descriptors.
@@ -267,6 +311,7 @@ pub(crate) async fn serve<S>(
     listener: TcpListener,
     app: S,
     limits: crate::config::ConnectionLimits,
+    tls: Option<Tls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -283,11 +328,19 @@ where
     // request head; the watchdog below costs a timer per connection and a counter per request.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.keep_alive(true);
+    // HTTP/2, on TLS connections that negotiate it. Streams at once per connection are
+    // bounded (hyper's default is 200): one connection's share of the server stays close to
+    // that of a few HTTP/1.1 connections. hyper's h2 keeps its own defences against reset
+    // floods (CVE-2023-44487) and bounds header lists to 16 KiB.
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.max_concurrent_streams(H2_MAX_STREAMS);
+    let builders = Arc::new((http, h2));
     let mut refusal = hyper::server::conn::http1::Builder::new();
     refusal
         .timer(TokioTimer::new())
         .header_read_timeout(REFUSAL_READ_TIMEOUT)
         .keep_alive(false);
+    let refusal = Arc::new(refusal);
     let open = Arc::new(Semaphore::new(limits.max_connections));
     let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     // Every connection task holds a receiver: `closed()` resolves once all have ended.
@@ -310,50 +363,88 @@ where
         };
         if let Ok(permit) = Arc::clone(&open).try_acquire_owned() {
             let activity = Arc::new(Activity::default());
-            let io = TokioIo::new(Counted {
+            let io = Counted {
                 stream,
                 activity: Arc::clone(&activity),
-            });
-            let conn = http.serve_connection(
-                io,
-                Connection {
-                    app: app.clone(),
-                    remote,
-                    body_timeout: limits.header_read_timeout,
-                    activity: Arc::clone(&activity),
-                },
-            );
-            let mut close = close_rx.clone();
-            let mut watchdog = Watchdog::new(activity, limits.header_read_timeout);
+            };
+            let service = Connection {
+                app: app.clone(),
+                remote,
+                body_timeout: limits.header_read_timeout,
+                activity: Arc::clone(&activity),
+            };
+            let close = close_rx.clone();
+            let timeout = limits.header_read_timeout;
+            match &tls {
+                None => {
+                    let conn = builders.0.serve_connection(TokioIo::new(io), service);
+                    let watchdog = Watchdog::new(activity, timeout);
+                    tokio::spawn(drive(conn, close, watchdog, permit));
+                }
+                Some(tls) => {
+                    let acceptor = tls.acceptor().clone();
+                    let builders = Arc::clone(&builders);
+                    tokio::spawn(async move {
+                        // The handshake is bounded by the header-read timeout too: a client
+                        // that opens a connection and sends its ClientHello slowly, or never
+                        // finishes the handshake, holds its place under the cap no longer
+                        // than one that sends a request head slowly. (The watchdog starts
+                        // after it: it counts request heads, which only follow a handshake.)
+                        let stream = match tokio::time::timeout(timeout, acceptor.accept(io)).await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            // Scanners and clients that distrust the certificate fail here all
+                            // day: not worth more than a debug line.
+                            Ok(Err(e)) => {
+                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%remote, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        let io = TokioIo::new(stream);
+                        let watchdog = Watchdog::new(activity, timeout);
+                        if h2 {
+                            // The protocol ALPN chose, not sniffed from the first bytes.
+                            let conn = builders.1.serve_connection(io, service);
+                            drive(conn, close, watchdog, permit).await;
+                        } else {
+                            let conn = builders.0.serve_connection(io, service);
+                            drive(conn, close, watchdog, permit).await;
+                        }
+                    });
+                }
+            }
+        } else if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
+            let refusal = Arc::clone(&refusal);
+            let acceptor = tls.as_ref().map(|t| t.refusal().clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let mut conn = std::pin::pin!(conn);
-                let mut closing = false;
-                loop {
-                    tokio::select! {
-                        _ = conn.as_mut() => return,
-                        _ = close.changed(), if !closing => {
-                            closing = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        // Dropping the connection closes its socket.
-                        () = watchdog.expired() => return,
-                    }
-                }
-            });
-        } else if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
-            let io = TokioIo::new(stream);
-            let conn = refusal.serve_connection(
-                io,
-                hyper::service::service_fn(|_req| async {
+                let answer = hyper::service::service_fn(|_req| async {
                     Ok::<_, Infallible>(
                         crate::error::ApiError::Overloaded { retry_after: 1 }.into_response(),
                     )
-                }),
-            );
-            tokio::spawn(async move {
-                let _permit = permit;
-                let _ = conn.await;
+                });
+                match acceptor {
+                    None => {
+                        let _ = refusal.serve_connection(TokioIo::new(stream), answer).await;
+                    }
+                    // Over TLS the refusal needs a handshake first (HTTP/1.1 only: one
+                    // answer, then the connection closes); handshake and request together
+                    // get the refusal's short timeout.
+                    Some(acceptor) => {
+                        let _ = tokio::time::timeout(REFUSAL_READ_TIMEOUT, async {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ =
+                                    refusal.serve_connection(TokioIo::new(stream), answer).await;
+                            }
+                        })
+                        .await;
+                    }
+                }
             });
         } else {
             drop(stream);
@@ -378,6 +469,74 @@ where
         );
     }
     Ok(())
+}
+
+/// Streams at once on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 64;
+
+/// A served connection that can be asked to finish: HTTP/1.1 or HTTP/2.
+trait Graceful: Future {
+    /// Stop taking requests, finish those in flight, then resolve.
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for hyper::server::conn::http1::Connection<I, Connection<S>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http1::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S> Graceful for hyper::server::conn::http2::Connection<I, Connection<S>, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Runs one connection to its end: it ends by itself, or finishes its requests once the
+/// server shuts down, or is dropped (its socket closed) when its watchdog expires. The permit
+/// (its place under the cap) is held until then.
+async fn drive<C: Graceful>(
+    conn: C,
+    mut close: watch::Receiver<()>,
+    mut watchdog: Watchdog,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = close.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            // Dropping the connection closes its socket.
+            () = watchdog.expired() => return,
+        }
+    }
 }
 
 /// How long a shutdown waits for open connections to finish their requests (the systemd unit
@@ -590,10 +749,34 @@ where
             }
         });
         req.extensions_mut().insert(ConnectInfo(self.remote));
+        if req.version() == hyper::Version::HTTP_2 {
+            host_from_authority(&mut req);
+        }
         Answer {
             inner: self.app.clone().oneshot(req),
             _in_flight: in_flight,
         }
+    }
+}
+
+/// HTTP/2 carries the host in the `:authority` pseudo-header, which hyper puts in the URI, not
+/// in a `Host` header; everything above (the CSRF check's same-host origin, redirects, forward
+/// auth's own host) reads `Host`. So an HTTP/2 request without one gets one made from its
+/// authority (as HTTP/1.1 would have sent it; userinfo, forbidden in `:authority`, dropped).
+/// A request that sends both keeps its own `Host`: RFC 9113 §8.3.1 requires them to agree.
+fn host_from_authority(req: &mut axum::extract::Request) {
+    if req.headers().contains_key(axum::http::header::HOST) {
+        return;
+    }
+    let Some(authority) = req.uri().authority() else {
+        return;
+    };
+    let host = authority
+        .as_str()
+        .rsplit_once('@')
+        .map_or(authority.as_str(), |(_, h)| h);
+    if let Ok(value) = axum::http::HeaderValue::from_str(host) {
+        req.headers_mut().insert(axum::http::header::HOST, value);
     }
 }
 
@@ -670,5 +853,41 @@ impl hyper::body::Body for BodyDeadline {
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http2_requests_get_a_host_header_from_their_authority() {
+        let req = |uri: &str, host: Option<&str>| {
+            let mut b = axum::http::Request::builder()
+                .version(hyper::Version::HTTP_2)
+                .uri(uri);
+            if let Some(h) = host {
+                b = b.header("host", h);
+            }
+            let mut req = b.body(axum::body::Body::empty()).unwrap();
+            host_from_authority(&mut req);
+            req.headers()
+                .get("host")
+                .map(|h| h.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            req("https://auth.example.com:8443/login", None).as_deref(),
+            Some("auth.example.com:8443")
+        );
+        assert_eq!(
+            req("https://u:p@auth.example.com/x", None).as_deref(),
+            Some("auth.example.com")
+        );
+        // A Host the client sent stays; a request without authority gets none.
+        assert_eq!(
+            req("https://a.example.com/", Some("b.example.com")).as_deref(),
+            Some("b.example.com")
+        );
+        assert_eq!(req("/login", None), None);
     }
 }

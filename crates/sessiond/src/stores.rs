@@ -20,11 +20,19 @@ pub(crate) enum StoreUrl {
     Sqlite { url: String, path: PathBuf },
     /// `postgres://…` or `postgresql://…`.
     Postgres(String),
-    /// `redis://…`, `redis+sentinel://…` or `redis+cluster://…`.
+    /// `redis://…`, `redis+sentinel://…` or `redis+cluster://…`; over TLS `rediss://…` or
+    /// `rediss+cluster://…` (and `rediss+sentinel://`, which the store refuses with a reason).
     Redis(String),
 }
 
-const REDIS_SCHEMES: [&str; 3] = ["redis://", "redis+sentinel://", "redis+cluster://"];
+const REDIS_SCHEMES: [&str; 6] = [
+    "redis://",
+    "redis+sentinel://",
+    "redis+cluster://",
+    "rediss://",
+    "rediss+sentinel://",
+    "rediss+cluster://",
+];
 
 impl StoreUrl {
     /// Reads the scheme. The message of an error names what is accepted and shows the URL
@@ -49,7 +57,8 @@ impl StoreUrl {
             return Ok(Self::Redis(url.to_owned()));
         }
         Err(format!(
-            "{} is not a sqlite://, postgres://, redis://, redis+sentinel:// or redis+cluster:// URL",
+            "{} is not a sqlite://, postgres://, redis://, rediss://, redis+sentinel://, \
+             redis+cluster:// or rediss+cluster:// URL",
             redact(url)
         ))
     }
@@ -213,6 +222,8 @@ mod tests {
             ("redis://127.0.0.1", "redis"),
             ("redis+sentinel://h/mymaster", "redis"),
             ("redis+cluster://h1,h2", "redis"),
+            ("rediss://h:6380?ca=/etc/ca.pem", "redis"),
+            ("rediss+cluster://h1,h2#insecure", "redis"),
         ] {
             let got = match StoreUrl::parse(url).unwrap() {
                 StoreUrl::Sqlite { .. } => "sqlite",
@@ -221,7 +232,7 @@ mod tests {
             };
             assert_eq!(got, kind, "{url}");
         }
-        for bad in ["sqlite://", "mysql://x", "rediss://h", "", "sessiond.db"] {
+        for bad in ["sqlite://", "mysql://x", "redisx://h", "", "sessiond.db"] {
             assert!(StoreUrl::parse(bad).is_err(), "{bad}");
         }
         let e = StoreUrl::parse("mysql://root:hunter2@db/x").unwrap_err();

@@ -216,6 +216,17 @@ fn effective(c: &Config) -> String {
     );
     let _ = writeln!(out, "max_connections = {}", c.connections.max_connections);
 
+    match &c.tls {
+        None => {
+            let _ = writeln!(out, "\n# [tls]: none, plain HTTP");
+        }
+        Some(tls) => {
+            let _ = writeln!(out, "\n[tls]");
+            let _ = writeln!(out, "cert = {}", q(&tls.cert.display().to_string()));
+            let _ = writeln!(out, "key = {}", q(&tls.key.display().to_string()));
+        }
+    }
+
     let _ = writeln!(out, "\n[two_factor]");
     let required = match c.two_factor.required {
         crate::config::Required::Off => "off",

@@ -38,6 +38,13 @@ pub(super) struct Args {
     /// two_factor.encryption_key_file setting, or <database>.key beside a SQLite database]
     #[arg(long, env = "SESSIOND_ENCRYPTION_KEY_FILE", value_name = "FILE")]
     encryption_key_file: Option<std::path::PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first) [default: the tls.cert
+    /// setting; without one, plain HTTP]
+    #[arg(long, env = "SESSIOND_TLS_CERT", value_name = "FILE")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM) [default: the tls.key setting]
+    #[arg(long, env = "SESSIOND_TLS_KEY", value_name = "FILE")]
+    tls_key: Option<std::path::PathBuf>,
 }
 
 impl Args {
@@ -50,6 +57,8 @@ impl Args {
         over.sweep_interval = self.sweep_interval;
         over.hash_worker = self.hash_worker;
         over.encryption_key_file = self.encryption_key_file;
+        over.tls_cert = self.tls_cert;
+        over.tls_key = self.tls_key;
     }
 }
 
@@ -64,14 +73,15 @@ pub(super) fn run(config: Config) -> CliResult {
         // Before anything else: a stop request from here on is a graceful shutdown.
         let shutdown = server::shutdown_signal();
         let listen = config.listen;
+        let scheme = if config.tls.is_some() { "https" } else { "http" };
         let public = config.public_url.clone();
         let state = server::build_state(config).await?;
         server::ensure_admin(&state).await?;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        tracing::info!(%listen, public_url = %public, "sessiond listening");
-        eprintln!("sessiond: listening on http://{listen} (open {public})");
+        tracing::info!(%listen, public_url = %public, tls = scheme == "https", "sessiond listening");
+        eprintln!("sessiond: listening on {scheme}://{listen} (open {public})");
         server::run(listener, state, shutdown).await?;
         tracing::info!("sessiond stopped");
         Ok(())

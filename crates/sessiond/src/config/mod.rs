@@ -54,6 +54,18 @@ pub struct FileConfig {
     pub server: FileServer,
     #[serde(default)]
     pub two_factor: FileTwoFactor,
+    #[serde(default)]
+    pub tls: FileTls,
+}
+
+/// `[tls]`: HTTPS on the listener (docs/deployment.md, "TLS").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// The certificate chain, PEM, leaf first.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM (PKCS#8, RSA or EC).
+    pub key: Option<PathBuf>,
 }
 
 /// `[two_factor]`: second factors (docs/reference/second-factor.md).
@@ -135,6 +147,10 @@ pub struct Overrides {
     pub encryption_key: Option<String>,
     /// `SESSIOND_ENCRYPTION_KEY_FILE` / `--encryption-key-file`.
     pub encryption_key_file: Option<PathBuf>,
+    /// `SESSIOND_TLS_CERT` / `--tls-cert`: wins over `tls.cert`.
+    pub tls_cert: Option<PathBuf>,
+    /// `SESSIOND_TLS_KEY` / `--tls-key`: wins over `tls.key`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The validated configuration. Its `Debug` output is safe to log: store URLs show no
@@ -175,6 +191,19 @@ pub struct Config {
     pub max_sessions_per_user: Option<usize>,
     /// Second factors (`[two_factor]`).
     pub two_factor: TwoFactor,
+    /// `[tls]`: the listener speaks HTTPS with this pair (`None`: plain HTTP, e.g. behind a
+    /// proxy that terminates TLS).
+    pub tls: Option<TlsFiles>,
+}
+
+/// `[tls]`, validated: both files were read and hold a certificate chain and its key. The
+/// server reads them again at start and on every SIGHUP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain (PEM, leaf first).
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
 }
 
 /// `[two_factor]`, validated. Its `Debug` never shows the key.
@@ -330,6 +359,7 @@ impl Config {
                 "listen: {listen_text:?} is not an address like 127.0.0.1:7444"
             ))
         })?;
+        let tls = tls_files(f.tls, o.tls_cert, o.tls_key)?;
 
         let database = o
             .database
@@ -351,8 +381,8 @@ impl Config {
                 Ok(url) if url == database || matches!(url, StoreUrl::Redis(_)) => url,
                 Ok(url) => {
                     return err(format!(
-                        "session_store: must be the database URL or a redis://, redis+sentinel:// \
-                         or redis+cluster:// URL (got {})",
+                        "session_store: must be the database URL or a redis://, rediss://, \
+                         redis+sentinel://, redis+cluster:// or rediss+cluster:// URL (got {})",
                         url.redacted()
                     ))
                 }
@@ -376,7 +406,10 @@ impl Config {
                     "public_url is required when listening on {listen} (browsers must be sent to a real host)"
                 ))
             }
-            None => Url::parse(&format!("http://{listen}")).or_else(|e| err(format!("listen: {e}")))?,
+            None => {
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                Url::parse(&format!("{scheme}://{listen}")).or_else(|e| err(format!("listen: {e}")))?
+            }
         };
 
         let duration =
@@ -564,6 +597,7 @@ impl Config {
             trusted_origins,
             connections,
             two_factor,
+            tls,
         })
     }
 
@@ -582,6 +616,24 @@ impl Config {
     /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()
+    }
+}
+
+/// `[tls]` with its overrides: both files or neither, and they must load now (a typo in a path
+/// is a configuration error at start, not a server that comes up without its certificate).
+fn tls_files(
+    f: FileTls,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert.or(f.cert), key.or(f.key)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => {
+            crate::tls::load(&cert, &key).map_err(ConfigError)?;
+            Ok(Some(TlsFiles { cert, key }))
+        }
+        (Some(_), None) => err("tls.key: required with tls.cert"),
+        (None, Some(_)) => err("tls.cert: required with tls.key"),
     }
 }
 

@@ -23,4 +23,5 @@ mod proxies;
 mod second_factor_step;
 mod shared;
 mod throttle;
+mod tls;
 mod two_factor;
