@@ -48,6 +48,12 @@ pub fn app(
         .service(router(state))
 }
 
+/// The metrics listener's app (`metrics_listen`): `GET /metrics` only. The public listener
+/// never serves metrics (its `/metrics` is a `404` like any unknown path).
+pub(crate) fn metrics_app(state: AppState) -> Router {
+    metrics::router(state)
+}
+
 /// The routes, without the layers of [`app`].
 fn router(state: AppState) -> Router {
     Router::new()
@@ -116,7 +122,6 @@ fn router(state: AppState) -> Router {
         .route("/api/authz/auth-request", get(authz::auth_request))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
