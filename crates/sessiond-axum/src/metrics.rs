@@ -29,7 +29,7 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    /// Every method, in the order of [`AuthMethod::index`].
+    /// Every method.
     pub const ALL: [Self; 4] = [Self::Password, Self::Totp, Self::Recovery, Self::Passkey];
 
     /// The metric label value: `password`, `totp`, `recovery`, `passkey`.
@@ -65,7 +65,7 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
-    /// Every result, in the order of [`AuthResult::index`].
+    /// Every result.
     pub const ALL: [Self; 5] = [
         Self::Success,
         Self::Failure,
