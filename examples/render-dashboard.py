@@ -107,6 +107,8 @@ def main():
         if unit in units:
             ax.yaxis.set_major_formatter(FuncFormatter(units[unit]))
         ax.set_ylim(bottom=0)
+        if unit == "percentunit":
+            ax.set_ylim(top=1.05)
         ax.set_xlabel("minutes", fontsize=8)
         ax.tick_params(labelsize=8)
         if drawn:

@@ -107,11 +107,20 @@ fn histogram(
     let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
     for (labels, h) in rows {
         let s = h.snapshot();
+        // The encoder adds the buckets up itself: it takes each bucket's own count.
+        let mut below = 0;
+        let own: Vec<(f64, u64)> = (s.buckets.iter())
+            .map(|&(bound, cumulative)| {
+                let n = cumulative - below;
+                below = cumulative;
+                (bound, n)
+            })
+            .collect();
         if labels.is_empty() {
-            m.encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)?;
+            m.encode_histogram::<NoLabelSet>(s.sum, s.count, &own, None)?;
         } else {
             m.encode_family(labels)?
-                .encode_histogram::<NoLabelSet>(s.sum, s.count, &s.buckets, None)?;
+                .encode_histogram::<NoLabelSet>(s.sum, s.count, &own, None)?;
         }
     }
     Ok(())

@@ -155,6 +155,33 @@ async fn metrics_are_served_on_their_own_listener_and_count_what_happened() {
     for (series, value) in want {
         assert_eq!(sample(&text, series), Some(value), "{series}\n{text}");
     }
+    // Histograms are cumulative: the `+Inf` bucket is the count, and no bucket holds more
+    // than the next one.
+    for (series, count) in [
+        (
+            r#"sessiond_http_request_duration_seconds_bucket{group="session","#,
+            r#"sessiond_http_request_duration_seconds_count{group="session"}"#,
+        ),
+        (
+            "sessiond_hash_duration_seconds_bucket{",
+            "sessiond_hash_duration_seconds_count",
+        ),
+    ] {
+        let buckets: Vec<f64> = text
+            .lines()
+            .filter(|l| l.starts_with(series))
+            .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            buckets.windows(2).all(|w| w[0] <= w[1]),
+            "{series}: {buckets:?}"
+        );
+        assert_eq!(
+            buckets.last().copied(),
+            sample(&text, count),
+            "{series}\n{text}"
+        );
+    }
     let hits = sample(&text, "sessiond_verify_cache_hits_total").unwrap();
     let reads = sample(&text, "sessiond_verify_store_reads_total").unwrap();
     assert_eq!(hits + reads, 2.0, "{text}");
