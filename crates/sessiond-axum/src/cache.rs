@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use crate::manager::Counters;
 use async_trait::async_trait;
 use sessiond_core::{
     SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp, TokenHash,
@@ -52,16 +53,19 @@ pub(crate) struct Cache {
     /// Nanoseconds since `origin` at which the last successful poll started (0: none yet).
     fresh_since: AtomicU64,
     origin: Instant,
+    /// The manager's counters (epoch changes, failed polls).
+    counters: Arc<Counters>,
 }
 
 impl Cache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, counters: Arc<Counters>) -> Self {
         Self {
             entries: Mutex::new(HashMap::default()),
             capacity: capacity.max(1),
             epoch: AtomicU64::new(1),
             fresh_since: AtomicU64::new(0),
             origin: Instant::now(),
+            counters,
         }
     }
 
@@ -130,6 +134,7 @@ pub(crate) fn spawn_watcher(cache: &Arc<Cache>, store: Arc<dyn SessionStore>) {
                 Ok(g) => {
                     if seen.is_some_and(|s| s != g) {
                         cache.bump();
+                        (cache.counters.epoch_changes_remote).fetch_add(1, Ordering::Relaxed);
                     }
                     seen = Some(g);
                     cache.fresh_since.fetch_max(started, Ordering::AcqRel);
@@ -140,6 +145,7 @@ pub(crate) fn spawn_watcher(cache: &Arc<Cache>, store: Arc<dyn SessionStore>) {
                     tracing::debug!(error = %e, "session store generation unavailable");
                     cache.fresh_since.store(0, Ordering::Release);
                     cache.bump();
+                    (cache.counters.generation_poll_failures).fetch_add(1, Ordering::Relaxed);
                     seen = None;
                 }
             }
@@ -165,6 +171,7 @@ impl WatchedStore {
     fn changed<T>(&self, r: Result<T, StoreError>) -> Result<T, StoreError> {
         // Bumped on errors too: a write that failed half-way may still have happened.
         self.cache.bump();
+        (self.cache.counters.epoch_changes_local).fetch_add(1, Ordering::Relaxed);
         r
     }
 }
@@ -254,5 +261,8 @@ impl SessionStore for WatchedStore {
     }
     async fn generation(&self) -> Result<u64, StoreError> {
         self.inner.generation().await
+    }
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        self.inner.count_active(now).await
     }
 }

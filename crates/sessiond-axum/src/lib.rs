@@ -271,6 +271,7 @@ mod extract;
 mod layer;
 mod login;
 mod manager;
+pub mod metrics;
 pub mod password;
 pub mod redirect;
 mod request_session;
@@ -289,7 +290,7 @@ pub use login::{
     login_required, two_factor_required, AuthLayer, AuthRejection, AuthService, AuthSession,
     CurrentUser, LoginRequired, LoginRequiredService, MaybeUser, TwoFactorUser,
 };
-pub use password::{HashError, Hasher};
+pub use password::{HashError, HashMetrics, Hasher};
 pub use sessiond_core::AuthLevel;
 
 /// The stores, one cargo feature each: `sqlite` (the default: one file, no other service),

@@ -47,6 +47,17 @@ pub struct Counters {
     pub activity_writes: AtomicU64,
     /// Sessions started.
     pub sessions_started: AtomicU64,
+    /// Verifications the cache answered (no store read).
+    pub cache_hits: AtomicU64,
+    /// Epoch changes after an early end of a session made through this process: every
+    /// cached entry is dropped from use at once.
+    pub epoch_changes_local: AtomicU64,
+    /// Changes of the store's generation the watcher saw (revocations and user changes made
+    /// by other instances or the CLI, propagated to this process's cache).
+    pub epoch_changes_remote: AtomicU64,
+    /// Polls of the store's generation that failed (the cache stops serving until one
+    /// succeeds again).
+    pub generation_poll_failures: AtomicU64,
 }
 
 impl fmt::Debug for SessionManager {
@@ -136,7 +147,7 @@ impl SessionManager {
     /// tokio runtime: it starts the task that watches the store.
     pub fn with_cache(self, capacity: usize) -> Self {
         let inner = &self.inner;
-        let cache = Arc::new(Cache::new(capacity));
+        let cache = Arc::new(Cache::new(capacity, Arc::clone(&inner.counters)));
         spawn_watcher(&cache, Arc::clone(&inner.store));
         let store: Arc<dyn SessionStore> = Arc::new(WatchedStore {
             inner: Arc::clone(&inner.store),
@@ -224,7 +235,13 @@ impl SessionManager {
             _ => None,
         };
         let record = match cached {
-            Some(hit) => hit,
+            Some(hit) => {
+                self.inner
+                    .counters
+                    .cache_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                hit
+            }
             None => {
                 self.inner
                     .counters

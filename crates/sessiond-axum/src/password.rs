@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use argon2::password_hash::{Output, ParamsString, PasswordHash, Salt, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -120,6 +121,24 @@ pub struct Hasher {
     /// Places held per owner, so one user's parallel password checks cannot fill the pool
     /// and refuse everyone else's logins.
     shares: Arc<Shares>,
+    /// How long jobs took (for metrics).
+    metrics: Arc<HashMetrics>,
+}
+
+/// What the hashing pool did (for metrics; see [`Hasher::metrics`]).
+#[derive(Debug)]
+pub struct HashMetrics {
+    /// Each admitted job, from its submission to its answer: the wait in the queue plus the
+    /// hash itself (argon2id's own time is the floor; anything above it is queueing).
+    pub duration: crate::metrics::Histogram,
+}
+
+impl Default for HashMetrics {
+    fn default() -> Self {
+        Self {
+            duration: crate::metrics::Histogram::new(crate::metrics::HASH_BUCKETS),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -382,6 +401,7 @@ impl Hasher {
             busy,
             room,
             shares: Arc::default(),
+            metrics: Arc::default(),
         })
     }
 
@@ -494,6 +514,30 @@ impl Hasher {
         self.busy.load(Ordering::Acquire) >= self.room
     }
 
+    /// Jobs submitted and not finished: running on a thread, or waiting in the queue.
+    pub fn in_flight(&self) -> usize {
+        self.busy.load(Ordering::Relaxed)
+    }
+
+    /// How many jobs the pool takes at once (threads + queue); past it, jobs are refused
+    /// with [`HashError::Overloaded`].
+    pub fn capacity(&self) -> usize {
+        self.room
+    }
+
+    /// How long jobs took.
+    pub fn metrics(&self) -> &HashMetrics {
+        &self.metrics
+    }
+
+    /// Records a job's time unless it was refused at the door.
+    fn timed<T>(&self, started: Instant, r: Result<T, HashError>) -> Result<T, HashError> {
+        if !matches!(r, Err(HashError::Overloaded)) {
+            self.metrics.duration.observe(started.elapsed());
+        }
+        r
+    }
+
     /// Runs `op` in the worker process, counted in `busy` until it answers (or dies).
     async fn call(
         &self,
@@ -532,6 +576,12 @@ impl Hasher {
 
     /// Hashes `password` (argon2id, a fresh random salt) into a PHC string, on the pool.
     pub async fn hash(&self, password: Password) -> Result<String, HashError> {
+        let started = Instant::now();
+        let r = self.hash_untimed(password).await;
+        self.timed(started, r)
+    }
+
+    async fn hash_untimed(&self, password: Password) -> Result<String, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || hash_blocking(&password)).await?,
             Backend::Process(p, f) => match self.call(p, f, worker::Op::Hash(password)).await? {
@@ -544,6 +594,12 @@ impl Hasher {
 
     /// Checks `password` against the PHC string `phc`, on the pool.
     pub async fn verify(&self, password: Password, phc: String) -> Result<Verified, HashError> {
+        let started = Instant::now();
+        let r = self.verify_untimed(password, phc).await;
+        self.timed(started, r)
+    }
+
+    async fn verify_untimed(&self, password: Password, phc: String) -> Result<Verified, HashError> {
         match &self.backend {
             Backend::Threads(tx) => self.run(tx, move || verify_blocking(&password, &phc)).await,
             Backend::Process(p, f) => {

@@ -147,6 +147,15 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// when nothing relevant did (a spurious change only costs a cache flush); it must never
     /// stay the same across a relevant change.
     async fn generation(&self) -> Result<u64, StoreError>;
+
+    /// How many sessions have an `expires_at` after `now` (a gauge of active sessions, read
+    /// now and then off the request path, never per request). `None`: the store cannot
+    /// count. A count walks the expiry index, so it costs time in proportion to the
+    /// sessions; call it every few seconds at most.
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        let _ = now;
+        Ok(None)
+    }
 }
 
 /// Failure counters (login throttling, device cookies), shared by every instance.

@@ -234,6 +234,13 @@ impl SessionStore for MemoryStore {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        let g = self.lock();
+        Ok(Some(
+            g.sessions.values().filter(|s| s.expires_at > now).count() as u64,
+        ))
+    }
 }
 
 #[async_trait]

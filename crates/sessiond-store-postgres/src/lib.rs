@@ -804,6 +804,22 @@ impl SessionStore for PostgresStore {
         })
         .await
     }
+
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        let now = now.as_millis();
+        self.run(|c| {
+            Box::pin(async move {
+                let row = query_one(
+                    &*c,
+                    "SELECT count(*) FROM sessions WHERE expires_at > $1",
+                    &[&now],
+                )
+                .await?;
+                Ok(Some(col::<i64>(&row, 0)?.max(0) as u64))
+            })
+        })
+        .await
+    }
 }
 
 #[async_trait]

@@ -949,6 +949,19 @@ impl SessionStore for RedisStore {
         }
     }
 
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        // The expiry index is scored by `expires_at`: one ZCOUNT, O(log n).
+        let n: u64 = self
+            .query(
+                redis::cmd("ZCOUNT")
+                    .arg(self.exp_key())
+                    .arg(format!("({}", now.as_millis()))
+                    .arg("+inf"),
+            )
+            .await?;
+        Ok(Some(n))
+    }
+
     async fn generation(&self) -> Result<u64, StoreError> {
         // `{p}:gen` is bumped by every script that removes a session, in the same script.
         // Expiry by TTL does not bump it: an expired session is refused by its deadline.

@@ -575,6 +575,15 @@ impl SessionStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
     }
+
+    async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        // A range of the expiry index, on a read connection: the writer is not held.
+        self.read(|c| {
+            c.prepare_cached("SELECT count(*) FROM sessions WHERE expires_at > ?1")?
+                .query_row([now.as_millis()], |r| r.get::<_, i64>(0))
+        })
+        .map(|n| Some(n.max(0) as u64))
+    }
 }
 
 #[async_trait]

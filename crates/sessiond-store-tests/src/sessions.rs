@@ -419,6 +419,31 @@ pub async fn purge_removes_only_expired_in_bounded_batches<S: SessionStore>(stor
     assert_eq!(store.purge_expired(live.expires_at, 10).await.unwrap(), 1);
 }
 
+pub async fn count_active_counts_sessions_before_their_deadline<S: SessionStore>(store: S) {
+    // Three sessions expired (deadline 30 min after T0 + i), two live.
+    for i in 0..3 {
+        let (_, r) = session_at(1, at(i));
+        store.create(&r).await.unwrap();
+    }
+    for user in [1, 2] {
+        let (_, live) = session(user);
+        let live = SessionRecord {
+            expires_at: at(10 * 3_600_000),
+            ..live
+        };
+        store.create(&live).await.unwrap();
+    }
+    // `None`: a store that cannot count (the default); a store that counts must be right.
+    if let Some(n) = store.count_active(at(3_600_000)).await.unwrap() {
+        assert_eq!(n, 2);
+        // A deadline exactly at `now` is past.
+        assert_eq!(
+            store.count_active(at(10 * 3_600_000)).await.unwrap(),
+            Some(0)
+        );
+    }
+}
+
 pub async fn racing_touches_never_undo_a_delete<S: SessionStore>(store: S) {
     let store = Arc::new(store);
     for round in 0..10 {

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 /// Bottom first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
-    &["logging", "templates", "tls", "user_agent"],
+    &["logging", "metrics", "templates", "tls", "user_agent"],
     &["stores"],
     &["config"],
     &["forward_auth"],

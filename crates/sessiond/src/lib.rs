@@ -6,7 +6,7 @@
 //!
 //! The modules form layers, bottom first; each imports only the layers below it (the order
 //! and the test that enforces it: `layers.rs`; the codemap: ARCHITECTURE.md):
-//! 1. `logging`, `templates`, `tls`, `user_agent`: leaves.
+//! 1. `logging`, `metrics`, `templates`, `tls`, `user_agent`: leaves.
 //! 2. `stores`: store URLs, parsed once, and opening the stores.
 //! 3. `config`: defaults < TOML < env < flags, validated into one [`Config`], with the
 //!    forward-auth access rules.
@@ -30,6 +30,7 @@ mod forward_auth;
 #[cfg(test)]
 mod layers;
 mod logging;
+mod metrics;
 mod routes;
 mod server;
 mod state;

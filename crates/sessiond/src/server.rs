@@ -19,6 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt as _;
 
 use crate::config::{Config, KeySource};
+use crate::metrics::Metrics;
 use crate::routes;
 use crate::state::AppState;
 use crate::stores;
@@ -65,7 +66,10 @@ async fn build_state_with(
     clock: impl Fn() -> Timestamp + Send + Sync + 'static,
     hasher: impl FnOnce() -> Result<Hasher, HashError>,
 ) -> anyhow::Result<AppState> {
-    let stores = stores::open(&config.database, &config.session_store).await?;
+    let metrics = Arc::new(Metrics::default());
+    let stores = stores::open(&config.database, &config.session_store)
+        .await?
+        .timed(&metrics, &config.database, &config.session_store);
     let hasher = hasher().context("cannot start the password hashing pool")?;
     let sessions = SessionManager::new(stores.sessions, config.cookie.clone(), config.policy)
         .with_clock(clock)
@@ -78,7 +82,7 @@ async fn build_state_with(
         builder = builder.second_factors(with_passkeys(factors, &config));
     }
     let auth = builder.build()?;
-    Ok(AppState::new(config, auth))
+    Ok(AppState::with_metrics(config, auth, metrics))
 }
 
 /// Passkeys for the relying party of the public URL: its host, or the cookie domain when one
@@ -236,6 +240,10 @@ pub async fn run(
             }
         })
     });
+    let metrics = match state.config.metrics_listen {
+        Some(addr) => Some(serve_metrics(addr, &state).await?),
+        None => None,
+    };
     let limits = state.config.connections;
     let tls = match &state.config.tls {
         None => None,
@@ -243,7 +251,11 @@ pub async fn run(
     };
     let reloader = tls.clone().map(|tls| tokio::spawn(reload_on_sighup(tls)));
     let result = serve(listener, routes::app(state), limits, tls, shutdown).await;
-    for task in [sweeper, reloader].into_iter().flatten() {
+    for task in [sweeper, reloader]
+        .into_iter()
+        .flatten()
+        .chain(metrics.into_iter().flatten())
+    {
         task.abort();
     }
     result
@@ -281,6 +293,47 @@ fn reload_on_sighup(tls: Tls) -> impl Future<Output = ()> + Send + 'static {
         #[cfg(not(unix))]
         let _ = tls;
     }
+}
+
+/// How often the active sessions are counted in the store for the metrics (a range of the
+/// expiry index: cheap, but not per scrape).
+const COUNT_SESSIONS_EVERY: Duration = Duration::from_secs(15);
+
+/// The metrics listener (`metrics_listen`): `GET /metrics` on an address of its own, with
+/// axum's plain server (a scraper is no public client: none of the public accept loop's
+/// limits are needed), and the task that counts active sessions for it.
+async fn serve_metrics(
+    addr: SocketAddr,
+    state: &AppState,
+) -> std::io::Result<[tokio::task::JoinHandle<()>; 2]> {
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("metrics_listen: cannot listen on {addr}: {e}"),
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    tracing::info!(metrics_listen = %bound, "metrics listening");
+    let app = routes::metrics_app(state.clone());
+    let server = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::warn!(error = %e, "the metrics listener stopped");
+        }
+    });
+    let (manager, metrics) = (state.sessions.clone(), Arc::clone(&state.metrics));
+    let counter = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(COUNT_SESSIONS_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            match manager.store().count_active(manager.now()).await {
+                Ok(Some(n)) => metrics.set_active_sessions(n),
+                Ok(None) => return,
+                Err(e) => tracing::debug!(error = %e, "counting active sessions failed"),
+            }
+        }
+    });
+    Ok([server, counter])
 }
 
 /// Connections past the cap that get a `503 overloaded` answer (each for at most

@@ -12,6 +12,7 @@ use sessiond_core::{Memo, SessionRecord, ThrottleStore, TokenHashState, User, Us
 use crate::config::Config;
 use crate::forward_auth::identity::IdentityCache;
 use crate::forward_auth::target::TargetCache;
+use crate::metrics::Metrics;
 
 /// Everything a request handler needs. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -40,6 +41,9 @@ pub struct Inner {
     pub(crate) identities: IdentityCache,
     /// `GET /api/session` bodies by the record and user objects they were rendered from.
     pub(crate) session_bodies: SessionBodies,
+    /// The server's measurements (request durations, forward-auth decisions, store calls),
+    /// served on the metrics listener with the library's.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Rendered `GET /api/session` bodies, one per session.
@@ -102,6 +106,15 @@ impl SessionBodies {
 impl AppState {
     /// The state of a server over `auth` (whose backend is the built-in user store).
     pub fn new(config: Config, auth: Auth<BuiltinUsers>) -> Self {
+        Self::with_metrics(config, auth, Arc::default())
+    }
+
+    /// [`AppState::new`] with the measurements the stores were wrapped with.
+    pub(crate) fn with_metrics(
+        config: Config,
+        auth: Auth<BuiltinUsers>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         // The configuration has validated both as origins (`Config::public_origin`,
         // `trusted_origins`), so neither can fail here.
         let own = Origins::new(&config.public_origin());
@@ -120,6 +133,7 @@ impl AppState {
             targets: TargetCache::default(),
             identities: IdentityCache::default(),
             session_bodies: SessionBodies::default(),
+            metrics,
         }))
     }
 }

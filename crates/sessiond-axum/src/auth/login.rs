@@ -8,6 +8,7 @@ use sessiond_core::{NewSession, Password, SessionRecord, SessionToken};
 use super::client::ClientInfo;
 use super::error::AuthError;
 use super::{throttle, Auth, AuthUser, UserBackend};
+use crate::metrics::{AuthMethod, AuthResult};
 use crate::password::HashError;
 use crate::ActiveSession;
 
@@ -164,7 +165,7 @@ impl<B: UserBackend> Auth<B> {
             device_cookie,
             presented,
         } = attempt;
-        log_in(
+        let r = log_in(
             self,
             client,
             device_cookie,
@@ -173,7 +174,12 @@ impl<B: UserBackend> Auth<B> {
             password,
             remember,
         )
-        .await
+        .await;
+        self.core()
+            .counters
+            .outcome
+            .record(AuthMethod::Password, AuthResult::of(&r));
+        r
     }
 }
 

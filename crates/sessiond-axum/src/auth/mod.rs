@@ -122,6 +122,8 @@ pub struct AuthCounters {
     pub logins_failed: AtomicU64,
     /// Logins refused because the hashing pool was full.
     pub hash_overloaded: AtomicU64,
+    /// Every authentication (password, TOTP, recovery code, passkey) by its result.
+    pub outcome: crate::metrics::AuthOutcomes,
 }
 
 /// Builds an [`Auth`]: `Auth::builder(backend, sessions, throttle)`, then the options, then

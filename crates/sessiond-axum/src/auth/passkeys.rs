@@ -31,6 +31,7 @@ use super::error::AuthError;
 use super::login::LoggedIn;
 use super::second_factor::Raised;
 use super::{end_sessions, throttle, Auth, AuthUser, SecondFactors, UserBackend};
+use crate::metrics::{AuthMethod, AuthResult};
 use crate::ActiveSession;
 
 /// Passkeys one user may register.
@@ -425,8 +426,15 @@ impl<B: UserBackend> Auth<B> {
                 }
             }
         };
-        throttle::guarded(self.core(), &attempt, owners, check).await?;
-        let raised = self.raise_to_two_factor(session, user.id()).await?;
+        let r = match throttle::guarded(self.core(), &attempt, owners, check).await {
+            Ok(_) => self.raise_to_two_factor(session, user.id()).await,
+            Err(e) => Err(e),
+        };
+        self.core()
+            .counters
+            .outcome
+            .record(AuthMethod::Passkey, AuthResult::of(&r));
+        let raised = r?;
         tracing::info!(target: "sessiond::audit", event = "second_factor_used", factor = "passkey", user = %user.username(), session = %raised.record.id);
         Ok(raised)
     }
@@ -477,6 +485,24 @@ impl<B: UserBackend> Auth<B> {
     /// [`AuthError::InvalidCredentials`]. Not throttled: an assertion is a signature, which
     /// cannot be guessed, and each ceremony is spent by its first use.
     pub async fn passkey_login_finish(
+        &self,
+        ceremony: &str,
+        credential: &PublicKeyCredential,
+        remember: bool,
+        client: ClientInfo,
+        presented: Option<&ActiveSession>,
+    ) -> Result<LoggedIn<B::User>, AuthError> {
+        let r = self
+            .passkey_login(ceremony, credential, remember, client, presented)
+            .await;
+        self.core()
+            .counters
+            .outcome
+            .record(AuthMethod::Passkey, AuthResult::of(&r));
+        r
+    }
+
+    async fn passkey_login(
         &self,
         ceremony: &str,
         credential: &PublicKeyCredential,

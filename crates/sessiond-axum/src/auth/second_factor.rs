@@ -29,6 +29,7 @@ use super::client::ClientInfo;
 use super::error::AuthError;
 use super::secret_box::EncryptionKey;
 use super::{end_sessions, throttle, Auth, AuthUser, UserBackend};
+use crate::metrics::{AuthMethod, AuthResult};
 use crate::ActiveSession;
 
 /// Seconds per TOTP step (RFC 6238's default, what every authenticator app uses).
@@ -416,8 +417,19 @@ impl<B: UserBackend> Auth<B> {
                 Err(AuthError::InvalidSecondFactor)
             }
         };
-        throttle::guarded(self.core(), &attempt, owners, check).await?;
-        let raised = self.raise_to_two_factor(session, id).await?;
+        let r = match throttle::guarded(self.core(), &attempt, owners, check).await {
+            Ok(_) => self.raise_to_two_factor(session, id).await,
+            Err(e) => Err(e),
+        };
+        let method = match kind {
+            FactorKind::Totp => AuthMethod::Totp,
+            FactorKind::Recovery => AuthMethod::Recovery,
+        };
+        self.core()
+            .counters
+            .outcome
+            .record(method, AuthResult::of(&r));
+        let raised = r?;
         tracing::info!(target: "sessiond::audit", event = "second_factor_used", factor = kind.as_str(), user = %user.username(), session = %raised.record.id);
         Ok(raised)
     }

@@ -159,6 +159,14 @@ fn effective(c: &Config) -> String {
     let dur = |d: Duration| q(&humantime::format_duration(d).to_string());
     let _ = writeln!(out, "listen = {}", q(&c.listen.to_string()));
     let _ = writeln!(out, "public_url = {}", q(&c.public_origin()));
+    match c.metrics_listen {
+        Some(addr) => {
+            let _ = writeln!(out, "metrics_listen = {}", q(&addr.to_string()));
+        }
+        None => {
+            let _ = writeln!(out, "# metrics_listen: off");
+        }
+    }
     let _ = writeln!(out, "database = {}", q(&c.database.redacted()));
     let _ = writeln!(out, "session_store = {}", q(&c.session_store.redacted()));
     let origins: Vec<String> = c.trusted_origins.iter().map(|o| q(o)).collect();

@@ -11,6 +11,10 @@ pub(super) struct Args {
     /// Address to listen on [default: 127.0.0.1:7444]
     #[arg(long, env = "SESSIOND_LISTEN", value_name = "ADDR")]
     listen: Option<String>,
+    /// Address to serve Prometheus metrics on (`GET /metrics`), e.g. 127.0.0.1:9959
+    /// [default: off]
+    #[arg(long, env = "SESSIOND_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Public URL of this server (login page and redirects) [default: http://<listen>]
     #[arg(long, env = "SESSIOND_PUBLIC_URL", value_name = "URL")]
     public_url: Option<String>,
@@ -50,6 +54,7 @@ pub(super) struct Args {
 impl Args {
     pub(super) fn apply(self, over: &mut Overrides) {
         over.listen = self.listen;
+        over.metrics_listen = self.metrics_listen;
         over.public_url = self.public_url.or(over.public_url.take());
         over.idle_timeout = self.idle_timeout;
         over.absolute_timeout = self.absolute_timeout;

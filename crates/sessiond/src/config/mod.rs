@@ -35,6 +35,8 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub listen: Option<String>,
+    /// Where `GET /metrics` is served (a listener of its own; off unless set).
+    pub metrics_listen: Option<String>,
     pub database: Option<String>,
     pub session_store: Option<String>,
     pub public_url: Option<String>,
@@ -131,6 +133,8 @@ pub struct FileAccess {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub listen: Option<String>,
+    /// `SESSIOND_METRICS_LISTEN` / `--metrics-listen`.
+    pub metrics_listen: Option<String>,
     pub database: Option<String>,
     pub session_store: Option<String>,
     pub public_url: Option<String>,
@@ -158,6 +162,9 @@ pub struct Overrides {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// The metrics listener (`metrics_listen`): Prometheus metrics on an address of their
+    /// own, never on the public listener; `None`: no metrics served.
+    pub metrics_listen: Option<SocketAddr>,
     pub(crate) database: StoreUrl,
     pub(crate) session_store: StoreUrl,
     pub public_url: Url,
@@ -360,6 +367,25 @@ impl Config {
             ))
         })?;
         let tls = tls_files(f.tls, o.tls_cert, o.tls_key)?;
+
+        let metrics_listen = match o.metrics_listen.or(f.metrics_listen) {
+            None => None,
+            Some(text) if text.is_empty() || text == "off" => None,
+            Some(text) => {
+                let addr: SocketAddr = text.parse().or_else(|_| {
+                    err(format!(
+                        "metrics_listen: {text:?} is not an address like 127.0.0.1:9959"
+                    ))
+                })?;
+                if addr == listen {
+                    return err(format!(
+                        "metrics_listen: {addr} is the public listener's address; metrics need \
+                         one of their own (the public listener never serves them)"
+                    ));
+                }
+                Some(addr)
+            }
+        };
 
         let database = o
             .database
@@ -581,6 +607,7 @@ impl Config {
 
         Ok(Self {
             listen,
+            metrics_listen,
             database,
             session_store,
             public_url,

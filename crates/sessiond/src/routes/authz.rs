@@ -23,6 +23,7 @@ use crate::config::access::Policy;
 use crate::error::{ApiError, ApiResult};
 use crate::forward_auth::headers::{Forwarded, TargetError};
 use crate::forward_auth::identity::answer_headers;
+use crate::metrics::Outcome;
 use crate::state::AppState;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -141,22 +142,49 @@ fn is_navigation(h: &HeaderMap) -> bool {
     accepts_html && !xhr && navigate
 }
 
-fn bad(e: TargetError) -> ApiError {
-    ApiError::BadRequest(format!("forward auth: {e}"))
+fn bad(e: TargetError) -> Refusal {
+    bad_request(ApiError::BadRequest(format!("forward auth: {e}")))
 }
 
+/// [`decide_counted`], with its outcome counted (`sessiond_forward_auth_decisions_total`).
 async fn decide(
     state: &AppState,
     peer: SocketAddr,
     h: &HeaderMap,
     flavour: Flavour,
 ) -> ApiResult<Response> {
+    let (outcome, answer) = match decide_counted(state, peer, h, flavour).await {
+        Ok(res) => (Outcome::Allowed, Ok(res)),
+        Err((outcome, e)) => (outcome, Err(e)),
+    };
+    state.metrics.forward_auth(outcome);
+    answer
+}
+
+/// The refusal of a forward-auth request: why (for the metrics), and the answer.
+type Refusal = (Outcome, ApiError);
+
+fn bad_request(e: ApiError) -> Refusal {
+    (Outcome::BadRequest, e)
+}
+
+/// A failure on the way (a store): fail closed.
+fn failed(e: impl Into<ApiError>) -> Refusal {
+    (Outcome::Error, e.into())
+}
+
+async fn decide_counted(
+    state: &AppState,
+    peer: SocketAddr,
+    h: &HeaderMap,
+    flavour: Flavour,
+) -> Result<Response, Refusal> {
     // Forwarded headers from anyone but our proxies could name any target: refuse, rather
     // than answer about a request the caller made up.
     if !state.config.is_trusted_proxy(peer.ip()) {
-        return Err(ApiError::BadRequest(
+        return Err(bad_request(ApiError::BadRequest(
             "forward auth: request did not come from a trusted proxy".into(),
-        ));
+        )));
     }
     let forwarded = Forwarded::scan(h);
     let parts = match flavour {
@@ -164,7 +192,7 @@ async fn decide(
         Flavour::AuthRequest => forwarded.auth_request_parts(),
     }
     .map_err(bad)?;
-    let target = state.targets.resolve(&state.config, &parts).map_err(bad)?;
+    let target = (state.targets.resolve(&state.config, &parts)).map_err(bad)?;
     match flavour {
         Flavour::ForwardAuth => forwarded.forward_auth_method(),
         Flavour::AuthRequest => forwarded.auth_request_method(),
@@ -174,23 +202,26 @@ async fn decide(
     // the cookie is scoped to; anything else is a misconfiguration (or an attempt to use us
     // as an open redirect).
     if !target.ours {
-        return Err(ApiError::BadRequest(format!(
+        return Err(bad_request(ApiError::BadRequest(format!(
             "forward auth: {} is neither the public URL's host nor under the cookie domain",
             target.host
-        )));
+        ))));
     }
     let decision = state.config.access.decision(target.rule);
     match decision.policy {
         Policy::Bypass => return Ok(allowed(state, None)),
-        Policy::Deny => return Err(ApiError::Forbidden),
+        Policy::Deny => return Err((Outcome::Forbidden, ApiError::Forbidden)),
         Policy::Authenticated | Policy::TwoFactor => {}
     }
-    let me = match state.sessions.verify(h).await? {
-        Some(session) => CurrentUser::resolve(state, session).await?,
+    let me = match state.sessions.verify(h).await.map_err(failed)? {
+        Some(session) => CurrentUser::resolve(state, session).await.map_err(failed)?,
         None => None,
     };
     let Some(me) = me else {
-        return Err(to_portal(state, Step::Login, &target.url, h, flavour));
+        return Err((
+            Outcome::Unauthenticated,
+            to_portal(state, Step::Login, &target.url, h, flavour),
+        ));
     };
     // The level is in the (cached) session record: no store read for any rule. It is checked
     // before the groups, so a one-factor session (a password alone, perhaps a stolen one)
@@ -204,16 +235,13 @@ async fn decide(
     let needs_two = decision.policy == Policy::TwoFactor
         || state.config.two_factor.required.applies_to(me.user.admin);
     if needs_two && me.session.record().level < AuthLevel::TwoFactor {
-        return Err(to_portal(
-            state,
-            Step::SecondFactor,
-            &target.url,
-            h,
-            flavour,
+        return Err((
+            Outcome::SecondFactorRequired,
+            to_portal(state, Step::SecondFactor, &target.url, h, flavour),
         ));
     }
     if !decision.groups.is_empty() && !me.user.groups.iter().any(|g| decision.groups.contains(g)) {
-        return Err(ApiError::Forbidden);
+        return Err((Outcome::Forbidden, ApiError::Forbidden));
     }
     Ok(allowed(state, Some(&me)))
 }

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use axum::extract::Request;
 use axum::http::{header, HeaderValue};
@@ -11,6 +13,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::error::ApiError;
+use crate::metrics::{Metrics, RouteGroup};
 use crate::state::AppState;
 
 /// All request headers together.
@@ -75,25 +78,43 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        // Timed from here to the answer's head (the body streams after): a clock read and a
+        // match on the path, no allocation.
+        let started = Instant::now();
+        let group = RouteGroup::of(req.uri().path());
         match limits(&req).or_else(|| csrf_origin(&self.state, &req)) {
             Some(refused) => {
                 let mut res = refused.into_response();
                 security_headers(self.hsts, &mut res);
+                self.state.metrics.request(group, started.elapsed());
                 GuardFuture::Refused { res: Some(res) }
             }
             None => GuardFuture::Running {
                 inner: self.inner.call(req),
                 hsts: self.hsts,
+                timing: Timing {
+                    metrics: Arc::clone(&self.state.metrics),
+                    group,
+                    started,
+                },
             },
         }
     }
+}
+
+/// What a running request is timed by.
+#[derive(Debug)]
+pub(super) struct Timing {
+    metrics: Arc<Metrics>,
+    group: RouteGroup,
+    started: Instant,
 }
 
 pin_project! {
     /// The answer of a [`Guard`]: the handler's with the security headers added, or a refusal.
     #[project = GuardProj]
     pub enum GuardFuture<F> {
-        Running { #[pin] inner: F, hsts: bool },
+        Running { #[pin] inner: F, hsts: bool, timing: Timing },
         Refused { res: Option<Response> },
     }
 }
@@ -106,8 +127,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            GuardProj::Running { inner, hsts } => inner.poll(cx).map_ok(|mut res| {
+            GuardProj::Running {
+                inner,
+                hsts,
+                timing,
+            } => inner.poll(cx).map_ok(|mut res| {
                 security_headers(*hsts, &mut res);
+                (timing.metrics).request(timing.group, timing.started.elapsed());
                 res
             }),
             GuardProj::Refused { res } => {

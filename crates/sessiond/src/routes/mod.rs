@@ -53,6 +53,12 @@ pub fn app(
         .service(router(state))
 }
 
+/// The metrics listener's app (`metrics_listen`): `GET /metrics` only. The public listener
+/// never serves metrics (its `/metrics` is a `404` like any unknown path).
+pub(crate) fn metrics_app(state: AppState) -> Router {
+    metrics::router(state)
+}
+
 /// The routes, without the layers of [`app`].
 fn router(state: AppState) -> Router {
     Router::new()
@@ -122,7 +128,6 @@ fn router(state: AppState) -> Router {
         .route("/api/openapi.json", get(openapi::openapi_json))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

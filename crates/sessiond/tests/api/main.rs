@@ -13,6 +13,7 @@ mod lenient;
 mod lifecycle;
 mod logfmt;
 mod login;
+mod metrics;
 mod net;
 mod openapi;
 mod ops;
