@@ -793,7 +793,7 @@ fn one_shot_note(f: &SecondFactorFigures) -> String {
     format!(
         "{} users, each checked once per round over {} connections; median of {rounds} \
          round{}",
-        thousands(f.users as f64),
+        f.users,
         f.connections,
         if rounds == 1 { "" } else { "s" }
     )
