@@ -22,6 +22,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          cargo run --release -p sessiond-bench -- --rounds 24       # more rounds, steadier medians\n\
          cargo run --release -p sessiond-bench -- --no-peers --out /tmp/b.md\n\
          cargo run --release -p sessiond-bench -- --example-only 12  # the example app's ratio alone, next to the tower peer's\n\
+         cargo run --release -p sessiond-bench -- --second-factor-only 3  # a TOTP check and a passkey assertion alone, every store\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
          It builds `sessiond` in release, then for each store starts `sessiond serve` on a fresh\n\
@@ -98,6 +99,30 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 flood run in interleaved rounds (an idle p99 of ~0.1 ms is close to the machine's\n\
          \x20 own jitter): the cell shows the round with the median ratio and every round's ratio.\n\
          - **server RSS**: `VmRSS` of `/proc/PID/status` after the rows above.\n\
+         - **TOTP check** and **passkey assertion** (issue 18): a server of its own on the same\n\
+         \x20 store, with a public URL of `http://localhost:PORT` (passkeys need a host name) and an\n\
+         \x20 encryption key. A few hundred users are created with `sessiond user add` and enrolled\n\
+         \x20 through the JSON API: TOTP set up and confirmed, and a passkey registered by a software\n\
+         \x20 authenticator (`webauthn-authenticator-rs`'s `SoftPasskey`, one per user, as each\n\
+         \x20 user's browser would hold one). Both steps are one-shot: a TOTP code is accepted once\n\
+         \x20 per user per 30-second step, and a passkey ceremony once. So there is no window to fill:\n\
+         \x20 each round logs every user in twice with the password (one-factor sessions; not\n\
+         \x20 measured, each an argon2id verification, which is what keeps the users to hundreds),\n\
+         \x20 then takes each of those sessions through its second step exactly once, over 16\n\
+         \x20 keep-alive connections each from a loopback address of its own: `POST /api/2fa/totp`\n\
+         \x20 with the next step's code (the server accepts one step of skew; the next round waits\n\
+         \x20 for the clock's next step), or `POST /api/2fa/passkey/start`, the signature made here\n\
+         \x20 by the software authenticator, and `POST /api/2fa/passkey`. The rate is checks (or\n\
+         \x20 whole ceremonies) over the pass's wall time, first request to last answer; p50 / p99\n\
+         \x20 are of every check request (for passkeys: of the finish, which opens and spends the\n\
+         \x20 ceremony, verifies the signature, stores the passkey's counter and rotates the\n\
+         \x20 session; the start's and the whole ceremony's are beside it); the server CPU per\n\
+         \x20 check is its user and kernel time over the pass (`/proc`) divided by the checks (a\n\
+         \x20 store on the same host spends its own time besides). `GET /api/session` runs as a\n\
+         \x20 closed loop in the same rounds (verify, TOTP, passkeys; reversed every other round),\n\
+         \x20 and \"verifications per check\" is the median of the rounds' verify/s ÷ checks/s.\n\
+         \x20 `--second-factor-only N` runs just these rows, `N` rounds on each store;\n\
+         \x20 `--second-factor-users K` sets the users.\n\
          - **verify with 1,000 / 1,000,000 stored sessions** (SQLite): the sessions are written\n\
          \x20 straight into the database file before the server starts (not a million logins), with\n\
          \x20 secrets made by the bench so the load verifies 1,000 sessions picked evenly over the\n\

@@ -16,9 +16,10 @@ use crate::machine::{load_average, Machine};
 use crate::peers;
 use crate::process::{free_port, Process};
 use crate::report::{
-    ExampleFigures, LoginRounds, Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale,
-    ScalePoint, StoreFigures,
+    ms, ExampleFigures, LoginRounds, Outcome, PeerFigures, PeerRow, Purge, Report, Rounds, Scale,
+    ScalePoint, SecondFactorFigures, StoreFigures,
 };
+use crate::second_factor::{self, Enrolled, PasskeyRound};
 use crate::seed;
 use crate::stores::{Services, Store, StoreKind, Unavailable};
 
@@ -84,6 +85,11 @@ pub struct Config {
     pub large_sessions: u64,
     /// Distinct sessions the scale rows verify.
     pub cookie_sample: usize,
+    /// Users of the second-factor rows (each a password login per round and factor: an
+    /// argon2id verification, so hundreds, not thousands), their rounds and connections.
+    pub second_factor_users: usize,
+    pub second_factor_rounds: usize,
+    pub second_factor_connections: usize,
     /// Deadline of the sessions to purge, counted from when they are marked.
     pub expire_after: Duration,
     pub peers: PeerSetup,
@@ -131,6 +137,9 @@ impl Config {
             small_sessions: 1_000,
             large_sessions: 1_000_000,
             cookie_sample: 1_000,
+            second_factor_users: 200,
+            second_factor_rounds: 3,
+            second_factor_connections: 16,
             expire_after: Duration::from_secs(3),
             peers: PeerSetup::Skip("--no-peers".into()),
             example: ExampleSetup::Skip("--no-example".into()),
@@ -164,6 +173,9 @@ impl Config {
             small_sessions: 200,
             large_sessions: 2_000,
             cookie_sample: 100,
+            second_factor_users: 4,
+            second_factor_rounds: 1,
+            second_factor_connections: 2,
             expire_after: ms(1_500),
             peers: PeerSetup::Skip("smoke mode".into()),
             example: ExampleSetup::Skip("no example-app binary given".into()),
@@ -270,13 +282,26 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
 
 /// Starts `sessiond serve` on a free port with `args` (the store flags) and waits for it.
 fn start_sessiond(cfg: &Config, dir: &Path, args: &[String], tag: &str) -> anyhow::Result<Process> {
+    start_sessiond_with(cfg, dir, args, tag, |_| String::new())
+}
+
+/// [`start_sessiond`] with more configuration: `config(port)` is put first in the file
+/// (top-level keys, then any tables).
+fn start_sessiond_with(
+    cfg: &Config,
+    dir: &Path,
+    args: &[String],
+    tag: &str,
+    config: impl FnOnce(u16) -> String,
+) -> anyhow::Result<Process> {
     let port = free_port()?;
+    let extra = config(port);
     let addr = format!("127.0.0.1:{port}").parse()?;
     // The login rows log one user in thousands of times while the probe's session of that
     // user must stay valid: the per-user session cap (default 100, oldest ended first) would
     // end it, and add a delete to every login. Off, so the rows measure what they did before.
     let config = dir.join(format!("sessiond-{tag}.toml"));
-    std::fs::write(&config, "[session]\nmax_per_user = 0\n")?;
+    std::fs::write(&config, format!("{extra}[session]\nmax_per_user = 0\n"))?;
     let mut cmd = Command::new(&cfg.sessiond);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--config")
@@ -788,6 +813,13 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     ));
     let rss_kib = server.rss_kib();
     server.stop();
+    cfg.say(format!("[{kind}] second factors …"));
+    let second_factor = bench_second_factor(cfg, store, cfg.second_factor_rounds, |round, r| {
+        cfg.say(format!("[{kind}] {}", second_factor_line(round, r)));
+    });
+    if let Err(e) = &second_factor {
+        cfg.say(format!("[{kind}] second factors not measured: {e:#}"));
+    }
     Ok(StoreFigures {
         healthz: healthz_rounds,
         session: session_rounds,
@@ -801,7 +833,200 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
         probe_flood,
         flood,
         rss_kib,
+        second_factor: second_factor.into(),
     })
+}
+
+/// One round of the second-factor rows: verify (closed loop), TOTP, passkeys.
+struct SecondFactorRound {
+    verify: Measure,
+    totp: Measure,
+    passkey: PasskeyRound,
+}
+
+fn second_factor_line(round: usize, r: &SecondFactorRound) -> String {
+    let cpu = |m: &Measure| {
+        m.cpu.map_or("?".into(), |c| {
+            format!("{:.0} µs", c.server_user_us + c.server_kernel_us)
+        })
+    };
+    let p = &r.passkey;
+    format!(
+        "second factors, round {round}: TOTP {:.0} checks/s, p50 {} / p99 {} ms, server CPU {} \
+         per check ({}); passkey {:.0} ceremonies/s, finish p50 {} / p99 {} ms, start p50 {} / \
+         p99 {} ms, client signature p50 {} ms, server CPU {} per ceremony ({}); verify {:.0}/s \
+         ({}): {:.1} verifications per TOTP check, {:.1} per passkey ceremony",
+        r.totp.rps,
+        ms(r.totp.p50_ms),
+        ms(r.totp.p99_ms),
+        cpu(&r.totp),
+        r.totp.status_summary(),
+        p.finish.rps,
+        ms(p.finish.p50_ms),
+        ms(p.finish.p99_ms),
+        ms(p.start.p50_ms),
+        ms(p.start.p99_ms),
+        ms(p.client.p50_ms),
+        cpu(&p.finish),
+        p.finish.status_summary(),
+        r.verify.rps,
+        r.verify.status_summary(),
+        r.verify.rps / r.totp.rps.max(1e-9),
+        r.verify.rps / p.finish.rps.max(1e-9),
+    )
+}
+
+/// The second-factor rows on `store`, `rounds` rounds; `seen` gets each round.
+///
+/// A server of its own on the store: its public URL has a host name (`localhost`: passkeys
+/// need a relying party, which cannot be an IP address) and it has an encryption key (a
+/// file written here). `second_factor_users` users are created with the CLI and enrolled
+/// through the JSON API (TOTP set up and confirmed, a passkey registered by a software
+/// authenticator). Each round logs every user in twice (one-factor sessions, not measured),
+/// then, in alternating order, verify as a closed loop, every session's TOTP check, and
+/// every other session's passkey ceremony.
+fn bench_second_factor(
+    cfg: &Config,
+    store: &Store,
+    rounds: usize,
+    mut seen: impl FnMut(usize, &SecondFactorRound),
+) -> anyhow::Result<SecondFactorFigures> {
+    let names = second_factor::user_names(cfg.second_factor_users.max(1));
+    let t = Instant::now();
+    second_factor::add_users(&cfg.sessiond, &store.database, &names, cfg.hash_threads)?;
+    let key_file = store.dir().join("second-factor.key");
+    write_key_file(&key_file)?;
+    let server = start_sessiond_with(cfg, store.dir(), &store.args(), "second-factor", |port| {
+        format!(
+            "public_url = \"http://localhost:{port}\"\n[two_factor]\nencryption_key_file = {:?}\n",
+            key_file.display().to_string()
+        )
+    })?;
+    let mut enrolled = Enrolled::enrol(
+        server.addr,
+        names,
+        cfg.second_factor_connections,
+        cfg.client_threads,
+    )?;
+    cfg.say(format!(
+        "[{}] {} users created and enrolled in {:.1} s",
+        store.kind,
+        enrolled.users(),
+        t.elapsed().as_secs_f64()
+    ));
+    let verify = cfg.watched(
+        &server,
+        Req::get(&server.addr.to_string(), "/api/session").cookie(&enrolled.cookie),
+    );
+    let mut f = SecondFactorFigures {
+        users: enrolled.users(),
+        connections: cfg.second_factor_connections,
+        ..SecondFactorFigures::default()
+    };
+    for round in 1..=rounds.max(1) {
+        // Sessions for this round, one per user and factor (the one-shot resources).
+        let mut for_totp = Some(enrolled.log_in()?);
+        let mut for_passkey = Some(enrolled.log_in()?);
+        let (mut v, mut totp, mut passkey) = (None, None, None);
+        for step in round_order(round, 3) {
+            match step {
+                0 => v = Some(load::run(&verify)?),
+                1 => {
+                    let sessions = for_totp.take().unwrap_or_default();
+                    totp = Some(enrolled.totp(sessions, server.pid())?);
+                }
+                _ => {
+                    let sessions = for_passkey.take().unwrap_or_default();
+                    passkey = Some(enrolled.passkey(sessions, server.pid())?);
+                }
+            }
+        }
+        let r = SecondFactorRound {
+            verify: v.context("verify ran")?,
+            totp: totp.context("TOTP ran")?,
+            passkey: passkey.context("passkeys ran")?,
+        };
+        seen(round, &r);
+        f.verify.0.push(r.verify);
+        f.totp.0.push(r.totp);
+        f.passkey.0.push(r.passkey.finish);
+        f.passkey_start.0.push(r.passkey.start);
+        f.passkey_client.0.push(r.passkey.client);
+        f.passkey_whole.0.push(r.passkey.whole);
+    }
+    server.stop();
+    Ok(f)
+}
+
+/// A fresh 256-bit key for the second factors' encryption, as hex, in a file only we read.
+fn write_key_file(path: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("getrandom: {e}"))?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    writeln!(f, "{hex}")?;
+    Ok(())
+}
+
+/// `--second-factor-only N`: on every store that answers, the second-factor rows alone, `N`
+/// rounds, each printed, and their medians (for tuning; prints, writes nothing).
+pub fn second_factor_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
+    for kind in StoreKind::ALL {
+        let store = match Store::create(kind, &cfg.services) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("[{kind}] skipped: {e:?}");
+                continue;
+            }
+        };
+        let f = bench_second_factor(cfg, &store, times, |round, r| {
+            println!("[{kind}] {}", second_factor_line(round, r));
+        })?;
+        let cpu = |r: &Rounds| {
+            r.cpu().map_or("?".into(), |c| {
+                format!(
+                    "{:.0} µs (user {:.0} + kernel {:.0})",
+                    c.server_user_us + c.server_kernel_us,
+                    c.server_user_us,
+                    c.server_kernel_us
+                )
+            })
+        };
+        println!(
+            "[{kind}] median of {} rounds, {} users over {} connections: TOTP {:.0} checks/s, \
+             p50 {} / p99 {} ms, server CPU {} per check; passkey {:.0} ceremonies/s, finish \
+             p50 {} / p99 {} ms, start p50 {} / p99 {} ms, whole p50 {} / p99 {} ms, server CPU \
+             {} per ceremony; verify {:.0}/s: {:.1} verifications per TOTP check, {:.1} per \
+             passkey ceremony",
+            f.totp.0.len(),
+            f.users,
+            f.connections,
+            f.totp.rps(),
+            ms(f.totp.p50()),
+            ms(f.totp.p99()),
+            cpu(&f.totp),
+            f.passkey.rps(),
+            ms(f.passkey.p50()),
+            ms(f.passkey.p99()),
+            ms(f.passkey_start.p50()),
+            ms(f.passkey_start.p99()),
+            ms(f.passkey_whole.p50()),
+            ms(f.passkey_whole.p99()),
+            cpu(&f.passkey),
+            f.verify.rps(),
+            f.verify_per_totp(),
+            f.verify_per_passkey()
+        );
+    }
+    Ok(())
 }
 
 /// A login flood of `connections` and, during it, the latency probe on `session`; returns

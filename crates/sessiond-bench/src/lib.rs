@@ -34,6 +34,15 @@
 //!   logged in once through its HTML form; its `GET /private` with that cookie (verify, the
 //!   visit counter read and written in the session's data, a page) is measured against its
 //!   own `GET /`, next to the same ratio of the tower-sessions peer (`GET /me` ÷ `/healthz`).
+//! * **Second factors** (issue 18): a server of its own on each store (public URL
+//!   `http://localhost:PORT`, an encryption key), a few hundred users created with the CLI
+//!   and enrolled through the JSON API (TOTP, and a passkey registered by a software
+//!   authenticator). A code is good once per user per 30-second step and a passkey ceremony
+//!   once, so each round logs every user in (one-factor sessions) and takes each session
+//!   through `POST /api/2fa/totp`, or through a passkey ceremony, exactly once, from a few
+//!   connections at a time: checks per second over the pass, every request's latency, the
+//!   server's CPU time per check; verify runs in the same rounds, so the cost also reads as
+//!   a number of verifications. `--second-factor-only N` runs just these rows.
 //! * **Peers** from `shared/peers/` (axum-login + tower-sessions, Django) run on the same
 //!   machine with the same generator.
 //!
@@ -54,11 +63,12 @@ pub mod machine;
 pub mod peers;
 pub mod process;
 pub mod report;
+pub mod second_factor;
 pub mod seed;
 pub mod stores;
 
 pub use harness::{
-    example_only, logins_only, peers_only, probe_only, ratio_only, run, Config, ExampleSetup,
-    PeerSetup, COOKIE, PASSWORD,
+    example_only, logins_only, peers_only, probe_only, ratio_only, run, second_factor_only, Config,
+    ExampleSetup, PeerSetup, COOKIE, PASSWORD,
 };
 pub use report::{Outcome, Report};

@@ -36,7 +36,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-type Sender = SendRequest<Full<Bytes>>;
+pub(crate) type Sender = SendRequest<Full<Bytes>>;
 
 /// How a request changes from one send to the next.
 #[derive(Clone, Debug)]
@@ -287,7 +287,7 @@ pub struct CpuPerAnswer {
 }
 
 /// A process's CPU time so far in clock ticks (user, system), from `/proc/PID/stat`.
-fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
+pub(crate) fn cpu_ticks(pid: &str) -> Option<(u64, u64)> {
     stat_times(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
@@ -302,7 +302,7 @@ fn stat_times(stat: &str) -> Option<(u64, u64)> {
 
 /// `/proc` counts CPU time in USER_HZ ticks, which Linux fixes at 100 per second for
 /// userspace on every architecture.
-const TICK_US: f64 = 10_000.0;
+pub(crate) const TICK_US: f64 = 10_000.0;
 
 /// What the window cost, per answer, from two readings of the server's and our own ticks.
 fn per_answer(
@@ -641,7 +641,7 @@ async fn open(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpSt
 }
 
 /// hyper's client on a new connection (one-off requests, where headers and body matter).
-async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Sender> {
+pub(crate) async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> anyhow::Result<Sender> {
     let (sender, conn) = http1::handshake(TokioIo::new(open(addr, source).await?)).await?;
     tokio::spawn(async move {
         let _ = conn.await;

@@ -76,6 +76,14 @@ struct Args {
     /// with their medians (for comparing two builds' login path; prints, writes nothing)
     #[arg(long, value_name = "N")]
     logins_only: Option<usize>,
+    /// Only the second-factor rows (a TOTP check, a passkey assertion, verify beside them) on
+    /// every store, `N` rounds each, with their medians (for tuning; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    second_factor_only: Option<usize>,
+    /// Users of the second-factor rows: each round logs each in twice (argon2id) and checks
+    /// each once per factor
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    second_factor_users: usize,
 }
 
 fn main() -> ExitCode {
@@ -110,8 +118,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.rounds = args.rounds.max(1);
         cfg.large_sessions = args.sessions.max(1);
         cfg.client_threads = args.client_threads.max(1);
+        cfg.second_factor_users = args.second_factor_users.max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
+        } else if args.second_factor_only.is_some() {
+            PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
         };
@@ -128,6 +139,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.ratio_only {
         return sessiond_bench::ratio_only(&cfg, times);
+    }
+    if let Some(times) = args.second_factor_only {
+        return sessiond_bench::second_factor_only(&cfg, times);
     }
     if args.peers_only {
         sessiond_bench::peers_only(&cfg);
@@ -163,6 +177,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
     let tuning_elsewhere = args.probe_only.is_some()
         || args.logins_only.is_some()
         || args.ratio_only.is_some()
+        || args.second_factor_only.is_some()
         || args.peers_only;
     if args.no_example {
         return ExampleSetup::Skip("--no-example".into());

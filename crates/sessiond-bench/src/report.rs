@@ -180,6 +180,53 @@ pub struct StoreFigures {
     pub probe_flood: Measure,
     pub flood: Measure,
     pub rss_kib: Option<u64>,
+    /// The second factors' rows, on a server of their own on the same store.
+    pub second_factor: Outcome<SecondFactorFigures>,
+}
+
+/// What a TOTP check and a passkey assertion cost (issue 18): each of `users` one-factor
+/// sessions takes its second step once per round (one-shot: a code is accepted once per
+/// user per 30-second step, a ceremony once), next to verify in the same rounds.
+#[derive(Clone, Debug, Default)]
+pub struct SecondFactorFigures {
+    /// Users, each with TOTP and a passkey; each round checks every one once per factor.
+    pub users: usize,
+    pub connections: usize,
+    /// `GET /api/session`, closed loop, on the same server in the same rounds.
+    pub verify: Rounds,
+    /// `POST /api/2fa/totp`: checks/s over the pass, latencies, server CPU per check.
+    pub totp: Rounds,
+    /// `POST /api/2fa/passkey` (the finish): latencies; rate: whole ceremonies per second;
+    /// CPU: the server's per ceremony (start and finish).
+    pub passkey: Rounds,
+    /// `POST /api/2fa/passkey/start`: latencies.
+    pub passkey_start: Rounds,
+    /// The client's own work within a ceremony (the software authenticator's signature).
+    pub passkey_client: Rounds,
+    /// Whole ceremonies, start to finish: latencies.
+    pub passkey_whole: Rounds,
+}
+
+impl SecondFactorFigures {
+    /// Verifications per TOTP check: the median of the rounds' verify/s ÷ checks/s.
+    pub fn verify_per_totp(&self) -> f64 {
+        self.verify.ratio_to(&self.totp)
+    }
+
+    /// Verifications per passkey ceremony, likewise.
+    pub fn verify_per_passkey(&self) -> f64 {
+        self.verify.ratio_to(&self.passkey)
+    }
+
+    /// The rounds' statuses, when any answer was not a 200.
+    pub fn unclean(&self) -> Option<String> {
+        let bad: Vec<String> = [&self.totp, &self.passkey, &self.verify]
+            .into_iter()
+            .filter(|r| !r.clean())
+            .map(rounds_statuses)
+            .collect();
+        (!bad.is_empty()).then(|| bad.join("; "))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -487,6 +534,57 @@ impl Report {
         rows.push(per_store("server RSS after the rows above", "", &|_, s| {
             mib(s.rss_kib)
         }));
+        rows.push(per_store(
+            "**TOTP check** (`POST /api/2fa/totp`, one-factor session → two-factor): checks/s · \
+             p50 / p99; server CPU per check; verifications per check (`GET /api/session` in the \
+             same rounds)",
+            "",
+            &|_, s| {
+                s.second_factor.cell(|f| {
+                    let mut c = format!(
+                        "{}/s · {} / {} ms; server CPU {} per check; **{:.0} verifications** per \
+                         check (verify {}/s); {}",
+                        thousands(f.totp.rps()),
+                        ms(f.totp.p50()),
+                        ms(f.totp.p99()),
+                        cpu_us(f.totp.cpu()),
+                        f.verify_per_totp(),
+                        thousands(f.verify.rps()),
+                        one_shot_note(f)
+                    );
+                    if let Some(bad) = f.unclean() {
+                        let _ = write!(c, " (answers: {bad})");
+                    }
+                    c
+                })
+            },
+        ));
+        rows.push(per_store(
+            "**passkey assertion** (`POST /api/2fa/passkey/start`, the signature by a software \
+             authenticator, `POST /api/2fa/passkey`): ceremonies/s · finish p50 / p99; server CPU \
+             per ceremony; verifications per ceremony",
+            "",
+            &|_, s| {
+                s.second_factor.cell(|f| {
+                    format!(
+                        "{}/s · {} / {} ms (start {} / {} ms; whole ceremony {} / {} ms, the \
+                         client's signature {} ms of it at p50); server CPU {} per ceremony; \
+                         **{:.0} verifications** per ceremony; {}",
+                        thousands(f.passkey.rps()),
+                        ms(f.passkey.p50()),
+                        ms(f.passkey.p99()),
+                        ms(f.passkey_start.p50()),
+                        ms(f.passkey_start.p99()),
+                        ms(f.passkey_whole.p50()),
+                        ms(f.passkey_whole.p99()),
+                        ms(f.passkey_client.p50()),
+                        cpu_us(f.passkey.cpu()),
+                        f.verify_per_passkey(),
+                        one_shot_note(f)
+                    )
+                })
+            },
+        ));
         let sqlite_only = |label: String, target: &str, cell: String| Row {
             label,
             cells: [cell, "—".into(), "—".into()],
@@ -673,6 +771,33 @@ impl Report {
 
 /// The example app's `GET /private` ÷ its `GET /` (docs/reference/performance.md).
 pub const EXAMPLE_TARGET: f64 = 0.9;
+
+/// `123 µs (user 100 + kernel 23)` from a median CPU reading.
+fn cpu_us(c: Option<CpuPerAnswer>) -> String {
+    c.map_or_else(
+        || "?".into(),
+        |c| {
+            format!(
+                "{:.0} µs (user {:.0} + kernel {:.0})",
+                c.server_user_us + c.server_kernel_us,
+                c.server_user_us,
+                c.server_kernel_us
+            )
+        },
+    )
+}
+
+/// How a second-factor row was measured: one-shot passes, not windows.
+fn one_shot_note(f: &SecondFactorFigures) -> String {
+    let rounds = f.totp.0.len();
+    format!(
+        "{} users, each checked once per round over {} connections; median of {rounds} \
+         round{}",
+        f.users,
+        f.connections,
+        if rounds == 1 { "" } else { "s" }
+    )
+}
 
 /// The statuses of every round that was not clean.
 fn rounds_statuses(r: &Rounds) -> String {

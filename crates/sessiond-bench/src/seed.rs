@@ -23,23 +23,31 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Creates the file (migrations run) and the user `name` with `password`, through the CLI.
+/// Creates the file (migrations run) and the admin `name` with `password`, through the CLI.
 pub fn add_user(
     sessiond: &Path,
     database_url: &str,
     name: &str,
     password: &str,
 ) -> anyhow::Result<()> {
-    let mut child = Command::new(sessiond)
-        .args([
-            "user",
-            "add",
-            name,
-            "--admin",
-            "--password-stdin",
-            "--database",
-            database_url,
-        ])
+    add_user_as(sessiond, database_url, name, password, true)
+}
+
+/// [`add_user`], an admin or not.
+pub fn add_user_as(
+    sessiond: &Path,
+    database_url: &str,
+    name: &str,
+    password: &str,
+    admin: bool,
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(sessiond);
+    cmd.args(["user", "add", name]);
+    if admin {
+        cmd.arg("--admin");
+    }
+    let mut child = cmd
+        .args(["--password-stdin", "--database", database_url])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -98,6 +98,8 @@ fn every_row_of_the_benchmark_runs() {
         "idle → during a login flood the hash queue holds",
         "-connection login flood",
         "server RSS",
+        "**TOTP check**",
+        "**passkey assertion**",
         "verify with 200 stored",
         "verify with 2,200 stored",
         "`sessiond session purge`",
@@ -161,4 +163,27 @@ fn check_store(kind: StoreKind, s: &StoreFigures) {
         s.queue_flood
     );
     assert!(s.rss_kib.is_some_and(|k| k > 0), "{kind} RSS");
+    // Second factors: every user enrolled, every session's TOTP check and passkey ceremony
+    // answered 200 (a refused code or assertion would be a fault of the harness or the
+    // server), verify beside them.
+    let f = match &s.second_factor {
+        Outcome::Done(f) => f,
+        other => panic!("{kind} second factors: {other:?}"),
+    };
+    assert_eq!(f.users, 4, "{kind}");
+    for (what, rounds) in [
+        ("TOTP", &f.totp),
+        ("passkey finish", &f.passkey),
+        ("passkey start", &f.passkey_start),
+        ("verify", &f.verify),
+    ] {
+        assert!(rounds.clean(), "{kind} {what}: {rounds:?}");
+    }
+    for m in f.totp.0.iter().chain(&f.passkey.0) {
+        assert_eq!(m.ok, 4, "{kind}: one check per user: {m:?}");
+    }
+    assert!(
+        f.verify_per_totp() > 0.0 && f.verify_per_passkey() > 0.0,
+        "{kind}: {f:?}"
+    );
 }
