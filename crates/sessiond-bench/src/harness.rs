@@ -301,7 +301,19 @@ fn start_sessiond_with(
     // user must stay valid: the per-user session cap (default 100, oldest ended first) would
     // end it, and add a delete to every login. Off, so the rows measure what they did before.
     let config = dir.join(format!("sessiond-{tag}.toml"));
-    std::fs::write(&config, format!("{extra}[session]\nmax_per_user = 0\n"))?;
+    // Metrics are served on a listener of their own (never the public one): the rows read
+    // `sessiond_verify_store_reads_total` there. A top-level key: before `extra`'s tables.
+    let metrics_port = free_port()?;
+    std::fs::write(
+        &config,
+        format!(
+            "metrics_listen = \"127.0.0.1:{metrics_port}\"\n{extra}[session]\nmax_per_user = 0\n"
+        ),
+    )?;
+    METRICS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(addr, metrics_port);
     let mut cmd = Command::new(&cfg.sessiond);
     cmd.args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--config")
@@ -648,9 +660,18 @@ pub fn logins_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sessiond_verify_store_reads_total` from the server's `/metrics`.
+/// The metrics listener of each sessiond started, by its public address.
+static METRICS_PORTS: std::sync::Mutex<std::collections::BTreeMap<std::net::SocketAddr, u16>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// `sessiond_verify_store_reads_total` from the server's metrics listener.
 fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
-    let a = once_blocking(addr, &Req::get(&addr.to_string(), "/metrics")).ok()?;
+    let port = *METRICS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&addr)?;
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let a = once_blocking(metrics, &Req::get(&metrics.to_string(), "/metrics")).ok()?;
     let text = std::str::from_utf8(&a.body).ok()?;
     text.lines()
         .find_map(|l| l.strip_prefix("sessiond_verify_store_reads_total "))
