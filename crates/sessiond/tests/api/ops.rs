@@ -307,7 +307,16 @@ async fn sigterm_drains_requests_in_flight_and_exits_0() {
     // New connections are refused once the signal is handled.
     loop {
         match TcpStream::connect(&addr).await {
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+            // Refused once the listener is closed; a connection that was still in the
+            // closing listener's backlog is reset instead.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                break
+            }
             Err(e) => panic!("{e}"),
             Ok(_) => {
                 assert!(termed.elapsed() < Duration::from_secs(2), "still accepting");
