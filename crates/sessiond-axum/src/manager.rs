@@ -55,8 +55,9 @@ pub struct Counters {
     /// Changes of the store's generation the watcher saw (revocations and user changes made
     /// by other instances or the CLI, propagated to this process's cache).
     pub epoch_changes_remote: AtomicU64,
-    /// Polls of the store's generation that failed (the cache stops serving until one
-    /// succeeds again).
+    /// Polls of the store's generation, heartbeats and subscriptions that failed, and
+    /// subscriptions lost (the cache stops serving until a poll, or a new subscription's
+    /// first heartbeat, succeeds).
     pub generation_poll_failures: AtomicU64,
 }
 

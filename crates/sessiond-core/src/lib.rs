@@ -45,7 +45,7 @@ pub use factor::{AuthLevel, FactorStore, FactorSummary, RecoveryHash, StoredPass
 pub use memo::Memo;
 pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{
-    SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleStore, UserStore,
+    ChangeFeed, SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleStore, UserStore,
 };
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
 pub use time::{Rfc3339, Timestamp};

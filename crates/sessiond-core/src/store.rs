@@ -148,6 +148,14 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     /// stay the same across a relevant change.
     async fn generation(&self) -> Result<u64, StoreError>;
 
+    /// Subscribes to the store's change notifications: a [`ChangeFeed`] that reports every
+    /// change of [`SessionStore::generation`] as it commits, so verification caches learn of
+    /// a revocation made elsewhere without polling. `Ok(None)`: this store does not push, and
+    /// caches poll [`SessionStore::generation`] instead (SQLite and memory, where a poll is a
+    /// local read of microseconds). No default, so a wrapper of a store cannot silently drop
+    /// its notifications: it forwards this like every other method.
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError>;
+
     /// How many sessions have an `expires_at` after `now` (a gauge of active sessions, read
     /// now and then off the request path, never per request). `None`: the store cannot
     /// count. A count walks the expiry index, so it costs time in proportion to the
@@ -156,6 +164,27 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
         let _ = now;
         Ok(None)
     }
+}
+
+/// A live subscription to a store's change notifications ([`SessionStore::subscribe`]):
+/// PostgreSQL `LISTEN`, Redis pub/sub.
+///
+/// Its owner (the verification cache's watcher) waits on [`ChangeFeed::changed`] and, every
+/// heartbeat, reads [`ChangeFeed::generation`] over the same connection. The heartbeat proves
+/// the connection alive (a notification connection can hang without closing), and catches a
+/// change whose notification never came: one made without notifying, such as a hand-made
+/// update of the generation itself. Any error means the subscription is lost: the owner stops
+/// trusting what it cached and subscribes again.
+#[async_trait]
+pub trait ChangeFeed: Send + Debug {
+    /// Waits for the next notification that the generation changed. Must be cancel-safe: the
+    /// owner selects on it together with its heartbeat timer, and a notification that arrived
+    /// while no call was waiting is returned by the next call.
+    async fn changed(&mut self) -> Result<(), StoreError>;
+
+    /// The store's generation (as [`SessionStore::generation`]), read over the subscription's
+    /// own connection.
+    async fn generation(&mut self) -> Result<u64, StoreError>;
 }
 
 /// Failure counters (login throttling, device cookies), shared by every instance.

@@ -10,10 +10,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use sessiond_core::{
-    FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId, SessionRecord,
-    SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect, ThrottleRecord,
-    ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId, UserStore,
-    Username,
+    ChangeFeed, FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId,
+    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
+    ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId,
+    UserStore, Username,
 };
 
 #[derive(Debug, Default)]
@@ -233,6 +233,11 @@ impl SessionStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        // In process: a poll of the generation is a mutex and a load.
+        Ok(None)
     }
 
     async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {

@@ -61,10 +61,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use sessiond_core::{
-    AuthLevel, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData, SessionId,
-    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
-    ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User,
-    UserCredentials, UserId, UserStore, Username,
+    AuthLevel, ChangeFeed, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData,
+    SessionId, SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState,
+    User, UserCredentials, UserId, UserStore, Username,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -803,6 +803,10 @@ impl SessionStore for PostgresStore {
             })
         })
         .await
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(None)
     }
 
     async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {

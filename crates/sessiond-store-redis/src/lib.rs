@@ -53,8 +53,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
 use redis::{Cmd, RedisFuture, Script, Value};
 use sessiond_core::{
-    AuthLevel, SessionData, SessionId, SessionRecord, SessionStore, StoreError, ThrottleChange,
-    ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, UserId,
+    AuthLevel, ChangeFeed, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ThrottleChange, ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, UserId,
 };
 
 /// Longest any store call may take before it is reported as unavailable. Below the two
@@ -960,6 +960,10 @@ impl SessionStore for RedisStore {
             )
             .await?;
         Ok(Some(n))
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        Ok(None)
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {

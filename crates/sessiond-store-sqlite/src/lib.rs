@@ -28,10 +28,10 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior,
 };
 use sessiond_core::{
-    AuthLevel, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData, SessionId,
-    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
-    ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User,
-    UserCredentials, UserId, UserStore, Username,
+    AuthLevel, ChangeFeed, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData,
+    SessionId, SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange,
+    ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState,
+    User, UserCredentials, UserId, UserStore, Username,
 };
 
 pub use migrations::MIGRATIONS;
@@ -574,6 +574,13 @@ impl SessionStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())))
+    }
+
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        // A poll of the generation is a point read of a local file on a pooled read-only
+        // connection (microseconds, no network), so caches keep polling SQLite; every
+        // process that writes the file moves the generation in the same transaction.
+        Ok(None)
     }
 
     async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {

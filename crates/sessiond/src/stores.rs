@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sessiond_axum::async_trait;
 use sessiond_core::{
-    FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId, SessionRecord,
-    SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect, ThrottleRecord,
-    ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId, UserStore,
-    Username,
+    ChangeFeed, FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId,
+    SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
+    ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId,
+    UserStore, Username,
 };
 use sessiond_store_postgres::PostgresStore;
 use sessiond_store_redis::RedisStore;
@@ -355,6 +355,10 @@ impl SessionStore for Timed<dyn SessionStore> {
     }
     async fn generation(&self) -> Result<u64, StoreError> {
         timed!(self.generation())
+    }
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        // Once per (re)subscription; the feed's heartbeats are not timed.
+        self.inner.subscribe().await
     }
     async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
         timed!(self.count_active(now))

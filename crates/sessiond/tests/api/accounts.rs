@@ -15,7 +15,7 @@ use sessiond::{hash_blocking, Hasher};
 use sessiond::{Config, FileConfig, Overrides};
 use sessiond_axum::SessionManager;
 use sessiond_core::{
-    NewUser, Password, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
+    ChangeFeed, NewUser, Password, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
     ThrottleStore, Timestamp, TokenHash, User, UserCredentials, UserId, UserStore, Username,
 };
 use sessiond_store_sqlite::SqliteStore;
@@ -128,6 +128,9 @@ impl SessionStore for Sessions {
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.s().ping().await
+    }
+    async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+        self.s().subscribe().await
     }
     async fn generation(&self) -> Result<u64, StoreError> {
         self.s().generation().await
