@@ -128,6 +128,24 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at);
     "#,
     ),
+    (
+        6,
+        r#"
+    -- Push invalidation: every bump also notifies, so verification caches learn of a change
+    -- as it commits instead of polling (`PostgresStore::subscribe`). The payload is the
+    -- schema of the table that changed: deployments sharing a database in different schemas
+    -- share the channel, and each listener keeps only its own schema's notifications.
+    -- NOTIFY is sent at commit (never for a rollback) and duplicates within one transaction
+    -- collapse into one. Only this function notifies: a hand-made update of `generation`
+    -- does not, and the listeners' heartbeat is what catches it.
+    CREATE OR REPLACE FUNCTION sessiond_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE generation SET value = value + 1 WHERE id = 1;
+        PERFORM pg_notify('sessiond_generation', TG_TABLE_SCHEMA);
+        RETURN NULL;
+    END $$;
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every
