@@ -38,6 +38,9 @@
 //!   of [`ChangeFeed::changed`]; dropping the feed closes the connection and ends the task.
 //!   A hand-made `UPDATE generation` notifies nobody: the verification cache's heartbeat
 //!   catches it.
+//!   A `DELETE FROM sessions` that deletes nothing (every login's trim to the per-user cap)
+//!   neither moves the generation nor notifies: otherwise every login would flush every
+//!   instance's cache.
 //! * **The same contract as SQLite**, statement by statement: a touch is an `UPDATE` with
 //!   `GREATEST` (never resurrects, never moves activity back); a rotation inserts and deletes
 //!   in one transaction; the first admin is created under `LOCK TABLE users IN EXCLUSIVE

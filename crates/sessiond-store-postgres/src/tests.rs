@@ -528,7 +528,12 @@ const QUIET_FOR: Duration = Duration::from_millis(500);
 
 #[test]
 fn the_migration_notifies_on_the_channel_the_feed_listens_to() {
-    let (_, sql) = MIGRATIONS.iter().find(|(v, _)| *v == 6).unwrap();
+    // The latest definition of the trigger function is the one in force.
+    let (_, sql) = MIGRATIONS
+        .iter()
+        .rev()
+        .find(|(_, sql)| sql.contains("FUNCTION sessiond_bump_generation()"))
+        .unwrap();
     assert!(sql.contains(&format!("pg_notify('{}'", crate::feed::CHANNEL)));
 }
 
@@ -681,4 +686,31 @@ async fn a_dropped_feed_closes_its_connection() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Every login trims the user's sessions to the cap with a DELETE that usually deletes
+/// nothing: such a DELETE must neither move the generation (which flushes every instance's
+/// cache) nor notify. One that deletes does both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_of_nothing_moves_nothing_and_notifies_nobody() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let mut feed = store.subscribe().await.unwrap().unwrap();
+    let (_, rec) = session_at(1, T0);
+    store.create(&rec).await.unwrap();
+    let before = store.generation().await.unwrap();
+    assert_eq!(
+        store.delete_oldest_for_user(UserId(1), 100).await.unwrap(),
+        0
+    );
+    let (unknown, _) = session_at(1, T0);
+    assert!(!store.delete(&unknown.hash()).await.unwrap());
+    assert_eq!(store.generation().await.unwrap(), before);
+    assert!(next_change(&mut *feed, QUIET_FOR).await.is_none());
+
+    assert_eq!(store.delete_oldest_for_user(UserId(1), 0).await.unwrap(), 1);
+    assert_ne!(store.generation().await.unwrap(), before);
+    let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
+    assert!(matches!(got, Some(Ok(()))), "{got:?}");
 }

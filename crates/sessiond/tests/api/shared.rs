@@ -796,3 +796,22 @@ async fn postgres_a_lost_notification_is_caught_by_the_heartbeat() {
     let took = refused_by(&p.a, &token, Instant::now(), Duration::from_millis(2500)).await;
     eprintln!("postgres: change without a notification refused on A after {took:?}");
 }
+
+/// A login trims the user's sessions to the cap with a DELETE that usually deletes nothing;
+/// that must not flush the other instances' caches (nor notify them).
+#[tokio::test]
+async fn postgres_logins_elsewhere_leave_the_cache_alone() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let token = p.login_on_a().await;
+    p.cached_on_a(&token, Duration::from_secs(5)).await;
+    let remote = p.a_counter(|c| &c.epoch_changes_remote);
+    for _ in 0..3 {
+        p.b.api_login(&p.b.client(), "ivy", PASSWORD).await;
+    }
+    // Long enough for a notification to arrive, shorter than a heartbeat.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.a_counter(|c| &c.epoch_changes_remote), remote);
+    assert_eq!(p.status_on_a_cached(&token).await, (StatusCode::OK, true));
+}
