@@ -465,3 +465,353 @@ async fn futures_join<F: std::future::Future>(v: Vec<F>) -> Vec<F::Output> {
     }
     out
 }
+
+// PostgreSQL pushes invalidations (`LISTEN`/`NOTIFY`): the failure modes of that path, on a
+// real server. Each instance's notification connection shows in `pg_stat_activity` as its
+// application name + " listen".
+
+/// Two servers on one fresh PostgreSQL schema, A's connections named `<schema>_a`, B's
+/// `<schema>_b`, and an operator's connection on the schema.
+struct PgPair {
+    a: TestApp,
+    b: TestApp,
+    /// A's notification connection's application name.
+    a_listen: String,
+    op: tokio_postgres::Client,
+}
+
+async fn pg_pair() -> Option<PgPair> {
+    let db = fresh_postgres().await?;
+    let schema = db
+        .split("application_name=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap()
+        .to_owned();
+    let named = |suffix: &str| {
+        db.replace(
+            &format!("application_name={schema}&"),
+            &format!("application_name={schema}_{suffix}&"),
+        )
+    };
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let over = |url: String| Overrides {
+        database: Some(url),
+        ..Overrides::default()
+    };
+    let a = spawn_app_in(dir.clone(), over(named("a"))).await;
+    let b = spawn_app_in(dir, over(named("b"))).await;
+    let (op, conn) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    op.batch_execute(&format!("SET search_path = \"{schema}\""))
+        .await
+        .unwrap();
+    a.add_user("ivy").await;
+    Some(PgPair {
+        a,
+        b,
+        a_listen: format!("{schema}_a listen"),
+        op,
+    })
+}
+
+impl PgPair {
+    async fn login_on_a(&self) -> String {
+        session_cookie(&self.a.api_login(&self.a.client(), "ivy", PASSWORD).await).unwrap()
+    }
+
+    /// Ends the session on B (a logout there).
+    async fn logout_on_b(&self, token: &str) {
+        let res = self
+            .b
+            .bare_client()
+            .post(self.b.url("/api/logout"))
+            .header("cookie", format!("__Host-sessiond={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    }
+
+    /// The server process of A's notification connection, once there is one (up to 5 s).
+    async fn a_listen_pid(&self) -> i32 {
+        let start = Instant::now();
+        loop {
+            let row = self
+                .op
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                    &[&self.a_listen],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                return row.get(0);
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "no connection named {:?}",
+                self.a_listen
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn a_counter(
+        &self,
+        pick: fn(&sessiond_axum::Counters) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        pick(self.a.state.sessions.counters()).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Whether A answered `token` from its verification cache.
+    async fn status_on_a_cached(&self, token: &str) -> (StatusCode, bool) {
+        let hits = self.a_counter(|c| &c.cache_hits);
+        let status = status_on(&self.a, token).await;
+        (status, self.a_counter(|c| &c.cache_hits) > hits)
+    }
+
+    /// Waits (up to `within`) until A serves `token` from its cache: only then does a
+    /// refusal on A show that the change reached A's cache, not that A asked the store.
+    async fn cached_on_a(&self, token: &str, within: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let (status, cached) = self.status_on_a_cached(token).await;
+            assert_eq!(status, StatusCode::OK);
+            if cached {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < within,
+                "A's cache not serving within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Polls `app` until it refuses `token`; the time since `since`. Fails past `bound`.
+async fn refused_by(app: &TestApp, token: &str, since: Instant, bound: Duration) -> Duration {
+    loop {
+        if status_on(app, token).await == StatusCode::UNAUTHORIZED {
+            return since.elapsed();
+        }
+        let took = since.elapsed();
+        assert!(
+            took < bound,
+            "still accepted after {took:?} (bound {bound:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Generous: a notification normally arrives within milliseconds of the commit (the
+/// benchmark measures it); without one, the next heartbeat (up to 1.25 s) would catch it.
+const PUSHED_WITHIN: Duration = Duration::from_millis(500);
+
+#[tokio::test]
+async fn postgres_pushes_a_revoke_to_the_other_instance() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let token = p.login_on_a().await;
+        p.cached_on_a(&token, Duration::from_secs(5)).await;
+        let remote = p.a_counter(|c| &c.epoch_changes_remote);
+        p.logout_on_b(&token).await;
+        took.push(refused_by(&p.a, &token, Instant::now(), PUSHED_WITHIN).await);
+        assert!(
+            p.a_counter(|c| &c.epoch_changes_remote) > remote,
+            "pushed, not polled"
+        );
+    }
+    took.sort();
+    eprintln!(
+        "postgres: revoke on B refused on A after {took:?} (median {:?})",
+        took[took.len() / 2]
+    );
+}
+
+#[tokio::test]
+async fn postgres_a_killed_notification_connection_fails_closed_and_resubscribes() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let live = p.login_on_a().await;
+    let revoked = p.login_on_a().await;
+    p.cached_on_a(&live, Duration::from_secs(5)).await;
+    p.cached_on_a(&revoked, Duration::from_secs(5)).await;
+    let pid = p.a_listen_pid().await;
+
+    let killed =
+        p.op.query_one("SELECT pg_terminate_backend($1)", &[&pid])
+            .await
+            .unwrap();
+    assert!(killed.get::<_, bool>(0));
+    // Revoked at once: its notification may well have gone to the dead connection. A's
+    // cache turned off when the connection ended, so A asks the store.
+    p.logout_on_b(&revoked).await;
+    let took = refused_by(&p.a, &revoked, Instant::now(), PUSHED_WITHIN).await;
+    eprintln!("postgres: revoke right after the kill refused on A after {took:?}");
+
+    // Through the resubscription: never the revoked session, always the live one.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert_eq!(status_on(&p.a, &revoked).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status_on(&p.a, &live).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A new notification connection, and the cache serves again.
+    assert_ne!(p.a_listen_pid().await, pid);
+    p.cached_on_a(&live, Duration::from_secs(5)).await;
+    assert_eq!(status_on(&p.a, &revoked).await, StatusCode::UNAUTHORIZED);
+    // And pushes again.
+    let token = p.login_on_a().await;
+    p.cached_on_a(&token, Duration::from_secs(5)).await;
+    p.logout_on_b(&token).await;
+    refused_by(&p.a, &token, Instant::now(), PUSHED_WITHIN).await;
+}
+
+/// Sends SIGCONT to a stopped process when dropped, so a failing test never leaves a
+/// PostgreSQL backend stopped.
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: i32) -> Self {
+        let guard = Self(pid);
+        signal(pid, "-STOP");
+        guard
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "-CONT");
+    }
+}
+
+fn signal(pid: i32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok || std::thread::panicking(), "kill {sig} {pid} failed");
+}
+
+#[tokio::test]
+async fn postgres_a_paused_notification_backend_turns_the_cache_off_and_heals() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let live = p.login_on_a().await;
+    let revoked = p.login_on_a().await;
+    p.cached_on_a(&live, Duration::from_secs(5)).await;
+    let pid = p.a_listen_pid().await;
+
+    // The backend stops answering but its connection stays open: only the heartbeat can
+    // tell.
+    let stopped = Stopped::stop(pid);
+    let since = Instant::now();
+    loop {
+        let (status, cached) = p.status_on_a_cached(&live).await;
+        assert_eq!(status, StatusCode::OK);
+        if !cached {
+            break;
+        }
+        let took = since.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "A's cache still on after {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "postgres: notification backend stopped, A's cache off after {:?}",
+        since.elapsed()
+    );
+    // Answered from the store (or from a cache a new subscription has put right): the live
+    // session stays valid, the one revoked now is refused at once.
+    p.logout_on_b(&revoked).await;
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert_eq!(status_on(&p.a, &revoked).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(status_on(&p.a, &live).await, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    drop(stopped);
+    // Healed: a notification connection other than the stopped one, a cache that serves,
+    // and the stopped backend gone (A dropped that connection).
+    p.cached_on_a(&live, Duration::from_secs(5)).await;
+    assert_ne!(p.a_listen_pid().await, pid);
+    assert_eq!(status_on(&p.a, &revoked).await, StatusCode::UNAUTHORIZED);
+    let start = Instant::now();
+    while p
+        .op
+        .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+        .await
+        .unwrap()
+        .is_some()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "backend {pid} left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn postgres_a_lost_notification_is_caught_by_the_heartbeat() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let token = p.login_on_a().await;
+    p.cached_on_a(&token, Duration::from_secs(5)).await;
+    let hash = sessiond_core::SessionToken::parse(&token)
+        .unwrap()
+        .hash()
+        .as_bytes()
+        .to_vec();
+    // A session ended with the triggers off (no bump, no notification), then the generation
+    // moved by hand (no notification either): only the heartbeat's read can see it.
+    p.op.batch_execute("BEGIN; SET LOCAL session_replication_role = replica")
+        .await
+        .unwrap();
+    let deleted =
+        p.op.execute("DELETE FROM sessions WHERE token_hash = $1", &[&hash])
+            .await
+            .unwrap();
+    p.op.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(deleted, 1);
+    p.op.execute("UPDATE generation SET value = value + 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    // Within one heartbeat (1.25 s), with a margin.
+    let took = refused_by(&p.a, &token, Instant::now(), Duration::from_millis(2500)).await;
+    eprintln!("postgres: change without a notification refused on A after {took:?}");
+}
+
+/// A login trims the user's sessions to the cap with a DELETE that usually deletes nothing;
+/// that must not flush the other instances' caches (nor notify them).
+#[tokio::test]
+async fn postgres_logins_elsewhere_leave_the_cache_alone() {
+    let Some(p) = pg_pair().await else {
+        return;
+    };
+    let token = p.login_on_a().await;
+    p.cached_on_a(&token, Duration::from_secs(5)).await;
+    let remote = p.a_counter(|c| &c.epoch_changes_remote);
+    for _ in 0..3 {
+        p.b.api_login(&p.b.client(), "ivy", PASSWORD).await;
+    }
+    // Long enough for a notification to arrive, shorter than a heartbeat.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(p.a_counter(|c| &c.epoch_changes_remote), remote);
+    assert_eq!(p.status_on_a_cached(&token).await, (StatusCode::OK, true));
+}
