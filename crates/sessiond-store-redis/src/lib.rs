@@ -13,7 +13,8 @@
 //! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
 //! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
 //! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
-//! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches poll it) |
+//! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches read it at each heartbeat) |
+//! | `{p}:changes` | pub/sub channel | the new generation, published by every script that moved it, once at its end ([`SessionStore::subscribe`]) |
 //! | `{p}:t:<key>` | hash | a throttle counter (`c` count, `l` latest, `e` window end), with a TTL to its window's end |
 //! | `{p}:tidx` | sorted set | throttle keys by window end, trimmed on every counter write, expiring with the longest |
 //!
@@ -33,6 +34,18 @@
 //! abandoned sessions by itself; the TTL is relative, so clocks of Redis and sessiond need not
 //! agree. `{p}:exp` lets [`SessionStore::purge_expired`] clean index entries in bounded
 //! batches.
+//!
+//! ## Notifications
+//!
+//! [`SessionStore::subscribe`] opens a RESP3 connection of its own (named
+//! `sessiond-changes-PREFIX`, [`FEED_CLIENT_NAME`]), subscribed to `{p}:changes`; in RESP3 a
+//! subscribed connection still runs commands, so the same connection answers the cache's
+//! heartbeat (`GET {p}:gen`, bounded by [`OP_TIMEOUT`]) and a heartbeat that answers proves
+//! the subscription alive. Standalone: the store's server, with its TLS; Sentinel: the master
+//! the sentinels name at subscription; Cluster: the node that owns the deployment's slot (by
+//! `CLUSTER SLOTS`), since classic `PUBLISH` reaches every node but the `GET` must go to the
+//! owner (after a slot move or a failover the `GET` fails and the cache subscribes again). A
+//! lost connection ends the feed with an error at once; dropping the feed closes it.
 //!
 //! ## Failure
 //!
@@ -72,10 +85,11 @@ pub const REVOKE_BATCH: usize = 500;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    /// Standalone: a connection of its own for [`SessionStore::generation`]. Verification
-    /// caches poll it every few milliseconds and stop serving when a poll is late; on the
-    /// multiplexed connection the logins share, polls wait behind a login flood's commands
-    /// (docs/performance.md, "The cache's own store connection").
+    /// Standalone: a connection of its own for [`SessionStore::generation`] (opened when
+    /// first used: verification caches follow [`SessionStore::subscribe`] instead, whose
+    /// connection is its own too). A poll that waits behind a login flood's commands on the
+    /// multiplexed connection the logins share comes late (docs/performance.md, "The cache's
+    /// own store connection").
     watch: Option<Conn>,
     /// Where [`SessionStore::subscribe`] opens its notification connections.
     feeds: Arc<Feeds>,
