@@ -45,7 +45,8 @@
 //! the sentinels name at subscription; Cluster: the node that owns the deployment's slot (by
 //! `CLUSTER SLOTS`), since classic `PUBLISH` reaches every node but the `GET` must go to the
 //! owner (after a slot move or a failover the `GET` fails and the cache subscribes again). A
-//! lost connection ends the feed with an error at once; dropping the feed closes it.
+//! lost connection ends the feed with an error at once; dropping the feed closes it. A Redis
+//! before 6 (no RESP3) gets no feed: caches poll [`SessionStore::generation`] there.
 //!
 //! ## Failure
 //!
@@ -1033,8 +1034,13 @@ impl SessionStore for RedisStore {
             };
             self.open_feed(client).await
         };
-        let feed = bounded(open).await?;
-        Ok(Some(Box::new(feed)))
+        match tokio::time::timeout(OP_TIMEOUT, open).await {
+            Ok(Ok(feed)) => Ok(Some(Box::new(feed))),
+            // Redis before 6 speaks no RESP3: no notifications there, caches poll instead.
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::RESP3NotSupported => Ok(None),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(TimedOut)),
+        }
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
@@ -1294,11 +1300,13 @@ impl RedisStore {
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         let prefix = self.tag.trim_start_matches('{').trim_end_matches('}');
-        let _: () = redis::cmd("CLIENT")
+        // A name for operators (and tests) to find it by; an ACL user not allowed to name its
+        // connections still gets its notifications.
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
             .arg("SETNAME")
             .arg(format!("{FEED_CLIENT_NAME}-{prefix}"))
             .query_async(&mut conn)
-            .await?;
+            .await;
         conn.subscribe(format!("{}:changes", self.tag)).await?;
         Ok(RedisFeed {
             conn,

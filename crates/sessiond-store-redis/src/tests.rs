@@ -978,3 +978,41 @@ async fn notifications_on_a_real_three_master_cluster_reach_the_slot_owner() {
         assert_notified(&a, &b).await;
     }
 }
+
+/// A server that speaks no RESP3 (Redis before 6 answers `HELLO` with an unknown command):
+/// no feed, so caches poll, rather than a subscription that fails forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_resp3_gets_polled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    // One error per command read (each starts a RESP array: `*N`).
+                    let commands = usize::from(buf[0] == b'*')
+                        + buf[..n].windows(3).filter(|w| w == b"\r\n*").count();
+                    for _ in 0..commands {
+                        let err =
+                            b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n";
+                        if sock.write_all(err).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(store.subscribe().await, Ok(None)));
+}
