@@ -31,8 +31,7 @@ pub(crate) const SWEEP_BATCH: usize = 1_000;
 /// Store time each sweep batch aims at. Short, so requests queued behind the writer (logins,
 /// activity writes; and on SQLite any other process's writes) wait no longer than this; long
 /// enough that each batch's fixed cost (its commit and fsync, the generation change) is a
-/// small share of it: fixed 1,000-session batches purged 13,700 sessions/s on SQLite, batches
-/// of this length over 100,000/s (docs/performance.md, "Purging expired sessions").
+/// small share of it (docs/performance.md, "Purging expired sessions").
 const SWEEP_BATCH_TIME: Duration = Duration::from_millis(20);
 /// Bounds of a sweep batch, whatever the timing says.
 const SWEEP_BATCH_MIN: usize = 100;
