@@ -137,7 +137,30 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 past, the server is started with its own background sweep off (`--sweep-interval\n\
          \x20 off`, so the command does all the work however long the run takes) and the CLI purge\n\
          \x20 runs as a separate process while the probe verifies live sessions; time is the purge\n\
-         \x20 process's wall time, start to exit.\n\
+         \x20 process's wall time, start to exit. On PostgreSQL a database of its own holds the\n\
+         \x20 1,000 live sessions and a million whose deadline passed a minute before (written by\n\
+         \x20 PostgreSQL itself, `INSERT … SELECT generate_series`), served the same way. Targets:\n\
+         \x20 ≥ 100,000 expired sessions/s, and the probe's p99 during the purge ≤ 2× its idle p99.\n\
+         - **verify with 1,000 / 10,000,000 stored sessions** (PostgreSQL): as SQLite's rows, two\n\
+         \x20 databases, a server on each, interleaved rounds, every probed session verified once\n\
+         \x20 and its activity write awaited before them, cache misses counted from `/metrics`. The\n\
+         \x20 1,000 probed sessions of the large database have secrets made by the bench and lie all\n\
+         \x20 over the key space; the other 9,999,000 are written by PostgreSQL itself\n\
+         \x20 (`generate_series`, SHA-256 of a counter as the token hash), the indexes dropped\n\
+         \x20 meanwhile and built once after, then `VACUUM ANALYZE`. Target: ≥ 0.9.\n\
+         - **Redis bytes per session**: a `redis-server` of the bench's own on a spare port (no\n\
+         \x20 other client moves its memory), 100,000 sessions of 2,500 users written through the\n\
+         \x20 Redis store's own code (a typical browser user agent, no session data); `used_memory`\n\
+         \x20 of `INFO memory` after minus before, per session. Beside it, `MEMORY USAGE` (all\n\
+         \x20 samples) of each kind of key (the mean of up to 200 keys of each), as bytes per session:\n\
+         \x20 the session hash, the id index, the user's index (÷ its sessions), the deadline index\n\
+         \x20 (÷ all sessions). Target: ≤ 500 bytes.\n\
+         - **nginx `auth_request`**: `examples/nginx.conf` as a deployment uses it (this run's\n\
+         \x20 ports; the app's upstream replaced by a static page nginx serves itself, `root`) plus one\n\
+         \x20 location without `auth_request` that serves the same file (`alias`), in one nginx\n\
+         \x20 process. sessiond (SQLite) answers its auth requests; the session cookie comes from a\n\
+         \x20 login through nginx. The protected page with that cookie and the bare page are measured\n\
+         \x20 in interleaved closed-loop rounds; the row is the median of the per-round ratios.\n\
          - **example app**: `examples/example-app` built in release, started on a fresh SQLite\n\
          \x20 file and logged in once through its HTML form (as a browser: the form's hidden fields,\n\
          \x20 same-origin headers); then `GET /private` with that cookie (verify, the visit counter\n\

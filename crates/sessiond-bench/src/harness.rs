@@ -21,6 +21,7 @@ use crate::report::{
 };
 use crate::second_factor::{self, Enrolled, PasskeyRound};
 use crate::seed;
+use crate::storage::{self, StorageConfig};
 use crate::stores::{Services, Store, StoreKind, Unavailable};
 
 /// The first user's password on every server the bench starts.
@@ -98,6 +99,8 @@ pub struct Config {
     /// A missing PostgreSQL or Redis fails the run instead of being skipped.
     pub require_services: bool,
     pub quiet: bool,
+    /// The storage-scale rows' sizes (`crate::storage`).
+    pub storage: StorageConfig,
 }
 
 impl Config {
@@ -146,6 +149,7 @@ impl Config {
             services: Services::from_env(),
             require_services: false,
             quiet: false,
+            storage: StorageConfig::real(),
         }
     }
 
@@ -180,11 +184,12 @@ impl Config {
             peers: PeerSetup::Skip("smoke mode".into()),
             example: ExampleSetup::Skip("no example-app binary given".into()),
             require_services: std::env::var("SESSIOND_REQUIRE_SERVICES").is_ok_and(|v| v == "1"),
+            storage: StorageConfig::smoke(),
             ..Self::real(sessiond, 1, ms(300))
         }
     }
 
-    fn say(&self, what: impl AsRef<str>) {
+    pub(crate) fn say(&self, what: impl AsRef<str>) {
         if !self.quiet {
             eprintln!("sessiond-bench: {}", what.as_ref());
         }
@@ -216,17 +221,17 @@ impl Config {
         )
     }
 
-    fn closed(&self, addr: std::net::SocketAddr, req: Req) -> Job {
+    pub(crate) fn closed(&self, addr: std::net::SocketAddr, req: Req) -> Job {
         Job::closed(addr, req, self.connections, self.client_threads)
             .timing(self.round_warmup, self.round_window)
     }
 
     /// [`Self::closed`] on `server`, reading its CPU time over the window.
-    fn watched(&self, server: &Process, req: Req) -> Job {
+    pub(crate) fn watched(&self, server: &Process, req: Req) -> Job {
         self.closed(server.addr, req).watching(server.pid())
     }
 
-    fn probe(
+    pub(crate) fn probe(
         &self,
         addr: std::net::SocketAddr,
         req: Req,
@@ -260,6 +265,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         stores.push((kind, outcome));
     }
     let (scale, purge) = bench_scale(cfg);
+    let storage = storage::bench(cfg);
     let peers = bench_peers(cfg);
     let example = bench_example(cfg);
     if let Outcome::Skipped(why) | Outcome::Failed(why) = &example {
@@ -273,6 +279,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         stores,
         scale,
         purge,
+        storage,
         peers,
         example,
         floods: (cfg.queue_flood_connections, cfg.flood_connections),
@@ -281,13 +288,18 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
 }
 
 /// Starts `sessiond serve` on a free port with `args` (the store flags) and waits for it.
-fn start_sessiond(cfg: &Config, dir: &Path, args: &[String], tag: &str) -> anyhow::Result<Process> {
+pub(crate) fn start_sessiond(
+    cfg: &Config,
+    dir: &Path,
+    args: &[String],
+    tag: &str,
+) -> anyhow::Result<Process> {
     start_sessiond_with(cfg, dir, args, tag, |_| String::new())
 }
 
 /// [`start_sessiond`] with more configuration: `config(port)` is put first in the file
 /// (top-level keys, then any tables).
-fn start_sessiond_with(
+pub(crate) fn start_sessiond_with(
     cfg: &Config,
     dir: &Path,
     args: &[String],
@@ -424,7 +436,7 @@ fn round_order(round: usize, n: usize) -> impl Iterator<Item = usize> {
 
 /// `jobs` in `rounds` interleaved rounds, each job once a round in [`round_order`]; `seen`
 /// gets every round's measures in the jobs' own order. Returns each job's rounds.
-fn run_rounds(
+pub(crate) fn run_rounds(
     jobs: &[Job],
     rounds: usize,
     mut seen: impl FnMut(usize, &[Measure]),
@@ -665,7 +677,7 @@ static METRICS_PORTS: std::sync::Mutex<std::collections::BTreeMap<std::net::Sock
     std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// `sessiond_verify_store_reads_total` from the server's metrics listener.
-fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
+pub(crate) fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
     let port = *METRICS_PORTS
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -679,7 +691,7 @@ fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {
 }
 
 /// The verifications that read the store since `before` (an earlier [`store_reads`]).
-fn store_reads_since(addr: std::net::SocketAddr, before: Option<u64>) -> Option<u64> {
+pub(crate) fn store_reads_since(addr: std::net::SocketAddr, before: Option<u64>) -> Option<u64> {
     before
         .zip(store_reads(addr))
         .map(|(a, b)| b.saturating_sub(a))
@@ -1077,10 +1089,10 @@ fn flood(
     load::run_pair(&flood, &probe)
 }
 
-const SMALL_MARK: &str = "sessiond-bench small set";
-const LARGE_MARK: &str = "sessiond-bench large set";
+pub(crate) const SMALL_MARK: &str = "sessiond-bench small set";
+pub(crate) const LARGE_MARK: &str = "sessiond-bench large set";
 
-fn cookies(tokens: &[String]) -> Vary {
+pub(crate) fn cookies(tokens: &[String]) -> Vary {
     let list: Vec<HeaderValue> = tokens
         .iter()
         .filter_map(|t| HeaderValue::from_str(&format!("{COOKIE}={t}")).ok())
@@ -1261,7 +1273,7 @@ fn touch_all(
 }
 
 /// `sessiond session purge` of the large set, expired, while the server serves the small set.
-fn bench_purge(
+pub(crate) fn bench_purge(
     cfg: &Config,
     dir: &Path,
     db: &Path,
@@ -1297,7 +1309,8 @@ fn bench_purge(
         "{marked} sessions were marked to expire, {expired} are expired: the server swept early"
     );
     let req = Req::get(&server.addr.to_string(), "/api/session").vary(cookies(live_tokens));
-    touch_all(cfg, server.addr, &req, db, SMALL_MARK, live_tokens.len())?;
+    touch_all(cfg, server.addr, &req, db, SMALL_MARK, live_tokens.len())
+        .with_context(|| format!("the server said: {}", server.log_tail()))?;
     let probe_idle = load::run(&cfg.probe(server.addr, req.clone(), cfg.warmup, cfg.window))?;
     let stop = Arc::new(AtomicBool::new(false));
     let probe = Job {
@@ -1340,7 +1353,7 @@ fn bench_purge(
 }
 
 /// Runs `sessiond session purge`; returns how many sessions it says it removed.
-fn run_purge(sessiond: &Path, url: &str) -> anyhow::Result<u64> {
+pub(crate) fn run_purge(sessiond: &Path, url: &str) -> anyhow::Result<u64> {
     let mut child = Command::new(sessiond)
         .args(["session", "purge", "--database", url])
         .env("RUST_LOG", "warn")

@@ -65,6 +65,7 @@ pub mod process;
 pub mod report;
 pub mod second_factor;
 pub mod seed;
+pub mod storage;
 pub mod stores;
 
 pub use harness::{

@@ -80,6 +80,17 @@ struct Args {
     /// every store, `N` rounds each, with their medians (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     second_factor_only: Option<usize>,
+    /// Only the storage-scale rows: purge on SQLite and PostgreSQL, PostgreSQL with
+    /// --pg-sessions stored sessions, Redis bytes per session, nginx `auth_request` (for tuning;
+    /// prints, writes nothing)
+    #[arg(long)]
+    storage_only: bool,
+    /// Stored sessions of PostgreSQL's large-store row
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    pg_sessions: u64,
+    /// Sessions of the Redis bytes-per-session row
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    redis_sessions: u64,
     /// Users of the second-factor rows: each round logs each in twice (argon2id) and checks
     /// each once per factor
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -119,9 +130,12 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.large_sessions = args.sessions.max(1);
         cfg.client_threads = args.client_threads.max(1);
         cfg.second_factor_users = args.second_factor_users.max(1);
+        cfg.storage.pg_large_sessions = args.pg_sessions.max(1);
+        cfg.storage.redis_sessions = args.redis_sessions.max(1);
+        cfg.storage.redis_users = (cfg.storage.redis_sessions / 40).max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
-        } else if args.second_factor_only.is_some() {
+        } else if args.second_factor_only.is_some() || args.storage_only {
             PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
@@ -142,6 +156,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.second_factor_only {
         return sessiond_bench::second_factor_only(&cfg, times);
+    }
+    if args.storage_only {
+        return sessiond_bench::storage::storage_only(&cfg);
     }
     if args.peers_only {
         sessiond_bench::peers_only(&cfg);
@@ -178,6 +195,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.logins_only.is_some()
         || args.ratio_only.is_some()
         || args.second_factor_only.is_some()
+        || args.storage_only
         || args.peers_only;
     if args.no_example {
         return ExampleSetup::Skip("--no-example".into());

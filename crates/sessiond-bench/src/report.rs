@@ -26,7 +26,7 @@ impl<T> Outcome<T> {
         }
     }
 
-    fn cell(&self, f: impl FnOnce(&T) -> String) -> String {
+    pub(crate) fn cell(&self, f: impl FnOnce(&T) -> String) -> String {
         match self {
             Outcome::Done(t) => f(t),
             Outcome::Skipped(why) => format!("skipped: {why}"),
@@ -301,6 +301,9 @@ pub struct Report {
     pub stores: Vec<(StoreKind, Outcome<StoreFigures>)>,
     pub scale: Outcome<Scale>,
     pub purge: Outcome<Purge>,
+    /// The storage-scale rows (PostgreSQL's purge and ten million sessions, Redis bytes per
+    /// session, nginx `auth_request`).
+    pub storage: crate::storage::Storage,
     pub peers: Vec<PeerRow>,
     /// The example app (`examples/example-app`).
     pub example: Outcome<ExampleFigures>,
@@ -347,11 +350,11 @@ pub fn ms(x: f64) -> String {
     }
 }
 
-fn mib(kib: Option<u64>) -> String {
+pub(crate) fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
 }
 
-fn check(ok: bool) -> &'static str {
+pub(crate) fn check(ok: bool) -> &'static str {
     if ok {
         "✓"
     } else {
@@ -635,30 +638,9 @@ impl Report {
                 format!("**{r:.2}** {}; RSS ×{grew:.2}", check(r >= 0.9))
             }),
         ));
-        rows.push(sqlite_only(
-            match self.purge.done() {
-                Some(p) => format!(
-                    "`sessiond session purge` of {} expired ({} live): time; verify p99 idle → during",
-                    thousands(p.expired as f64),
-                    thousands(p.live as f64)
-                ),
-                None => "`sessiond session purge` of the expired sessions".into(),
-            },
-            "",
-            self.purge.cell(|p| {
-                let mut c = format!(
-                    "{:.2} s ({}/s); {} → {} ms",
-                    p.seconds,
-                    thousands(p.removed as f64 / p.seconds.max(1e-3)),
-                    ms(p.probe_idle.p99_ms),
-                    ms(p.probe_during.p99_ms)
-                );
-                if p.left > 0 {
-                    let _ = write!(c, " ({} expired left!)", p.left);
-                }
-                c
-            }),
-        ));
+        // The storage-scale rows (`crate::storage`): the purge on SQLite and PostgreSQL, then
+        // PostgreSQL's ten million sessions, Redis bytes per session, nginx `auth_request`.
+        rows.extend(crate::storage::rows(&self.purge, &self.storage));
         for peer in &self.peers {
             let mut cells: [String; 3] = ["—".into(), "—".into(), "—".into()];
             let col = StoreKind::ALL

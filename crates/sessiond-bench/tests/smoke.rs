@@ -68,6 +68,7 @@ fn every_row_of_the_benchmark_runs() {
         purge.probe_idle.clean() && purge.probe_during.clean(),
         "{purge:?}"
     );
+    check_storage(&report.storage, require);
     for peer in &report.peers {
         assert!(
             matches!(peer.outcome, Outcome::Skipped(_)),
@@ -103,6 +104,9 @@ fn every_row_of_the_benchmark_runs() {
         "verify with 200 stored",
         "verify with 2,200 stored",
         "`sessiond session purge`",
+        "verify with 3,000 stored",
+        "**Redis bytes per session**",
+        "**nginx `auth_request`**",
         "peer: axum-login",
         "peer: Django",
         "example app: `GET /private`",
@@ -186,4 +190,54 @@ fn check_store(kind: StoreKind, s: &StoreFigures) {
         f.verify_per_totp() > 0.0 && f.verify_per_passkey() > 0.0,
         "{kind}: {f:?}"
     );
+}
+
+/// The storage-scale rows: PostgreSQL's purge and large store, Redis bytes per session, nginx
+/// `auth_request`. Each may be skipped when its service or program is absent (unless
+/// `SESSIOND_REQUIRE_SERVICES=1`), never failed.
+fn check_storage(s: &sessiond_bench::storage::Storage, require: bool) {
+    let skipped = |what: &str, why: &str| {
+        assert!(!require, "{what} skipped: {why}");
+        eprintln!("notice: {what} skipped: {why}");
+    };
+    match &s.pg_purge {
+        Outcome::Done(p) => {
+            assert_eq!(p.expired, 2_000, "{p:?}");
+            assert_eq!(p.removed, 2_000, "{p:?}");
+            assert_eq!((p.left, p.live), (0, 200), "{p:?}");
+            assert!(p.probe_idle.clean() && p.probe_during.clean(), "{p:?}");
+        }
+        Outcome::Skipped(why) => skipped("PostgreSQL purge", why),
+        other => panic!("PostgreSQL purge: {other:?}"),
+    }
+    match &s.pg_scale {
+        Outcome::Done(sc) => {
+            assert_eq!((sc.small.stored, sc.large.stored), (200, 3_000));
+            for point in [&sc.small, &sc.large] {
+                assert!(point.verify.clean(), "{point:?}");
+                assert!(point.store_reads.is_some(), "{point:?}");
+            }
+        }
+        Outcome::Skipped(why) => skipped("PostgreSQL large store", why),
+        other => panic!("PostgreSQL large store: {other:?}"),
+    }
+    match &s.redis_bytes {
+        Outcome::Done(b) => {
+            assert_eq!(b.sessions, 400);
+            assert!(b.after > b.before, "{b:?}");
+            assert_eq!(b.per_key.len(), 4, "{b:?}");
+            assert!(b.per_key.iter().all(|(_, v)| *v > 0.0), "{b:?}");
+        }
+        Outcome::Skipped(why) => skipped("Redis bytes", why),
+        other => panic!("Redis bytes: {other:?}"),
+    }
+    match &s.nginx {
+        Outcome::Done(n) => {
+            // Every protected request was answered 200 (the page, not a 401 or a redirect).
+            assert!(n.bare.clean() && n.protected.clean(), "{n:?}");
+            assert!(n.ratio() > 0.0, "{n:?}");
+        }
+        Outcome::Skipped(why) => skipped("nginx", why),
+        other => panic!("nginx: {other:?}"),
+    }
 }

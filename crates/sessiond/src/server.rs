@@ -25,9 +25,17 @@ use crate::state::AppState;
 use crate::stores;
 use crate::tls::Tls;
 
-/// Sessions removed per sweep batch: small enough that one batch holds the writer for a few
-/// milliseconds, so requests never stall behind a sweep.
+/// Sessions the first sweep batch removes at most; later batches are sized by the time the
+/// one before took ([`SWEEP_BATCH_TIME`]).
 pub(crate) const SWEEP_BATCH: usize = 1_000;
+/// Store time each sweep batch aims at. Short, so requests queued behind the writer (logins,
+/// activity writes; and on SQLite any other process's writes) wait no longer than this; long
+/// enough that each batch's fixed cost (its commit and fsync, the generation change) is a
+/// small share of it (docs/performance.md, "Purging expired sessions").
+const SWEEP_BATCH_TIME: Duration = Duration::from_millis(20);
+/// Bounds of a sweep batch, whatever the timing says.
+const SWEEP_BATCH_MIN: usize = 100;
+const SWEEP_BATCH_MAX: usize = 100_000;
 /// Sessions kept in the verification cache (a few hundred bytes each).
 pub(crate) const VERIFY_CACHE_CAPACITY: usize = 100_000;
 
@@ -208,16 +216,30 @@ pub(crate) async fn purge_expired_reporting(
     mut batch_done: impl FnMut(u64),
 ) -> Result<u64, sessiond_core::StoreError> {
     let mut total = 0;
+    let mut limit = SWEEP_BATCH;
     loop {
-        let n = sessions.purge_expired(now, SWEEP_BATCH).await?;
+        let started = std::time::Instant::now();
+        let n = sessions.purge_expired(now, limit).await?;
+        let took = started.elapsed();
         batch_done(n);
         total += n;
-        if n < SWEEP_BATCH as u64 {
+        if n < limit as u64 {
             return Ok(total);
         }
+        limit = next_sweep_batch(limit, took);
         // Let requests queued behind the writer go first.
         tokio::task::yield_now().await;
     }
+}
+
+/// The next sweep batch after one of `limit` sessions that took `took`: as many as take
+/// [`SWEEP_BATCH_TIME`] at that pace, but at most twice or half the last, so one batch that
+/// met a checkpoint or a cold cache does not swing the size.
+fn next_sweep_batch(limit: usize, took: Duration) -> usize {
+    let pace = limit as f64 / took.as_secs_f64().max(1e-6);
+    let want = (pace * SWEEP_BATCH_TIME.as_secs_f64()) as usize;
+    want.clamp(limit / 2, limit.saturating_mul(2))
+        .clamp(SWEEP_BATCH_MIN, SWEEP_BATCH_MAX)
 }
 
 /// Serves the app on `listener` until `shutdown` resolves, then finishes in-flight requests.
@@ -912,6 +934,25 @@ impl hyper::body::Body for BodyDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweep_batches_follow_the_time_they_take() {
+        let ms = Duration::from_millis;
+        // 1,000 sessions in 2 ms: the next batch doubles (not the 10,000 the pace allows).
+        assert_eq!(next_sweep_batch(1_000, ms(2)), 2_000);
+        // On target: unchanged.
+        assert_eq!(next_sweep_batch(4_000, ms(20)), 4_000);
+        // Four times too slow: halved, not quartered.
+        assert_eq!(next_sweep_batch(4_000, ms(80)), 2_000);
+        // 30 ms for 3,000: 2,000.
+        assert_eq!(next_sweep_batch(3_000, ms(30)), 2_000);
+        // Bounded both ways, and a zero-length timing does not divide by zero.
+        assert_eq!(next_sweep_batch(100_000, Duration::ZERO), SWEEP_BATCH_MAX);
+        assert_eq!(
+            next_sweep_batch(150, Duration::from_secs(5)),
+            SWEEP_BATCH_MIN
+        );
+    }
 
     #[test]
     fn http2_requests_get_a_host_header_from_their_authority() {
