@@ -1,7 +1,7 @@
 //! `sessiond-bench`: builds sessiond in release, measures it on every store and against the
 //! peers, prints one table and writes `BENCHMARKS.md` with a chart.
 //!
-//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--no-example] [--out FILE]`
+//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--no-example] [--coherence-only] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -80,6 +80,11 @@ struct Args {
     /// every store, `N` rounds each, with their medians (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     second_factor_only: Option<usize>,
+    /// Only the coherence rows (idle store requests per instance, revocation across
+    /// instances, a hundred simulated instances) on PostgreSQL and Redis (for tuning; prints,
+    /// writes nothing)
+    #[arg(long)]
+    coherence_only: bool,
     /// Users of the second-factor rows: each round logs each in twice (argon2id) and checks
     /// each once per factor
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -121,7 +126,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.second_factor_users = args.second_factor_users.max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
-        } else if args.second_factor_only.is_some() {
+        } else if args.second_factor_only.is_some() || args.coherence_only {
             PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
@@ -142,6 +147,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.second_factor_only {
         return sessiond_bench::second_factor_only(&cfg, times);
+    }
+    if args.coherence_only {
+        return sessiond_bench::coherence_only(&cfg);
     }
     if args.peers_only {
         sessiond_bench::peers_only(&cfg);
@@ -178,6 +186,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.logins_only.is_some()
         || args.ratio_only.is_some()
         || args.second_factor_only.is_some()
+        || args.coherence_only
         || args.peers_only;
     if args.no_example {
         return ExampleSetup::Skip("--no-example".into());

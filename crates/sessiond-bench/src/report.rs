@@ -26,7 +26,7 @@ impl<T> Outcome<T> {
         }
     }
 
-    fn cell(&self, f: impl FnOnce(&T) -> String) -> String {
+    pub(crate) fn cell(&self, f: impl FnOnce(&T) -> String) -> String {
         match self {
             Outcome::Done(t) => f(t),
             Outcome::Skipped(why) => format!("skipped: {why}"),
@@ -304,6 +304,9 @@ pub struct Report {
     pub peers: Vec<PeerRow>,
     /// The example app (`examples/example-app`).
     pub example: Outcome<ExampleFigures>,
+    /// The cache's coherence across instances (issue 20): idle store load, revocation
+    /// latency, a hundred simulated instances.
+    pub coherence: crate::coherence::Coherence,
     /// Connections of the queue-sized and of the large login flood.
     pub floods: (usize, usize),
     pub seconds: f64,
@@ -712,6 +715,7 @@ impl Report {
                 c
             }),
         ));
+        rows.extend(self.coherence.rows());
         rows
     }
 
