@@ -26,6 +26,21 @@
 //!   tables in a dedicated schema (created if needed) by setting `search_path` in the startup
 //!   options of every pooled connection, so no query names a schema and no connection can
 //!   miss the setting. The tests use it to give each test its own empty store in one database.
+//! * **Push invalidation** ([`SessionStore::subscribe`], `feed.rs`). The trigger function
+//!   that moves the generation also runs `pg_notify('sessiond_generation', <schema>)`, sent
+//!   as the transaction commits. A subscription is one connection of its own, outside the
+//!   pool (same config, TLS and `search_path`; `application_name` + `" listen"`, so it can
+//!   be told apart in `pg_stat_activity`), bounded by [`OP_TIMEOUT`] or [`CONNECT_TIMEOUT`]
+//!   while it opens: it reads which schema its tables are in, `LISTEN`s, and a task drives the
+//!   connection, forwarding the notifications of that schema only (deployments sharing a
+//!   database in different schemas share the channel). [`ChangeFeed::generation`] reads the
+//!   generation over that connection within [`OP_TIMEOUT`]. The connection ending is an error
+//!   of [`ChangeFeed::changed`]; dropping the feed closes the connection and ends the task.
+//!   A hand-made `UPDATE generation` notifies nobody: the verification cache's heartbeat
+//!   catches it.
+//!   A `DELETE FROM sessions` that deletes nothing (every login's trim to the per-user cap)
+//!   neither moves the generation nor notifies: otherwise every login would flush every
+//!   instance's cache.
 //! * **The same contract as SQLite**, statement by statement: a touch is an `UPDATE` with
 //!   `GREATEST` (never resurrects, never moves activity back); a rotation inserts and deletes
 //!   in one transaction; the first admin is created under `LOCK TABLE users IN EXCLUSIVE
@@ -50,6 +65,7 @@
 //!   plain text (`tls.rs` has the table). A mode that asks for TLS never falls back to plain
 //!   text: a server without TLS fails the connect.
 
+mod feed;
 mod migrations;
 mod tls;
 
@@ -88,11 +104,10 @@ pub const MIGRATION_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: Pool,
-    /// One connection of its own for [`SessionStore::generation`]: verification caches poll
-    /// it every few milliseconds and stop serving when a poll is late. Through the shared
-    /// pool, a poll queues behind a login flood's commits (docs/performance.md, "The cache's
-    /// own store connection"); on its own connection it waits for nothing.
-    watch: Pool,
+    /// The pool's connection config with its own `application_name`, for the connections of
+    /// [`SessionStore::subscribe`].
+    listen: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     schema: Option<String>,
 }
 
@@ -211,9 +226,13 @@ impl PostgresStore {
                 .build()
                 .map_err(StoreError::unavailable)
         };
+        let mut listen = config.clone();
+        let name = config.get_application_name().unwrap_or("sessiond");
+        listen.application_name(format!("{name}{}", feed::APPLICATION_SUFFIX));
         let store = Self {
-            pool: pool_of(config.clone(), POOL_SIZE)?,
-            watch: pool_of(config, 1)?,
+            pool: pool_of(config, POOL_SIZE)?,
+            listen,
+            tls,
             schema: schema.map(str::to_owned),
         };
         let schema = store.schema.clone();
@@ -264,15 +283,6 @@ impl PostgresStore {
         F: for<'c> FnOnce(&'c mut Object) -> OpFuture<'c, T> + Send,
     {
         self.run_within(OP_TIMEOUT, OP_TIMEOUT, op).await
-    }
-
-    /// [`Self::run`] on the generation watcher's own connection.
-    async fn run_watch<T, F>(&self, op: F) -> Result<T, StoreError>
-    where
-        T: Send,
-        F: for<'c> FnOnce(&'c mut Object) -> OpFuture<'c, T> + Send,
-    {
-        run_on(&self.watch, OP_TIMEOUT, OP_TIMEOUT, op).await
     }
 
     /// Runs `op` on a pooled connection obtained within `connect` of the start, finishing
@@ -796,7 +806,7 @@ impl SessionStore for PostgresStore {
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
-        self.run_watch(|c| {
+        self.run(|c| {
             Box::pin(async move {
                 let row = query_one(&*c, "SELECT value FROM generation WHERE id = 1", &[]).await?;
                 Ok(col::<i64>(&row, 0)?.max(0) as u64)
@@ -806,7 +816,14 @@ impl SessionStore for PostgresStore {
     }
 
     async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
-        Ok(None)
+        // Bounded like opening the store: the startup exchange after the TCP handshake has
+        // no deadline of its own, and the cache stays off until this returns.
+        let bound = OP_TIMEOUT.max(CONNECT_TIMEOUT);
+        match tokio::time::timeout(bound, feed::subscribe(&self.listen, self.tls.as_ref())).await {
+            Ok(Ok(feed)) => Ok(Some(Box::new(feed))),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(StoreError::unavailable(TimedOut(bound))),
+        }
     }
 
     async fn count_active(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {

@@ -128,6 +128,52 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     CREATE INDEX passkeys_by_user ON passkeys (user_id, created_at);
     "#,
     ),
+    (
+        6,
+        r#"
+    -- Push invalidation: every bump also notifies, so verification caches learn of a change
+    -- as it commits instead of polling (`PostgresStore::subscribe`). The payload is the
+    -- schema of the table that changed: deployments sharing a database in different schemas
+    -- share the channel, and each listener keeps only its own schema's notifications.
+    -- NOTIFY is sent at commit (never for a rollback) and duplicates within one transaction
+    -- collapse into one. Only this function notifies: a hand-made update of `generation`
+    -- does not, and the listeners' heartbeat is what catches it.
+    CREATE OR REPLACE FUNCTION sessiond_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        UPDATE generation SET value = value + 1 WHERE id = 1;
+        PERFORM pg_notify('sessiond_generation', TG_TABLE_SCHEMA);
+        RETURN NULL;
+    END $$;
+    "#,
+    ),
+    (
+        7,
+        r#"
+    -- A statement-level trigger fires even when its statement changed no row, and every
+    -- login runs a DELETE (the per-user session cap) that almost always deletes nothing: each
+    -- login moved the generation, so every instance's verification cache was flushed at the
+    -- rate of logins, and each login sent a NOTIFY (whose commit is serialised with every
+    -- other notifying commit). The sessions trigger now sees the rows it deleted (a
+    -- transition table; the users trigger with a column list cannot have one) and moves the
+    -- generation only if there were any.
+    CREATE OR REPLACE FUNCTION sessiond_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_TABLE_NAME = 'sessions' THEN
+            -- Nested, not ANDed: only the sessions trigger has `gone`, and PL/pgSQL plans
+            -- this statement only when it runs it.
+            IF NOT EXISTS (SELECT FROM gone) THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        UPDATE generation SET value = value + 1 WHERE id = 1;
+        PERFORM pg_notify('sessiond_generation', TG_TABLE_SCHEMA);
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER sessions_gone ON sessions;
+    CREATE TRIGGER sessions_gone AFTER DELETE ON sessions REFERENCING OLD TABLE AS gone
+        FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sessiond_core::{SessionStore, StoreError, ThrottleStore, UserId};
+use sessiond_core::{ChangeFeed, SessionStore, StoreError, ThrottleStore, UserId};
 use sessiond_store_tests::service_or_skip;
 use sessiond_store_tests::sessions::{session_at, T0};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -511,4 +511,206 @@ async fn the_sweeper_sweeps_expired_throttle_counters() {
     store.purge_expired(later, 1000).await.unwrap();
     assert_eq!(rows().await, 1, "only the live counter is left");
     assert!(store.throttle_get("a:live", later).await.unwrap().is_some());
+}
+
+/// Waits for the feed's next notification, up to `within`; `None` if none came.
+async fn next_change(
+    feed: &mut dyn ChangeFeed,
+    within: Duration,
+) -> Option<Result<(), StoreError>> {
+    tokio::time::timeout(within, feed.changed()).await.ok()
+}
+
+/// Generous: a notification normally arrives within milliseconds of the commit.
+const ARRIVES_WITHIN: Duration = Duration::from_secs(5);
+/// How long a notification that must not come is waited for.
+const QUIET_FOR: Duration = Duration::from_millis(500);
+
+#[test]
+fn the_migration_notifies_on_the_channel_the_feed_listens_to() {
+    // The latest definition of the trigger function is the one in force.
+    let (_, sql) = MIGRATIONS
+        .iter()
+        .rev()
+        .find(|(_, sql)| sql.contains("FUNCTION sessiond_bump_generation()"))
+        .unwrap();
+    assert!(sql.contains(&format!("pg_notify('{}'", crate::feed::CHANNEL)));
+}
+
+/// A change made anywhere in the store's schema (another handle, hand-made SQL) is pushed;
+/// one in another schema of the same database is not, nor a hand-made update of the
+/// generation itself (the heartbeat's `generation` is what catches that one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_in_the_schema_are_pushed_and_no_others() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let mut feed = store.subscribe().await.unwrap().expect("PostgreSQL pushes");
+    assert_eq!(
+        feed.generation().await.unwrap(),
+        store.generation().await.unwrap()
+    );
+    let schema = store.schema().unwrap();
+    let other = PostgresStore::connect_in_schema(&url(), &fresh_schema())
+        .await
+        .unwrap();
+    let same = PostgresStore::connect_in_schema(&url(), schema)
+        .await
+        .unwrap();
+
+    // Another deployment's change: not ours.
+    let (t, rec) = session_at(1, T0);
+    other.create(&rec).await.unwrap();
+    assert!(other.delete(&t.hash()).await.unwrap());
+    assert!(next_change(&mut *feed, QUIET_FOR).await.is_none());
+
+    // A change through another handle on the schema (another instance).
+    same.create(&rec).await.unwrap();
+    let start = Instant::now();
+    assert!(same.delete(&t.hash()).await.unwrap());
+    let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
+    assert!(matches!(got, Some(Ok(()))), "{got:?}");
+    eprintln!("delete pushed after {:?}", start.elapsed());
+    assert_eq!(
+        feed.generation().await.unwrap(),
+        store.generation().await.unwrap()
+    );
+
+    // A hand-made delete, as an operator's psql would do it.
+    let (t2, rec2) = session_at(2, T0);
+    store.create(&rec2).await.unwrap();
+    let client = operator_session(&store).await;
+    let hash = t2.hash().as_bytes().to_vec();
+    let deleted = client
+        .execute("DELETE FROM sessions WHERE token_hash = $1", &[&hash])
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
+    assert!(matches!(got, Some(Ok(()))), "{got:?}");
+
+    // A hand-made bump of the generation does not notify (how the server tests lose a
+    // notification on purpose), and the feed's own read sees it.
+    let before = feed.generation().await.unwrap();
+    client
+        .execute("UPDATE generation SET value = value + 1 WHERE id = 1", &[])
+        .await
+        .unwrap();
+    assert!(next_change(&mut *feed, QUIET_FOR).await.is_none());
+    assert_eq!(feed.generation().await.unwrap(), before + 1);
+    assert_eq!(store.generation().await.unwrap(), before + 1);
+}
+
+/// The server ending the feed's backend (an operator's `pg_terminate_backend`, a failover)
+/// makes `changed` fail at once, so the cache turns off and subscribes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_feed_connection_fails_changed_promptly() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let mut feed = crate::feed::subscribe(&store.listen, store.tls.as_ref())
+        .await
+        .unwrap();
+    let pid = feed.backend_pid().await;
+    let client = operator_session(&store).await;
+    let name: String = client
+        .query_one(
+            "SELECT application_name FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "sessiond listen", "recognisable in pg_stat_activity");
+    let waiting = tokio::spawn(async move {
+        let got = feed.changed().await;
+        (got, feed)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let start = Instant::now();
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let (got, mut feed) = tokio::time::timeout(Duration::from_secs(2), waiting)
+        .await
+        .expect("changed() must fail promptly, not hang")
+        .unwrap();
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    eprintln!("terminated feed failed after {:?}", start.elapsed());
+    // And stays failed; its heartbeat fails too.
+    assert!(feed.changed().await.is_err());
+    assert!(feed.generation().await.is_err());
+    // A new subscription works.
+    let mut again = store.subscribe().await.unwrap().unwrap();
+    assert_eq!(
+        again.generation().await.unwrap(),
+        store.generation().await.unwrap()
+    );
+}
+
+/// A dropped feed leaves no connection (nor task) behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_feed_closes_its_connection() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let client = operator_session(&store).await;
+    let alive = |pid: i32| {
+        let client = &client;
+        async move {
+            client
+                .query_opt("SELECT 1 FROM pg_stat_activity WHERE pid = $1", &[&pid])
+                .await
+                .unwrap()
+                .is_some()
+        }
+    };
+    // Dropped while idle, and dropped while a `changed` was waiting (the watcher's case).
+    for waiting in [false, true] {
+        let mut feed = crate::feed::subscribe(&store.listen, store.tls.as_ref())
+            .await
+            .unwrap();
+        let pid = feed.backend_pid().await;
+        assert!(alive(pid).await);
+        if waiting {
+            let _ = tokio::time::timeout(Duration::from_millis(50), feed.changed()).await;
+        }
+        drop(feed);
+        let start = Instant::now();
+        while alive(pid).await {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "backend {pid} still there 5 s after the feed was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Every login trims the user's sessions to the cap with a DELETE that usually deletes
+/// nothing: such a DELETE must neither move the generation (which flushes every instance's
+/// cache) nor notify. One that deletes does both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_of_nothing_moves_nothing_and_notifies_nobody() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let mut feed = store.subscribe().await.unwrap().unwrap();
+    let (_, rec) = session_at(1, T0);
+    store.create(&rec).await.unwrap();
+    let before = store.generation().await.unwrap();
+    assert_eq!(
+        store.delete_oldest_for_user(UserId(1), 100).await.unwrap(),
+        0
+    );
+    let (unknown, _) = session_at(1, T0);
+    assert!(!store.delete(&unknown.hash()).await.unwrap());
+    assert_eq!(store.generation().await.unwrap(), before);
+    assert!(next_change(&mut *feed, QUIET_FOR).await.is_none());
+
+    assert_eq!(store.delete_oldest_for_user(UserId(1), 0).await.unwrap(), 1);
+    assert_ne!(store.generation().await.unwrap(), before);
+    let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
+    assert!(matches!(got, Some(Ok(()))), "{got:?}");
 }

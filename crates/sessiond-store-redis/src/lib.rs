@@ -13,7 +13,8 @@
 //! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
 //! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
 //! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
-//! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches poll it) |
+//! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches read it at each heartbeat) |
+//! | `{p}:changes` | pub/sub channel | the new generation, published by every script that moved it, once at its end ([`SessionStore::subscribe`]) |
 //! | `{p}:t:<key>` | hash | a throttle counter (`c` count, `l` latest, `e` window end), with a TTL to its window's end |
 //! | `{p}:tidx` | sorted set | throttle keys by window end, trimmed on every counter write, expiring with the longest |
 //!
@@ -34,6 +35,19 @@
 //! agree. `{p}:exp` lets [`SessionStore::purge_expired`] clean index entries in bounded
 //! batches.
 //!
+//! ## Notifications
+//!
+//! [`SessionStore::subscribe`] opens a RESP3 connection of its own (named
+//! `sessiond-changes-PREFIX`, [`FEED_CLIENT_NAME`]), subscribed to `{p}:changes`; in RESP3 a
+//! subscribed connection still runs commands, so the same connection answers the cache's
+//! heartbeat (`GET {p}:gen`, bounded by [`OP_TIMEOUT`]) and a heartbeat that answers proves
+//! the subscription alive. Standalone: the store's server, with its TLS; Sentinel: the master
+//! the sentinels name at subscription; Cluster: the node that owns the deployment's slot (by
+//! `CLUSTER SLOTS`), since classic `PUBLISH` reaches every node but the `GET` must go to the
+//! owner (after a slot move or a failover the `GET` fails and the cache subscribes again). A
+//! lost connection ends the feed with an error at once; dropping the feed closes it. A Redis
+//! before 6 (no RESP3) gets no feed: caches poll [`SessionStore::generation`] there.
+//!
 //! ## Failure
 //!
 //! Every call is bounded by [`OP_TIMEOUT`]; a Redis that is down or hangs (SIGSTOP) gives
@@ -51,11 +65,12 @@ use redis::aio::{
 };
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelServerType};
-use redis::{Cmd, RedisFuture, Script, Value};
+use redis::{Cmd, ProtocolVersion, PushInfo, PushKind, RedisFuture, Script, Value};
 use sessiond_core::{
     AuthLevel, ChangeFeed, SessionData, SessionId, SessionRecord, SessionStore, StoreError,
     ThrottleChange, ThrottleExpect, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, UserId,
 };
+use tokio::sync::mpsc;
 
 /// Longest any store call may take before it is reported as unavailable. Below the two
 /// seconds of docs/reference/security.md, "Store failures", so a `503` reaches the client in
@@ -71,11 +86,14 @@ pub const REVOKE_BATCH: usize = 500;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Conn,
-    /// Standalone: a connection of its own for [`SessionStore::generation`]. Verification
-    /// caches poll it every few milliseconds and stop serving when a poll is late; on the
-    /// multiplexed connection the logins share, polls wait behind a login flood's commands
-    /// (docs/performance.md, "The cache's own store connection").
+    /// Standalone: a connection of its own for [`SessionStore::generation`] (opened when
+    /// first used: verification caches follow [`SessionStore::subscribe`] instead, whose
+    /// connection is its own too). A poll that waits behind a login flood's commands on the
+    /// multiplexed connection the logins share comes late (docs/performance.md, "The cache's
+    /// own store connection").
     watch: Option<Conn>,
+    /// Where [`SessionStore::subscribe`] opens its notification connections.
+    feeds: Arc<Feeds>,
     /// `{prefix}`: the hash tag every key starts with.
     tag: Arc<str>,
     scripts: Arc<Scripts>,
@@ -195,6 +213,7 @@ impl RedisStore {
         }
         let insecure = if fragment.is_some() { "#insecure" } else { "" };
         let mut watch = None;
+        let feeds;
         let conn = if let Some((scheme, rest)) = base
             .strip_prefix("redis+cluster://")
             .map(|r| ("redis", r))
@@ -226,11 +245,17 @@ impl RedisStore {
                     redis::TlsMode::Secure
                 });
             }
-            if let Some(certs) = certs {
+            if let Some(certs) = certs.clone() {
                 builder = builder.certs(certs);
             }
             let client = builder.build().map_err(|e| bad_url(url, &e.to_string()))?;
             let conn = bounded(client.get_async_connection()).await?;
+            let auth = auth.to_owned();
+            feeds = Feeds::Cluster {
+                conn: conn.clone(),
+                node_url: Box::new(move |host: &str| format!("{scheme}://{auth}{host}{insecure}")),
+                certs: certs.clone(),
+            };
             Conn::Cluster(conn)
         } else if let Some(rest) = base.strip_prefix("redis+sentinel://") {
             let (auth, rest) = split_auth(rest);
@@ -257,10 +282,27 @@ impl RedisStore {
                 let pw = pw.rsplit(':').next().unwrap_or(pw);
                 info = info.set_password(pw);
             }
+            // The notification connections reach the same master, in RESP3.
+            let feed_node = node
+                .clone()
+                .set_redis_connection_info(info.clone().set_protocol(ProtocolVersion::RESP3));
             node = node.set_redis_connection_info(info);
-            let client =
-                SentinelClient::build(sentinels, service, Some(node), SentinelServerType::Master)
-                    .map_err(|e| bad_url(url, &e.to_string()))?;
+            let client = SentinelClient::build(
+                sentinels.clone(),
+                service,
+                Some(node),
+                SentinelServerType::Master,
+            )
+            .map_err(|e| bad_url(url, &e.to_string()))?;
+            feeds = Feeds::Sentinel(tokio::sync::Mutex::new(
+                SentinelClient::build(
+                    sentinels,
+                    service,
+                    Some(feed_node),
+                    SentinelServerType::Master,
+                )
+                .map_err(|e| bad_url(url, &e.to_string()))?,
+            ));
             Conn::Sentinel(Arc::new(SentinelConn {
                 client: tokio::sync::Mutex::new(client),
                 current: tokio::sync::RwLock::new(None),
@@ -274,11 +316,17 @@ impl RedisStore {
                 .map_err(|e| bad_url(url, &e.to_string()))?;
             let info =
                 info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-            let client = match certs {
+            let feed_info = info.clone().set_redis_settings(
+                info.redis_settings()
+                    .clone()
+                    .set_protocol(ProtocolVersion::RESP3),
+            );
+            let open = |info: redis::ConnectionInfo| match &certs {
                 None => redis::Client::open(info),
-                Some(certs) => redis::Client::build_with_tls(info, certs),
-            }
-            .map_err(|e| bad_url(url, &e.to_string()))?;
+                Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+            };
+            feeds = Feeds::Single(open(feed_info).map_err(|e| bad_url(url, &e.to_string()))?);
+            let client = open(info).map_err(|e| bad_url(url, &e.to_string()))?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(CONNECT_TIMEOUT))
                 .set_response_timeout(Some(OP_TIMEOUT))
@@ -308,6 +356,7 @@ impl RedisStore {
         Ok(Self {
             conn,
             watch,
+            feeds: Arc::new(feeds),
             tag: format!("{{{prefix}}}").into(),
             scripts: Arc::new(Scripts::new()),
         })
@@ -452,12 +501,14 @@ fn ttl_ms(s: &SessionRecord) -> i64 {
 const PRELUDE: &str = r#"
 local tag = ARGV[1]
 local USER_TRIM = 64
+-- The generation after this script's last removal (nil: none), published once at its end.
+local gen = nil
 local function del(h)
   local sk = tag .. ':s:' .. h
   local f = redis.call('HMGET', sk, 'id', 'uid')
   redis.call('ZREM', tag .. ':exp', h)
   if not f[1] then return 0 end
-  redis.call('INCR', tag .. ':gen')
+  gen = redis.call('INCR', tag .. ':gen')
   redis.call('DEL', sk, tag .. ':i:' .. f[1])
   redis.call('ZREM', tag .. ':u:' .. f[2], h)
   return 1
@@ -551,7 +602,15 @@ struct Scripts {
 
 impl Scripts {
     fn new() -> Self {
-        let with = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        // Each body runs as a function, so that whatever it returns, a script that bumped
+        // the generation publishes it (once, however many sessions it removed) before it
+        // ends: the notification is part of the change, atomic with it.
+        let with = |body: &str| {
+            Script::new(&format!(
+                "{PRELUDE}\nlocal function body()\n{body}\nend\nlocal out = body()\n\
+                 if gen then redis.call('PUBLISH', tag .. ':changes', gen) end\nreturn out"
+            ))
+        };
         Self {
             create: with("return create(2)"),
             // Only while the old session exists (a revoked one is never carried on under a
@@ -963,7 +1022,25 @@ impl SessionStore for RedisStore {
     }
 
     async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
-        Ok(None)
+        let open = async {
+            let client = match &*self.feeds {
+                Feeds::Single(client) => client.clone(),
+                Feeds::Sentinel(sentinel) => sentinel.lock().await.async_get_client().await?,
+                Feeds::Cluster {
+                    conn,
+                    node_url,
+                    certs,
+                } => self.slot_owner(conn, &**node_url, certs.as_ref()).await?,
+            };
+            self.open_feed(client).await
+        };
+        match tokio::time::timeout(OP_TIMEOUT, open).await {
+            Ok(Ok(feed)) => Ok(Some(Box::new(feed))),
+            // Redis before 6 speaks no RESP3: no notifications there, caches poll instead.
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::RESP3NotSupported => Ok(None),
+            Ok(Err(e)) => Err(unavailable(e)),
+            Err(_) => Err(unavailable(TimedOut)),
+        }
     }
 
     async fn generation(&self) -> Result<u64, StoreError> {
@@ -1113,6 +1190,184 @@ impl ThrottleStore for RedisStore {
         let mut conn = self.conn.clone();
         let (deleted, _): (i64, i64) = bounded(pipe.query_async(&mut conn)).await?;
         Ok(deleted > 0)
+    }
+}
+
+/// Where notification connections ([`SessionStore::subscribe`]) go: the server, the current
+/// master, or the Cluster node that owns the deployment's slot.
+enum Feeds {
+    /// The store's own server, in RESP3 and with its TLS.
+    Single(redis::Client),
+    /// Asks the sentinels for the master at each subscription (RESP3 node settings).
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    /// Classic `PUBLISH` reaches every node of a Cluster, so the subscription could be on any
+    /// of them; the heartbeat's `GET` must reach the owner of the deployment's slot. So the
+    /// feed's one connection goes to that owner, found by `CLUSTER SLOTS` over the store's
+    /// connection at each subscription; after a slot moves or a failover its `GET` fails
+    /// (`MOVED`, or a closed connection) and the cache subscribes again, to the new owner.
+    Cluster {
+        conn: ClusterConnection,
+        /// `host:port` → the node's URL, with the store's scheme, credentials and
+        /// `#insecure` (so: never shown).
+        node_url: Box<dyn Fn(&str) -> String + Send + Sync>,
+        certs: Option<redis::TlsCertificates>,
+    },
+}
+
+/// The name notification connections give themselves (`CLIENT LIST` shows it), after the
+/// deployment's prefix.
+pub const FEED_CLIENT_NAME: &str = "sessiond-changes";
+
+/// A subscription to `{p}:changes` on a RESP3 connection of its own, which also answers the
+/// heartbeat's `GET {p}:gen` (RESP3 lets a subscribed connection run commands). Dropping it
+/// closes the connection.
+struct RedisFeed {
+    conn: MultiplexedConnection,
+    /// Push messages from the connection's driver; it sends `Disconnection` and then closes
+    /// this channel when the connection is lost.
+    pushes: mpsc::UnboundedReceiver<PushInfo>,
+    gen_key: String,
+    /// A disconnection seen while coalescing messages, to be reported by the next call.
+    lost: bool,
+}
+
+impl std::fmt::Debug for RedisFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisFeed")
+            .field("gen_key", &self.gen_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The notification connection is gone.
+#[derive(Debug)]
+struct FeedLost;
+
+impl std::fmt::Display for FeedLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("redis notification connection lost")
+    }
+}
+
+impl std::error::Error for FeedLost {}
+
+#[async_trait]
+impl ChangeFeed for RedisFeed {
+    async fn changed(&mut self) -> Result<(), StoreError> {
+        // Cancel-safe: the only await is the channel's `recv`, which loses nothing.
+        loop {
+            if self.lost {
+                return Err(unavailable(FeedLost));
+            }
+            match self.pushes.recv().await {
+                None => self.lost = true,
+                Some(p) if p.kind == PushKind::Disconnection => self.lost = true,
+                Some(p) if p.kind == PushKind::Message => {
+                    // Messages already queued are the same news: one flush covers them.
+                    while let Ok(p) = self.pushes.try_recv() {
+                        if p.kind == PushKind::Disconnection {
+                            self.lost = true;
+                        }
+                    }
+                    return Ok(());
+                }
+                // Confirmations of the subscription.
+                Some(_) => {}
+            }
+        }
+    }
+
+    async fn generation(&mut self) -> Result<u64, StoreError> {
+        let g: Option<u64> = bounded(
+            redis::cmd("GET")
+                .arg(&self.gen_key)
+                .query_async(&mut self.conn),
+        )
+        .await?;
+        Ok(g.unwrap_or(0))
+    }
+}
+
+impl RedisStore {
+    /// A notification connection through `client`, subscribed to the deployment's channel.
+    async fn open_feed(&self, client: redis::Client) -> redis::RedisResult<RedisFeed> {
+        let (tx, pushes) = mpsc::unbounded_channel();
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(OP_TIMEOUT))
+            .set_push_sender(tx);
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        let prefix = self.tag.trim_start_matches('{').trim_end_matches('}');
+        // A name for operators (and tests) to find it by; an ACL user not allowed to name its
+        // connections still gets its notifications.
+        let _: redis::RedisResult<()> = redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(format!("{FEED_CLIENT_NAME}-{prefix}"))
+            .query_async(&mut conn)
+            .await;
+        conn.subscribe(format!("{}:changes", self.tag)).await?;
+        Ok(RedisFeed {
+            conn,
+            pushes,
+            gen_key: format!("{}:gen", self.tag),
+            lost: false,
+        })
+    }
+
+    /// The client of the Cluster node that owns the deployment's slot, as `CLUSTER SLOTS`
+    /// reports it now.
+    async fn slot_owner(
+        &self,
+        conn: &ClusterConnection,
+        node_url: &(dyn Fn(&str) -> String + Send + Sync),
+        certs: Option<&redis::TlsCertificates>,
+    ) -> redis::RedisResult<redis::Client> {
+        let mut c = conn.clone();
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{}:gen", self.tag))
+            .query_async(&mut c)
+            .await?;
+        // [[start, end, [host, port, id, …], replicas…], …]
+        let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await?;
+        let owner = ranges.iter().find_map(|r| {
+            let start: i64 = redis::from_redis_value_ref(r.first()?).ok()?;
+            let end: i64 = redis::from_redis_value_ref(r.get(1)?).ok()?;
+            if !(start..=end).contains(&slot) {
+                return None;
+            }
+            let (host, port): (String, u16) = match r.get(2)? {
+                Value::Array(node) => (
+                    redis::from_redis_value_ref(node.first()?).ok()?,
+                    redis::from_redis_value_ref(node.get(1)?).ok()?,
+                ),
+                _ => return None,
+            };
+            Some(format!("{host}:{port}"))
+        });
+        let owner = owner.ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::ClusterConnectionNotFound,
+                "no node owns the deployment's slot",
+            ))
+        })?;
+        let info = redis::IntoConnectionInfo::into_connection_info(node_url(&owner))?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let info = info
+            .set_redis_settings(resp3)
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        match certs {
+            None => redis::Client::open(info),
+            Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+        }
     }
 }
 

@@ -32,13 +32,10 @@ mod conformance {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_on_a_real_three_master_cluster() {
-    if !redis_server_available() {
-        return;
-    }
+/// A three-master Cluster of our own, up and agreed; its servers and its URL.
+async fn start_cluster() -> (Vec<Server>, String) {
     let ports: Vec<u16> = (0..3).map(|_| spare_port()).collect();
-    let _servers: Vec<Server> = ports
+    let servers: Vec<Server> = ports
         .iter()
         .map(|p| {
             Server::start(
@@ -74,7 +71,15 @@ async fn conformance_on_a_real_three_master_cluster() {
         assert!(Instant::now() < deadline, "cluster did not become ok");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let url = format!("redis+cluster://{}", hosts.join(","));
+    (servers, format!("redis+cluster://{}", hosts.join(",")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_a_real_three_master_cluster() {
+    if !redis_server_available() {
+        return;
+    }
+    let (_servers, url) = start_cluster().await;
     // Several prefixes: their slots spread over the three masters.
     let fresh = || {
         let url = url.clone();
@@ -361,6 +366,13 @@ async fn conformance_through_a_real_sentinel() {
     };
     sessiond_store_tests::run_session_suite(fresh).await;
     sessiond_store_tests::run_throttle_suite(fresh).await;
+    // Notifications come over a connection to the master the sentinels name.
+    let (a, b) = (fresh().await, fresh().await);
+    let b = RedisStore {
+        tag: a.tag.clone(),
+        ..b
+    };
+    assert_notified(&a, &b).await;
 }
 
 /// Script calls (`EVALSHA` and `EVAL`) the server has run since its stats were reset.
@@ -727,6 +739,8 @@ async fn rediss_verifies_the_server_against_the_given_ca() {
         sessiond_store_tests::sessions::session_at(1, sessiond_store_tests::sessions::T0);
     store.create(&rec).await.unwrap();
     assert_eq!(store.load(&t.hash()).await.unwrap(), Some(rec));
+    // The notification connection verifies the server the same way.
+    assert_notified(&store, &store).await;
 
     let refused = [
         (
@@ -754,6 +768,8 @@ async fn rediss_verifies_the_server_against_the_given_ca() {
         };
         let cause = e.to_string();
         assert!(cause.contains(why), "{what}: {cause}");
+        // Nor does a notification connection get through.
+        assert!(store.subscribe().await.is_err(), "{what}: subscribed");
     }
     // #insecure: no verification at all (the redis crate's meaning).
     let insecure = format!("{}#insecure", url("127.0.0.1", ""));
@@ -764,4 +780,239 @@ async fn rediss_verifies_the_server_against_the_given_ca() {
         .await
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A feed of `a`: a session ended through `b` (another handle on the same prefix) arrives as
+/// a notification, and the feed's own generation moved with it.
+async fn assert_notified(a: &RedisStore, b: &RedisStore) {
+    let mut feed = a.subscribe().await.unwrap().expect("redis pushes");
+    let before = feed.generation().await.unwrap();
+    let hash = session_on(b).await;
+    assert!(b.delete(&hash).await.unwrap());
+    let start = Instant::now();
+    tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    eprintln!("notified after {:?}", start.elapsed());
+    let after = feed.generation().await.unwrap();
+    assert!(after > before, "{before} → {after}");
+    assert_eq!(after, b.generation().await.unwrap());
+}
+
+/// The ids of the notification connections of `store`'s prefix, from `CLIENT LIST` of the
+/// server `store` talks to.
+async fn feed_clients(store: &RedisStore) -> Vec<String> {
+    let list: String = store.query(redis::cmd("CLIENT").arg("LIST")).await.unwrap();
+    let prefix = store.tag.trim_start_matches('{').trim_end_matches('}');
+    let name = format!("name={}-{prefix} ", crate::FEED_CLIENT_NAME);
+    list.lines()
+        .filter(|l| l.contains(&name))
+        .filter_map(|l| l.strip_prefix("id=")?.split(' ').next().map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_another_handle_is_notified_and_another_prefixs_is_not() {
+    let Some(a) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let url = format!("{}?prefix={}", redis_url(), a.tag.trim_matches(['{', '}']));
+    let b = RedisStore::connect(&url).await.unwrap();
+    assert_notified(&a, &b).await;
+
+    let mut feed = a.subscribe().await.unwrap().unwrap();
+    let g = feed.generation().await.unwrap();
+    // Another deployment's revocation: no notification here, and our generation stands.
+    let other = standalone().await.unwrap();
+    let hash = session_on(&other).await;
+    assert!(other.delete(&hash).await.unwrap());
+    // A login (no session removed) does not notify either: it must not flush caches.
+    let _ = session_on(&b).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), feed.changed())
+            .await
+            .is_err(),
+        "notified of a change that is not ours"
+    );
+    assert_eq!(feed.generation().await.unwrap(), g);
+    // A revocation of many sessions is one script, one notification.
+    for _ in 0..5 {
+        let (_, rec) =
+            sessiond_store_tests::sessions::session_at(7, sessiond_store_tests::sessions::T0);
+        b.create(&rec).await.unwrap();
+    }
+    assert_eq!(
+        b.delete_for_user(sessiond_core::UserId(7), None)
+            .await
+            .unwrap(),
+        5
+    );
+    tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .expect("the notification arrives")
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), feed.changed())
+            .await
+            .is_err(),
+        "one script, one notification"
+    );
+    // The generation bumped by hand, without PUBLISH (how the server's tests simulate a lost
+    // notification): no notification, but the heartbeat's read sees it.
+    let _: i64 = a
+        .query(redis::cmd("INCR").arg(format!("{}:gen", a.tag)))
+        .await
+        .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), feed.changed())
+            .await
+            .is_err()
+    );
+    assert_eq!(feed.generation().await.unwrap(), g + 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_notification_connection_is_reported_at_once_and_a_dropped_feed_closes_it() {
+    let Some(a) = service_or_skip("Redis", standalone().await) else {
+        return;
+    };
+    let mut feed = a.subscribe().await.unwrap().unwrap();
+    feed.generation().await.unwrap();
+    let ids = feed_clients(&a).await;
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let _: i64 = a
+        .query(redis::cmd("CLIENT").arg("KILL").arg("ID").arg(&ids[0]))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(2), feed.changed())
+        .await
+        .expect("the loss is reported, not waited out");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    eprintln!("killed connection reported after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    // And stays reported.
+    assert!(feed.changed().await.is_err());
+    drop(feed);
+
+    // A new feed has its own connection; dropping it closes that connection.
+    let feed = a.subscribe().await.unwrap().unwrap();
+    assert_eq!(feed_clients(&a).await.len(), 1);
+    drop(feed);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !feed_clients(&a).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the dropped feed's connection stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_leaves_the_feeds_heartbeat_unanswered() {
+    if !redis_server_available() {
+        return;
+    }
+    let server = Server::start(spare_port(), &[]);
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{}/0?prefix={}",
+        server.port,
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    let mut feed = store.subscribe().await.unwrap().unwrap();
+    feed.generation().await.unwrap();
+
+    /// Resumes the server however the test ends.
+    struct Thaw<'a>(&'a Server);
+    impl Drop for Thaw<'_> {
+        fn drop(&mut self) {
+            self.0.signal("-CONT");
+        }
+    }
+    server.signal("-STOP");
+    let thaw = Thaw(&server);
+    let start = Instant::now();
+    // Bounded by the store itself (OP_TIMEOUT), under the cache's own PUSH_FRESH_FOR.
+    let got = tokio::time::timeout(Duration::from_secs(5), feed.generation())
+        .await
+        .expect("bounded by the store");
+    assert!(matches!(got, Err(StoreError::Unavailable(_))), "{got:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1750),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(thaw);
+    // Subscribing again works once it is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(mut f)) = store.subscribe().await {
+            if f.generation().await.is_ok() {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "no feed after the thaw");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_on_a_real_three_master_cluster_reach_the_slot_owner() {
+    if !redis_server_available() {
+        return;
+    }
+    let (_servers, url) = start_cluster().await;
+    // Several prefixes: their slots, so their feeds' nodes, spread over the three masters.
+    for _ in 0..4 {
+        let url = format!("{url}?prefix={}", fresh_prefix());
+        let a = RedisStore::connect(&url).await.unwrap();
+        let b = RedisStore::connect(&url).await.unwrap();
+        assert_notified(&a, &b).await;
+    }
+}
+
+/// A server that speaks no RESP3 (Redis before 6 answers `HELLO` with an unknown command):
+/// no feed, so caches poll, rather than a subscription that fails forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_resp3_gets_polled() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    // One error per command read (each starts a RESP array: `*N`).
+                    let commands = usize::from(buf[0] == b'*')
+                        + buf[..n].windows(3).filter(|w| w == b"\r\n*").count();
+                    for _ in 0..commands {
+                        let err =
+                            b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n";
+                        if sock.write_all(err).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let store = RedisStore::connect(&format!(
+        "redis://127.0.0.1:{port}/0?prefix={}",
+        fresh_prefix()
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(store.subscribe().await, Ok(None)));
 }
