@@ -139,6 +139,8 @@ pub struct Revocation {
     /// (trial, instance) pairs where the session was not yet served from the cache when
     /// revoked (after five tries): their 401 may have come from a store read.
     pub uncached: usize,
+    /// Trials that could not start (a login or a verification failed), and why.
+    pub failed: Vec<String>,
 }
 
 /// A hundred watchers in one process.
@@ -696,62 +698,85 @@ fn measure_revocation(
     anyhow::ensure!(n >= 2, "revocation needs two instances");
     let store = Store::create(kind, services).map_err(unavailable)?;
     let servers = start_servers(cfg, &store, n, "revoke")?;
-    let r = runtime()?.block_on(async {
-        let mut inst: Vec<Instance> = servers
-            .iter()
-            .map(|p| Instance {
-                addr: p.addr,
-                host: p.addr.to_string(),
-                conn: None,
-            })
-            .collect();
-        let mut out = Revocation {
-            instances: n,
-            ..Revocation::default()
-        };
-        for trial in 0..settings.trials {
-            let a = trial % n;
-            let cookie = log_in(inst[a].addr)
-                .await
-                .with_context(|| format!("trial {trial}: login on instance {a}"))?;
-            // Every instance serves the session from its cache: verified until the last
-            // verification read no store (a cache that is off, or an entry dropped by a
-            // generation change, reads it again).
-            for (i, x) in inst.iter_mut().enumerate() {
-                let mut cached = false;
-                for _ in 0..5 {
-                    let s = x
-                        .verify(&cookie)
+    let r =
+        runtime()?.block_on(async {
+            let mut inst: Vec<Instance> = servers
+                .iter()
+                .map(|p| Instance {
+                    addr: p.addr,
+                    host: p.addr.to_string(),
+                    conn: None,
+                })
+                .collect();
+            let mut out = Revocation {
+                instances: n,
+                ..Revocation::default()
+            };
+            for trial in 0..settings.trials {
+                let a = trial % n;
+                // A trial that cannot start (a login or a warm-up answered 503 or not at all, as
+                // on a machine busy with other work) is counted and skipped, not fatal.
+                let warm = async {
+                    let cookie = log_in(inst[a].addr)
                         .await
-                        .with_context(|| format!("trial {trial}: verify on instance {i}"))?;
-                    anyhow::ensure!(s == 200, "instance {i} refused a fresh session: {s}");
-                    let before = x.store_reads().await?;
-                    let s = x.verify(&cookie).await?;
-                    anyhow::ensure!(s == 200, "instance {i} refused a fresh session: {s}");
-                    if x.store_reads().await? == before {
-                        cached = true;
-                        break;
+                        .with_context(|| format!("trial {trial}: login on instance {a}"))?;
+                    // Every instance serves the session from its cache: verified until the last
+                    // verification read no store (a cache that is off, or an entry dropped by a
+                    // generation change, reads it again).
+                    let mut uncached = 0;
+                    for (i, x) in inst.iter_mut().enumerate() {
+                        let mut cached = false;
+                        for _ in 0..5 {
+                            let before = x.store_reads().await?;
+                            let s = x.verify(&cookie).await.with_context(|| {
+                                format!("trial {trial}: verify on instance {i}")
+                            })?;
+                            anyhow::ensure!(s == 200, "instance {i} refused a fresh session: {s}");
+                            let s = x.verify(&cookie).await?;
+                            anyhow::ensure!(s == 200, "instance {i} refused a fresh session: {s}");
+                            let mid = x.store_reads().await?;
+                            if mid == before {
+                                cached = true;
+                                break;
+                            }
+                        }
+                        if !cached && i != a {
+                            uncached += 1;
+                        }
                     }
+                    anyhow::Ok((cookie, uncached))
                 }
-                if !cached && i != a {
-                    out.uncached += 1;
-                }
-            }
-            let s = inst[a]
-                .logout(&cookie)
-                .await
-                .with_context(|| format!("trial {trial}: logout on instance {a}"))?;
-            anyhow::ensure!(s == 204, "logout answered {s}");
-            let revoked = Instant::now();
-            let mut polls = tokio::task::JoinSet::new();
-            for (i, mut x) in std::mem::take(&mut inst).into_iter().enumerate() {
-                let cookie = cookie.clone();
-                polls.spawn(async move {
-                    if i == a {
-                        return (i, x, Ok(None));
+                .await;
+                let cookie = match warm {
+                    Ok((cookie, uncached)) => {
+                        out.uncached += uncached;
+                        cookie
                     }
-                    let r =
-                        async {
+                    Err(e) => {
+                        out.failed.push(format!("{e:#}"));
+                        anyhow::ensure!(
+                            out.failed.len() <= settings.trials / 10 + 1,
+                            "{} trials could not start: {}",
+                            out.failed.len(),
+                            out.failed.join("; ")
+                        );
+                        continue;
+                    }
+                };
+                let s = inst[a]
+                    .logout(&cookie)
+                    .await
+                    .with_context(|| format!("trial {trial}: logout on instance {a}"))?;
+                anyhow::ensure!(s == 204, "logout answered {s}");
+                let revoked = Instant::now();
+                let mut polls = tokio::task::JoinSet::new();
+                for (i, mut x) in std::mem::take(&mut inst).into_iter().enumerate() {
+                    let cookie = cookie.clone();
+                    polls.spawn(async move {
+                        if i == a {
+                            return (i, x, Ok(None));
+                        }
+                        let r = async {
                             loop {
                                 match x.verify(&cookie).await.with_context(|| {
                                     format!("trial {trial}: polling instance {i}")
@@ -767,27 +792,27 @@ fn measure_revocation(
                             }
                         }
                         .await;
-                    (i, x, r)
-                });
-            }
-            let mut back: Vec<(usize, Instance)> = Vec::with_capacity(n);
-            let mut worst: f64 = 0.0;
-            while let Some(j) = polls.join_next().await {
-                let (i, x, r) = j?;
-                if let Some(at) = r? {
-                    let lat = at.duration_since(revoked).as_secs_f64() * 1e3;
-                    out.each_ms.push(lat);
-                    worst = worst.max(lat);
+                        (i, x, r)
+                    });
                 }
-                back.push((i, x));
+                let mut back: Vec<(usize, Instance)> = Vec::with_capacity(n);
+                let mut worst: f64 = 0.0;
+                while let Some(j) = polls.join_next().await {
+                    let (i, x, r) = j?;
+                    if let Some(at) = r? {
+                        let lat = at.duration_since(revoked).as_secs_f64() * 1e3;
+                        out.each_ms.push(lat);
+                        worst = worst.max(lat);
+                    }
+                    back.push((i, x));
+                }
+                back.sort_by_key(|(i, _)| *i);
+                inst = back.into_iter().map(|(_, x)| x).collect();
+                out.all_ms.push(worst);
+                out.trials += 1;
             }
-            back.sort_by_key(|(i, _)| *i);
-            inst = back.into_iter().map(|(_, x)| x).collect();
-            out.all_ms.push(worst);
-            out.trials += 1;
-        }
-        anyhow::Ok(out)
-    });
+            anyhow::Ok(out)
+        });
     let r = r.map_err(|e| {
         // What the servers said, for a failure's cause.
         let tails: Vec<String> = servers
@@ -807,26 +832,34 @@ fn measure_revocation(
 /// What one watcher saw: the moments it was told of a change.
 type Seen = Arc<Mutex<Vec<Instant>>>;
 
+/// Errors the watchers met (each followed, as in the cache, by a new subscription or the
+/// next poll).
+type Errors = Arc<Mutex<Vec<String>>>;
+
 /// The cache watcher's loop on one store handle: follows the feed (notifications and a
-/// heartbeat) or polls the generation, recording when it learnt of a change.
-async fn watch(store: Arc<dyn SessionStore>, seen: Seen) -> anyhow::Result<()> {
-    match store
-        .subscribe()
-        .await
-        .map_err(|e| anyhow::anyhow!("subscribe: {e}"))?
-    {
-        Some(feed) => follow(feed, seen).await,
-        None => poll(&*store, seen).await,
+/// heartbeat) or polls the generation, recording when it learnt of a change; after an error,
+/// subscribes again 100 ms later, or polls on, as the cache does.
+async fn watch(store: Arc<dyn SessionStore>, seen: Seen, errors: Errors) {
+    loop {
+        let r = match store.subscribe().await {
+            Ok(Some(feed)) => follow(feed, &seen).await,
+            Ok(None) => return poll(&*store, &seen, &errors).await,
+            Err(e) => Err(anyhow::anyhow!("subscribe: {e}")),
+        };
+        if let Err(e) = r {
+            lock(&errors).push(format!("{e:#}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn follow(mut feed: Box<dyn ChangeFeed>, seen: Seen) -> anyhow::Result<()> {
+async fn follow(mut feed: Box<dyn ChangeFeed>, seen: &Seen) -> anyhow::Result<()> {
     let mut next_beat = tokio::time::Instant::now();
     loop {
         tokio::select! {
             changed = feed.changed() => {
                 changed.map_err(|e| anyhow::anyhow!("changed: {e}"))?;
-                seen.lock().unwrap_or_else(|e| e.into_inner()).push(Instant::now());
+                lock(seen).push(Instant::now());
             }
             () = tokio::time::sleep_until(next_beat) => {
                 next_beat = tokio::time::Instant::now() + HEARTBEAT_EVERY;
@@ -836,22 +869,24 @@ async fn follow(mut feed: Box<dyn ChangeFeed>, seen: Seen) -> anyhow::Result<()>
     }
 }
 
-async fn poll(store: &dyn SessionStore, seen: Seen) -> anyhow::Result<()> {
+async fn poll(store: &dyn SessionStore, seen: &Seen, errors: &Errors) {
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last: Option<u64> = None;
     loop {
         tick.tick().await;
-        let g = store
-            .generation()
-            .await
-            .map_err(|e| anyhow::anyhow!("generation: {e}"))?;
-        if last.is_some_and(|l| l != g) {
-            seen.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(Instant::now());
+        match store.generation().await {
+            Ok(g) => {
+                if last.is_some_and(|l| l != g) {
+                    lock(seen).push(Instant::now());
+                }
+                last = Some(g);
+            }
+            Err(e) => {
+                lock(errors).push(format!("generation: {e}"));
+                last = None;
+            }
         }
-        last = Some(g);
     }
 }
 
@@ -941,9 +976,10 @@ fn simulate(
             None => Mode::Poll,
         };
         let seen: Vec<Seen> = (0..settings.feeds).map(|_| Seen::default()).collect();
+        let errors = Errors::default();
         let mut watchers = tokio::task::JoinSet::new();
         for (h, s) in handles.iter().zip(&seen) {
-            watchers.spawn(watch(Arc::clone(h), Arc::clone(s)));
+            watchers.spawn(watch(Arc::clone(h), Arc::clone(s), Arc::clone(&errors)));
         }
         tokio::time::sleep(settings.sim_settle).await;
         // Idle.
@@ -995,15 +1031,15 @@ fn simulate(
         let notified_after: usize = seen.iter().map(|s| lock(s).len()).sum();
         // A second more for the last notifications.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let mut errors = Vec::new();
         watchers.abort_all();
-        while let Some(j) = watchers.join_next().await {
-            if let Ok(Err(e)) = j {
-                errors.push(format!("{e:#}"));
-            }
-        }
+        while watchers.join_next().await.is_some() {}
+        let mut errors = lock(&errors).clone();
+        let error_count = errors.len();
         errors.sort();
         errors.dedup();
+        if error_count > errors.len() {
+            errors.push(format!("{error_count} errors in all"));
+        }
         // Each revocation against each watcher: the first change it saw at or after the
         // delete was sent. Revocations 10 ms apart make this an upper bound only while
         // notifications come in order, which they do on one connection.
@@ -1290,6 +1326,13 @@ impl Coherence {
                                     ms(percentile(&r.all_ms, 1.0)),
                                     r.trials
                                 );
+                                if !r.failed.is_empty() {
+                                    let _ = write!(
+                                        cell,
+                                        "; {} trials could not start (503 or no answer)",
+                                        r.failed.len()
+                                    );
+                                }
                                 if r.uncached > 0 {
                                     let _ = write!(
                                         cell,
