@@ -23,6 +23,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          cargo run --release -p sessiond-bench -- --no-peers --out /tmp/b.md\n\
          cargo run --release -p sessiond-bench -- --example-only 12  # the example app's ratio alone, next to the tower peer's\n\
          cargo run --release -p sessiond-bench -- --second-factor-only 3  # a TOTP check and a passkey assertion alone, every store\n\
+         cargo run --release -p sessiond-bench -- --coherence-only  # the coherence rows alone (idle store load, revocation across instances, 100 simulated)\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
          It builds `sessiond` in release, then for each store starts `sessiond serve` on a fresh\n\
@@ -170,6 +171,43 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 the peer row's rounds: what the same question costs an app on axum-login +\n\
          \x20 tower-sessions. `--example-only N` runs just these rounds (the peer's in the same\n\
          \x20 rounds), `--no-example` leaves the row out.\n\
+         - **coherence across instances** (issue 20; PostgreSQL and Redis): how each instance's\n\
+         \x20 verification cache learns that a session ended elsewhere, and what that costs the store.\n\
+         \x20 Each cell says how the caches follow the store: `push` (its `subscribe()` gives a change\n\
+         \x20 feed: notifications, and a heartbeat read of the generation every 1.25 s over the feed's\n\
+         \x20 connection) or `poll` (no feed: the generation every 20 ms). SQLite's caches read the\n\
+         \x20 local file's `PRAGMA data_version`: no store requests to count. `--coherence-only` runs\n\
+         \x20 just these rows.\n\
+         \x20 - *idle store requests/s per instance*: 1 and 8 servers (started as above: a fresh database\n\
+         \x20   or key prefix) on one store, 3 s to settle, then the store's own request counter over 10 s\n\
+         \x20   with nothing else running, ÷ servers ÷ seconds. Everything an idle server asks counts\n\
+         \x20   (heartbeats or polls, the active-sessions gauge every 15 s, the sweep). PostgreSQL:\n\
+         \x20   `xact_commit + xact_rollback` of the bench's database in `pg_stat_database`, read over a\n\
+         \x20   connection to another database (a backend reports its counts at most once a second, so\n\
+         \x20   each edge of the window blurs by about a second's worth); Redis: a `redis-server` of the\n\
+         \x20   bench's own on a free port (the shared one has other clients), `total_commands_processed`\n\
+         \x20   less the bench's own `INFO`.\n\
+         \x20 - *revocation across 2 and 8 instances*: servers on one store; each of 200 trials logs in\n\
+         \x20   on one instance (A, in turn), verifies the session on every instance until each serves\n\
+         \x20   it from its cache (its last verification read no store, by its `/metrics`), logs out on A\n\
+         \x20   (`POST /api/logout`), then asks every other instance `GET /api/session` back to back on a\n\
+         \x20   keep-alive connection until it answers 401. Timed from A's `204` to each `401`: the\n\
+         \x20   figure is the time until every other instance refused, p50 / p99 over the trials, each\n\
+         \x20   instance's own beside it (the loop's resolution is one request, ~0.1–0.3 ms).\n\
+         \x20 - *100 simulated instances*: no servers, a hundred store handles in the bench's process\n\
+         \x20   (the store crates; one each, as each instance has its own), each running the cache\n\
+         \x20   watcher's loop (`crates/sessiond-axum/src/cache.rs`): await `changed()` on its feed, and\n\
+         \x20   read the generation over it every 1.25 s; without a feed, read the generation every\n\
+         \x20   20 ms (what a hundred instances cost before push). PostgreSQL runs on a cluster of the\n\
+         \x20   bench's own (`initdb` in a temporary directory, `max_connections` 400: a hundred\n\
+         \x20   instances hold more connections than the shared server allows; run as the `postgres`\n\
+         \x20   user when the bench runs as root), Redis on the bench's own `redis-server`. The store's\n\
+         \x20   requests over 10 s idle and its connections (PostgreSQL backends of the database, Redis\n\
+         \x20   clients but the bench's counter); then 10 s of revocations at 100 a second through one\n\
+         \x20   more handle (each a session created and deleted: two requests, counted in the load):\n\
+         \x20   the notifications delivered a second over all watchers, and the fan-out, per\n\
+         \x20   revocation, from sending its delete until the last of the hundred watchers was told\n\
+         \x20   (each watcher's first notification at or after the send), p50 / p99.\n\
          - **peers**: the same authenticated request (`GET /me` with the peer's own session\n\
          \x20 cookie) with the same client and connections. A sessiond on the comparable store\n\
          \x20 (SQLite for the SQLite peers, Redis for the Redis one) runs beside each peer and the\n\

@@ -271,6 +271,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
     if let Outcome::Skipped(why) | Outcome::Failed(why) = &example {
         cfg.say(format!("[example] not measured: {why}"));
     }
+    let coherence = crate::coherence::bench(cfg);
     machine.load_after = load_average();
     Ok(Report {
         smoke: cfg.smoke,
@@ -282,6 +283,7 @@ pub fn run(cfg: &Config) -> anyhow::Result<Report> {
         storage,
         peers,
         example,
+        coherence,
         floods: (cfg.queue_flood_connections, cfg.flood_connections),
         seconds: started.elapsed().as_secs_f64(),
     })
@@ -675,6 +677,15 @@ pub fn logins_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
 /// The metrics listener of each sessiond started, by its public address.
 static METRICS_PORTS: std::sync::Mutex<std::collections::BTreeMap<std::net::SocketAddr, u16>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The metrics listener of the sessiond started at `addr`.
+pub(crate) fn metrics_addr(addr: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+    let port = *METRICS_PORTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&addr)?;
+    Some(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+}
 
 /// `sessiond_verify_store_reads_total` from the server's metrics listener.
 pub(crate) fn store_reads(addr: std::net::SocketAddr) -> Option<u64> {

@@ -43,6 +43,12 @@
 //!   connections at a time: checks per second over the pass, every request's latency, the
 //!   server's CPU time per check; verify runs in the same rounds, so the cost also reads as
 //!   a number of verifications. `--second-factor-only N` runs just these rows.
+//! * **Coherence across instances** (issue 20, `coherence.rs`), on PostgreSQL and Redis: the
+//!   store requests an idle instance makes (1 and 8 servers on one store, the store's own
+//!   counter), how long a logout on one instance takes to be refused by every other (2 and 8
+//!   servers), and a hundred instances simulated in this process (a hundred store handles
+//!   running the cache watcher's loop) idle and with revocations at 100 a second.
+//!   `--coherence-only` runs just these rows.
 //! * **Peers** from `shared/peers/` (axum-login + tower-sessions, Django) run on the same
 //!   machine with the same generator.
 //!
@@ -54,6 +60,7 @@
 
 pub mod binaries;
 pub mod chart;
+pub mod coherence;
 pub mod document;
 pub mod example;
 mod harness;
@@ -68,6 +75,7 @@ pub mod seed;
 pub mod storage;
 pub mod stores;
 
+pub use coherence::coherence_only;
 pub use harness::{
     example_only, logins_only, peers_only, probe_only, ratio_only, run, second_factor_only, Config,
     ExampleSetup, PeerSetup, COOKIE, PASSWORD,

@@ -1,7 +1,7 @@
 //! `sessiond-bench`: builds sessiond in release, measures it on every store and against the
 //! peers, prints one table and writes `BENCHMARKS.md` with a chart.
 //!
-//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--no-example] [--out FILE]`
+//! Run with: `cargo run --release -p sessiond-bench -- [--rounds N] [--round-seconds S] [--no-peers] [--no-example] [--coherence-only] [--out FILE]`
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -91,6 +91,11 @@ struct Args {
     /// Sessions of the Redis bytes-per-session row
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     redis_sessions: u64,
+    /// Only the coherence rows (idle store requests per instance, revocation across
+    /// instances, a hundred simulated instances) on PostgreSQL and Redis (for tuning; prints,
+    /// writes nothing)
+    #[arg(long)]
+    coherence_only: bool,
     /// Users of the second-factor rows: each round logs each in twice (argon2id) and checks
     /// each once per factor
     #[arg(long, value_name = "N", default_value_t = 200)]
@@ -135,7 +140,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.storage.redis_users = (cfg.storage.redis_sessions / 40).max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
-        } else if args.second_factor_only.is_some() || args.storage_only {
+        } else if args.second_factor_only.is_some() || args.storage_only || args.coherence_only {
             PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
@@ -159,6 +164,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if args.storage_only {
         return sessiond_bench::storage::storage_only(&cfg);
+    }
+    if args.coherence_only {
+        return sessiond_bench::coherence_only(&cfg);
     }
     if args.peers_only {
         sessiond_bench::peers_only(&cfg);
@@ -196,6 +204,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.ratio_only.is_some()
         || args.second_factor_only.is_some()
         || args.storage_only
+        || args.coherence_only
         || args.peers_only;
     if args.no_example {
         return ExampleSetup::Skip("--no-example".into());

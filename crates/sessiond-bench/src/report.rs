@@ -307,6 +307,9 @@ pub struct Report {
     pub peers: Vec<PeerRow>,
     /// The example app (`examples/example-app`).
     pub example: Outcome<ExampleFigures>,
+    /// The cache's coherence across instances (issue 20): idle store load, revocation
+    /// latency, a hundred simulated instances.
+    pub coherence: crate::coherence::Coherence,
     /// Connections of the queue-sized and of the large login flood.
     pub floods: (usize, usize),
     pub seconds: f64,
@@ -694,6 +697,7 @@ impl Report {
                 c
             }),
         ));
+        rows.extend(self.coherence.rows());
         rows
     }
 

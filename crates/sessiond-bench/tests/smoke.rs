@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use sessiond_bench::coherence::StoreCoherence;
 use sessiond_bench::report::StoreFigures;
 use sessiond_bench::stores::StoreKind;
 use sessiond_bench::{binaries, chart, run, Config, ExampleSetup, Outcome};
@@ -87,6 +88,18 @@ fn every_row_of_the_benchmark_runs() {
         other => panic!("example app: {other:?}"),
     }
 
+    // The coherence rows: every store that answers was measured, every trial revoked.
+    for (kind, outcome) in [
+        (StoreKind::Postgres, &report.coherence.postgres),
+        (StoreKind::Redis, &report.coherence.redis),
+    ] {
+        match outcome {
+            Outcome::Done(c) => check_coherence(kind, c),
+            Outcome::Skipped(why) if !require => eprintln!("notice: {kind} coherence: {why}"),
+            other => panic!("{kind} coherence: {other:?}"),
+        }
+    }
+
     // Every row is in the table, none of them failed.
     let rows = report.rows();
     for label in [
@@ -110,6 +123,12 @@ fn every_row_of_the_benchmark_runs() {
         "peer: axum-login",
         "peer: Django",
         "example app: `GET /private`",
+        "idle store requests/s per instance, 1 instance",
+        "idle store requests/s per instance, 2 instances",
+        "revocation across 2 instances",
+        "revocation across 3 instances",
+        "5 simulated instances, idle",
+        "5 simulated instances, **20 revocations/s**",
     ] {
         assert!(
             rows.iter().any(|r| r.label.contains(label)),
@@ -123,6 +142,40 @@ fn every_row_of_the_benchmark_runs() {
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
     let doc = sessiond_bench::document::render(&report, Some("chart.png"));
     assert!(doc.contains(&table));
+}
+
+fn check_coherence(kind: StoreKind, c: &StoreCoherence) {
+    assert_eq!(c.idle.len(), 2, "{kind}: {c:?}");
+    for idle in &c.idle {
+        let Outcome::Done(i) = idle else {
+            panic!("{kind} idle: {idle:?}")
+        };
+        assert!(i.seconds > 0.5, "{kind}: {i:?}");
+    }
+    assert_eq!(c.revocation.len(), 2, "{kind}: {c:?}");
+    for r in &c.revocation {
+        let Outcome::Done(r) = r else {
+            panic!("{kind} revocation: {r:?}")
+        };
+        // Every trial saw every other instance refuse the revoked session.
+        assert_eq!(r.trials, 3, "{kind}: {r:?}");
+        assert_eq!(r.all_ms.len(), 3, "{kind}: {r:?}");
+        assert_eq!(r.each_ms.len(), 3 * (r.instances - 1), "{kind}: {r:?}");
+    }
+    let Outcome::Done(sim) = &c.simulation else {
+        panic!("{kind} simulation: {:?}", c.simulation)
+    };
+    assert_eq!(sim.feeds, 5, "{kind}: {sim:?}");
+    assert!(
+        sim.idle.requests > 0,
+        "heartbeats or polls reach the store: {sim:?}"
+    );
+    assert!(sim.churn.revocations > 0, "{kind}: {sim:?}");
+    assert!(sim.churn.errors.is_empty(), "{kind}: {sim:?}");
+    assert_eq!(
+        sim.churn.missed, 0,
+        "every watcher learnt of every revocation: {sim:?}"
+    );
 }
 
 fn check_store(kind: StoreKind, s: &StoreFigures) {
