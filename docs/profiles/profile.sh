@@ -1,6 +1,6 @@
 #!/bin/sh
 # Flame graphs of sessiond under the benchmark's load shape (wrk -t2 -c32, keep-alive), SQLite.
-# usage: profile.sh SESSIOND_BINARY OUT_DIR [SECONDS]
+# usage: profile.sh SESSIOND_BINARY OUT_DIR [SECONDS]   (HEALTHZ_ONLY=1: /healthz alone)
 # Needs perf (linux-perf), wrk, inferno (cargo install inferno), curl.
 set -eu
 bin=$1; out=$2; secs=${3:-10}
@@ -33,6 +33,7 @@ run() { # name path [headers...]
     inferno-flamegraph --title "sessiond $name ($path), SQLite, wrk -t2 -c32" <"$out/$name.folded" >"$out/$name.svg"
 }
 run healthz /healthz
+[ -n "${HEALTHZ_ONLY:-}" ] && exit 0
 run verify /api/session -H "Cookie: $cookie"
 run forward-auth /api/authz/forward-auth -H "Cookie: $cookie" -H 'X-Forwarded-Proto: http' \
     -H "X-Forwarded-Host: $host" -H 'X-Forwarded-Uri: /'
