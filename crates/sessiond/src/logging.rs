@@ -50,7 +50,12 @@ impl Visitor<'_> {
         self.result = if field.name() == "message" {
             write!(self.writer, "{sep}{}", value.escape_debug())
         } else if is_plain(value) {
-            write!(self.writer, "{sep}{}={value}", field.name())
+            // A request's span records its id this way on every request: plain writes, no
+            // `fmt` (docs/performance.md, "The request id").
+            (self.writer.write_str(sep))
+                .and_then(|()| self.writer.write_str(field.name()))
+                .and_then(|()| self.writer.write_str("="))
+                .and_then(|()| self.writer.write_str(value))
         } else {
             write!(self.writer, "{sep}{}={value:?}", field.name())
         };
@@ -202,20 +207,48 @@ impl RequestId {
         sane.then(|| Self::Given(value.clone()))
     }
 
-    /// The id as a header value.
+    /// The id as a header value. Every request makes one: written by hand, not through
+    /// `fmt` (docs/performance.md, "The request id").
     pub(crate) fn header_value(&self) -> axum::http::HeaderValue {
         match self {
             Self::Given(v) => v.clone(),
-            Self::Made(_) => axum::http::HeaderValue::try_from(self.to_string())
-                .expect("hex digits are a valid header value"),
+            Self::Made(n) => {
+                let mut buf = [0u8; MADE_MAX];
+                let len = made(*n, &mut buf);
+                axum::http::HeaderValue::from_bytes(&buf[..len])
+                    .expect("hex digits are a valid header value")
+            }
         }
     }
+}
+
+/// The longest made id: the prefix's 12 hex digits and a counter's 16.
+const MADE_MAX: usize = 12 + 16;
+
+/// Writes a made id into `buf`: the process's prefix, then the counter in lower-case hex,
+/// at least 6 digits (`{prefix}{n:06x}`); returns its length.
+fn made(n: u64, buf: &mut [u8; MADE_MAX]) -> usize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let prefix = process_prefix().as_bytes();
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let digits = ((64 - n.leading_zeros() as usize).div_ceil(4)).max(6);
+    let end = prefix.len() + digits;
+    for (i, b) in buf[prefix.len()..end].iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        // Digits past the 16th do not occur: `digits` is at most 16.
+        *b = HEX[((n >> shift) & 0xf) as usize];
+    }
+    end
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Made(n) => write!(f, "{}{n:06x}", process_prefix()),
+            Self::Made(n) => {
+                let mut buf = [0u8; MADE_MAX];
+                let len = made(*n, &mut buf);
+                f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
+            }
             // Checked to be visible ASCII by `given`.
             Self::Given(v) => f.write_str(v.to_str().unwrap_or("-")),
         }
@@ -368,5 +401,17 @@ mod tests {
             "{a}"
         );
         assert_eq!(a[..12], b[..12], "one prefix per process");
+    }
+
+    /// A made id is the prefix and the counter in hex, at least 6 digits, however large the
+    /// counter: the hand-written digits read as `format!("{prefix}{n:06x}")` would.
+    #[test]
+    fn made_ids_are_the_prefix_and_the_counter_in_hex() {
+        for n in [0, 1, 0xf, 0xabcdef, 0x100_0000, 0x1234_5678_9abc, u64::MAX] {
+            let want = format!("{}{n:06x}", process_prefix());
+            let id = RequestId::Made(n);
+            assert_eq!(id.to_string(), want);
+            assert_eq!(id.header_value().to_str().unwrap(), want);
+        }
     }
 }

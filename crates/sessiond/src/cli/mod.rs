@@ -154,24 +154,60 @@ fn one_line(rendered: &str) -> String {
 /// (for log shippers). Audit events have the target `sessiond::audit`
 /// (`RUST_LOG=sessiond::audit=info` selects them alone).
 fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (targets, env_filter) = log_filter(std::env::var("RUST_LOG").ok().as_deref(), default);
+    let registry = tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
         // Span fields (a request's `request_id`) at the top level, beside the event's.
-        builder
-            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .event_format(crate::logging::FlatJson)
+        registry
+            .with(
+                layer
+                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                    .event_format(crate::logging::FlatJson),
+            )
             .try_init()
     } else {
         // Client-chosen values (a typed username) quoted, so they cannot plant fields.
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .fmt_fields(crate::logging::QuotedFields)
+        registry
+            .with(
+                layer
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .fmt_fields(crate::logging::QuotedFields),
+            )
             .try_init()
     };
+}
+
+/// The log filter of `RUST_LOG` (else `default`): one of the two. A filter of targets and
+/// levels only (`warn`, `sessiond::audit=info,tower=off`), which is what anyone sets, is
+/// served by `Targets`, which decides at each call site once and keeps nothing per span;
+/// `EnvFilter` takes a shared lock on every span's creation, entry, exit and close, and a
+/// request's span (`routes/request_id.rs`) is entered and left on every poll
+/// (docs/performance.md, "The log filter"). A filter that needs `EnvFilter` (span and field
+/// directives, `target[span{field=value}]=level`) gets it, and so does anything `Targets`
+/// does not read the same way: what `RUST_LOG` selects is unchanged.
+fn log_filter(
+    rust_log: Option<&str>,
+    default: &str,
+) -> (
+    Option<tracing_subscriber::filter::Targets>,
+    Option<tracing_subscriber::EnvFilter>,
+) {
+    use tracing_subscriber::EnvFilter;
+    // As before: an unset or unreadable `RUST_LOG` means the default.
+    let spec = match rust_log {
+        Some(s) if EnvFilter::try_new(s).is_ok() => s,
+        _ => default,
+    };
+    let plain = !spec.is_empty() && !spec.contains('[');
+    match spec.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) if plain => (Some(targets), None),
+        _ => (None, Some(EnvFilter::new(spec))),
+    }
 }
 
 fn run(cli: Cli) -> CliResult {
@@ -249,4 +285,36 @@ fn read_password(from_stdin: bool, prompt: &str, confirm: bool) -> Result<String
 fn read_new_password(from_stdin: bool) -> Result<Password, CliError> {
     let raw = read_password(from_stdin, "New password: ", true)?;
     Password::new(raw).map_err(|e| usage(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    /// Targets and levels get the lock-free `Targets`, selecting what `EnvFilter` did; span
+    /// and field directives, an empty filter and a filter `EnvFilter` refuses keep what they
+    /// got before.
+    #[test]
+    fn plain_log_filters_get_targets_and_the_rest_an_env_filter() {
+        use tracing::Level;
+        let targets = |rust_log| match log_filter(rust_log, "info") {
+            (Some(t), None) => t,
+            other => panic!("{rust_log:?}: Targets only, not {other:?}"),
+        };
+        let env = |rust_log| match log_filter(rust_log, "info") {
+            (None, Some(e)) => e,
+            other => panic!("{rust_log:?}: EnvFilter only, not {other:?}"),
+        };
+        let t = targets(None);
+        assert!(t.would_enable("sessiond", &Level::INFO));
+        assert!(!t.would_enable("sessiond", &Level::DEBUG));
+        let t = targets(Some("warn,sessiond::audit=info"));
+        assert!(t.would_enable("sessiond::audit", &Level::INFO));
+        assert!(!t.would_enable("sessiond::routes", &Level::INFO));
+        assert!(t.would_enable("sessiond::routes", &Level::WARN));
+        // Refused by `EnvFilter`: the default, as before.
+        assert!(targets(Some("sessiond=loud")).would_enable("x", &Level::INFO));
+        env(Some("sessiond[request]=debug"));
+        env(Some(""));
+    }
 }

@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::extract::{ConnectInfo, Request};
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
@@ -78,13 +78,17 @@ where
             .flatten()
             .and_then(RequestId::given)
             .unwrap_or_else(RequestId::make);
+        // Formatted once: the answer's header, and the span's field as text (recorded as a
+        // `&str`, so the log's field formatter does not format it again).
+        let value = id.header_value();
+        let text = value.to_str().unwrap_or("-");
         // The audit target and the error level: the span is on whenever any of our logs is
         // (`RUST_LOG=warn`, or `sessiond::audit=info` for the audit events alone), so no line
         // of a request goes without its id; with logging off it costs nothing.
-        let span = tracing::error_span!(target: "sessiond::audit", "request", request_id = %id);
+        let span = tracing::error_span!(target: "sessiond::audit", "request", request_id = text);
         RequestIdFuture {
             inner: self.inner.call(req).instrument(span),
-            id: Some(id),
+            id: Some(value),
         }
     }
 }
@@ -94,7 +98,7 @@ pin_project! {
     pub struct RequestIdFuture<F> {
         #[pin]
         inner: Instrumented<F>,
-        id: Option<RequestId>,
+        id: Option<HeaderValue>,
     }
 }
 
@@ -108,8 +112,7 @@ where
         let this = self.project();
         this.inner.poll(cx).map_ok(|mut res| {
             if let Some(id) = this.id.take() {
-                res.headers_mut()
-                    .insert(X_REQUEST_ID.clone(), id.header_value());
+                res.headers_mut().insert(X_REQUEST_ID.clone(), id);
             }
             res
         })
