@@ -3,8 +3,9 @@
 //!
 //! * **Idle store requests per instance**: `N` servers on one fresh store, nothing else
 //!   running; the store's own request counter over a window, ÷ `N` ÷ seconds. PostgreSQL:
-//!   `xact_commit + xact_rollback` of the bench's database in `pg_stat_database`, read over a
-//!   connection to another database (so the reading is not counted). Redis: a `redis-server`
+//!   the scans of the bench's database's tables (`pg_stat_user_tables`: every statement
+//!   sessiond sends reads or changes a table; the database's transaction count would add
+//!   PostgreSQL's own, autovacuum's and one per notification a listener reads). Redis: a `redis-server`
 //!   of the bench's own on a spare port (the shared one has other clients), its
 //!   `total_commands_processed` less our own `INFO`.
 //! * **Cross-instance revocation**: `N` servers on one store; per trial a login on one
@@ -450,7 +451,7 @@ fn probe_mode(kind: StoreKind, services: &Services) -> Result<Mode, Unavailable>
 
 /// Reads a store's request counter and its connections.
 enum Counter {
-    /// `pg_stat_database` of `database`, over a connection to another database.
+    /// The statistics of `database`'s tables, over a connection to it.
     Postgres {
         client: tokio_postgres::Client,
         database: String,
@@ -467,9 +468,8 @@ impl Counter {
     async fn open(kind: StoreKind, url: &str) -> anyhow::Result<Self> {
         match kind {
             StoreKind::Postgres => {
-                let mut u = url::Url::parse(url).context("PostgreSQL URL")?;
+                let u = url::Url::parse(url).context("PostgreSQL URL")?;
                 let database = u.path().trim_start_matches('/').to_owned();
-                u.set_path("/postgres");
                 let (client, conn) = tokio_postgres::connect(u.as_str(), tokio_postgres::NoTls)
                     .await
                     .context("PostgreSQL (counter)")?;
@@ -491,18 +491,21 @@ impl Counter {
         }
     }
 
-    /// The store's requests so far. PostgreSQL: transactions of the database (a backend
-    /// reports its counts when it goes idle, at most once a second: the window's edges blur
-    /// by about a second's worth). Redis: commands processed by the whole server, our own
-    /// `INFO` readings included (see [`Counter::requests_between`]).
+    /// The store's requests so far. PostgreSQL: the scans of the database's tables (every
+    /// statement sessiond sends reads or changes a table, so each counts once; not the
+    /// database's transactions, which also count PostgreSQL's own: autovacuum's and
+    /// analyze's, and one per notification a listening backend reads from its queue; a
+    /// backend reports its counts when it goes idle, at most once a second: the window's
+    /// edges blur by about a second's worth). Redis: commands processed by the whole server,
+    /// our own `INFO` readings included (see [`Counter::requests_between`]).
     async fn requests(&mut self) -> anyhow::Result<u64> {
         match self {
-            Counter::Postgres { client, database } => {
+            Counter::Postgres { client, .. } => {
                 let row = client
                     .query_one(
-                        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database \
-                         WHERE datname = $1",
-                        &[&*database],
+                        "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)::bigint \
+                         FROM pg_stat_user_tables",
+                        &[],
                     )
                     .await?;
                 Ok(row.get::<_, i64>(0).max(0) as u64)
@@ -516,7 +519,7 @@ impl Counter {
     }
 
     /// `after - before` less our own readings: one `INFO` falls between two readings
-    /// (Redis); nothing for PostgreSQL (we read it from another database).
+    /// (Redis); nothing for PostgreSQL (reading the statistics scans no table of ours).
     fn requests_between(&self, before: u64, after: u64) -> u64 {
         match self {
             Counter::Postgres { .. } => after.saturating_sub(before),
@@ -530,7 +533,8 @@ impl Counter {
             Counter::Postgres { client, database } => {
                 let row = client
                     .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                         AND pid <> pg_backend_pid()",
                         &[&*database],
                     )
                     .await?;

@@ -182,9 +182,11 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20   or key prefix) on one store, 3 s to settle, then the store's own request counter over 10 s\n\
          \x20   with nothing else running, ÷ servers ÷ seconds. Everything an idle server asks counts\n\
          \x20   (heartbeats or polls, the active-sessions gauge every 15 s, the sweep). PostgreSQL:\n\
-         \x20   `xact_commit + xact_rollback` of the bench's database in `pg_stat_database`, read over a\n\
-         \x20   connection to another database (a backend reports its counts at most once a second, so\n\
-         \x20   each edge of the window blurs by about a second's worth); Redis: a `redis-server` of the\n\
+         \x20   the scans of the bench's database's tables (`pg_stat_user_tables`: each statement\n\
+         \x20   sessiond sends reads or changes a table; the database's transaction count would add\n\
+         \x20   PostgreSQL's own: autovacuum's, and one per notification a listener reads; a backend\n\
+         \x20   reports its counts at most once a second, so each edge of the window blurs by about a\n\
+         \x20   second's worth); Redis: a `redis-server` of the\n\
          \x20   bench's own on a free port (the shared one has other clients), `total_commands_processed`\n\
          \x20   less the bench's own `INFO`.\n\
          \x20 - *revocation across 2 and 8 instances*: servers on one store; each of 200 trials logs in\n\
