@@ -330,6 +330,16 @@ impl Measure {
         self.statuses.get(&s).copied().unwrap_or(0)
     }
 
+    /// Answers a second with one of `statuses` (over the counted seconds).
+    pub fn rate_of(&self, statuses: &[u16]) -> f64 {
+        let n: u64 = statuses.iter().map(|s| self.status(*s)).sum();
+        if self.seconds > 0.0 {
+            n as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
     /// Every answer was expected and nothing failed.
     pub fn clean(&self) -> bool {
         self.count > 0 && self.ok == self.count && self.io_errors == 0

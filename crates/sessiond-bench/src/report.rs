@@ -128,7 +128,8 @@ pub struct LoginRounds {
 }
 
 impl LoginRounds {
-    /// Each round's logins/s ÷ its hash rate, in round order.
+    /// Each round's logins/s ÷ its hash rate, in round order. Logins are the answered ones
+    /// (200, and 401 for a wrong password): a 503 (the hashing queue full) is a refusal.
     pub fn ratios(&self) -> Vec<f64> {
         self.logins
             .0
@@ -136,7 +137,7 @@ impl LoginRounds {
             .zip(&self.hash)
             .map(|(l, h)| {
                 if h.per_second > 0.0 {
-                    l.rps / h.per_second
+                    l.rate_of(&[200, 401]) / h.per_second
                 } else {
                     0.0
                 }
@@ -856,8 +857,11 @@ mod tests {
 
     #[test]
     fn login_ratios_pair_each_round_with_its_own_hash_rate() {
-        let m = |rps| Measure {
-            rps,
+        // Logins answered 200 in one second; the 503s beside them are refusals, not logins.
+        let m = |rps: f64| Measure {
+            rps: rps + 500.0,
+            seconds: 1.0,
+            statuses: [(200, rps as u64), (503, 500)].into_iter().collect(),
             ..Measure::default()
         };
         let h = |per_second| HashRate {
