@@ -179,7 +179,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 local file's `PRAGMA data_version`: no store requests to count. `--coherence-only` runs\n\
          \x20 just these rows.\n\
          \x20 - *idle store requests/s per instance*: 1 and 8 servers (started as above: a fresh database\n\
-         \x20   or key prefix) on one store, 3 s to settle, then the store's own request counter over 10 s\n\
+         \x20   or key prefix) on one store, 12 s to settle, then the store's own request counter over 10 s\n\
          \x20   with nothing else running, ÷ servers ÷ seconds. Everything an idle server asks counts\n\
          \x20   (heartbeats or polls, the active-sessions gauge every 15 s, the sweep). PostgreSQL:\n\
          \x20   the scans of the bench's database's tables (`pg_stat_user_tables`: each statement\n\
