@@ -1093,14 +1093,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 // ---------------------------------------------------------------------------------------
 // Servers of our own
 
-/// A `redis-server` of the bench's own on a free port, stopped when dropped.
-struct OwnRedis {
+/// A `redis-server` of the bench's own on a free port (no other client moves its counters or
+/// its memory), stopped when dropped. The coherence rows and Redis's bytes per session
+/// (`crate::storage`) use it.
+pub(crate) struct OwnRedis {
     process: Process,
     _dir: tempfile::TempDir,
 }
 
 impl OwnRedis {
-    fn start(cfg: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn start(cfg: &Config) -> anyhow::Result<Self> {
         let _ = cfg;
         let dir = tempfile::Builder::new()
             .prefix("sessiond-bench-redis-")
@@ -1143,7 +1145,7 @@ impl OwnRedis {
         Ok(Self { process, _dir: dir })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://{}/0", self.process.addr)
     }
 }

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use sessiond_core::{SessionToken, TOKEN_BYTES};
 
+use crate::coherence::OwnRedis;
 use crate::harness::{
     cookies, run_purge, run_rounds, start_sessiond, start_sessiond_with, store_reads,
     store_reads_since, Config, PASSWORD,
@@ -617,55 +618,8 @@ fn purge_under_probe(
 // ---------------------------------------------------------------------------------------------
 // Redis
 
-/// A `redis-server` of the bench's own, killed when dropped.
-struct OwnRedis {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = &self.dir;
-    }
-}
-
-fn start_redis() -> Result<OwnRedis, String> {
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let port = free_port().map_err(|e| e.to_string())?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| format!("no redis-server: {e}"))?;
-    let r = OwnRedis { child, dir, port };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(r);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(format!("redis-server on port {port} did not start"))
-}
-
 fn bench_redis_bytes(cfg: &Config) -> Outcome<RedisBytes> {
-    let server = match start_redis() {
+    let server = match OwnRedis::start(cfg).map_err(|e| format!("{e:#}")) {
         Ok(s) => s,
         Err(why) if !cfg.require_services => return Outcome::Skipped(why),
         Err(why) => return Outcome::Failed(format!("{why} (SESSIOND_REQUIRE_SERVICES=1)")),
@@ -677,7 +631,7 @@ fn redis_bytes(cfg: &Config, server: &OwnRedis) -> anyhow::Result<RedisBytes> {
     use sessiond_core::SessionStore as _;
     let n = cfg.storage.redis_sessions.max(1);
     let users = cfg.storage.redis_users.clamp(1, n);
-    let base = format!("redis://127.0.0.1:{}/0", server.port);
+    let base = server.url();
     let prefix = "bench";
     let rt = runtime()?;
     rt.block_on(async {
