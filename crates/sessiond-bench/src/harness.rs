@@ -2,8 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -1324,30 +1322,11 @@ pub(crate) fn bench_purge(
     let req = Req::get(&server.addr.to_string(), "/api/session").vary(cookies(live_tokens));
     touch_all(cfg, server.addr, &req, db, SMALL_MARK, live_tokens.len())
         .with_context(|| format!("the server said: {}", server.log_tail()))?;
-    let probe_idle = load::run(&cfg.probe(server.addr, req.clone(), cfg.warmup, cfg.window))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let probe = Job {
-        stop: Some(Arc::clone(&stop)),
-        ..cfg.probe(server.addr, req, cfg.warmup, Duration::from_secs(900))
-    };
     cfg.say(format!(
         "[purge] purging {expired} expired sessions ({live} live) …"
     ));
-    let (probe_during, purge) = std::thread::scope(|s| {
-        let h = s.spawn(|| load::run(&probe));
-        std::thread::sleep(cfg.warmup + Duration::from_millis(30));
-        let t = Instant::now();
-        let out = run_purge(&cfg.sessiond, url);
-        let seconds = t.elapsed().as_secs_f64();
-        stop.store(true, Ordering::Relaxed);
-        let probe = h
-            .join()
-            .map_err(|_| anyhow::anyhow!("the probe panicked"))
-            .and_then(|r| r);
-        (probe, out.map(|removed| (removed, seconds)))
-    });
-    let (removed, seconds) = purge?;
-    let probe_during = probe_during?;
+    let (probe_idle, probe_during, removed, seconds) =
+        crate::storage::purge_under_probe(cfg, server.addr, &req, url)?;
     let (left, _) = seed::count(db, seed::now_ms() - 1_000)?;
     cfg.say(format!(
         "[purge] removed {removed} in {seconds:.1} s; verify p99 {:.2} ms idle, {:.2} ms during",

@@ -585,8 +585,9 @@ fn bench_pg_purge(cfg: &Config, store: &Store) -> anyhow::Result<Purge> {
 }
 
 /// The idle probe, then `sessiond session purge` of `url` with the probe running during it;
-/// returns `(idle, during, removed, seconds)`.
-fn purge_under_probe(
+/// returns `(idle, during, removed, seconds)`. SQLite's purge row (`harness.rs`) and
+/// PostgreSQL's both measure this way.
+pub(crate) fn purge_under_probe(
     cfg: &Config,
     addr: std::net::SocketAddr,
     req: &Req,
