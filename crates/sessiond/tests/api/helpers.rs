@@ -20,6 +20,9 @@ pub struct TestApp {
     pub state: AppState,
     /// Milliseconds added to the wall clock for session decisions (see [`TestApp::advance`]).
     offset: Arc<AtomicI64>,
+    /// The wall-clock millisecond the session clock stands still at (0: it runs; see
+    /// [`TestApp::freeze`]).
+    frozen_at: Arc<AtomicI64>,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<std::io::Result<()>>>,
 }
@@ -51,11 +54,16 @@ pub async fn spawn_app_full(dir: Arc<tempfile::TempDir>, file: &str, over: Overr
         .expect("test config file parses");
     let config = Config::resolve(file, over).expect("test config is valid");
     let offset = Arc::new(AtomicI64::new(0));
-    let clock_offset = Arc::clone(&offset);
+    let frozen_at = Arc::new(AtomicI64::new(0));
+    let (clock_offset, clock_frozen) = (Arc::clone(&offset), Arc::clone(&frozen_at));
     let state = sessiond::build_state_with_clock(config, move || {
-        sessiond_core::Timestamp::from_millis(
-            sessiond::now().as_millis() + clock_offset.load(Ordering::SeqCst),
-        )
+        let frozen = clock_frozen.load(Ordering::SeqCst);
+        let base = if frozen != 0 {
+            frozen
+        } else {
+            sessiond::now().as_millis()
+        };
+        sessiond_core::Timestamp::from_millis(base + clock_offset.load(Ordering::SeqCst))
     })
     .await
     .unwrap();
@@ -68,6 +76,7 @@ pub async fn spawn_app_full(dir: Arc<tempfile::TempDir>, file: &str, over: Overr
         dir,
         state,
         offset,
+        frozen_at,
         shutdown: Some(tx),
         handle: Some(handle),
     }
@@ -78,6 +87,14 @@ impl TestApp {
     pub fn advance(&self, d: Duration) {
         self.offset
             .fetch_add(d.as_millis() as i64, Ordering::SeqCst);
+    }
+
+    /// Stops the server's session clock where it is: from now on only [`TestApp::advance`]
+    /// moves it. For tests of time windows (throttle back-off) that must not depend on how
+    /// long the machine takes to hash a password.
+    pub fn freeze(&self) {
+        self.frozen_at
+            .store(sessiond::now().as_millis().max(1), Ordering::SeqCst);
     }
 
     pub fn url(&self, path: &str) -> String {
