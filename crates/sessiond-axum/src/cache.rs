@@ -251,6 +251,13 @@ async fn follow(weak: &Weak<Cache>, mut feed: Box<dyn ChangeFeed>) {
 
 /// Polls the generation of a store that does not push, until the cache is gone.
 async fn poll(weak: &Weak<Cache>, store: &dyn SessionStore) {
+    if let Some(cache) = weak.upgrade() {
+        // A store that pushed before and polls now (a Redis replaced by one without RESP3)
+        // gets the polling bound back.
+        cache
+            .fresh_for
+            .store(FRESH_FOR.as_nanos() as u64, Ordering::Relaxed);
+    }
     let mut seen: Option<u64> = None;
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
