@@ -1265,6 +1265,20 @@ fn touch_all(
     marker: &str,
     tokens: usize,
 ) -> anyhow::Result<()> {
+    touch_until(cfg, addr, req, tokens as u64, |since| {
+        seed::seen_since(db, marker, since)
+    })
+}
+
+/// Passes of `req` over every session until `seen_since(start)` (how many of them the store
+/// shows active since the first pass) reaches `tokens`; every store's touch pass.
+pub(crate) fn touch_until(
+    cfg: &Config,
+    addr: std::net::SocketAddr,
+    req: &Req,
+    tokens: u64,
+    mut seen_since: impl FnMut(i64) -> anyhow::Result<u64>,
+) -> anyhow::Result<()> {
     let since = seed::now_ms();
     let mut seen = 0;
     for _ in 0..10 {
@@ -1273,8 +1287,8 @@ fn touch_all(
         load::run(&pass)?;
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
-            seen = seed::seen_since(db, marker, since)?;
-            if seen >= tokens as u64 {
+            seen = seen_since(since)?;
+            if seen >= tokens {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -413,25 +413,9 @@ fn touch_all_pg(
     req: &Req,
     known: &Known,
 ) -> anyhow::Result<()> {
-    let since = seed::now_ms();
-    let mut seen = 0;
-    for _ in 0..10 {
-        let pass = Job::closed(addr, req.clone(), cfg.connections, cfg.client_threads)
-            .timing(Duration::ZERO, Duration::from_millis(500));
-        load::run(&pass)?;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            seen = rt.block_on(pg_seen_since(c, &known.hashes, since))?;
-            if seen >= known.hashes.len() as u64 {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-    anyhow::bail!(
-        "only {seen} of {} sessions recorded their activity",
-        known.hashes.len()
-    )
+    crate::harness::touch_until(cfg, addr, req, known.hashes.len() as u64, |since| {
+        rt.block_on(pg_seen_since(c, &known.hashes, since))
+    })
 }
 
 /// Verify with 1,000 and with `pg_large_sessions` stored sessions on PostgreSQL: two
