@@ -857,10 +857,14 @@ fn measure_store(cfg: &Config, store: &Store) -> anyhow::Result<StoreFigures> {
     ));
     let rss_kib = server.rss_kib();
     server.stop();
-    cfg.say(format!("[{kind}] second factors …"));
-    let second_factor = bench_second_factor(cfg, store, cfg.second_factor_rounds, |round, r| {
-        cfg.say(format!("[{kind}] {}", second_factor_line(round, r)));
-    });
+    let second_factor = if cfg.second_factor_rounds == 0 {
+        Err(anyhow::anyhow!("left out in this mode"))
+    } else {
+        cfg.say(format!("[{kind}] second factors …"));
+        bench_second_factor(cfg, store, cfg.second_factor_rounds, |round, r| {
+            cfg.say(format!("[{kind}] {}", second_factor_line(round, r)));
+        })
+    };
     if let Err(e) = &second_factor {
         cfg.say(format!("[{kind}] second factors not measured: {e:#}"));
     }
@@ -1391,6 +1395,78 @@ pub(crate) fn run_purge(sessiond: &Path, url: &str) -> anyhow::Result<u64> {
         .with_context(|| format!("unexpected purge output: {}", stdout.trim()))
 }
 
+/// `--ratios-only N`: the next round's ratio rows (docs/reference/performance.md, "At scale"),
+/// `N` runs of them: on every store the closed-loop rounds, the logins beside the hash rate
+/// and the queue-sized login flood (as in the full run, without the second factors), and
+/// the two tower peers' rounds with sessiond's `/healthz` beside their bare route. Each run's
+/// figures are printed as it ends, then every figure's runs and their median. With a full
+/// run's table, two more runs give the median of three runs the targets ask for. Prints,
+/// writes nothing.
+pub fn ratios_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
+    let mut cfg = cfg.clone();
+    cfg.second_factor_rounds = 0;
+    let mut figures: Vec<(String, &'static str, Vec<f64>)> = Vec::new();
+    let mut record = |label: String, target: &'static str, value: f64| match figures
+        .iter_mut()
+        .find(|(l, _, _)| *l == label)
+    {
+        Some((_, _, v)) => v.push(value),
+        None => figures.push((label, target, vec![value])),
+    };
+    for run in 1..=times.max(1) {
+        let mut lines = Vec::new();
+        for kind in StoreKind::ALL {
+            cfg.say(format!("[ratios {run}/{times}] [{kind}] …"));
+            let s = match bench_store(&cfg, kind) {
+                Outcome::Done(s) => s,
+                Outcome::Skipped(why) | Outcome::Failed(why) => {
+                    cfg.say(format!("[{kind}] not measured: {why}"));
+                    continue;
+                }
+            };
+            let mut put = |what: &str, target: &'static str, value: f64| {
+                lines.push(format!("{kind} {what} {value:.2}"));
+                record(format!("{kind}: {what}"), target, value);
+            };
+            put("verify ÷ /healthz", "≥ 0.9", s.session.ratio_to(&s.healthz));
+            if let Ok(fa) = &s.forward_auth {
+                put("forward auth ÷ /healthz", "≥ 0.9", fa.ratio_to(&s.healthz));
+            }
+            put("logins ÷ hashes", "≥ 0.95", s.login.ratio());
+            put(
+                "verify p99 in a login flood ÷ idle",
+                "≤ 1.5",
+                s.probe_queue_flood.p99_ms / s.probe_idle.p99_ms.max(1e-9),
+            );
+        }
+        for peer in bench_peers_of(&cfg, 2) {
+            let Outcome::Done(p) = &peer.outcome else {
+                continue;
+            };
+            if let (Some(ours), Some(theirs)) = (&p.our_healthz, &p.healthz) {
+                let r = ours.ratio_to(theirs);
+                lines.push(format!("/healthz ÷ {} bare route {r:.2}", peer.name));
+                record(
+                    format!("sessiond /healthz ÷ the bare route of {}", peer.name),
+                    "≥ 0.95",
+                    r,
+                );
+            }
+        }
+        println!("run {run}: {}", lines.join("; "));
+    }
+    println!("\n| figure | runs | median | target |\n|---|---|---|---|");
+    for (label, target, values) in &figures {
+        let runs: Vec<String> = values.iter().map(|v| format!("{v:.2}")).collect();
+        println!(
+            "| {label} | {} | **{:.2}** | {target} |",
+            runs.join(", "),
+            crate::report::median_of(values.clone())
+        );
+    }
+    Ok(())
+}
+
 /// `--peers-only`: the peer rows alone, each round printed as it comes.
 pub fn peers_only(cfg: &Config) {
     for row in bench_peers(cfg) {
@@ -1399,6 +1475,11 @@ pub fn peers_only(cfg: &Config) {
 }
 
 fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
+    bench_peers_of(cfg, 3)
+}
+
+/// The first `how_many` peers of [`bench_peers`] (the two tower peers come first).
+fn bench_peers_of(cfg: &Config, how_many: usize) -> Vec<PeerRow> {
     let names: [(&'static str, StoreKind); 3] = [
         (
             "axum-login 0.18 + tower-sessions 0.14 (SQLite store)",
@@ -1413,10 +1494,12 @@ fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
             StoreKind::Sqlite,
         ),
     ];
+    let names = &names[..how_many.min(names.len())];
     let (dir, tower) = match &cfg.peers {
         PeerSetup::Skip(why) => {
             return names
-                .into_iter()
+                .iter()
+                .copied()
                 .map(|(name, versus)| PeerRow {
                     name,
                     versus,
@@ -1427,7 +1510,7 @@ fn bench_peers(cfg: &Config) -> Vec<PeerRow> {
         PeerSetup::Use { dir, tower } => (dir, tower),
     };
     let mut rows = Vec::new();
-    for (i, (name, versus)) in names.into_iter().enumerate() {
+    for (i, (name, versus)) in names.iter().copied().enumerate() {
         cfg.say(format!("[peer] {name} …"));
         let started = match i {
             0 | 1 => match tower {
@@ -1468,6 +1551,7 @@ struct Reference {
     // Dropped in this order: the server stops before its store is removed.
     server: Process,
     session: Req,
+    healthz: Req,
     _store: Store,
 }
 
@@ -1480,9 +1564,11 @@ impl Reference {
         let server = start_sessiond(cfg, store.dir(), &store.args(), "reference")?;
         let cookie = login(server.addr)?;
         let session = Req::get(&server.addr.to_string(), "/api/session").cookie(&cookie);
+        let healthz = Req::get(&server.addr.to_string(), "/healthz");
         Ok(Self {
             server,
             session,
+            healthz,
             _store: store,
         })
     }
@@ -1501,10 +1587,11 @@ fn measure_peer(
         once_blocking(addr, &me)?.status == 200,
         "the peer does not accept its own session cookie"
     );
-    // sessiond first, the peer's /me last (reversed every other round), its bare route
-    // between them.
+    // sessiond first (verify, then its `/healthz` when the peer has a bare route to set it
+    // beside), the peer's /me last (reversed every other round), its bare route between them.
     let mut jobs = vec![cfg.closed(ours.server.addr, ours.session.clone())];
     if bare {
+        jobs.push(cfg.closed(ours.server.addr, ours.healthz.clone()));
         jobs.push(cfg.closed(addr, Req::get(&host, "/healthz")));
     }
     jobs.push(cfg.closed(addr, me));
@@ -1514,18 +1601,29 @@ fn measure_peer(
             "[peer] round {round}/{}: sessiond verify {:.0}/s;",
             cfg.rounds, o.rps
         );
-        if m.len() == 3 {
-            line.push_str(&format!(" /healthz {:.0}/s", m[1].rps));
+        if let [_, ours, theirs, _] = m {
+            line.push_str(&format!(
+                " sessiond /healthz {:.0}/s, its /healthz {:.0}/s ({:.3});",
+                ours.rps,
+                theirs.rps,
+                ours.rps / theirs.rps.max(1e-9)
+            ));
         }
         line.push_str(&format!(" /me {:.0}/s ({})", me.rps, me.status_summary()));
         cfg.say(line);
     })?;
     let me_rounds = rounds.pop().unwrap_or_default();
-    let bare_rounds = bare.then(|| rounds.pop().unwrap_or_default());
+    let bare_rounds = bare.then(|| {
+        let theirs = rounds.pop().unwrap_or_default();
+        let ours = rounds.pop().unwrap_or_default();
+        (ours, theirs)
+    });
     let our_rounds = rounds.pop().unwrap_or_default();
+    let (our_healthz, healthz) = bare_rounds.unzip();
     Ok(PeerFigures {
         me: me_rounds,
-        healthz: bare_rounds,
+        healthz,
+        our_healthz,
         ours: our_rounds,
     })
 }

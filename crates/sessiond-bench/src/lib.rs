@@ -77,7 +77,7 @@ pub mod stores;
 
 pub use coherence::coherence_only;
 pub use harness::{
-    example_only, logins_only, peers_only, probe_only, ratio_only, run, second_factor_only, Config,
-    ExampleSetup, PeerSetup, COOKIE, PASSWORD,
+    example_only, logins_only, peers_only, probe_only, ratio_only, ratios_only, run,
+    second_factor_only, Config, ExampleSetup, PeerSetup, COOKIE, PASSWORD,
 };
 pub use report::{Outcome, Report};

@@ -60,6 +60,12 @@ struct Args {
     /// (for tuning; prints, writes nothing)
     #[arg(long, value_name = "N")]
     probe_only: Option<usize>,
+    /// Only the next round's ratio rows (docs/reference/performance.md, "At scale"), `N`
+    /// runs: verify and forward auth ÷ `/healthz`, logins ÷ hashes and verify p99 in a login
+    /// flood on every store, sessiond's `/healthz` ÷ the tower peers' bare route; each run's
+    /// figures and their medians (prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    ratios_only: Option<usize>,
     /// Only the peer rows (for tuning; prints, writes nothing)
     #[arg(long)]
     peers_only: bool,
@@ -140,7 +146,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.storage.redis_users = (cfg.storage.redis_sessions / 40).max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
-        } else if args.second_factor_only.is_some() || args.storage_only || args.coherence_only {
+        } else if args.second_factor_only.is_some()
+            || args.storage_only
+            || args.coherence_only
+            || args.ratio_only.is_some()
+        {
             PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
@@ -158,6 +168,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if let Some(times) = args.ratio_only {
         return sessiond_bench::ratio_only(&cfg, times);
+    }
+    if let Some(times) = args.ratios_only {
+        return sessiond_bench::ratios_only(&cfg, times);
     }
     if let Some(times) = args.second_factor_only {
         return sessiond_bench::second_factor_only(&cfg, times);
@@ -202,6 +215,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
     let tuning_elsewhere = args.probe_only.is_some()
         || args.logins_only.is_some()
         || args.ratio_only.is_some()
+        || args.ratios_only.is_some()
         || args.second_factor_only.is_some()
         || args.storage_only
         || args.coherence_only

@@ -105,6 +105,11 @@ impl Rounds {
     }
 }
 
+/// The median (of an even count, the mean of the middle two); 0 for none.
+pub(crate) fn median_of(v: Vec<f64>) -> f64 {
+    median(v)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -264,6 +269,8 @@ pub struct PeerFigures {
     pub me: Rounds,
     /// The peer stack's bare route, when it has one.
     pub healthz: Option<Rounds>,
+    /// sessiond's `GET /healthz` in the same rounds, measured when the peer has a bare route.
+    pub our_healthz: Option<Rounds>,
     /// sessiond's `GET /api/session` on the comparable store, in the same rounds.
     pub ours: Rounds,
 }
@@ -356,6 +363,25 @@ pub fn ms(x: f64) -> String {
 
 pub(crate) fn mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+/// A mark against the second round's target (docs/reference/performance.md, "At scale"), and
+/// the first round's when only that one is met.
+fn two_rounds(now: bool, first: bool) -> &'static str {
+    match (now, first) {
+        (true, _) => "✓",
+        (false, true) => "✗ (first round's ✓)",
+        (false, false) => "✗",
+    }
+}
+
+/// The first round's bar for verify and forward auth ÷ `/healthz`.
+fn first_verify_bar(k: StoreKind) -> f64 {
+    if k == StoreKind::Sqlite {
+        0.85
+    } else {
+        0.5
+    }
 }
 
 pub(crate) fn check(ok: bool) -> &'static str {
@@ -455,11 +481,13 @@ impl Report {
         ));
         rows.push(per_store(
             "**verify ÷ `/healthz`** (`/api/session`)",
-            "≥ 0.85 SQLite; ≥ 0.5 PostgreSQL, Redis",
+            "≥ 0.9 (first round: ≥ 0.85 SQLite; ≥ 0.5 PostgreSQL, Redis)",
             &|k, s| {
                 let r = s.session.ratio_to(&s.healthz);
-                let bar = if k == StoreKind::Sqlite { 0.85 } else { 0.5 };
-                format!("**{r:.2}** {}", check(r >= bar))
+                format!(
+                    "**{r:.2}** {}",
+                    two_rounds(r >= 0.9, r >= first_verify_bar(k))
+                )
             },
         ));
         rows.push(per_store(
@@ -468,8 +496,10 @@ impl Report {
             &|k, s| match &s.forward_auth {
                 Ok(fa) => {
                     let r = fa.ratio_to(&s.healthz);
-                    let bar = if k == StoreKind::Sqlite { 0.85 } else { 0.5 };
-                    format!("**{r:.2}** {}", check(r >= bar))
+                    format!(
+                        "**{r:.2}** {}",
+                        two_rounds(r >= 0.9, r >= first_verify_bar(k))
+                    )
                 }
                 Err(_) => "n/a".into(),
             },
@@ -477,7 +507,7 @@ impl Report {
         rows.push(per_store(
             "**logins/s ÷ argon2id hashes/s** (m=19456 KiB, t=2, p=1, one thread per core, \
              hashing in rounds that alternate with the logins)",
-            "≥ 0.9",
+            "≥ 0.95 (first round: ≥ 0.9)",
             &|_, s| {
                 let r = s.login.ratio();
                 let (rate, threads) = s.login.hash_rate();
@@ -485,7 +515,7 @@ impl Report {
                     s.login.ratios().iter().map(|r| format!("{r:.2}")).collect();
                 format!(
                     "**{r:.2}** {} (hash rate {}/s on {threads} threads; rounds {})",
-                    check(r >= 0.9),
+                    two_rounds(r >= 0.95, r >= 0.9),
                     thousands(rate),
                     rounds.join(", ")
                 )
@@ -497,7 +527,7 @@ impl Report {
                 "**verify p99: idle → during a login flood the hash queue holds** ({queue_conns} \
                  connections: hashing never stops, nothing is refused)"
             ),
-            "≤ 2×",
+            "≤ 1.5× (first round: ≤ 2×)",
             &|_, s| {
                 let x = s.probe_queue_flood.p99_ms / s.probe_idle.p99_ms.max(1e-9);
                 let rounds: Vec<String> = s
@@ -515,7 +545,7 @@ impl Report {
                      verifications the cache could not answer, in each: {}); {}",
                     ms(s.probe_idle.p99_ms),
                     ms(s.probe_queue_flood.p99_ms),
-                    check(x <= 2.0),
+                    two_rounds(x <= 1.5, x <= 2.0),
                     rounds.join(", "),
                     reads.join(", "),
                     flood_note(&s.queue_flood)
@@ -672,6 +702,39 @@ impl Report {
                 target: format!("sessiond verify ≥ {}×", peer_target(peer.name)),
             });
         }
+        // The middleware's own cost: sessiond's `/healthz` beside the tower peer's bare axum
+        // route, in the peer rows' rounds (docs/reference/performance.md, "At scale").
+        let mut cells: [String; 3] = ["—".into(), "—".into(), "—".into()];
+        for peer in self
+            .peers
+            .iter()
+            .filter(|p| p.name.starts_with("axum-login"))
+        {
+            let col = StoreKind::ALL
+                .iter()
+                .position(|k| *k == peer.versus)
+                .unwrap_or(0);
+            cells[col] = peer.outcome.cell(|p| match (&p.our_healthz, &p.healthz) {
+                (Some(ours), Some(theirs)) => {
+                    let r = ours.ratio_to(theirs);
+                    format!(
+                        "**{r:.2}** {} ({}/s ÷ {}/s, {})",
+                        check(r >= HEALTHZ_VS_BARE_TARGET),
+                        thousands(ours.rps()),
+                        thousands(theirs.rps()),
+                        peer.name
+                    )
+                }
+                _ => "—".into(),
+            });
+        }
+        rows.push(Row {
+            label: "**sessiond `GET /healthz` ÷ the tower peer's bare axum route** (`/healthz`, \
+                    same rounds; the column is the peer's store, `/healthz` does no store work)"
+                .into(),
+            cells,
+            target: format!("≥ {HEALTHZ_VS_BARE_TARGET}"),
+        });
         rows.push(sqlite_only(
             "**example app: `GET /private` (valid cookie) ÷ its `GET /`**; next to it, \
              axum-login + tower-sessions: `GET /me` (cookie) ÷ its `/healthz`"
@@ -755,6 +818,10 @@ impl Report {
         t
     }
 }
+
+/// sessiond's `/healthz` ÷ the tower peer's bare route (docs/reference/performance.md, "At
+/// scale").
+pub const HEALTHZ_VS_BARE_TARGET: f64 = 0.95;
 
 /// The example app's `GET /private` ÷ its `GET /` (docs/reference/performance.md).
 pub const EXAMPLE_TARGET: f64 = 0.9;
