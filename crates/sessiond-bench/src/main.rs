@@ -85,6 +85,10 @@ struct Args {
     /// prints, writes nothing)
     #[arg(long)]
     storage_only: bool,
+    /// Only the Redis bytes-per-session row, with --redis-sessions sessions (for tuning;
+    /// prints, writes nothing; builds no sessiond)
+    #[arg(long)]
+    redis_bytes_only: bool,
     /// Stored sessions of PostgreSQL's large-store row
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     pg_sessions: u64,
@@ -117,6 +121,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let root = binaries::workspace_root();
     let sessiond = match &args.sessiond {
         Some(p) => p.clone(),
+        // Writes through the Redis store's code in this process: no server to build.
+        None if args.redis_bytes_only => PathBuf::new(),
         None if args.smoke => binaries::test_sessiond()?,
         None => {
             eprintln!("sessiond-bench: building sessiond (release) …");
@@ -140,7 +146,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
         cfg.storage.redis_users = (cfg.storage.redis_sessions / 40).max(1);
         cfg.peers = if args.no_peers {
             PeerSetup::Skip("--no-peers".into())
-        } else if args.second_factor_only.is_some() || args.storage_only || args.coherence_only {
+        } else if args.second_factor_only.is_some()
+            || args.storage_only
+            || args.redis_bytes_only
+            || args.coherence_only
+        {
             PeerSetup::Skip("not in this mode".into())
         } else {
             peer_setup(args.peers.clone(), &root)
@@ -164,6 +174,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if args.storage_only {
         return sessiond_bench::storage::storage_only(&cfg);
+    }
+    if args.redis_bytes_only {
+        return sessiond_bench::storage::redis_bytes_only(&cfg);
     }
     if args.coherence_only {
         return sessiond_bench::coherence_only(&cfg);
@@ -204,6 +217,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.ratio_only.is_some()
         || args.second_factor_only.is_some()
         || args.storage_only
+        || args.redis_bytes_only
         || args.coherence_only
         || args.peers_only;
     if args.no_example {
