@@ -9,10 +9,10 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret: `id`, `uid`, `c` created, `l` last seen, `a` hard deadline, `e` deadline (ms), `r` remember, `ip`, `ua`, `f` authentication level (`2` two factors; written only then, absent = one factor, so one-factor sessions cost no byte more), `d` session data (JSON); TTL to its deadline |
-//! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
-//! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
-//! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
+//! | `{p}:s:<k>` | string | one session in the compact format (below), keyed by `k`, the 16 bytes of [`SessionId::bytes_for_hash`] of its hash, which its public id also encodes; TTL to its deadline |
+//! | `{p}:i:<id>` | string | public id → `k`, only for a session whose id is not the one derived from its hash (made by an older sessiond, or by a caller with an id of its own: none of a login's); the session's TTL |
+//! | `{p}:u:<user>` | sorted set | the user's sessions' `k`, scored by creation time; trimmed of sessions Redis dropped by TTL (up to 64 per new session) |
+//! | `{p}:exp` | sorted set | every session's `k`, scored by its deadline, for bounded sweeps and the active count; also the routing key of scripts that span the deployment |
 //! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches read it at each heartbeat) |
 //! | `{p}:changes` | pub/sub channel | the new generation, published by every script that moved it, once at its end ([`SessionStore::subscribe`]) |
 //! | `{p}:t:<key>` | hash | a throttle counter (`c` count, `l` latest, `e` window end), with a TTL to its window's end |
@@ -23,9 +23,57 @@
 //! inserts the new session and deletes the old one in one step, a revocation removes the
 //! session and its index entries together, and an activity write (`touch`) checks that the
 //! session still exists in the same step that updates it, so it can never resurrect a
-//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 1.6 KB
-//! each with their index entries, so a million sessions need roughly 1.6 GB), while Cluster
-//! still brings failover. Separate deployments (prefixes) land on separate slots.
+//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 460
+//! bytes each with their index entries, so a million sessions need roughly 460 MB), while
+//! Cluster still brings failover. Separate deployments (prefixes) land on separate slots.
+//!
+//! Verification is one `GETRANGE` of the session's key (its first 1,024 bytes: the record
+//! without its data); revocation by id finds the same key from the id, with no second key in
+//! between. That is why new sessions' ids are derived from their hash
+//! ([`SessionId::for_hash`], whose comment says why that gives nothing away).
+//!
+//! ## The compact format
+//!
+//! A session's value (`{p}:s:<k>`): its record, then its data (session data as JSON text;
+//! nothing when it never saved any). The record, numbers big-endian:
+//!
+//! | offset | bytes | what |
+//! |---|---|---|
+//! | 0 | 1 | format: `1` |
+//! | 1 | 6 | `last_seen_at`, ms since 1970, signed (`touch` rewrites it in place) |
+//! | 7 | 6 | `expires_at` (likewise) |
+//! | 13 | 6 | `created_at` |
+//! | 19 | 6 | `absolute_expires_at` |
+//! | 25 | 1 | flags: 1 remember; 2 and 4 the level minus one (0: one factor, 1: two; 2 and 3 are corrupt); 8 an address; 16 the address as text; 32 a user agent; 64 an id of its own |
+//! | 26 | 2 | the record's length (the data starts there) |
+//! | 28 | 32 | the hash (checked against the one asked for; listings return it) |
+//! | 60 | 1 + n | the user id as decimal text, after its length |
+//! | | 22 | with flag 64: the id (else it is [`SessionId::for_hash`] of the hash) |
+//! | | 1 + 4 or 16 | with flag 8: the address, after its length, as the bytes of an IPv4 or IPv6 address when that gives back the same text; with flag 16 too: its text after its length (LEB128) |
+//! | | n + n | with flag 32: the user agent after its length (LEB128) |
+//!
+//! For a session a browser's login makes (Firefox's user agent of 70 bytes, an IPv4 address)
+//! that is 138 bytes. `sessiond-bench --redis-bytes-only` writes 100,000 of them (2,500
+//! users) through this code: 456 bytes per session in `used_memory` (the string key 232 with
+//! its TTL, its `{p}:exp` entry 120, its `{p}:u:` entry 33, the rest the key tables), where
+//! the hash format below took 1,503. A user agent past 88 bytes (76 with an IPv6 address)
+//! moves the value to jemalloc's next size class, 32 bytes more.
+//!
+//! ## Upgrading from the hash format
+//!
+//! sessiond before the compact format kept a session as a hash `{p}:s:<64 hex of its hash>`
+//! (fields `id`, `uid`, `c`, `l`, `a`, `e`, `r`, `ip`, `ua`, `f` written only for two
+//! factors, `d` data), a key `{p}:i:<id>` → the hex for every session (ids were random), and
+//! the hex as the member in `{p}:u:<user>` and `{p}:exp`. Nobody is logged out by the
+//! upgrade: such sessions are read, touched, given data, listed, rotated and ended (by hash,
+//! by id, by user, all, by purge) in place, in that format; members of 64 bytes are theirs
+//! and of 16 the compact ones', so every script tells them apart. A load that finds no
+//! compact session asks for the hash too (one more round trip, only for those sessions and
+//! for hashes of no session). Every session created after the upgrade is compact, a rotation
+//! of an old one included; the old ones end as they always did, at the latest at their
+//! absolute limit. No migration step. Upgrade every instance of a deployment together: an
+//! older sessiond does not read compact sessions, so one still running would refuse the
+//! sessions the new ones create.
 //!
 //! ## Expiry
 //!
@@ -33,7 +81,7 @@
 //! (`expires_at - last_seen_at`: the idle deadline, capped by the absolute one), so Redis drops
 //! abandoned sessions by itself; the TTL is relative, so clocks of Redis and sessiond need not
 //! agree. `{p}:exp` lets [`SessionStore::purge_expired`] clean index entries in bounded
-//! batches.
+//! batches (an `{p}:i:` key expires with its session).
 //!
 //! ## Notifications
 //!

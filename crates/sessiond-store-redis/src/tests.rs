@@ -276,8 +276,9 @@ async fn urls_are_checked_without_leaking_passwords() {
     let _ = service_or_skip::<(), &str>("nothing", Ok(()));
 }
 
-/// Memory per session, for the sizing guide: `cargo test -p sessiond-store-redis --lib
-/// memory_per_session -- --ignored --nocapture`.
+/// Memory per session on the shared Redis, a quick look: `cargo test -p sessiond-store-redis
+/// --lib memory_per_session -- --ignored --nocapture` (the sizing guide's figure comes from a
+/// Redis of its own: `sessiond-bench --redis-bytes-only`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
 async fn memory_per_session() {
