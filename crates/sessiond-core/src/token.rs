@@ -240,12 +240,12 @@ impl SessionId {
     /// The first 16 bytes of a domain-separated SHA-256 of `hash`.
     ///
     /// Security: derived rather than random so that a store can key a session by one value
-    /// that both its hash (verification) and its public id (revocation by id) lead to, with no
-    /// second key mapping one to the other (Redis: docs/reference/storage.md). It gives
-    /// nothing away: it is a one-way function of the secret's SHA-256, which every store holds
-    /// anyway and which itself reveals nothing of the 256-bit secret; so an id, like a store's
-    /// dump, yields neither the secret nor a cookie. It is unique as the hashes are (a
-    /// collision of 128 bits between two live sessions is as likely as guessing a random id).
+    /// that both its hash (verification) and its public id (revocation by id) lead to, with
+    /// no second key mapping one to the other (Redis: the `sessiond-store-redis` crate docs).
+    /// It gives nothing away: it is a one-way function of the secret's SHA-256, which every
+    /// store holds anyway and which itself reveals nothing of the 256-bit secret; so an id,
+    /// like a store's dump, yields neither the secret nor a cookie. Ids stay unique as random
+    /// ones are: two sessions share one only if 128 bits of two hashes collide.
     pub fn bytes_for_hash(hash: &TokenHash) -> [u8; 16] {
         let mut h = Sha256::new();
         h.update(b"sessiond-session-id\0");

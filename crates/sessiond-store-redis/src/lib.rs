@@ -73,7 +73,8 @@
 //! of an old one included; the old ones end as they always did, at the latest at their
 //! absolute limit. No migration step. Upgrade every instance of a deployment together: an
 //! older sessiond does not read compact sessions, so one still running would refuse the
-//! sessions the new ones create.
+//! sessions the new ones create (and going back to one logs out every session created since
+//! the upgrade).
 //!
 //! ## Expiry
 //!
@@ -1085,10 +1086,9 @@ impl Scripts {
                 return 1
                 "#,
             ),
-            // ARGV: tag, k, hex.
-            delete: with(
-                "local m = member(ARGV[2], ARGV[3]) if not m then return 0 end return del(m)",
-            ),
+            // ARGV: tag, k, hex. Either way the deadline index loses the entry (a session
+            // Redis dropped by TTL leaves one).
+            delete: with("local n = del(ARGV[2]) if n == 0 then n = del(ARGV[3]) end return n"),
             // ARGV: tag, id, owner or '', the 16 bytes the id encodes or ''. An id of a
             // session's own is mapped by `{p}:i:<id>`; a derived one is the key name itself.
             delete_by_id: with(
