@@ -24,6 +24,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          cargo run --release -p sessiond-bench -- --example-only 12  # the example app's ratio alone, next to the tower peer's\n\
          cargo run --release -p sessiond-bench -- --second-factor-only 3  # a TOTP check and a passkey assertion alone, every store\n\
          cargo run --release -p sessiond-bench -- --coherence-only  # the coherence rows alone (idle store load, revocation across instances, 100 simulated)\n\
+         cargo run --release -p sessiond-bench -- --redis-bytes-only  # Redis bytes per session alone (no sessiond built)\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
          It builds `sessiond` in release, then for each store starts `sessiond serve` on a fresh\n\
@@ -151,11 +152,14 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          \x20 meanwhile and built once after, then `VACUUM ANALYZE`. Target: ≥ 0.9.\n\
          - **Redis bytes per session**: a `redis-server` of the bench's own on a spare port (no\n\
          \x20 other client moves its memory), 100,000 sessions of 2,500 users written through the\n\
-         \x20 Redis store's own code (a typical browser user agent, no session data); `used_memory`\n\
-         \x20 of `INFO memory` after minus before, per session. Beside it, `MEMORY USAGE` (all\n\
-         \x20 samples) of each kind of key (the mean of up to 200 keys of each), as bytes per session:\n\
-         \x20 the session hash, the id index, the user's index (÷ its sessions), the deadline index\n\
-         \x20 (÷ all sessions). Target: ≤ 500 bytes.\n\
+         \x20 Redis store's own code (Firefox's user agent, an IPv4 address, no session data, the\n\
+         \x20 id a login gives: derived from the hash); `used_memory` of `INFO memory` after minus\n\
+         \x20 before, per session. Beside it, `MEMORY USAGE` (all samples) of each kind of key (the\n\
+         \x20 mean of up to 200 keys of each) with its `OBJECT ENCODING`, as bytes per session: the\n\
+         \x20 session's string, the id index (only when there are keys in it: none for derived\n\
+         \x20 ids), the user's index (÷ its sessions), the deadline index (÷ all sessions); the\n\
+         \x20 rest of `used_memory` is the key tables. `--redis-bytes-only` runs this row alone.\n\
+         \x20 Target: ≤ 500 bytes.\n\
          - **nginx `auth_request`**: `examples/nginx.conf` as a deployment uses it (this run's\n\
          \x20 ports; the app's upstream replaced by a static page nginx serves itself, `root`) plus one\n\
          \x20 location without `auth_request` that serves the same file (`alias`), in one nginx\n\

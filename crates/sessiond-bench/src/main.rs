@@ -91,6 +91,10 @@ struct Args {
     /// prints, writes nothing)
     #[arg(long)]
     storage_only: bool,
+    /// Only the Redis bytes-per-session row, with --redis-sessions sessions (for tuning;
+    /// prints, writes nothing; builds no sessiond)
+    #[arg(long)]
+    redis_bytes_only: bool,
     /// Stored sessions of PostgreSQL's large-store row
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     pg_sessions: u64,
@@ -123,6 +127,8 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     let root = binaries::workspace_root();
     let sessiond = match &args.sessiond {
         Some(p) => p.clone(),
+        // Writes through the Redis store's code in this process: no server to build.
+        None if args.redis_bytes_only => PathBuf::new(),
         None if args.smoke => binaries::test_sessiond()?,
         None => {
             eprintln!("sessiond-bench: building sessiond (release) …");
@@ -148,6 +154,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             PeerSetup::Skip("--no-peers".into())
         } else if args.second_factor_only.is_some()
             || args.storage_only
+            || args.redis_bytes_only
             || args.coherence_only
             || args.ratio_only.is_some()
         {
@@ -177,6 +184,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if args.storage_only {
         return sessiond_bench::storage::storage_only(&cfg);
+    }
+    if args.redis_bytes_only {
+        return sessiond_bench::storage::redis_bytes_only(&cfg);
     }
     if args.coherence_only {
         return sessiond_bench::coherence_only(&cfg);
@@ -218,6 +228,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.ratios_only.is_some()
         || args.second_factor_only.is_some()
         || args.storage_only
+        || args.redis_bytes_only
         || args.coherence_only
         || args.peers_only;
     if args.no_example {

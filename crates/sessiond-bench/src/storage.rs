@@ -194,6 +194,38 @@ pub fn storage_only(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--redis-bytes-only`: the Redis bytes-per-session row alone, printed (for tuning; writes
+/// nothing, needs no sessiond).
+pub fn redis_bytes_only(cfg: &Config) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let storage = Storage {
+        redis_bytes: bench_redis_bytes(cfg),
+        ..Storage::default()
+    };
+    if let Some(why) = why(&storage.redis_bytes) {
+        anyhow::bail!("redis bytes not measured: {why}");
+    }
+    if let Some(b) = storage.redis_bytes.done() {
+        println!(
+            "used_memory {} → {} bytes: {:.1} bytes per session",
+            b.before,
+            b.after,
+            b.per_session()
+        );
+    }
+    let rows = more_rows(&storage);
+    let row = rows
+        .iter()
+        .find(|r| r.label.contains("Redis bytes"))
+        .context("no Redis row")?;
+    println!("\n| {} | {} | {} |", row.label, row.cells[2], row.target);
+    eprintln!(
+        "sessiond-bench: redis bytes in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// SQLite's purge on its own: the live set and the expired set in one fresh file (in the full
 /// run the scale rows' large file is purged instead).
 fn sqlite_purge(cfg: &Config) -> anyhow::Result<Purge> {
@@ -654,15 +686,18 @@ fn redis_bytes(cfg: &Config, server: &OwnRedis) -> anyhow::Result<RedisBytes> {
         }
         let after = used_memory(&mut raw).await?;
         let mut per_key = Vec::new();
-        for (kind, pattern, count) in [
-            ("session hash `s:`", format!("{{{prefix}}}:s:*"), n),
-            ("id index `i:`", format!("{{{prefix}}}:i:*"), n),
-            ("user index `u:`", format!("{{{prefix}}}:u:*"), users),
+        // `{p}:i:` keys only exist for sessions whose id is not derived from their hash (none
+        // of a login's, so none here): counted when there are any.
+        for (kind, pattern, count, may_be_absent) in [
+            ("session `s:`", format!("{{{prefix}}}:s:*"), n, false),
+            ("id index `i:`", format!("{{{prefix}}}:i:*"), n, true),
+            ("user index `u:`", format!("{{{prefix}}}:u:*"), users, false),
         ] {
             let mut usages = Vec::new();
+            let mut encoding = None;
             let mut cursor = 0_u64;
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
@@ -674,18 +709,33 @@ fn redis_bytes(cfg: &Config, server: &OwnRedis) -> anyhow::Result<RedisBytes> {
                     if usages.len() < 200 {
                         usages.push(memory_usage(&mut raw, &k).await?);
                     }
+                    if encoding.is_none() {
+                        encoding = Some(object_encoding(&mut raw, &k).await?);
+                    }
                 }
                 cursor = next;
                 if cursor == 0 || usages.len() >= 200 {
                     break;
                 }
             }
+            if usages.is_empty() && may_be_absent {
+                continue;
+            }
             anyhow::ensure!(!usages.is_empty(), "no key matches {pattern}");
             let mean = usages.iter().sum::<u64>() as f64 / usages.len() as f64;
-            per_key.push((kind.to_owned(), mean * count as f64 / n as f64));
+            let encoding = encoding.unwrap_or_default();
+            per_key.push((
+                format!("{kind} ({encoding})"),
+                mean * count as f64 / n as f64,
+            ));
         }
-        let exp = memory_usage(&mut raw, &format!("{{{prefix}}}:exp")).await?;
-        per_key.push(("deadline index `exp`".to_owned(), exp as f64 / n as f64));
+        let exp = format!("{{{prefix}}}:exp");
+        let usage = memory_usage(&mut raw, exp.as_bytes()).await?;
+        let encoding = object_encoding(&mut raw, exp.as_bytes()).await?;
+        per_key.push((
+            format!("deadline index `exp` ({encoding})"),
+            usage as f64 / n as f64,
+        ));
         Ok(RedisBytes {
             sessions: n,
             users,
@@ -696,12 +746,13 @@ fn redis_bytes(cfg: &Config, server: &OwnRedis) -> anyhow::Result<RedisBytes> {
     })
 }
 
-/// Session `i` of `users` users, as a browser login makes it (a typical user agent, no data).
+/// Session `i` of `users` users, as a browser login makes it (a typical user agent, no data,
+/// the id `ExpiryPolicy::start` gives it: derived from the hash).
 fn redis_record(i: u64, users: u64, now: i64) -> sessiond_core::SessionRecord {
     use sessiond_core::{AuthLevel, SessionRecord, Timestamp, UserId};
     let token = SessionToken::generate();
     SessionRecord {
-        id: sessiond_core::SessionId::generate(),
+        id: sessiond_core::SessionId::for_hash(&token.hash()),
         token_hash: token.hash(),
         user_id: UserId(1 + (i % users) as i64),
         created_at: Timestamp::from_millis(now),
@@ -727,7 +778,7 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> anyhow::Re
 
 async fn memory_usage(
     conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
+    key: &[u8],
 ) -> anyhow::Result<u64> {
     let n: Option<u64> = redis::cmd("MEMORY")
         .arg("USAGE")
@@ -736,7 +787,21 @@ async fn memory_usage(
         .arg(0)
         .query_async(conn)
         .await?;
-    n.with_context(|| format!("no key {key}"))
+    n.with_context(|| format!("no key {}", String::from_utf8_lossy(key)))
+}
+
+/// How Redis holds the key (`OBJECT ENCODING`: a string `embstr` or `raw`, a small sorted
+/// set `listpack`, a large one `skiplist`).
+async fn object_encoding(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &[u8],
+) -> anyhow::Result<String> {
+    let e: Option<String> = redis::cmd("OBJECT")
+        .arg("ENCODING")
+        .arg(key)
+        .query_async(conn)
+        .await?;
+    e.with_context(|| format!("no key {}", String::from_utf8_lossy(key)))
 }
 
 // ---------------------------------------------------------------------------------------------

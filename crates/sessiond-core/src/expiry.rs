@@ -77,7 +77,8 @@ impl ExpiryPolicy {
             }
         }
         let mut record = SessionRecord {
-            id: SessionId::generate(),
+            // Derived from the hash, not random: see `SessionId::bytes_for_hash`.
+            id: SessionId::for_hash(&token_hash),
             token_hash,
             user_id: new.user_id,
             created_at: now,

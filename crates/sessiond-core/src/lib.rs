@@ -11,7 +11,8 @@
 //!   browser in a cookie and **never stored**. Stores key sessions by its SHA-256, a
 //!   [`TokenHash`]. A dump of the database therefore yields no usable cookie, and because the
 //!   hash needs no server-side key, every instance and every restart agrees on it.
-//! * Each session also has a public [`SessionId`], unrelated to the secret, which is what APIs,
+//! * Each session also has a public [`SessionId`], derived one-way from the hash
+//!   ([`SessionId::for_hash`]) so that it reveals nothing of the secret, which is what APIs,
 //!   logs and admin tools show.
 //! * [`ExpiryPolicy::evaluate`] decides, from a [`SessionRecord`] and `now`, whether the session
 //!   is valid, expired (idle or absolute), and whether its activity timestamp is due for a

@@ -212,8 +212,13 @@ impl fmt::Debug for TokenHash {
     }
 }
 
-/// The public identifier of a session, shown in APIs and admin tools. Random and unrelated to
-/// the secret: knowing it never lets anyone use the session.
+/// The public identifier of a session, shown in APIs and admin tools: 16 bytes as 22 URL-safe
+/// characters. Knowing it never lets anyone use the session.
+///
+/// A new session's id is [`SessionId::for_hash`] of its secret's hash (a one-way function of
+/// it); ids of sessions made before that, and ids a caller makes up with
+/// [`SessionId::generate`], are random. Stores treat both alike; Redis finds a session with a
+/// derived id by the id through the same key it finds it by the hash.
 #[derive(Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(transparent)]
 pub struct SessionId(String);
@@ -224,6 +229,45 @@ impl SessionId {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes).expect("the OS CSPRNG is unavailable");
         Self(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// The id of the session whose secret hashes to `hash`: [`SessionId::bytes_for_hash`] as
+    /// 22 URL-safe characters. What [`crate::ExpiryPolicy::start`] gives every new session.
+    pub fn for_hash(hash: &TokenHash) -> Self {
+        Self(URL_SAFE_NO_PAD.encode(Self::bytes_for_hash(hash)))
+    }
+
+    /// The first 16 bytes of a domain-separated SHA-256 of `hash`.
+    ///
+    /// Security: derived rather than random so that a store can key a session by one value
+    /// that both its hash (verification) and its public id (revocation by id) lead to, with
+    /// no second key mapping one to the other (Redis: the `sessiond-store-redis` crate docs).
+    /// It gives nothing away: it is a one-way function of the secret's SHA-256, which every
+    /// store holds anyway and which itself reveals nothing of the 256-bit secret; so an id,
+    /// like a store's dump, yields neither the secret nor a cookie. Ids stay unique as random
+    /// ones are: two sessions share one only if 128 bits of two hashes collide.
+    pub fn bytes_for_hash(hash: &TokenHash) -> [u8; 16] {
+        let mut h = Sha256::new();
+        h.update(b"sessiond-session-id\0");
+        h.update(hash.as_bytes());
+        let d = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d[..16]);
+        out
+    }
+
+    /// The 16 bytes this id encodes, if it is their canonical encoding (every id this crate
+    /// makes is); `None` for any other 22 characters [`SessionId::parse`] accepted.
+    pub fn to_bytes(&self) -> Option<[u8; 16]> {
+        let mut out = [0u8; 18];
+        let n = URL_SAFE_NO_PAD.decode_slice(&self.0, &mut out).ok()?;
+        if n != 16 {
+            return None;
+        }
+        let bytes: [u8; 16] = out[..16].try_into().ok()?;
+        // The base64 engine rejects trailing bits that are not zero, so this holds; checked
+        // anyway, since a store keys by these bytes.
+        (URL_SAFE_NO_PAD.encode(bytes) == self.0).then_some(bytes)
     }
 
     /// Accepts ids as the API shows them (22 URL-safe characters); anything else is no id.
@@ -373,5 +417,27 @@ mod tests {
         assert_eq!(id.as_str().len(), 22);
         assert!(SessionId::parse(id.as_str()).is_some());
         assert!(SessionId::parse("../../etc/passwd").is_none());
+    }
+
+    #[test]
+    fn derived_ids_are_22_chars_of_their_16_bytes_and_differ_from_the_hash() {
+        let t = SessionToken::generate();
+        let h = t.hash();
+        let id = SessionId::for_hash(&h);
+        assert_eq!(id.as_str().len(), 22);
+        assert_eq!(SessionId::parse(id.as_str()), Some(id.clone()));
+        assert_eq!(id, SessionId::for_hash(&h), "deterministic");
+        assert_eq!(id.to_bytes(), Some(SessionId::bytes_for_hash(&h)));
+        // Not a piece of the hash (nor of the CSRF derivation).
+        assert_ne!(&SessionId::bytes_for_hash(&h)[..], &h.as_bytes()[..16]);
+        assert_ne!(id, SessionId::for_hash(&SessionToken::generate().hash()));
+        // Random ids decode too; text that is no canonical encoding of 16 bytes does not.
+        assert!(SessionId::generate().to_bytes().is_some());
+        let mut last_not_canonical = SessionId::generate().as_str().to_owned();
+        last_not_canonical.replace_range(21.., "B");
+        assert_eq!(
+            SessionId::parse(&last_not_canonical).unwrap().to_bytes(),
+            None
+        );
     }
 }

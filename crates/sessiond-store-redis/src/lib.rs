@@ -9,10 +9,10 @@
 //!
 //! | key | type | what |
 //! |---|---|---|
-//! | `{p}:s:<hash>` | hash | one session, keyed by the hex SHA-256 of its secret: `id`, `uid`, `c` created, `l` last seen, `a` hard deadline, `e` deadline (ms), `r` remember, `ip`, `ua`, `f` authentication level (`2` two factors; written only then, absent = one factor, so one-factor sessions cost no byte more), `d` session data (JSON); TTL to its deadline |
-//! | `{p}:i:<id>` | string | public id → hash, for revoking by id; the session's TTL |
-//! | `{p}:u:<user>` | sorted set | the user's session hashes, scored by creation time; trimmed of hashes whose session Redis dropped by TTL (up to 64 per new session) |
-//! | `{p}:exp` | sorted set | every session hash, scored by its deadline, for bounded sweeps; also the routing key of scripts that span the deployment |
+//! | `{p}:s:<k>` | string | one session in the compact format (below), keyed by `k`, the 16 bytes of [`SessionId::bytes_for_hash`] of its hash, which its public id also encodes; TTL to its deadline |
+//! | `{p}:i:<id>` | string | public id → `k`, only for a session whose id is not the one derived from its hash (made by an older sessiond, or by a caller with an id of its own: none of a login's); the session's TTL |
+//! | `{p}:u:<user>` | sorted set | the user's sessions' `k`, scored by creation time; trimmed of sessions Redis dropped by TTL (up to 64 per new session) |
+//! | `{p}:exp` | sorted set | every session's `k`, scored by its deadline, for bounded sweeps and the active count; also the routing key of scripts that span the deployment |
 //! | `{p}:gen` | string | the generation: incremented by every script that removes a session (verification caches read it at each heartbeat) |
 //! | `{p}:changes` | pub/sub channel | the new generation, published by every script that moved it, once at its end ([`SessionStore::subscribe`]) |
 //! | `{p}:t:<key>` | hash | a throttle counter (`c` count, `l` latest, `e` window end), with a TTL to its window's end |
@@ -23,9 +23,58 @@
 //! inserts the new session and deletes the old one in one step, a revocation removes the
 //! session and its index entries together, and an activity write (`touch`) checks that the
 //! session still exists in the same step that updates it, so it can never resurrect a
-//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 1.6 KB
-//! each with their index entries, so a million sessions need roughly 1.6 GB), while Cluster
-//! still brings failover. Separate deployments (prefixes) land on separate slots.
+//! revoked session. The price: one Cluster shard holds a deployment's sessions (about 460
+//! bytes each with their index entries, so a million sessions need roughly 460 MB), while
+//! Cluster still brings failover. Separate deployments (prefixes) land on separate slots.
+//!
+//! Verification is one `GETRANGE` of the session's key (its first 1,024 bytes: the record
+//! without its data); revocation by id finds the same key from the id, with no second key in
+//! between. That is why new sessions' ids are derived from their hash
+//! ([`SessionId::for_hash`], whose comment says why that gives nothing away).
+//!
+//! ## The compact format
+//!
+//! A session's value (`{p}:s:<k>`): its record, then its data (session data as JSON text;
+//! nothing when it never saved any). The record, numbers big-endian:
+//!
+//! | offset | bytes | what |
+//! |---|---|---|
+//! | 0 | 1 | format: `1` |
+//! | 1 | 6 | `last_seen_at`, ms since 1970, signed (`touch` rewrites it in place) |
+//! | 7 | 6 | `expires_at` (likewise) |
+//! | 13 | 6 | `created_at` |
+//! | 19 | 6 | `absolute_expires_at` |
+//! | 25 | 1 | flags: 1 remember; 2 and 4 the level minus one (0: one factor, 1: two; 2 and 3 are corrupt); 8 an address; 16 the address as text; 32 a user agent; 64 an id of its own |
+//! | 26 | 2 | the record's length (the data starts there) |
+//! | 28 | 32 | the hash (checked against the one asked for; listings return it) |
+//! | 60 | 1 + n | the user id as decimal text, after its length |
+//! | | 22 | with flag 64: the id (else it is [`SessionId::for_hash`] of the hash) |
+//! | | 1 + 4 or 16 | with flag 8: the address, after its length, as the bytes of an IPv4 or IPv6 address when that gives back the same text; with flag 16 too: its text after its length (LEB128) |
+//! | | n + n | with flag 32: the user agent after its length (LEB128) |
+//!
+//! For a session a browser's login makes (Firefox's user agent of 70 bytes, an IPv4 address)
+//! that is 138 bytes. `sessiond-bench --redis-bytes-only` writes 100,000 of them (2,500
+//! users) through this code: 456 bytes per session in `used_memory` (the string key 232 with
+//! its TTL, its `{p}:exp` entry 120, its `{p}:u:` entry 33, the rest the key tables), where
+//! the hash format below took 1,503. A user agent past 88 bytes (76 with an IPv6 address)
+//! moves the value to jemalloc's next size class, 32 bytes more.
+//!
+//! ## Upgrading from the hash format
+//!
+//! sessiond before the compact format kept a session as a hash `{p}:s:<64 hex of its hash>`
+//! (fields `id`, `uid`, `c`, `l`, `a`, `e`, `r`, `ip`, `ua`, `f` written only for two
+//! factors, `d` data), a key `{p}:i:<id>` → the hex for every session (ids were random), and
+//! the hex as the member in `{p}:u:<user>` and `{p}:exp`. Nobody is logged out by the
+//! upgrade: such sessions are read, touched, given data, listed, rotated and ended (by hash,
+//! by id, by user, all, by purge) in place, in that format; members of 64 bytes are theirs
+//! and of 16 the compact ones', so every script tells them apart. A load that finds no
+//! compact session asks for the hash too (one more round trip, only for those sessions and
+//! for hashes of no session). Every session created after the upgrade is compact, a rotation
+//! of an old one included; the old ones end as they always did, at the latest at their
+//! absolute limit. No migration step. Upgrade every instance of a deployment together: an
+//! older sessiond does not read compact sessions, so one still running would refuse the
+//! sessions the new ones create (and going back to one logs out every session created since
+//! the upgrade).
 //!
 //! ## Expiry
 //!
@@ -33,7 +82,7 @@
 //! (`expires_at - last_seen_at`: the idle deadline, capped by the absolute one), so Redis drops
 //! abandoned sessions by itself; the TTL is relative, so clocks of Redis and sessiond need not
 //! agree. `{p}:exp` lets [`SessionStore::purge_expired`] clean index entries in bounded
-//! batches.
+//! batches (an `{p}:i:` key expires with its session).
 //!
 //! ## Notifications
 //!
@@ -371,7 +420,24 @@ impl RedisStore {
         format!("{}:exp", self.tag)
     }
 
-    fn session_key(&self, hash: &TokenHash) -> String {
+    /// The key of the session with this hash in the compact format: `{p}:s:` and the 16
+    /// bytes its derived id encodes ([`SessionId::bytes_for_hash`]).
+    fn session_key(&self, hash: &TokenHash) -> Vec<u8> {
+        self.compact_key(&SessionId::bytes_for_hash(hash))
+    }
+
+    /// `{p}:s:` and the 16 bytes of a compact session's key name (its index member).
+    fn compact_key(&self, name: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.tag.len() + 3 + name.len());
+        k.extend_from_slice(self.tag.as_bytes());
+        k.extend_from_slice(b":s:");
+        k.extend_from_slice(name);
+        k
+    }
+
+    /// The key of the session with this hash in the hash format of before (sessiond up to
+    /// the compact format: read, changed and ended in place until they end).
+    fn legacy_key(&self, hash: &TokenHash) -> String {
         self.key("s", &hash.to_hex())
     }
 
@@ -388,23 +454,87 @@ impl RedisStore {
         bounded(inv.invoke_async(&mut conn)).await
     }
 
-    /// Fetches the records of `hashes` (hex), skipping those that are gone.
-    async fn records(&self, hashes: &[String]) -> Result<Vec<SessionRecord>, StoreError> {
-        let mut out = Vec::with_capacity(hashes.len());
-        for chunk in hashes.chunks(500) {
+    /// The compact value of the session with this hash without its data (the first
+    /// [`LOAD_BYTES`], and the rest of the record only if it is longer), or `None`.
+    async fn compact_record(&self, hash: &TokenHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.session_key(hash);
+        let head: Vec<u8> = self
+            .query(redis::cmd("GETRANGE").arg(&key).arg(0).arg(LOAD_BYTES - 1))
+            .await?;
+        if head.is_empty() {
+            return Ok(None);
+        }
+        if record_len(&head)? <= head.len() {
+            return Ok(Some(head));
+        }
+        // A record longer than the first read (a user agent of hundreds of bytes).
+        let all: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(&key)).await?;
+        Ok(all)
+    }
+
+    /// The session's data as stored: `None` if the session is gone, `Some(None)` if it never
+    /// saved any.
+    async fn stored_data(&self, hash: &TokenHash) -> Result<Option<Option<String>>, StoreError> {
+        let value: Option<Vec<u8>> = self
+            .query(redis::cmd("GET").arg(self.session_key(hash)))
+            .await?;
+        if let Some(v) = value {
+            let data = &v[record_len(&v)?..];
+            if data.is_empty() {
+                return Ok(Some(None));
+            }
+            return String::from_utf8(data.to_vec())
+                .map(|d| Some(Some(d)))
+                .map_err(|_| StoreError::Corrupt("session data is not UTF-8".into()));
+        }
+        let (id, data): (Option<String>, Option<String>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.legacy_key(hash))
+                    .arg("id")
+                    .arg("d"),
+            )
+            .await?;
+        Ok(id.map(|_| data))
+    }
+
+    /// Fetches the records of index members (a compact session's 16-byte key name, or the
+    /// 64 hex characters of a session in the format of before), skipping those that are gone.
+    async fn records(&self, members: &[Vec<u8>]) -> Result<Vec<SessionRecord>, StoreError> {
+        let mut out = Vec::with_capacity(members.len());
+        for chunk in members.chunks(500) {
             let mut pipe = redis::pipe();
-            for h in chunk {
-                pipe.cmd("HGETALL").arg(self.key("s", h));
+            for m in chunk {
+                if m.len() == LEGACY_MEMBER_LEN {
+                    pipe.cmd("HGETALL")
+                        .arg(self.key("s", &String::from_utf8_lossy(m)));
+                } else {
+                    pipe.cmd("GET").arg(self.compact_key(m));
+                }
             }
             let mut conn = self.conn.clone();
-            let maps: Vec<HashMap<String, String>> = bounded(pipe.query_async(&mut conn)).await?;
-            for (h, map) in chunk.iter().zip(maps) {
-                if map.is_empty() {
-                    continue;
+            let values: Vec<Value> = bounded(pipe.query_async(&mut conn)).await?;
+            for (m, value) in chunk.iter().zip(values) {
+                let corrupt = |e: redis::ParsingError| StoreError::Corrupt(e.to_string());
+                if m.len() == LEGACY_MEMBER_LEN {
+                    let map: HashMap<String, String> =
+                        redis::from_redis_value(value).map_err(corrupt)?;
+                    if map.is_empty() {
+                        continue;
+                    }
+                    let h = String::from_utf8_lossy(m);
+                    let hash = hex_to_hash(&h)
+                        .ok_or_else(|| StoreError::Corrupt(format!("bad hash key {h}")))?;
+                    out.push(record_from(hash, &map)?);
+                } else {
+                    let v: Option<Vec<u8>> = redis::from_redis_value(value).map_err(corrupt)?;
+                    let Some(v) = v else { continue };
+                    let r = decode(&v)?;
+                    if SessionId::bytes_for_hash(&r.token_hash)[..] != m[..] {
+                        return Err(StoreError::Corrupt("session under another key".into()));
+                    }
+                    out.push(r);
                 }
-                let hash = hex_to_hash(h)
-                    .ok_or_else(|| StoreError::Corrupt(format!("bad hash key {h}")))?;
-                out.push(record_from(hash, &map)?);
             }
         }
         out.sort_by(|a, b| (a.created_at, a.id.as_str()).cmp(&(b.created_at, b.id.as_str())));
@@ -490,6 +620,254 @@ fn record_from(hash: TokenHash, m: &HashMap<String, String>) -> Result<SessionRe
     })
 }
 
+/// Index members (of `{p}:u:<uid>` and `{p}:exp`) of sessions in the hash format of before:
+/// the 64 hex characters of the hash. Compact sessions' members are 16 bytes.
+const LEGACY_MEMBER_LEN: usize = 64;
+/// Bytes `load` reads of a compact value: every record `ExpiryPolicy::start` makes fits (a
+/// user agent is cut at 512 bytes), so its data (after the record) is not read with it.
+const LOAD_BYTES: usize = 1024;
+
+/// The compact format's first byte.
+const FORMAT: u8 = 1;
+/// Offsets in a compact value (see the crate docs, "The compact format"). The Lua scripts
+/// read and write the same offsets (1-based there).
+const AT_LAST: usize = 1;
+const AT_DEADLINE: usize = 7;
+const AT_CREATED: usize = 13;
+const AT_ABSOLUTE: usize = 19;
+const AT_FLAGS: usize = 25;
+const AT_LEN: usize = 26;
+const AT_HASH: usize = 28;
+const AT_UID: usize = 60;
+/// Flags.
+const F_REMEMBER: u8 = 1;
+/// Two bits: the level minus one (0: one factor, 1: two factors).
+const F_LEVEL_SHIFT: u8 = 1;
+const F_LEVEL_MASK: u8 = 0b110;
+const F_IP: u8 = 8;
+/// The address as text (it is not the canonical text of an IPv4 or IPv6 address).
+const F_IP_TEXT: u8 = 16;
+const F_UA: u8 = 32;
+/// The session's id is stored (22 characters after the uid): it is not the one derived from
+/// the hash (a session made by an older sessiond, or a caller's own id), so `{p}:i:<id>`
+/// maps it to the key.
+const F_OWN_ID: u8 = 64;
+/// A millisecond timestamp fits in 6 bytes (signed): ±4,400 years around 1970.
+const I48: std::ops::Range<i64> = -(1 << 47)..(1 << 47);
+
+fn put_i48(v: &mut Vec<u8>, t: Timestamp) -> Result<(), StoreError> {
+    let ms = t.as_millis();
+    if !I48.contains(&ms) {
+        return Err(StoreError::Corrupt(format!(
+            "timestamp {ms} ms is out of the Redis store's range"
+        )));
+    }
+    v.extend_from_slice(&ms.to_be_bytes()[2..]);
+    Ok(())
+}
+
+fn get_i48(b: &[u8]) -> Timestamp {
+    // Sign-extends the 6 bytes.
+    let fill = if b[0] & 0x80 != 0 { 0xff } else { 0 };
+    let mut w = [fill; 8];
+    w[2..].copy_from_slice(&b[..6]);
+    Timestamp::from_millis(i64::from_be_bytes(w))
+}
+
+/// A length (LEB128: 7 bits a byte, the high bit set on all but the last).
+fn put_len(v: &mut Vec<u8>, mut n: usize) {
+    loop {
+        let b = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            v.push(b);
+            return;
+        }
+        v.push(b | 0x80);
+    }
+}
+
+/// The session's address as stored: 4 or 16 bytes when that gives back the same text, else
+/// the text itself.
+fn ip_bytes(ip: &str) -> Option<Vec<u8>> {
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) if a.to_string() == ip => Some(a.octets().to_vec()),
+        Ok(std::net::IpAddr::V6(a)) if a.to_string() == ip => Some(a.octets().to_vec()),
+        _ => None,
+    }
+}
+
+/// The compact value of `s`, without data: see the crate docs, "The compact format".
+fn encode(s: &SessionRecord, own_id: bool) -> Result<Vec<u8>, StoreError> {
+    let mut v = Vec::with_capacity(160);
+    v.push(FORMAT);
+    for t in [
+        s.last_seen_at,
+        s.expires_at,
+        s.created_at,
+        s.absolute_expires_at,
+    ] {
+        put_i48(&mut v, t)?;
+    }
+    let level = (s.level.as_i64() - 1) as u8;
+    let mut flags = u8::from(s.remember) | (level << F_LEVEL_SHIFT) & F_LEVEL_MASK;
+    v.extend_from_slice(&[0, 0, 0]); // flags and the record's length, below
+    v.extend_from_slice(s.token_hash.as_bytes());
+    let uid = s.user_id.0.to_string();
+    v.push(uid.len() as u8);
+    v.extend_from_slice(uid.as_bytes());
+    if own_id {
+        flags |= F_OWN_ID;
+        v.extend_from_slice(s.id.as_str().as_bytes());
+    }
+    if let Some(ip) = &s.ip {
+        flags |= F_IP;
+        match ip_bytes(ip) {
+            Some(b) => {
+                v.push(b.len() as u8);
+                v.extend_from_slice(&b);
+            }
+            None => {
+                flags |= F_IP_TEXT;
+                put_len(&mut v, ip.len());
+                v.extend_from_slice(ip.as_bytes());
+            }
+        }
+    }
+    if let Some(ua) = &s.user_agent {
+        flags |= F_UA;
+        put_len(&mut v, ua.len());
+        v.extend_from_slice(ua.as_bytes());
+    }
+    let len = u16::try_from(v.len()).map_err(|_| {
+        StoreError::Corrupt(format!(
+            "a session record of {} bytes is over the Redis store's 65,535",
+            v.len()
+        ))
+    })?;
+    v[AT_FLAGS] = flags;
+    v[AT_LEN..AT_LEN + 2].copy_from_slice(&len.to_be_bytes());
+    Ok(v)
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("compact session: {what}"))
+}
+
+/// The length of the record at the start of a compact value (its data follows).
+fn record_len(v: &[u8]) -> Result<usize, StoreError> {
+    if v.len() < AT_UID + 1 || v[0] != FORMAT {
+        return Err(corrupt("not the compact format"));
+    }
+    Ok(usize::from(u16::from_be_bytes([v[AT_LEN], v[AT_LEN + 1]])))
+}
+
+/// Reads a compact record front to back.
+struct Cursor<'a> {
+    v: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        let b = self
+            .v
+            .get(self.at..self.at + n)
+            .ok_or_else(|| corrupt("cut short"))?;
+        self.at += n;
+        Ok(b)
+    }
+
+    fn byte(&mut self) -> Result<u8, StoreError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn text(&mut self, n: usize, what: &str) -> Result<String, StoreError> {
+        std::str::from_utf8(self.take(n)?)
+            .map(str::to_owned)
+            .map_err(|_| corrupt(what))
+    }
+
+    /// A length written by [`put_len`] (at most four bytes: 256 MiB).
+    fn len(&mut self) -> Result<usize, StoreError> {
+        let mut n = 0usize;
+        for shift in [0, 7, 14, 21] {
+            let b = self.byte()?;
+            n |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(corrupt("length"))
+    }
+}
+
+/// A compact value (its record, at least) back into the record it was made of.
+fn decode(v: &[u8]) -> Result<SessionRecord, StoreError> {
+    let len = record_len(v)?;
+    let v = v.get(..len).ok_or_else(|| corrupt("cut short"))?;
+    let flags = v[AT_FLAGS];
+    if flags & !(F_REMEMBER | F_LEVEL_MASK | F_IP | F_IP_TEXT | F_UA | F_OWN_ID) != 0 {
+        return Err(corrupt("flags"));
+    }
+    // The level decides access: anything but a level we know is corrupt, never read as
+    // some level.
+    let level = AuthLevel::from_i64(i64::from((flags & F_LEVEL_MASK) >> F_LEVEL_SHIFT) + 1)
+        .ok_or_else(|| corrupt("level"))?;
+    let token_hash =
+        TokenHash::from_slice(&v[AT_HASH..AT_HASH + 32]).ok_or_else(|| corrupt("hash"))?;
+    let mut c = Cursor { v, at: AT_UID };
+    let ulen = usize::from(c.byte()?);
+    let user_id = c
+        .text(ulen, "uid")?
+        .parse()
+        .map(UserId)
+        .map_err(|_| corrupt("uid"))?;
+    let id = if flags & F_OWN_ID != 0 {
+        SessionId::parse(&c.text(22, "id")?).ok_or_else(|| corrupt("id"))?
+    } else {
+        SessionId::for_hash(&token_hash)
+    };
+    let ip = if flags & F_IP == 0 {
+        None
+    } else if flags & F_IP_TEXT != 0 {
+        let n = c.len()?;
+        Some(c.text(n, "ip")?)
+    } else {
+        let n = usize::from(c.byte()?);
+        let b = c.take(n)?;
+        Some(if let Ok(a) = <[u8; 4]>::try_from(b) {
+            std::net::Ipv4Addr::from(a).to_string()
+        } else if let Ok(a) = <[u8; 16]>::try_from(b) {
+            std::net::Ipv6Addr::from(a).to_string()
+        } else {
+            return Err(corrupt("ip"));
+        })
+    };
+    let user_agent = if flags & F_UA == 0 {
+        None
+    } else {
+        let n = c.len()?;
+        Some(c.text(n, "user agent")?)
+    };
+    if c.at != len {
+        return Err(corrupt("length"));
+    }
+    Ok(SessionRecord {
+        id,
+        token_hash,
+        user_id,
+        created_at: get_i48(&v[AT_CREATED..]),
+        last_seen_at: get_i48(&v[AT_LAST..]),
+        absolute_expires_at: get_i48(&v[AT_ABSOLUTE..]),
+        expires_at: get_i48(&v[AT_DEADLINE..]),
+        remember: flags & F_REMEMBER != 0,
+        ip,
+        user_agent,
+        level,
+    })
+}
+
 /// Remaining life as of the last activity, used as a relative TTL (at least 1 ms: Redis
 /// refuses 0).
 fn ttl_ms(s: &SessionRecord) -> i64 {
@@ -503,15 +881,59 @@ local tag = ARGV[1]
 local USER_TRIM = 64
 -- The generation after this script's last removal (nil: none), published once at its end.
 local gen = nil
-local function del(h)
-  local sk = tag .. ':s:' .. h
-  local f = redis.call('HMGET', sk, 'id', 'uid')
-  redis.call('ZREM', tag .. ':exp', h)
-  if not f[1] then return 0 end
+-- Bytes of a compact value its fixed part, uid and own id fit in (GETRANGE 0 HEAD).
+local HEAD = 127
+-- A compact value's owner (uid, as text) and its own id ('' when its id is the one derived
+-- from its key, so no `{p}:i:` key maps it). Offsets: the crate docs, "The compact format".
+local function owner(v)
+  local ul = string.byte(v, 61)
+  local id = ''
+  if bit.band(string.byte(v, 26), 64) ~= 0 then id = string.sub(v, 62 + ul, 83 + ul) end
+  return string.sub(v, 62, 61 + ul), id
+end
+-- Removes the session of an index member: a compact session's 16-byte key name, or the 64 hex
+-- characters of a session in the hash format of before.
+local function del(m)
+  local sk = tag .. ':s:' .. m
+  redis.call('ZREM', tag .. ':exp', m)
+  local uid, id
+  if #m == 64 then
+    local f = redis.call('HMGET', sk, 'id', 'uid')
+    if not f[1] then return 0 end
+    id, uid = f[1], f[2]
+  else
+    local v = redis.call('GETRANGE', sk, 0, HEAD)
+    if v == '' then return 0 end
+    uid, id = owner(v)
+  end
   gen = redis.call('INCR', tag .. ':gen')
-  redis.call('DEL', sk, tag .. ':i:' .. f[1])
-  redis.call('ZREM', tag .. ':u:' .. f[2], h)
+  if id ~= '' then redis.call('DEL', sk, tag .. ':i:' .. id) else redis.call('DEL', sk) end
+  redis.call('ZREM', tag .. ':u:' .. uid, m)
   return 1
+end
+-- The index member of the session whose hash gives the compact key name k and the hex h:
+-- k if it is compact, h if it is in the format of before, nil if there is none.
+local function member(k, h)
+  if redis.call('EXISTS', tag .. ':s:' .. k) == 1 then return k end
+  if redis.call('EXISTS', tag .. ':s:' .. h) == 1 then return h end
+  return nil
+end
+-- Whether the session of member m has the id `id` (text), or, compact with no id of its own,
+-- the key name `idk` (the 16 bytes `id` encodes; '' if it encodes none).
+local function has_id(m, id, idk)
+  if #m == 64 then return redis.call('HGET', tag .. ':s:' .. m, 'id') == id end
+  local v = redis.call('GETRANGE', tag .. ':s:' .. m, 0, HEAD)
+  if v == '' then return false end
+  local _, own = owner(v)
+  if own ~= '' then return own == id end
+  return m == idk
+end
+-- The uid (text) of the session of member m; nil if it is gone.
+local function uid_of(m)
+  if #m == 64 then return redis.call('HGET', tag .. ':s:' .. m, 'uid') or nil end
+  local v = redis.call('GETRANGE', tag .. ':s:' .. m, 0, HEAD)
+  if v == '' then return nil end
+  return (owner(v))
 end
 -- Login throttling counters: `{p}:t:<key>` hashes (c count, l latest, e window end) with a TTL
 -- to the window's end, listed in `{p}:tidx` by window end. The index is trimmed by score on
@@ -556,32 +978,37 @@ local function tapply(at, now)
     if op == 'h' then thit(key, now, w) elseif op == 'd' then tdel(key) else trefund(key, now) end
   end
 end
--- ARGV from `at`: hash, id, uid, c, l, a, e, r, ttl, ip or '', has_ip, ua or '', has_ua,
--- level (1 one factor: not written, the field's absence says it)
+-- ARGV from `at`: k (the compact key name), the compact value, uid, id, '1' if the id is
+-- its own (not derived from k: mapped by `{p}:i:<id>`), c, e, ttl, the hash in hex (no
+-- session of the format of before may have it), and for an id of its own the 16 bytes it
+-- encodes or '' (no compact session may have it as its derived id).
 local function create(at)
-  local h, id, uid = ARGV[at], ARGV[at + 1], ARGV[at + 2]
-  local sk = tag .. ':s:' .. h
-  if redis.call('EXISTS', sk) == 1 or redis.call('EXISTS', tag .. ':i:' .. id) == 1 then
+  local k, uid, id = ARGV[at], ARGV[at + 2], ARGV[at + 3]
+  local sk = tag .. ':s:' .. k
+  if redis.call('EXISTS', sk, tag .. ':s:' .. ARGV[at + 8], tag .. ':i:' .. id) > 0 then
     return 0
   end
-  redis.call('HSET', sk, 'id', id, 'uid', uid, 'c', ARGV[at + 3], 'l', ARGV[at + 4],
-    'a', ARGV[at + 5], 'e', ARGV[at + 6], 'r', ARGV[at + 7])
-  if ARGV[at + 10] == '1' then redis.call('HSET', sk, 'ip', ARGV[at + 9]) end
-  if ARGV[at + 12] == '1' then redis.call('HSET', sk, 'ua', ARGV[at + 11]) end
-  if ARGV[at + 13] ~= '1' then redis.call('HSET', sk, 'f', ARGV[at + 13]) end
-  local ttl = tonumber(ARGV[at + 8])
-  redis.call('PEXPIRE', sk, ttl)
-  redis.call('SET', tag .. ':i:' .. id, h, 'PX', ttl)
-  -- The user's set keeps the hashes of sessions Redis dropped by TTL (their uid is gone
+  if ARGV[at + 9] ~= '' and redis.call('EXISTS', tag .. ':s:' .. ARGV[at + 9]) == 1 then
+    return 0
+  end
+  local ttl = tonumber(ARGV[at + 7])
+  redis.call('SET', sk, ARGV[at + 1], 'PX', ttl)
+  if ARGV[at + 4] == '1' then redis.call('SET', tag .. ':i:' .. id, k, 'PX', ttl) end
+  -- The user's set keeps the members of sessions Redis dropped by TTL (their uid is gone
   -- with them, so the sweeper cannot find them): trim them here, on write, from the oldest,
   -- a bounded number per login, so the set never grows far past the live sessions.
   local uk = tag .. ':u:' .. uid
   for _, old in ipairs(redis.call('ZRANGE', uk, 0, USER_TRIM - 1)) do
     if redis.call('EXISTS', tag .. ':s:' .. old) == 0 then redis.call('ZREM', uk, old) end
   end
-  redis.call('ZADD', uk, ARGV[at + 3], h)
-  redis.call('ZADD', tag .. ':exp', ARGV[at + 6], h)
+  redis.call('ZADD', uk, ARGV[at + 5], k)
+  redis.call('ZADD', tag .. ':exp', ARGV[at + 6], k)
   return 1
+end
+-- Replaces the value of the compact session key sk, keeping its TTL.
+local function rewrite(sk, v)
+  local ttl = redis.call('PTTL', sk)
+  if ttl > 0 then redis.call('SET', sk, v, 'PX', ttl) else redis.call('SET', sk, v) end
 end
 "#;
 
@@ -613,62 +1040,84 @@ impl Scripts {
         };
         Self {
             create: with("return create(2)"),
-            // Only while the old session exists (a revoked one is never carried on under a
-            // new secret): 2 = old gone, nothing done. Then insert first: if the new session
+            // ARGV: tag, the old session's compact key name and hex, then as `create`. Only
+            // while the old session exists (a revoked one is never carried on under a new
+            // secret): 2 = old gone, nothing done. Then insert first: if the new session
             // cannot be created, the old one stays (0).
             rotate: with(
                 r#"
-                if redis.call('EXISTS', tag .. ':s:' .. ARGV[2]) == 0 then return 2 end
-                if create(3) == 0 then return 0 end
-                del(ARGV[2])
+                local old = member(ARGV[2], ARGV[3])
+                if not old then return 2 end
+                if create(4) == 0 then return 0 end
+                del(old)
                 return 1
                 "#,
             ),
-            // ARGV: tag, hash, l, e, ttl. Never recreates a session that is gone; never moves
-            // activity backwards.
+            // ARGV: tag, k, hex, l, e, ttl. Never recreates a session that is gone; never
+            // moves activity backwards. A compact session's `l` and `e` are rewritten in
+            // place (SETRANGE keeps the key's TTL).
             touch: with(
                 r#"
+                local l, e = tonumber(ARGV[4]), tonumber(ARGV[5])
                 local sk = tag .. ':s:' .. ARGV[2]
+                local v = redis.call('GETRANGE', sk, 0, HEAD)
+                if v ~= '' then
+                  local l0, e0 = struct.unpack('>i6i6', v, 2)
+                  if l > l0 then redis.call('SETRANGE', sk, 1, struct.pack('>i6', l)) end
+                  if e > e0 then
+                    redis.call('SETRANGE', sk, 7, struct.pack('>i6', e))
+                    redis.call('PEXPIRE', sk, ARGV[6])
+                    local _, id = owner(v)
+                    if id ~= '' then redis.call('PEXPIRE', tag .. ':i:' .. id, ARGV[6]) end
+                    redis.call('ZADD', tag .. ':exp', ARGV[5], ARGV[2])
+                  end
+                  return 1
+                end
+                sk = tag .. ':s:' .. ARGV[3]
                 local f = redis.call('HMGET', sk, 'l', 'e', 'id')
                 if not f[1] then return 0 end
-                local l, e = tonumber(ARGV[3]), tonumber(ARGV[4])
-                if l > tonumber(f[1]) then redis.call('HSET', sk, 'l', ARGV[3]) end
+                if l > tonumber(f[1]) then redis.call('HSET', sk, 'l', ARGV[4]) end
                 if e > tonumber(f[2]) then
-                  redis.call('HSET', sk, 'e', ARGV[4])
-                  redis.call('PEXPIRE', sk, ARGV[5])
-                  redis.call('PEXPIRE', tag .. ':i:' .. f[3], ARGV[5])
-                  redis.call('ZADD', tag .. ':exp', ARGV[4], ARGV[2])
+                  redis.call('HSET', sk, 'e', ARGV[5])
+                  redis.call('PEXPIRE', sk, ARGV[6])
+                  redis.call('PEXPIRE', tag .. ':i:' .. f[3], ARGV[6])
+                  redis.call('ZADD', tag .. ':exp', ARGV[5], ARGV[3])
                 end
                 return 1
                 "#,
             ),
-            delete: with("return del(ARGV[2])"),
-            // ARGV: tag, id, owner or ''.
+            // ARGV: tag, k, hex. Either way the deadline index loses the entry (a session
+            // Redis dropped by TTL leaves one).
+            delete: with("local n = del(ARGV[2]) if n == 0 then n = del(ARGV[3]) end return n"),
+            // ARGV: tag, id, owner or '', the 16 bytes the id encodes or ''. An id of a
+            // session's own is mapped by `{p}:i:<id>`; a derived one is the key name itself.
             delete_by_id: with(
                 r#"
-                local h = redis.call('GET', tag .. ':i:' .. ARGV[2])
-                if not h then return 0 end
-                if ARGV[3] ~= '' and redis.call('HGET', tag .. ':s:' .. h, 'uid') ~= ARGV[3] then
-                  return 0
+                local m = redis.call('GET', tag .. ':i:' .. ARGV[2])
+                if not m then
+                  if ARGV[4] == '' or not has_id(ARGV[4], ARGV[2], ARGV[4]) then return 0 end
+                  m = ARGV[4]
                 end
-                return del(h)
+                if ARGV[3] ~= '' and uid_of(m) ~= ARGV[3] then return 0 end
+                return del(m)
                 "#,
             ),
-            // ARGV: tag, uid, keep id or '', batch size. One batch of the user's set: each
-            // member but the kept one is deleted (and taken off the set even when its session
-            // already expired by TTL, so every call shrinks the set). Returns {deleted,
-            // members visited other than the kept one}; the caller calls again until a call
-            // visits none, so no single script holds Redis for more than one batch.
+            // ARGV: tag, uid, keep id or '', batch size, the 16 bytes the kept id encodes or
+            // ''. One batch of the user's set: each member but the kept one is deleted (and
+            // taken off the set even when its session already expired by TTL, so every call
+            // shrinks the set). Returns {deleted, members visited other than the kept one};
+            // the caller calls again until a call visits none, so no single script holds
+            // Redis for more than one batch.
             delete_for_user: with(
                 r#"
                 local uk = tag .. ':u:' .. ARGV[2]
                 local n, visited = 0, 0
                 local batch = tonumber(ARGV[4])
-                for _, h in ipairs(redis.call('ZRANGE', uk, 0, batch)) do
-                  if ARGV[3] == '' or redis.call('HGET', tag .. ':s:' .. h, 'id') ~= ARGV[3] then
+                for _, m in ipairs(redis.call('ZRANGE', uk, 0, batch)) do
+                  if ARGV[3] == '' or not has_id(m, ARGV[3], ARGV[5]) then
                     if visited < batch then
-                      n = n + del(h)
-                      redis.call('ZREM', uk, h)
+                      n = n + del(m)
+                      redis.call('ZREM', uk, m)
                       visited = visited + 1
                     end
                   end
@@ -680,9 +1129,9 @@ impl Scripts {
             // dropped the session key itself already, by TTL).
             purge: with(
                 r#"
-                local hs = redis.call('ZRANGEBYSCORE', tag .. ':exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
-                for _, h in ipairs(hs) do del(h) end
-                return #hs
+                local ms = redis.call('ZRANGEBYSCORE', tag .. ':exp', '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+                for _, m in ipairs(ms) do del(m) end
+                return #ms
                 "#,
             ),
             // ARGV: tag, key, now, window ms. A live counter is incremented; a missing or
@@ -716,26 +1165,43 @@ impl Scripts {
                 return 1
                 "#,
             ),
-            // ARGV: tag, hash, json.
+            // ARGV: tag, k, hex, json. A compact session's data is whatever follows its
+            // record (the record's length is at offset 26).
             save_data: with(
                 r#"
                 local sk = tag .. ':s:' .. ARGV[2]
+                local v = redis.call('GET', sk)
+                if v then
+                  rewrite(sk, string.sub(v, 1, struct.unpack('>H', v, 27)) .. ARGV[4])
+                  return 1
+                end
+                sk = tag .. ':s:' .. ARGV[3]
                 if redis.call('EXISTS', sk) == 0 then return 0 end
-                redis.call('HSET', sk, 'd', ARGV[3])
+                redis.call('HSET', sk, 'd', ARGV[4])
                 return 1
                 "#,
             ),
-            // ARGV: tag, hash, '1' if data was stored when read (else '0'), that data, the
+            // ARGV: tag, k, hex, '1' if data was stored when read (else '0'), that data, the
             // new data. Compare and set: 0 = session gone, 2 = the data changed since it was
             // read (nothing written), 1 = written.
             patch_data: with(
                 r#"
                 local sk = tag .. ':s:' .. ARGV[2]
+                local v = redis.call('GET', sk)
+                if v then
+                  local n = struct.unpack('>H', v, 27)
+                  local want = ''
+                  if ARGV[4] == '1' then want = ARGV[5] end
+                  if string.sub(v, n + 1) ~= want then return 2 end
+                  rewrite(sk, string.sub(v, 1, n) .. ARGV[6])
+                  return 1
+                end
+                sk = tag .. ':s:' .. ARGV[3]
                 if redis.call('EXISTS', sk) == 0 then return 0 end
                 local want = false
-                if ARGV[3] == '1' then want = ARGV[4] end
+                if ARGV[4] == '1' then want = ARGV[5] end
                 if redis.call('HGET', sk, 'd') ~= want then return 2 end
-                redis.call('HSET', sk, 'd', ARGV[5])
+                redis.call('HSET', sk, 'd', ARGV[6])
                 return 1
                 "#,
             ),
@@ -757,23 +1223,36 @@ fn change_args(inv: &mut redis::ScriptInvocation<'_>, changes: &[ThrottleChange<
     }
 }
 
-fn create_args(inv: &mut redis::ScriptInvocation<'_>, s: &SessionRecord) {
-    inv.arg(s.token_hash.to_hex())
-        .arg(s.id.as_str())
+/// `create`'s arguments for `s` (see `create` in the Lua prelude).
+fn create_args(inv: &mut redis::ScriptInvocation<'_>, s: &SessionRecord) -> Result<(), StoreError> {
+    let k = SessionId::bytes_for_hash(&s.token_hash);
+    let own_id = s.id.to_bytes() != Some(k);
+    inv.arg(&k[..])
+        .arg(encode(s, own_id)?)
         .arg(s.user_id.0)
+        .arg(s.id.as_str())
+        .arg(if own_id { "1" } else { "0" })
         .arg(s.created_at.as_millis())
-        .arg(s.last_seen_at.as_millis())
-        .arg(s.absolute_expires_at.as_millis())
         .arg(s.expires_at.as_millis())
-        .arg(i64::from(s.remember))
         .arg(ttl_ms(s))
-        .arg(s.ip.as_deref().unwrap_or(""))
-        .arg(if s.ip.is_some() { "1" } else { "0" })
-        .arg(s.user_agent.as_deref().unwrap_or(""))
-        .arg(if s.user_agent.is_some() { "1" } else { "0" })
-        // Last: `rotate` passes these after its own arguments, and `create(at)` reads the
-        // level at `at + 13` in both scripts.
-        .arg(s.level.as_i64());
+        .arg(s.token_hash.to_hex())
+        .arg(match s.id.to_bytes() {
+            Some(b) if own_id => b.to_vec(),
+            _ => Vec::new(),
+        });
+    Ok(())
+}
+
+/// A hash as the scripts find its session: the compact key name, then the hex of the format
+/// of before.
+fn hash_args(inv: &mut redis::ScriptInvocation<'_>, hash: &TokenHash) {
+    inv.arg(&SessionId::bytes_for_hash(hash)[..])
+        .arg(hash.to_hex());
+}
+
+/// The 16 bytes `id` encodes, or none (an id that encodes none is never a derived one).
+fn id_bytes(id: &SessionId) -> Vec<u8> {
+    id.to_bytes().map(|b| b.to_vec()).unwrap_or_default()
 }
 
 #[async_trait]
@@ -784,7 +1263,7 @@ impl SessionStore for RedisStore {
             .create
             .key(self.session_key(&session.token_hash));
         inv.arg(&*self.tag);
-        create_args(&mut inv, session);
+        create_args(&mut inv, session)?;
         match self.run::<i64>(inv).await? {
             1 => Ok(()),
             _ => Err(StoreError::Conflict),
@@ -792,8 +1271,20 @@ impl SessionStore for RedisStore {
     }
 
     async fn load(&self, hash: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+        if let Some(v) = self.compact_record(hash).await? {
+            let r = decode(&v)?;
+            // The key is 128 bits of a hash of the hash: a session under it with another
+            // hash would be a collision nobody can make, or a corrupt store. Never served as
+            // this one either way.
+            if r.token_hash != *hash {
+                return Err(corrupt("another hash under this key"));
+            }
+            return Ok(Some(r));
+        }
+        // A session of the format of before (until they end): one more round trip, only for
+        // those and for hashes of no session at all.
         let map: HashMap<String, String> = self
-            .query(redis::cmd("HGETALL").arg(self.session_key(hash)))
+            .query(redis::cmd("HGETALL").arg(self.legacy_key(hash)))
             .await?;
         if map.is_empty() {
             return Ok(None);
@@ -807,11 +1298,15 @@ impl SessionStore for RedisStore {
         last_seen_at: Timestamp,
         expires_at: Timestamp,
     ) -> Result<(), StoreError> {
+        // The scripts write these in 6 bytes: refuse what would not fit rather than wrap.
+        for t in [last_seen_at, expires_at] {
+            put_i48(&mut Vec::new(), t)?;
+        }
         let ttl = (expires_at.as_millis() - last_seen_at.as_millis()).max(1);
         let mut inv = self.scripts.touch.key(self.session_key(hash));
-        inv.arg(&*self.tag)
-            .arg(hash.to_hex())
-            .arg(last_seen_at.as_millis())
+        inv.arg(&*self.tag);
+        hash_args(&mut inv, hash);
+        inv.arg(last_seen_at.as_millis())
             .arg(expires_at.as_millis())
             .arg(ttl);
         self.run::<i64>(inv).await.map(|_| ())
@@ -819,14 +1314,16 @@ impl SessionStore for RedisStore {
 
     async fn delete(&self, hash: &TokenHash) -> Result<bool, StoreError> {
         let mut inv = self.scripts.delete.key(self.session_key(hash));
-        inv.arg(&*self.tag).arg(hash.to_hex());
+        inv.arg(&*self.tag);
+        hash_args(&mut inv, hash);
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
     async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
         let mut inv = self.scripts.rotate.key(self.session_key(&new.token_hash));
-        inv.arg(&*self.tag).arg(old.to_hex());
-        create_args(&mut inv, new);
+        inv.arg(&*self.tag);
+        hash_args(&mut inv, old);
+        create_args(&mut inv, new)?;
         match self.run::<i64>(inv).await? {
             1 => Ok(true),
             2 => Ok(false),
@@ -835,7 +1332,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_for_user(&self, user: UserId) -> Result<Vec<SessionRecord>, StoreError> {
-        let hashes: Vec<String> = self
+        let members: Vec<Vec<u8>> = self
             .query(
                 redis::cmd("ZRANGE")
                     .arg(self.key("u", &user.0.to_string()))
@@ -843,14 +1340,14 @@ impl SessionStore for RedisStore {
                     .arg(-1),
             )
             .await?;
-        self.records(&hashes).await
+        self.records(&members).await
     }
 
     async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
-        let hashes: Vec<String> = self
+        let members: Vec<Vec<u8>> = self
             .query(redis::cmd("ZRANGE").arg(self.exp_key()).arg(0).arg(-1))
             .await?;
-        self.records(&hashes).await
+        self.records(&members).await
     }
 
     async fn delete_by_id(
@@ -861,7 +1358,8 @@ impl SessionStore for RedisStore {
         let mut inv = self.scripts.delete_by_id.key(self.key("i", id.as_str()));
         inv.arg(&*self.tag)
             .arg(id.as_str())
-            .arg(owner.map(|o| o.0.to_string()).unwrap_or_default());
+            .arg(owner.map(|o| o.0.to_string()).unwrap_or_default())
+            .arg(id_bytes(id));
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
@@ -882,7 +1380,8 @@ impl SessionStore for RedisStore {
             inv.arg(&*self.tag)
                 .arg(user.0)
                 .arg(keep.map(|k| k.as_str()).unwrap_or(""))
-                .arg(REVOKE_BATCH);
+                .arg(REVOKE_BATCH)
+                .arg(keep.map(id_bytes).unwrap_or_default());
             let (n, visited): (i64, i64) = self.run(inv).await?;
             total += n.max(0) as u64;
             if visited == 0 {
@@ -935,18 +1434,10 @@ impl SessionStore for RedisStore {
     }
 
     async fn load_data(&self, hash: &TokenHash) -> Result<Option<SessionData>, StoreError> {
-        let (id, data): (Option<String>, Option<String>) = self
-            .query(
-                redis::cmd("HMGET")
-                    .arg(self.session_key(hash))
-                    .arg("id")
-                    .arg("d"),
-            )
-            .await?;
-        match (id, data) {
-            (None, _) => Ok(None),
-            (Some(_), None) => Ok(Some(SessionData::new())),
-            (Some(_), Some(text)) => serde_json::from_str(&text)
+        match self.stored_data(hash).await? {
+            None => Ok(None),
+            Some(None) => Ok(Some(SessionData::new())),
+            Some(Some(text)) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| StoreError::Corrupt(format!("session data: {e}"))),
         }
@@ -955,7 +1446,9 @@ impl SessionStore for RedisStore {
     async fn save_data(&self, hash: &TokenHash, data: &SessionData) -> Result<bool, StoreError> {
         let text = serde_json::Value::Object(data.clone()).to_string();
         let mut inv = self.scripts.save_data.key(self.session_key(hash));
-        inv.arg(&*self.tag).arg(hash.to_hex()).arg(text);
+        inv.arg(&*self.tag);
+        hash_args(&mut inv, hash);
+        inv.arg(text);
         Ok(self.run::<i64>(inv).await? == 1)
     }
 
@@ -970,15 +1463,11 @@ impl SessionStore for RedisStore {
         // merged inside Lua, because its cjson does not round-trip JSON (an empty array comes
         // back as an object, integers past 14 digits lose precision), and a patch must keep
         // the keys it does not touch exactly as stored.
-        let key = self.session_key(hash);
         let deadline = tokio::time::Instant::now() + OP_TIMEOUT;
         loop {
-            let (id, stored): (Option<String>, Option<String>) = self
-                .query(redis::cmd("HMGET").arg(&key).arg("id").arg("d"))
-                .await?;
-            if id.is_none() {
+            let Some(stored) = self.stored_data(hash).await? else {
                 return Ok(false);
-            }
+            };
             let mut data = match &stored {
                 None => SessionData::new(),
                 Some(text) => serde_json::from_str::<SessionData>(text)
@@ -989,10 +1478,10 @@ impl SessionStore for RedisStore {
                 data.remove(k);
             }
             let text = serde_json::Value::Object(data).to_string();
-            let mut inv = self.scripts.patch_data.key(&key);
-            inv.arg(&*self.tag)
-                .arg(hash.to_hex())
-                .arg(if stored.is_some() { "1" } else { "0" })
+            let mut inv = self.scripts.patch_data.key(self.session_key(hash));
+            inv.arg(&*self.tag);
+            hash_args(&mut inv, hash);
+            inv.arg(if stored.is_some() { "1" } else { "0" })
                 .arg(stored.as_deref().unwrap_or(""))
                 .arg(text);
             match self.run::<i64>(inv).await? {

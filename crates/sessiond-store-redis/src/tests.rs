@@ -95,7 +95,8 @@ async fn conformance_on_a_real_three_master_cluster() {
     sessiond_store_tests::run_throttle_suite(fresh).await;
 }
 
-/// Data that is not a JSON object, written straight into Redis, is reported as corrupt by a
+/// Data that is not a JSON object, written straight into Redis (after a compact session's
+/// record; in a session of the format of before, its `d` field), is reported as corrupt by a
 /// patch and left as it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
@@ -104,22 +105,40 @@ async fn a_patch_of_corrupt_data_is_refused_and_changes_nothing() {
     };
     let hash = session_on(&store).await;
     let key = store.session_key(&hash);
+    let record: Vec<u8> = store.query(redis::cmd("GET").arg(&key)).await.unwrap();
+    let legacy = legacy_session(&store, 1, sessiond_store_tests::sessions::T0, None).await;
+    let lkey = store.legacy_key(&legacy.0);
     let mut set = sessiond_core::SessionData::new();
     set.insert("k".into(), serde_json::json!(1));
     for bad in ["[1,2]", "{\"a\":", "42"] {
+        let mut value = record.clone();
+        value.extend_from_slice(bad.as_bytes());
         let _: () = store
-            .query(redis::cmd("HSET").arg(&key).arg("d").arg(bad))
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(value.clone())
+                    .arg("KEEPTTL"),
+            )
             .await
             .unwrap();
-        assert!(
-            matches!(
-                store.patch_data(&hash, &set, &[]).await,
-                Err(StoreError::Corrupt(_))
-            ),
-            "{bad}"
-        );
+        let _: () = store
+            .query(redis::cmd("HSET").arg(&lkey).arg("d").arg(bad))
+            .await
+            .unwrap();
+        for h in [hash, legacy.0] {
+            assert!(
+                matches!(
+                    store.patch_data(&h, &set, &[]).await,
+                    Err(StoreError::Corrupt(_))
+                ),
+                "{bad}"
+            );
+        }
+        let stored: Vec<u8> = store.query(redis::cmd("GET").arg(&key)).await.unwrap();
+        assert_eq!(stored, value);
         let stored: String = store
-            .query(redis::cmd("HGET").arg(&key).arg("d"))
+            .query(redis::cmd("HGET").arg(&lkey).arg("d"))
             .await
             .unwrap();
         assert_eq!(stored, bad);
@@ -257,8 +276,9 @@ async fn urls_are_checked_without_leaking_passwords() {
     let _ = service_or_skip::<(), &str>("nothing", Ok(()));
 }
 
-/// Memory per session, for the sizing guide: `cargo test -p sessiond-store-redis --lib
-/// memory_per_session -- --ignored --nocapture`.
+/// Memory per session on the shared Redis, a quick look: `cargo test -p sessiond-store-redis
+/// --lib memory_per_session -- --ignored --nocapture` (the sizing guide's figure comes from a
+/// Redis of its own: `sessiond-bench --redis-bytes-only`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement, not a test"]
 async fn memory_per_session() {
@@ -609,50 +629,59 @@ async fn a_users_set_sheds_sessions_that_expired_by_ttl() {
     );
 }
 
-/// The level's field is written only for a two-factor session (a one-factor session, the
-/// common case, costs no byte more than before levels existed), and a value that is not a
-/// level is corrupt, never read as some level.
+/// The level is two bits of a compact session's flags (0: one factor, 1: two), and the two
+/// values that are no level are corrupt, never read as some level; so is any value of the
+/// `f` field of the format of before but `2` (written only for two factors).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_level_field_is_written_only_for_two_factors() {
+async fn a_level_that_is_no_level_is_corrupt() {
     use sessiond_core::AuthLevel;
     use sessiond_store_tests::sessions::{session_at, T0};
 
     let Some(store) = service_or_skip("Redis", standalone().await) else {
         return;
     };
-    let field = |hash| {
+    let flags = |hash| {
         let store = store.clone();
         async move {
-            store
-                .query::<Option<String>>(redis::cmd("HGET").arg(store.session_key(&hash)).arg("f"))
+            let v: Vec<u8> = store
+                .query(
+                    redis::cmd("GETRANGE")
+                        .arg(store.session_key(&hash))
+                        .arg(25)
+                        .arg(25),
+                )
                 .await
-                .unwrap()
+                .unwrap();
+            (v[0] & crate::F_LEVEL_MASK) >> crate::F_LEVEL_SHIFT
         }
     };
     let (weak_t, weak) = session_at(1, T0);
     store.create(&weak).await.unwrap();
-    assert_eq!(field(weak_t.hash()).await, None);
+    assert_eq!(flags(weak_t.hash()).await, 0);
     let (strong_t, mut strong) = session_at(1, T0);
     strong.level = AuthLevel::TwoFactor;
     store.create(&strong).await.unwrap();
-    assert_eq!(field(strong_t.hash()).await.as_deref(), Some("2"));
-    // A rotation back down writes no field either.
+    assert_eq!(flags(strong_t.hash()).await, 1);
+    assert_eq!(
+        store.load(&strong_t.hash()).await.unwrap().unwrap().level,
+        AuthLevel::TwoFactor
+    );
+    // A rotation back down.
     let (down_t, down) = session_at(1, T0);
     assert!(store.rotate(&strong_t.hash(), &down).await.unwrap());
-    assert_eq!(field(down_t.hash()).await, None);
+    assert_eq!(flags(down_t.hash()).await, 0);
     assert_eq!(
         store.load(&down_t.hash()).await.unwrap().unwrap().level,
         AuthLevel::OneFactor
     );
 
-    for bad in ["0", "3", "two", ""] {
-        let _: i64 = store
-            .query(
-                redis::cmd("HSET")
-                    .arg(store.session_key(&weak_t.hash()))
-                    .arg("f")
-                    .arg(bad),
-            )
+    let key = store.session_key(&weak_t.hash());
+    let v: Vec<u8> = store.query(redis::cmd("GET").arg(&key)).await.unwrap();
+    for bad in [2u8, 3] {
+        let mut v = v.clone();
+        v[25] = v[25] & !crate::F_LEVEL_MASK | bad << crate::F_LEVEL_SHIFT;
+        let _: () = store
+            .query(redis::cmd("SET").arg(&key).arg(v).arg("KEEPTTL"))
             .await
             .unwrap();
         assert!(
@@ -660,6 +689,40 @@ async fn the_level_field_is_written_only_for_two_factors() {
                 store.load(&weak_t.hash()).await,
                 Err(StoreError::Corrupt(_))
             ),
+            "{bad}"
+        );
+    }
+
+    let (legacy, _) = legacy_session(&store, 1, T0, None).await;
+    assert_eq!(
+        store.load(&legacy).await.unwrap().unwrap().level,
+        AuthLevel::OneFactor
+    );
+    let _: i64 = store
+        .query(
+            redis::cmd("HSET")
+                .arg(store.legacy_key(&legacy))
+                .arg("f")
+                .arg("2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.load(&legacy).await.unwrap().unwrap().level,
+        AuthLevel::TwoFactor
+    );
+    for bad in ["0", "3", "two", ""] {
+        let _: i64 = store
+            .query(
+                redis::cmd("HSET")
+                    .arg(store.legacy_key(&legacy))
+                    .arg("f")
+                    .arg(bad),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(store.load(&legacy).await, Err(StoreError::Corrupt(_))),
             "{bad:?}"
         );
     }
@@ -1016,3 +1079,6 @@ async fn a_server_without_resp3_gets_polled() {
     .unwrap();
     assert!(matches!(store.subscribe().await, Ok(None)));
 }
+
+mod compact;
+use compact::legacy_session;

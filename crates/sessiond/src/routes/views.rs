@@ -42,7 +42,7 @@ impl<'a> UserView<'a> {
 #[derive(Serialize, ToSchema)]
 #[schema(as = Session)]
 pub(super) struct SessionView<'a> {
-    /// The public id (22 URL-safe characters), unrelated to the cookie's secret.
+    /// The public id (22 URL-safe characters); it reveals nothing of the cookie's secret.
     id: &'a str,
     #[schema(value_type = String, format = DateTime)]
     created_at: Rfc3339,
