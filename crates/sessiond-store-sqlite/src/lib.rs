@@ -1354,7 +1354,8 @@ mod tests {
         let path = dir.path().join("q.db");
         let store = SqliteStore::open(&path).unwrap();
         // T0 (2026-01-01): its sessions expired long before any clock this test runs on.
-        let (_, a) = session_at(1, T0);
+        // `a` a minute before the others: the only one due at its deadline.
+        let (_, a) = session_at(1, Timestamp::from_millis(T0.as_millis() - 60_000));
         let (b_token, b) = session_at(1, T0);
         let (_, c) = session_at(1, T0);
         for r in [&a, &b, &c] {
