@@ -13,8 +13,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 /// Behaviour files: the module, and the bound on the store its behaviours take.
-const FILES: [(&str, &str); 4] = [
+const FILES: [(&str, &str); 5] = [
     ("sessions", "SessionStore"),
+    ("purge", "SessionStore"),
     ("users", "UserStore"),
     ("throttle", "ThrottleStore"),
     ("factors", "UserStore + FactorStore"),

@@ -28,6 +28,26 @@
 //!   grown. Only sessions that verified are cached (random tokens can't fill it).
 //! * Expiry is re-evaluated from the cached record on every use; activity writes update the
 //!   cached record too.
+//! * **Quiet purges.** A purge that removes only sessions whose `expires_at` passed more than
+//!   [`PURGE_GRACE`] ago by the store's clock leaves the generation alone
+//!   ([`SessionStore::purge_expired`]), so a sweep does not flush every instance's cache once
+//!   a batch. No cache can still serve such a session, for these reasons. A cached entry is
+//!   the whole [`SessionRecord`]; its deadline, as [`ExpiryPolicy::evaluate`] judges it on
+//!   every use, is `ExpiryPolicy::deadline(record, record.last_seen_at)`: the absolute
+//!   deadline, or for a session not remembered the earlier of that and `last_seen_at + idle`.
+//!   The store's `expires_at` is the same deadline as of the latest activity it recorded, and
+//!   only ever grows: every touch keeps the later of the stored and the new values (`max`,
+//!   `GREATEST`), whichever instance writes it. The cached `last_seen_at` is one the store
+//!   had when the record was read, or one this instance's own activity write carried, which
+//!   the store takes unless the session is gone; a write that fails drops the entry
+//!   ([`Cache::forget`]), so the cache never keeps a later activity than the store received.
+//!   So the cache's deadline is never later than the store's `expires_at`, and a session the
+//!   store holds expired since `store clock - PURGE_GRACE` is refused here as soon as this
+//!   instance's clock reads that time, that is whenever it is less than [`PURGE_GRACE`]
+//!   behind the store's. An activity write still in flight when the purge comes (at most
+//!   the store's operation timeout, 1 to 1.5 s) takes from that margin. This assumes the
+//!   instances that share a store share its expiry policy (a longer `idle` on one instance
+//!   would let its cache serve a session after another instance recorded its deadline).
 //!
 //! [`SessionManager::with_cache`]: crate::SessionManager::with_cache
 
@@ -42,6 +62,8 @@ use sessiond_core::{
     ChangeFeed, SessionData, SessionId, SessionRecord, SessionStore, StoreError, Timestamp,
     TokenHash, TokenHashState, UserId,
 };
+#[cfg(doc)]
+use sessiond_core::{ExpiryPolicy, PURGE_GRACE};
 
 /// How often the watcher asks a store that does not push for its generation.
 pub const POLL_EVERY: Duration = Duration::from_millis(20);
@@ -150,6 +172,12 @@ impl Cache {
             r.expires_at = r.expires_at.max(expires_at);
             *rec = Arc::new(r);
         }
+    }
+
+    /// Drops the entry of `hash`, if any: its next verification reads the store.
+    pub(crate) fn forget(&self, hash: &TokenHash) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.remove(hash.as_bytes());
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -371,7 +399,9 @@ impl SessionStore for WatchedStore {
         self.inner.list_page(u, after, limit).await
     }
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
-        // Expired sessions are refused by their deadline already; no flush needed.
+        // Expired sessions are refused by their deadline already; no flush needed. (A `now`
+        // ahead of the store's clock may end live sessions early: the store then moves its
+        // generation, and the watcher flushes this cache too.)
         self.inner.purge_expired(now, limit).await
     }
     async fn load_data(&self, h: &TokenHash) -> Result<Option<SessionData>, StoreError> {

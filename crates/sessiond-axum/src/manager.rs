@@ -297,12 +297,20 @@ impl SessionManager {
             .fetch_add(1, Ordering::Relaxed);
         let store = Arc::clone(&self.inner.store);
         let expires_at = self.inner.policy.deadline(record, now);
-        if let Some(cache) = &self.inner.cache {
+        let cache = self.inner.cache.clone();
+        if let Some(cache) = &cache {
             cache.touched(&hash, now, expires_at);
         }
         tokio::spawn(async move {
             if let Err(e) = store.touch(&hash, now, expires_at).await {
                 tracing::warn!(error = %e, "session activity write failed");
+                // The cached record carries an activity the store did not get: dropped, so
+                // the cache never judges a session by a later deadline than the store's (a
+                // purge of sessions long expired by the store's deadline flushes no cache:
+                // `cache.rs`, "Quiet purges").
+                if let Some(cache) = &cache {
+                    cache.forget(&hash);
+                }
             }
             touching
                 .lock()
@@ -395,5 +403,175 @@ impl SessionManager {
     /// The `Set-Cookie` that removes the session cookie.
     pub fn removal_cookie(&self) -> HeaderValue {
         self.inner.cookie.removal(self.inner.cookie.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize};
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+    use axum::http::{header, HeaderMap};
+    use sessiond_core::{
+        ChangeFeed, ExpiryPolicy, NewSession, SessionData, SessionId, SessionRecord, SessionToken,
+        StoreError, TokenHash, UserId,
+    };
+    use sessiond_store_memory::MemoryStore;
+
+    use super::*;
+    use crate::CookieConfig;
+
+    /// The memory store, with activity writes that fail while `fail_touches` is set.
+    #[derive(Debug, Default)]
+    struct FailingTouches {
+        inner: MemoryStore,
+        fail_touches: AtomicBool,
+        failed: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl SessionStore for FailingTouches {
+        async fn create(&self, s: &SessionRecord) -> Result<(), StoreError> {
+            self.inner.create(s).await
+        }
+        async fn load(&self, h: &TokenHash) -> Result<Option<SessionRecord>, StoreError> {
+            self.inner.load(h).await
+        }
+        async fn touch(&self, h: &TokenHash, l: Timestamp, e: Timestamp) -> Result<(), StoreError> {
+            if self.fail_touches.load(Ordering::SeqCst) {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                return Err(StoreError::Unavailable("touch refused by the test".into()));
+            }
+            self.inner.touch(h, l, e).await
+        }
+        async fn delete(&self, h: &TokenHash) -> Result<bool, StoreError> {
+            self.inner.delete(h).await
+        }
+        async fn rotate(&self, old: &TokenHash, new: &SessionRecord) -> Result<bool, StoreError> {
+            self.inner.rotate(old, new).await
+        }
+        async fn list_for_user(&self, u: UserId) -> Result<Vec<SessionRecord>, StoreError> {
+            self.inner.list_for_user(u).await
+        }
+        async fn list_all(&self) -> Result<Vec<SessionRecord>, StoreError> {
+            self.inner.list_all().await
+        }
+        async fn delete_by_id(
+            &self,
+            id: &SessionId,
+            owner: Option<UserId>,
+        ) -> Result<bool, StoreError> {
+            self.inner.delete_by_id(id, owner).await
+        }
+        async fn delete_for_user(
+            &self,
+            u: UserId,
+            keep: Option<&SessionId>,
+        ) -> Result<u64, StoreError> {
+            self.inner.delete_for_user(u, keep).await
+        }
+        async fn delete_all(&self) -> Result<u64, StoreError> {
+            self.inner.delete_all().await
+        }
+        async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
+            self.inner.purge_expired(now, limit).await
+        }
+        async fn load_data(&self, h: &TokenHash) -> Result<Option<SessionData>, StoreError> {
+            self.inner.load_data(h).await
+        }
+        async fn save_data(&self, h: &TokenHash, d: &SessionData) -> Result<bool, StoreError> {
+            self.inner.save_data(h, d).await
+        }
+        async fn patch_data(
+            &self,
+            h: &TokenHash,
+            set: &SessionData,
+            remove: &[String],
+        ) -> Result<bool, StoreError> {
+            self.inner.patch_data(h, set, remove).await
+        }
+        async fn ping(&self) -> Result<(), StoreError> {
+            self.inner.ping().await
+        }
+        async fn generation(&self) -> Result<u64, StoreError> {
+            self.inner.generation().await
+        }
+        async fn subscribe(&self) -> Result<Option<Box<dyn ChangeFeed>>, StoreError> {
+            self.inner.subscribe().await
+        }
+    }
+
+    fn headers(t: &SessionToken) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            format!("__Host-sessiond={}", t.expose()).parse().unwrap(),
+        );
+        h
+    }
+
+    /// A cached record whose activity write failed is dropped: otherwise the cache would judge
+    /// the session by a later deadline than the store's, and a purge of sessions long expired
+    /// by the store's deadline (which moves no generation) would leave it served here.
+    #[tokio::test]
+    async fn a_failed_activity_write_drops_the_cached_record() {
+        const MIN: i64 = 60_000;
+        let store = Arc::new(FailingTouches::default());
+        // An hour ago by the wall clock: by the end the session is long expired by the
+        // store's clock too, so the purge below is a quiet one.
+        let start = Timestamp::from_system_time(SystemTime::now()).as_millis() - 60 * MIN;
+        let clock = Arc::new(AtomicI64::new(start));
+        let manager = {
+            let clock = Arc::clone(&clock);
+            SessionManager::new(
+                store.clone(),
+                CookieConfig::default(),
+                ExpiryPolicy::default(),
+            )
+            .with_clock(move || Timestamp::from_millis(clock.load(Ordering::SeqCst)))
+            .with_cache(100)
+        };
+        // Wait for the watcher's first poll, then cache the session.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let new = NewSession {
+            user_id: UserId(1),
+            remember: false,
+            ip: None,
+            user_agent: None,
+            level: Default::default(),
+        };
+        let (token, rec) = manager.begin(new, None).await.unwrap();
+        assert_eq!(rec.expires_at, Timestamp::from_millis(start + 30 * MIN));
+        assert!(manager.verify(&headers(&token)).await.unwrap().is_some());
+        assert_eq!(manager.cached_sessions(), 1);
+
+        // Ten minutes later a verification's activity write fails: the store keeps the
+        // deadline it had (start + 30 min).
+        store.fail_touches.store(true, Ordering::SeqCst);
+        clock.store(start + 10 * MIN, Ordering::SeqCst);
+        assert!(manager.verify(&headers(&token)).await.unwrap().is_some());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while store.failed.load(Ordering::SeqCst) == 0 {
+            assert!(std::time::Instant::now() < deadline, "no activity write");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+
+        // Past the store's deadline, before the one the failed write would have given: the
+        // purge removes the session without moving the generation, and the cache must not
+        // serve it on.
+        clock.store(start + 35 * MIN, Ordering::SeqCst);
+        let generation = store.generation().await.unwrap();
+        assert_eq!(
+            store
+                .purge_expired(Timestamp::from_millis(start + 35 * MIN), 10)
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(store.generation().await.unwrap(), generation);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(manager.verify(&headers(&token)).await.unwrap().is_none());
     }
 }

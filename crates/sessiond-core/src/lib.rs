@@ -47,6 +47,7 @@ pub use memo::Memo;
 pub use session::{NewSession, SessionData, SessionRecord};
 pub use store::{
     ChangeFeed, SessionStore, ThrottleChange, ThrottleExpect, ThrottleOp, ThrottleStore, UserStore,
+    PURGE_GRACE,
 };
 pub use throttle::{retry_after, Counter, ThrottleRecord, MAX_BACKOFF};
 pub use time::{Rfc3339, Timestamp};

@@ -8,6 +8,15 @@ use crate::{
     TokenHash, User, UserCredentials, UserId, Username,
 };
 
+/// How long after its deadline (`expires_at`) a session must have been expired, by the
+/// store's clock, for [`SessionStore::purge_expired`] to remove it without moving the
+/// generation. It covers the clock skew between an instance and the store, and an activity
+/// write still on its way to the store (bounded by the store's operation timeout, at most
+/// 1.5 s): a verification cache whose clock is behind the store's by less than the grace
+/// less that write's time refuses such a session by its own deadline check (the argument:
+/// `sessiond-axum`'s `cache.rs`, "Quiet purges").
+pub const PURGE_GRACE: Duration = Duration::from_secs(5);
+
 /// Where sessions live. Implementations: memory, SQLite, PostgreSQL, Redis.
 ///
 /// Every method takes a [`TokenHash`], never a secret. Every behaviour here is pinned by the
@@ -108,6 +117,17 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
 
     /// Deletes up to `limit` sessions whose `expires_at` is at or before `now`. Bounded so a
     /// sweep never holds the store for long; call again while it returns `limit`.
+    ///
+    /// Moves the [generation](SessionStore::generation) when it removes a session whose
+    /// `expires_at` is later than the store's own clock less [`PURGE_GRACE`] (a `now` ahead of
+    /// that clock ended it early), and otherwise should leave it alone: a session whose
+    /// deadline passed that long ago is refused by every verification cache's own deadline
+    /// check already, so removing it changes no answer, and a sweep that moved the generation
+    /// would flush every instance's cache once a batch. The store's clock: the database
+    /// server's (PostgreSQL), the machine's that holds the file (SQLite), the process's
+    /// (memory). Memory, SQLite and PostgreSQL keep this (the conformance suite's
+    /// `purge.rs`); a store that moves the generation on every purge is correct but slower
+    /// during sweeps.
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError>;
 
     /// The session's key-value data (empty if never saved); `None` if the session is gone.
@@ -138,7 +158,8 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// A number that changes, atomically with the change, whenever a session ends before its
-    /// time (delete, rotation, revocation, purge) or, in a store that also holds the users, a
+    /// time (delete, rotation, revocation, a purge that reached a session not expired for
+    /// [`PURGE_GRACE`] yet: see [`SessionStore::purge_expired`]) or, in a store that also holds the users, a
     /// user's password, disabled flag, admin flag, groups or existence changes, whoever made
     /// the change (this process, another instance, the CLI, a hand-made change in the
     /// database). A sessions-only store (Redis) cannot see user changes; the ones made through

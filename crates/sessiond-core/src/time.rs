@@ -45,6 +45,12 @@ impl Timestamp {
         Self(self.0.saturating_add(ms))
     }
 
+    /// `self - d`, saturating instead of overflowing.
+    pub fn minus(self, d: Duration) -> Self {
+        let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self(self.0.saturating_sub(ms))
+    }
+
     /// The time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_millis(self.0.saturating_sub(earlier.0).max(0) as u64)
@@ -121,6 +127,27 @@ impl fmt::Debug for Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plus_and_minus_saturate() {
+        let t = Timestamp::from_millis(10_000);
+        assert_eq!(
+            t.minus(Duration::from_secs(5)),
+            Timestamp::from_millis(5_000)
+        );
+        assert_eq!(
+            t.plus(Duration::from_secs(5)),
+            Timestamp::from_millis(15_000)
+        );
+        assert_eq!(
+            Timestamp::from_millis(i64::MIN + 1).minus(Duration::from_secs(1)),
+            Timestamp::from_millis(i64::MIN)
+        );
+        assert_eq!(
+            Timestamp::from_millis(i64::MAX - 1).plus(Duration::from_secs(1)),
+            Timestamp::from_millis(i64::MAX)
+        );
+    }
 
     #[test]
     fn rfc3339_of_known_instants_and_the_limits() {

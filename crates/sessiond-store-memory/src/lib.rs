@@ -7,13 +7,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use sessiond_core::{
     ChangeFeed, FactorStore, FactorSummary, NewUser, RecoveryHash, SessionData, SessionId,
     SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange, ThrottleExpect,
     ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState, User, UserCredentials, UserId,
-    UserStore, Username,
+    UserStore, Username, PURGE_GRACE,
 };
 
 #[derive(Debug, Default)]
@@ -176,14 +177,22 @@ impl SessionStore for MemoryStore {
             .map(|(k, _)| *k)
             .take(limit)
             .collect();
+        // The store's clock (this process's), not the caller's `now`: see
+        // `SessionStore::purge_expired` on which removals move the generation.
+        let quiet_until = Timestamp::from_system_time(SystemTime::now()).minus(PURGE_GRACE);
+        let mut ended_early = false;
         for k in &doomed {
-            g.sessions.remove(k);
+            if let Some(s) = g.sessions.remove(k) {
+                ended_early |= s.expires_at > quiet_until;
+            }
             g.data.remove(k);
         }
         // The sweeper's call also drops throttle counters whose window is over,
         // as the other stores do.
         g.throttle.retain(|_, r| r.expires_at > now);
-        g.generation += 1;
+        if ended_early {
+            g.generation += 1;
+        }
         Ok(doomed.len() as u64)
     }
 

@@ -80,7 +80,7 @@ use sessiond_core::{
     AuthLevel, ChangeFeed, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData,
     SessionId, SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange,
     ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState,
-    User, UserCredentials, UserId, UserStore, Username,
+    User, UserCredentials, UserId, UserStore, Username, PURGE_GRACE,
 };
 use tokio::time::{timeout_at, Instant};
 use tokio_postgres::error::SqlState;
@@ -689,23 +689,37 @@ impl SessionStore for PostgresStore {
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let grace = i64::try_from(PURGE_GRACE.as_millis()).unwrap_or(i64::MAX);
         // The sub-select walks the expiry index, so each batch costs O(limit) however many
         // live sessions there are, and locks only the rows it deletes.
         self.run(move |c| {
             Box::pin(async move {
+                let tx = c.transaction().await.map_err(pg)?;
+                // Sessions expired before this, by the database's clock, go without moving
+                // the generation (migration 8; `SessionStore::purge_expired`). For this
+                // transaction only: every other DELETE moves it for any row.
+                exec(
+                    &tx,
+                    "SELECT set_config('sessiond.purge_quiet_until', \
+                     ((extract(epoch FROM clock_timestamp()) * 1000)::bigint - $1)::text, true)",
+                    &[&grace],
+                )
+                .await?;
                 let n = exec(
-                    &*c,
+                    &tx,
                     "DELETE FROM sessions WHERE token_hash IN \
                      (SELECT token_hash FROM sessions WHERE expires_at <= $1 \
                       ORDER BY expires_at LIMIT $2)",
                     &[&now.as_millis(), &limit],
                 )
                 .await?;
+                tx.commit().await.map_err(pg)?;
+                let c = &*c;
                 // The sweeper's call also sweeps throttle counters whose window is over
                 // (otherwise a spray of usernames and addresses would grow the table for
                 // good). Same bound, same index walk; not counted in the sessions purged.
                 exec(
-                    &*c,
+                    c,
                     "DELETE FROM throttle WHERE key IN \
                      (SELECT key FROM throttle WHERE expires_at <= $1 \
                       ORDER BY expires_at LIMIT $2)",

@@ -174,6 +174,35 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         FOR EACH STATEMENT EXECUTE FUNCTION sessiond_bump_generation();
     "#,
     ),
+    (
+        8,
+        r#"
+    -- A purge that removes only sessions whose deadline passed a while ago changes no
+    -- verification cache's answer (each refuses them by their deadline already), so it leaves
+    -- the generation alone (`SessionStore::purge_expired`): a NOTIFY once a batch flushed
+    -- every instance's cache throughout a sweep. The purge sets `sessiond.purge_quiet_until`
+    -- (the database's clock less `PURGE_GRACE`, ms) for its own transaction only
+    -- (`set_config(..., true)`); while it is set, the DELETE moves the generation only if it
+    -- removed a session that expired after it. Unset (every other DELETE, hand-made ones
+    -- included) it reads as NULL or '', and any removed row moves it, as before.
+    CREATE OR REPLACE FUNCTION sessiond_bump_generation() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        quiet BIGINT;
+    BEGIN
+        IF TG_TABLE_NAME = 'sessions' THEN
+            quiet := nullif(current_setting('sessiond.purge_quiet_until', true), '')::bigint;
+            -- Nested, not ANDed: only the sessions trigger has `gone`, and PL/pgSQL plans
+            -- this statement only when it runs it.
+            IF NOT EXISTS (SELECT FROM gone WHERE quiet IS NULL OR expires_at > quiet) THEN
+                RETURN NULL;
+            END IF;
+        END IF;
+        UPDATE generation SET value = value + 1 WHERE id = 1;
+        PERFORM pg_notify('sessiond_generation', TG_TABLE_SCHEMA);
+        RETURN NULL;
+    END $$;
+    "#,
+    ),
 ];
 
 /// Key of the advisory lock that serialises migrations (and schema creation) across every

@@ -714,3 +714,28 @@ async fn a_delete_of_nothing_moves_nothing_and_notifies_nobody() {
     let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
     assert!(matches!(got, Some(Ok(()))), "{got:?}");
 }
+
+/// A purge of sessions long expired by the database's clock moves no generation and
+/// notifies nobody (`SessionStore::purge_expired`); its quiet is its own transaction's, so a
+/// DELETE after it of a session just as long expired does both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_long_expired_sessions_notifies_nobody_and_only_it_is_quiet() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let mut feed = store.subscribe().await.unwrap().unwrap();
+    // T0 (2026-01-01): its sessions expired long before any clock this test runs on.
+    let (_, a) = session_at(1, T0);
+    let (b, rec_b) = session_at(1, T0);
+    store.create(&a).await.unwrap();
+    let before = store.generation().await.unwrap();
+    assert_eq!(store.purge_expired(a.expires_at, 10).await.unwrap(), 1);
+    assert_eq!(store.generation().await.unwrap(), before);
+    assert!(next_change(&mut *feed, QUIET_FOR).await.is_none());
+
+    store.create(&rec_b).await.unwrap();
+    assert!(store.delete(&b.hash()).await.unwrap());
+    assert_ne!(store.generation().await.unwrap(), before);
+    let got = next_change(&mut *feed, ARRIVES_WITHIN).await;
+    assert!(matches!(got, Some(Ok(()))), "{got:?}");
+}

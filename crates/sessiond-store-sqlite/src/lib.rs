@@ -21,7 +21,7 @@ mod migrations;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 use rusqlite::{
@@ -31,7 +31,7 @@ use sessiond_core::{
     AuthLevel, ChangeFeed, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData,
     SessionId, SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange,
     ThrottleExpect, ThrottleOp, ThrottleRecord, ThrottleStore, Timestamp, TokenHash, TotpState,
-    User, UserCredentials, UserId, UserStore, Username,
+    User, UserCredentials, UserId, UserStore, Username, PURGE_GRACE,
 };
 
 pub use migrations::MIGRATIONS;
@@ -204,6 +204,26 @@ fn create_private(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// SQLite's `wal_autocheckpoint`: a commit that leaves the WAL longer than this many pages
+/// copies it back into the database file (a checkpoint, with an fsync of the file).
+const DEFAULT_AUTOCHECKPOINT: i64 = 1_000;
+/// The same for the purge's commits: 10,000 pages (40 MiB of WAL). A purge's deletes are
+/// spread over the table and its indexes (the token hash and the public id are random), so
+/// each batch dirties about a page per session, and at the default every batch of a sweep
+/// ended in a checkpoint that copied its pages to the file again and fsynced it: most of a
+/// purge's time (`sqlite3` on 300,000 expired sessions in batches of 700: 8,500 sessions/s,
+/// 16,500/s at 10,000 pages, docs/performance.md). A page deleted from in several batches
+/// between two checkpoints is now copied once. The WAL grows to about 40 MiB during a sweep;
+/// another connection's commit that finds it longer than its own limit checkpoints it then
+/// (at most those 40 MiB, once).
+const PURGE_AUTOCHECKPOINT: i64 = 10_000;
+
+fn set_autocheckpoint(c: &Connection, pages: i64) -> rusqlite::Result<()> {
+    c.query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
+        Ok(())
+    })
 }
 
 fn configure(c: &Connection) -> rusqlite::Result<()> {
@@ -479,16 +499,32 @@ impl SessionStore for SqliteStore {
 
     async fn purge_expired(&self, now: Timestamp, limit: usize) -> Result<u64, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Sessions expired before this, by the clock of the machine that holds the file,
+        // go without moving the generation (migration 7; `SessionStore::purge_expired`).
+        let quiet_until = Timestamp::from_system_time(SystemTime::now()).minus(PURGE_GRACE);
         // The sub-select walks the expiry index, so each batch costs O(limit), however many
         // live sessions there are; the writer lock is held for one batch only.
         self.write(move |c| {
-            let n = c
-                .prepare_cached(
-                    "DELETE FROM sessions WHERE token_hash IN \
-                     (SELECT token_hash FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
-                )?
-                .execute(params![now.as_millis(), limit])?;
-            Ok(n as u64)
+            set_autocheckpoint(c, PURGE_AUTOCHECKPOINT)?;
+            let purged = (|| {
+                let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                tx.prepare_cached("UPDATE generation SET quiet_until = ?1 WHERE id = 1")?
+                    .execute([quiet_until.as_millis()])?;
+                let n = tx
+                    .prepare_cached(
+                        "DELETE FROM sessions WHERE token_hash IN \
+                         (SELECT token_hash FROM sessions WHERE expires_at <= ?1 \
+                          ORDER BY expires_at LIMIT ?2)",
+                    )?
+                    .execute(params![now.as_millis(), limit])?;
+                tx.prepare_cached("UPDATE generation SET quiet_until = NULL WHERE id = 1")?
+                    .execute([])?;
+                tx.commit()?;
+                Ok(n as u64)
+            })();
+            // Every other write of this connection checkpoints at SQLite's default again.
+            let restored = set_autocheckpoint(c, DEFAULT_AUTOCHECKPOINT);
+            purged.and_then(|n| restored.map(|()| n))
         })
         .await
     }
@@ -1332,6 +1368,63 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.generation().await.unwrap(), before);
+    }
+
+    /// Only the purge's own transaction is quiet about long-expired sessions: a DELETE
+    /// anywhere else (another process, by hand) moves the generation for any row, even
+    /// right after a purge on the same connection, and the purge leaves no `quiet_until`
+    /// behind.
+    #[tokio::test]
+    async fn only_the_purge_is_quiet_about_long_expired_sessions() {
+        use sessiond_store_tests::sessions::{session_at, T0};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let store = SqliteStore::open(&path).unwrap();
+        // T0 (2026-01-01): its sessions expired long before any clock this test runs on.
+        // `a` a minute before the others: the only one due at its deadline.
+        let (_, a) = session_at(1, Timestamp::from_millis(T0.as_millis() - 60_000));
+        let (b_token, b) = session_at(1, T0);
+        let (_, c) = session_at(1, T0);
+        for r in [&a, &b, &c] {
+            store.create(r).await.unwrap();
+        }
+        let before = store.generation().await.unwrap();
+        assert_eq!(store.purge_expired(a.expires_at, 1).await.unwrap(), 1);
+        assert_eq!(store.generation().await.unwrap(), before);
+        let quiet: Option<i64> = store
+            .read(|c| c.query_row("SELECT quiet_until FROM generation", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(quiet, None);
+        assert!(store.delete(&b_token.hash()).await.unwrap());
+        assert_ne!(store.generation().await.unwrap(), before);
+        let before = store.generation().await.unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        raw.execute("DELETE FROM sessions", []).unwrap();
+        assert_ne!(store.generation().await.unwrap(), before);
+    }
+
+    /// The purge's larger checkpoint interval is its own: the writer's other commits
+    /// checkpoint at SQLite's default again after it.
+    #[tokio::test]
+    async fn the_purge_leaves_the_writer_checkpointing_at_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("c.db")).unwrap();
+        let pages = |store: &SqliteStore| {
+            let store = store.clone();
+            async move {
+                store
+                    .write(|c| c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get::<_, i64>(0)))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(pages(&store).await, DEFAULT_AUTOCHECKPOINT);
+        store
+            .purge_expired(Timestamp::from_millis(0), 10)
+            .await
+            .unwrap();
+        assert_eq!(pages(&store).await, DEFAULT_AUTOCHECKPOINT);
     }
 
     /// Sessions stored before authentication levels existed (schema 5) load as one-factor

@@ -132,6 +132,24 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
         END;
     ",
     ),
+    (
+        7,
+        "
+    -- A purge that removes only sessions whose deadline passed a while ago changes no
+    -- verification cache's answer (each refuses them by their deadline already), so it leaves
+    -- the generation alone (`SessionStore::purge_expired`): moving it once a batch flushed
+    -- every instance's cache throughout a sweep. The purge sets `quiet_until` (the store's
+    -- clock less `PURGE_GRACE`, ms) in its own transaction and clears it before committing;
+    -- while it is set, a deleted session moves the generation only if it expired after it.
+    -- NULL otherwise, so every other DELETE, hand-made ones included, moves it as before.
+    ALTER TABLE generation ADD COLUMN quiet_until INTEGER;
+    DROP TRIGGER sessions_gone;
+    CREATE TRIGGER sessions_gone AFTER DELETE ON sessions
+        WHEN old.expires_at > coalesce((SELECT quiet_until FROM generation WHERE id = 1),
+                                       old.expires_at - 1)
+        BEGIN UPDATE generation SET value = value + 1 WHERE id = 1; END;
+    ",
+    ),
 ];
 
 /// Applies the steps the file lacks, each with its version row, in one `IMMEDIATE` transaction

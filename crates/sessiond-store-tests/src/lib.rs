@@ -14,8 +14,10 @@
 //! store as soon as it is written, as its own `#[tokio::test]` named after it.
 //!
 //! [`conformance_tests!`] is for a store of everything (sessions, counters, users and their
-//! second factors: memory, SQLite, PostgreSQL). A store that holds only sessions and counters
-//! (Redis) uses [`session_store_tests!`] and [`throttle_store_tests!`]; one that holds only
+//! second factors: memory, SQLite, PostgreSQL), and adds [`purge_store_tests!`] (purges of
+//! long-expired sessions leave the generation alone: `purge.rs`). A store that holds only
+//! sessions and counters (Redis) uses [`session_store_tests!`] and [`throttle_store_tests!`]
+//! (and [`purge_store_tests!`] once its purge keeps that rule); one that holds only
 //! users would use [`user_store_tests!`], and [`factor_store_tests!`] if it keeps their
 //! factors too. The calling crate needs `tokio` as a dev-dependency.
 //!
@@ -25,6 +27,7 @@
 //! [`FactorStore`]: sessiond_core::FactorStore
 
 pub mod factors;
+pub mod purge;
 pub mod services;
 pub mod sessions;
 pub mod throttle;
@@ -104,12 +107,14 @@ pub fn service_or_skip<S, E: std::fmt::Display>(service: &str, made: Result<S, E
 macro_rules! conformance_tests {
     (optional $make:expr) => {
         $crate::session_store_tests!(optional $make);
+        $crate::purge_store_tests!(optional $make);
         $crate::throttle_store_tests!(optional $make);
         $crate::user_store_tests!(optional $make);
         $crate::factor_store_tests!(optional $make);
     };
     ($make:expr) => {
         $crate::session_store_tests!($make);
+        $crate::purge_store_tests!($make);
         $crate::throttle_store_tests!($make);
         $crate::user_store_tests!($make);
         $crate::factor_store_tests!($make);
@@ -127,6 +132,21 @@ macro_rules! session_store_tests {
     };
     (@ $kind:ident $make:expr) => {
         $crate::__behaviours!(sessions $crate::__gen { $kind sessions; $make; });
+    };
+}
+
+/// Runs the behaviours of `purge.rs` (which purges move the generation) against the session
+/// store built by `$make`.
+#[macro_export]
+macro_rules! purge_store_tests {
+    (optional $make:expr) => {
+        $crate::purge_store_tests!(@ optional $make);
+    };
+    ($make:expr) => {
+        $crate::purge_store_tests!(@ plain $make);
+    };
+    (@ $kind:ident $make:expr) => {
+        $crate::__behaviours!(purge $crate::__gen { $kind purge; $make; });
     };
 }
 
@@ -205,6 +225,7 @@ mod tests {
         }
         vec![
             ("sessions", __behaviours!(sessions names {})),
+            ("purge", __behaviours!(purge names {})),
             ("throttle", __behaviours!(throttle names {})),
             ("users", __behaviours!(users names {})),
             ("factors", __behaviours!(factors names {})),

@@ -780,14 +780,22 @@ pub async fn every_early_end_of_a_session_changes_the_generation<S: SessionStore
     changed("delete_by_id", store.generation().await.unwrap());
     store.delete_for_user(UserId(2), None).await.unwrap();
     changed("delete_for_user", store.generation().await.unwrap());
-    // Started a minute before its deadline, so a store that keeps sessions for their
-    // remaining lifetime (Redis TTLs) still holds it when the purge comes: a deadline only
-    // 1 ms after the last activity let Redis drop it first under load, and a session
-    // dropped by its TTL is an expiry, not an early end.
-    let (_, old) = session_at(4, at(-60_000));
-    assert_eq!(old.expires_at, at(-60_000 + 1_800_000));
+    // A purge whose `now` is ahead of the store's clock ends a session early. By the wall
+    // clock, not T0: a purge of sessions expired long ago by the store's clock need not move
+    // the generation (`purge.rs`). Started a minute ago and so live for 29 more minutes, a
+    // store that keeps sessions for their remaining lifetime (Redis TTLs) still holds it
+    // when the purge comes: a deadline only 1 ms after the last activity let Redis drop it
+    // first under load, and a session dropped by its TTL is an expiry, not an early end.
+    let wall = Timestamp::from_system_time(std::time::SystemTime::now());
+    let (_, old) = session_at(4, wall.minus(Duration::from_secs(60)));
     store.create(&old).await.unwrap();
-    store.purge_expired(at(1_800_000), 10).await.unwrap();
+    assert_eq!(
+        store
+            .purge_expired(wall.plus(Duration::from_secs(1800)), 10)
+            .await
+            .unwrap(),
+        1
+    );
     changed("purge_expired", store.generation().await.unwrap());
     let (_, r6) = session(5);
     store.create(&r6).await.unwrap();
