@@ -243,7 +243,8 @@ async fn delete_keys(
     let pattern = format!("{{{prefix}}}*");
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        // Bytes, not text: the Redis store keys sessions by 16 raw bytes.
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(&pattern)
