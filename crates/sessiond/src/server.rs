@@ -219,7 +219,7 @@ pub(crate) async fn purge_expired_reporting(
     let mut limit = SWEEP_BATCH;
     loop {
         let started = std::time::Instant::now();
-        let n = sessions.purge_expired(now, limit).await?;
+        let n = with_retries(PURGE_RETRY_PAUSES, || sessions.purge_expired(now, limit)).await?;
         let took = started.elapsed();
         batch_done(n);
         total += n;
@@ -229,6 +229,46 @@ pub(crate) async fn purge_expired_reporting(
         limit = next_sweep_batch(limit, took);
         // Let requests queued behind the writer go first.
         tokio::task::yield_now().await;
+    }
+}
+
+/// Pauses before each retry of a purge batch the store refused as unavailable. A batch
+/// waits for the store's lock only within its write budget (SQLite: 1 s), and the server's
+/// own writes, or a `sqlite3` shell inside a transaction, can hold the lock longer than that
+/// while a long purge runs: without a retry, `session purge` stopped half-way with "database
+/// is locked". A purge is idempotent (it deletes what is expired as of `now`), so trying a
+/// batch again can only finish the work; five tries span about 8 s of a lock held elsewhere
+/// (each waits up to its budget, then these pauses), after which the error is reported.
+const PURGE_RETRY_PAUSES: &[Duration] = &[
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
+];
+
+/// Runs `op`, and again after each of `pauses` while it fails with
+/// [`StoreError::Unavailable`](sessiond_core::StoreError::Unavailable); any other error, or
+/// the last one, is returned.
+async fn with_retries<T, F, Fut>(
+    pauses: &[Duration],
+    mut op: F,
+) -> Result<T, sessiond_core::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, sessiond_core::StoreError>>,
+{
+    let mut pauses = pauses.iter();
+    loop {
+        match op().await {
+            Err(e @ sessiond_core::StoreError::Unavailable(_)) => match pauses.next() {
+                Some(pause) => {
+                    tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "purge batch failed; trying again");
+                    tokio::time::sleep(*pause).await;
+                }
+                None => return Err(e),
+            },
+            other => return other,
+        }
     }
 }
 
@@ -934,6 +974,45 @@ impl hyper::body::Body for BodyDeadline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn purge_batches_are_tried_again_while_the_store_is_unavailable() {
+        use sessiond_core::StoreError;
+        let pauses = [Duration::from_millis(100), Duration::from_millis(300)];
+        let calls = std::cell::Cell::new(0);
+        let failing_first = |fails: u32| {
+            let calls = &calls;
+            move || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move {
+                    if n <= fails {
+                        Err(StoreError::Unavailable("database is locked".into()))
+                    } else {
+                        Ok(n)
+                    }
+                }
+            }
+        };
+        // Two failures, two pauses: the third try answers.
+        assert_eq!(with_retries(&pauses, failing_first(2)).await.unwrap(), 3);
+        // One failure too many: the last error comes back, after every pause was taken.
+        calls.set(0);
+        let started = tokio::time::Instant::now();
+        let err = with_retries(&pauses, failing_first(3)).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(calls.get(), 3);
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
+        // Errors that a retry cannot cure are not retried.
+        calls.set(0);
+        let corrupt = with_retries(&pauses, || {
+            calls.set(calls.get() + 1);
+            async { Err::<(), _>(StoreError::Corrupt("bad row".into())) }
+        })
+        .await;
+        assert!(matches!(corrupt, Err(StoreError::Corrupt(_))));
+        assert_eq!(calls.get(), 1);
+    }
 
     #[test]
     fn sweep_batches_follow_the_time_they_take() {

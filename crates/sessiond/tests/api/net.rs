@@ -593,7 +593,7 @@ async fn a_request_in_flight_outlives_the_header_timeout() {
 /// A real other process holding the database's write lock (the sqlite3 shell inside
 /// `BEGIN IMMEDIATE`), once it holds it; `None` (skipped) without the shell, unless services
 /// are required. Kill it to release the lock.
-fn lock_database(db: &std::path::Path) -> Option<std::process::Child> {
+pub(crate) fn lock_database(db: &std::path::Path) -> Option<std::process::Child> {
     use std::io::{BufRead as _, Write as _};
     let mut holder = sessiond_store_tests::service_or_skip(
         "the sqlite3 shell",

@@ -530,6 +530,53 @@ async fn session_purge_off_a_terminal_prints_plain_progress_and_a_summary() {
     }
 }
 
+/// `session purge` started while a real other process (the sqlite3 shell inside `BEGIN
+/// IMMEDIATE`) holds the write lock for 2.5 s, longer than a write's 1 s budget: it waits
+/// for the lock (opening the store waits up to 10 s) and removes every expired session once
+/// the lock is gone. (A batch that meets a lock later, half-way through a purge, is tried
+/// again: `server::with_retries`, tested in `server.rs`; checked here it passes without the
+/// retries too, since the open is what waits.)
+#[tokio::test]
+async fn session_purge_started_under_another_process_s_write_lock_finishes_once_it_is_released() {
+    use sessiond_core::{SessionStore as _, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
+    for i in 0..500 {
+        let (_, mut old) = sessiond_store_tests::sessions::session_at(1, Timestamp::from_millis(0));
+        old.expires_at = Timestamp::from_millis(1 + i);
+        store.create(&old).await.unwrap();
+    }
+    drop(store);
+    let Some(mut holder) = super::net::lock_database(&path) else {
+        return;
+    };
+    let db = format!("sqlite://{}", path.display());
+    let purge = Command::new(env!("CARGO_BIN_EXE_sessiond"))
+        .args(["session", "purge", "--database", &db])
+        .env_remove("SESSIOND_CONFIG")
+        .env_remove("SESSIOND_DATABASE")
+        .env_remove("SESSIOND_SESSION_STORE")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Twice the budget: the first try and at least one retry meet the lock.
+    std::thread::sleep(std::time::Duration::from_millis(2_500));
+    drop(holder.stdin.take());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let out = purge.wait_with_output().unwrap();
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with("removed 500 expired session(s) in "),
+        "{stdout} / {stderr}"
+    );
+}
+
 /// `examples/sessiond.service` is a unit systemd accepts without a warning, and its exposure
 /// (`systemd-analyze security`) stays low. Skipped, with a notice, where systemd-analyze is
 /// not installed.
