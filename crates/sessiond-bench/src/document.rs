@@ -25,6 +25,7 @@ pub fn render(report: &Report, chart: Option<&str>) -> String {
          cargo run --release -p sessiond-bench -- --second-factor-only 3  # a TOTP check and a passkey assertion alone, every store\n\
          cargo run --release -p sessiond-bench -- --coherence-only  # the coherence rows alone (idle store load, revocation across instances, 100 simulated)\n\
          cargo run --release -p sessiond-bench -- --redis-bytes-only  # Redis bytes per session alone (no sessiond built)\n\
+         cargo run --release -p sessiond-bench -- --ratios-only 2   # the second round's ratios again, twice: with a full run, the median of three runs\n\
          cargo run --release -p sessiond-bench -- --smoke           # every path once, table only (what the tests run)\n\
          ```\n\n\
          It builds `sessiond` in release, then for each store starts `sessiond serve` on a fresh\n\
