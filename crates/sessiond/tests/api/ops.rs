@@ -500,21 +500,25 @@ async fn the_text_log_shows_the_request_id() {
     }
 }
 
+/// A SQLite file at `path` holding `n` sessions long expired.
+async fn store_expired_sessions(path: &std::path::Path, n: i64) {
+    use sessiond_core::{SessionStore as _, Timestamp};
+    let store = sessiond_store_sqlite::SqliteStore::open(path).unwrap();
+    for i in 0..n {
+        let (_, mut old) = sessiond_store_tests::sessions::session_at(1, Timestamp::from_millis(0));
+        old.expires_at = Timestamp::from_millis(1 + i);
+        store.create(&old).await.unwrap();
+    }
+}
+
 /// `session purge` off a terminal (cron, a pipe): no progress bar drawn, only plain lines on
 /// stderr (one a second, so none for a quick purge), and a summary with the count, the time
 /// and the rate.
 #[tokio::test]
 async fn session_purge_off_a_terminal_prints_plain_progress_and_a_summary() {
-    use sessiond_core::{SessionStore as _, Timestamp};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
-    for i in 0..2_500 {
-        let (_, mut old) = sessiond_store_tests::sessions::session_at(1, Timestamp::from_millis(0));
-        old.expires_at = Timestamp::from_millis(1 + i);
-        store.create(&old).await.unwrap();
-    }
-    drop(store);
+    store_expired_sessions(&path, 2_500).await;
     let db = format!("sqlite://{}", path.display());
     let out = sessiond(&["session", "purge", "--database", &db], &[]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
@@ -538,16 +542,9 @@ async fn session_purge_off_a_terminal_prints_plain_progress_and_a_summary() {
 /// retries too, since the open is what waits.)
 #[tokio::test]
 async fn session_purge_started_under_another_process_s_write_lock_finishes_once_it_is_released() {
-    use sessiond_core::{SessionStore as _, Timestamp};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.db");
-    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
-    for i in 0..500 {
-        let (_, mut old) = sessiond_store_tests::sessions::session_at(1, Timestamp::from_millis(0));
-        old.expires_at = Timestamp::from_millis(1 + i);
-        store.create(&old).await.unwrap();
-    }
-    drop(store);
+    store_expired_sessions(&path, 500).await;
     let Some(mut holder) = super::net::lock_database(&path) else {
         return;
     };
