@@ -10,7 +10,9 @@
 //! (`SESSIOND_LOG_FORMAT=json` escapes by construction.)
 
 use std::fmt::{self, Write as _};
+use std::future::Future;
 
+use tokio::task::futures::TaskLocalFuture;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
@@ -50,8 +52,7 @@ impl Visitor<'_> {
         self.result = if field.name() == "message" {
             write!(self.writer, "{sep}{}", value.escape_debug())
         } else if is_plain(value) {
-            // A request's span records its id this way on every request: plain writes, no
-            // `fmt` (docs/performance.md, "The request id").
+            // Plain writes, no `fmt`: most values are tokens (ids, event names).
             (self.writer.write_str(sep))
                 .and_then(|()| self.writer.write_str(field.name()))
                 .and_then(|()| self.writer.write_str("="))
@@ -132,6 +133,9 @@ where
                 }
             }
         }
+        // The request's id last: it stands for the outermost scope (the request), so an
+        // event's or a span's own `request_id` wins, as the request's span did.
+        with_request_id(|id| fields.push_if_absent("request_id".to_owned(), id.into()));
         let map: serde_json::Map<String, Value> = fields.0.into_iter().collect();
         let line = serde_json::to_string(&map).map_err(|_| fmt::Error)?;
         writeln!(writer, "{line}")
@@ -172,6 +176,95 @@ impl Visit for JsonVisitor {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.push(field.name(), format!("{value:?}").into());
     }
+}
+
+/// The text log's line: tracing-subscriber's default ("full") format, `{time} {level}
+/// {spans}: {target}: {message} {fields}`, colours included when writing to a terminal,
+/// with the running request's id (see [`in_request`]) as its outermost span,
+/// `request{request_id=…}:`, as when every request had a tracing span of its own.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Text;
+
+impl<S, N> FormatEvent<S, N> for Text
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> fmt::Result {
+        let meta = event.metadata();
+        // The escapes of tracing-subscriber's `nu-ansi-term` styles: dimmed, bold, a colour.
+        let ansi = writer.has_ansi_escapes();
+        let style = |code: &'static str| if ansi { code } else { "" };
+        let (dim, bold, reset) = (style("\x1b[2m"), style("\x1b[1m"), style("\x1b[0m"));
+        writer.write_str(dim)?;
+        if SystemTime.format_time(&mut writer).is_err() {
+            writer.write_str("<unknown time>")?;
+        }
+        let (colour, level) = match *meta.level() {
+            tracing::Level::TRACE => ("\x1b[35m", "TRACE"),
+            tracing::Level::DEBUG => ("\x1b[34m", "DEBUG"),
+            tracing::Level::INFO => ("\x1b[32m", " INFO"),
+            tracing::Level::WARN => ("\x1b[33m", " WARN"),
+            tracing::Level::ERROR => ("\x1b[31m", "ERROR"),
+        };
+        write!(writer, "{reset} {}{level}{reset} ", style(colour))?;
+        let mut spans = false;
+        with_request_id(|id| {
+            spans = true;
+            write!(writer, "{bold}request{reset}{bold}{{{reset}")?;
+            // As `QuotedFields` writes a field: a proxy's id may hold `=` or `;`.
+            if is_plain(id) {
+                write!(writer, "request_id={id}")?;
+            } else {
+                write!(writer, "request_id={id:?}")?;
+            }
+            write!(writer, "{bold}}}{reset}{dim}:{reset}")
+        })
+        .transpose()?;
+        for span in ctx.event_scope().into_iter().flat_map(|s| s.from_root()) {
+            spans = true;
+            write!(writer, "{bold}{}{reset}", span.metadata().name())?;
+            if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
+                if !fields.is_empty() {
+                    write!(writer, "{bold}{{{reset}{fields}{bold}}}{reset}")?;
+                }
+            }
+            write!(writer, "{dim}:{reset}")?;
+        }
+        if spans {
+            writer.write_char(' ')?;
+        }
+        write!(writer, "{dim}{}{reset}{dim}:{reset} ", meta.target())?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
+tokio::task_local! {
+    /// The id of the request whose work the running task is doing: set around all of it by
+    /// `routes/request_id.rs` ([`in_request`]), read by the log formats ([`Text`],
+    /// [`FlatJson`]), so every line a request causes carries `request_id`. A task-local
+    /// instead of a tracing span per request: making, entering, leaving and closing that span
+    /// was the largest cost of `/healthz` beside the answer itself (docs/performance.md, "The
+    /// request id"); this costs a thread-local swap per poll, and formats the id only for a
+    /// line that is written. Like a span, it does not follow work into tasks the request
+    /// spawns.
+    static REQUEST_ID: RequestId;
+}
+
+/// Runs `work` as the request `id`'s: each log line it writes carries the id.
+pub(crate) fn in_request<F: Future>(id: RequestId, work: F) -> TaskLocalFuture<RequestId, F> {
+    REQUEST_ID.scope(id, work)
+}
+
+/// `f` of the running request's id as text, if a request is running.
+fn with_request_id<R>(f: impl FnOnce(&str) -> R) -> Option<R> {
+    REQUEST_ID.try_with(|id| id.with_text(f)).ok()
 }
 
 /// A request's id (`request_id` in the logs, `X-Request-Id` on the answer): the one a trusted
@@ -241,17 +334,24 @@ fn made(n: u64, buf: &mut [u8; MADE_MAX]) -> usize {
     end
 }
 
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl RequestId {
+    /// `f` of the id as text, written on the stack.
+    fn with_text<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match self {
             Self::Made(n) => {
                 let mut buf = [0u8; MADE_MAX];
                 let len = made(*n, &mut buf);
-                f.write_str(std::str::from_utf8(&buf[..len]).map_err(|_| fmt::Error)?)
+                f(std::str::from_utf8(&buf[..len]).unwrap_or("-"))
             }
             // Checked to be visible ASCII by `given`.
-            Self::Given(v) => f.write_str(v.to_str().unwrap_or("-")),
+            Self::Given(v) => f(v.to_str().unwrap_or("-")),
         }
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.with_text(|text| f.write_str(text))
     }
 }
 
@@ -293,17 +393,84 @@ mod tests {
         }
     }
 
+    /// The text log as the server writes it.
     fn logged(emit: impl FnOnce()) -> String {
+        logged_as(false, true, emit)
+    }
+
+    /// The text log: with colours or not, in our format ([`Text`]) or tracing-subscriber's
+    /// default one, each with `QuotedFields`.
+    fn logged_as(ansi: bool, ours: bool, emit: impl FnOnce()) -> String {
         let buf = Buffer::default();
         let out = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_writer(move || buf.clone())
-            .with_ansi(false)
-            .fmt_fields(QuotedFields)
-            .finish();
-        tracing::subscriber::with_default(subscriber, emit);
+            .with_ansi(ansi)
+            .with_max_level(tracing::Level::TRACE)
+            .fmt_fields(QuotedFields);
+        if ours {
+            tracing::subscriber::with_default(builder.event_format(Text).finish(), emit);
+        } else {
+            tracing::subscriber::with_default(builder.finish(), emit);
+        }
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         text
+    }
+
+    /// Each line without its timestamp (everything up to its first `Z`, the end of the UTC
+    /// time).
+    fn untimed(text: &str) -> Vec<String> {
+        text.lines()
+            .map(|l| l.split_once('Z').expect(l).1.to_owned())
+            .collect()
+    }
+
+    /// The text format is tracing-subscriber's default one, colours and all, with the
+    /// running request's id where the request's span used to print it: the same lines, byte
+    /// for byte but the time, as when every request had a span `request{request_id=…}`.
+    #[test]
+    fn text_lines_read_as_with_a_span_per_request() {
+        let events = || {
+            tracing::warn!(target: "sessiond::audit", event = "login_failed", user = %"a b", "refused");
+            let inner = tracing::info_span!("verify", user = 7);
+            let _inner = inner.enter();
+            tracing::error!(cause = ?Some("gone"), "store unavailable");
+            let bare = tracing::info_span!("bare");
+            let _bare = bare.enter();
+            tracing::debug!(n = 1u8, "deeper");
+            tracing::trace!("deepest");
+        };
+        for ansi in [false, true] {
+            for id in [
+                RequestId::Made(0x2a),
+                // A proxy's id that `QuotedFields` quotes (`=` and `;` are not plain).
+                RequestId::given(&axum::http::HeaderValue::from_static("Root=1-ab;P=2")).unwrap(),
+            ] {
+                let text = id.to_string();
+                let with_span = logged_as(ansi, false, || {
+                    let span = tracing::error_span!("request", request_id = text.as_str());
+                    let _request = span.enter();
+                    events();
+                });
+                let ours = logged_as(ansi, true, || REQUEST_ID.sync_scope(id.clone(), events));
+                assert_eq!(untimed(&ours), untimed(&with_span), "ansi {ansi}: {ours}");
+                assert_eq!(ours.lines().count(), 4, "{ours}");
+            }
+            // Outside a request: no request in the line, and still the default format.
+            assert_eq!(
+                untimed(&logged_as(ansi, true, events)),
+                untimed(&logged_as(ansi, false, events))
+            );
+        }
+        let ours = logged(|| REQUEST_ID.sync_scope(RequestId::Made(0x2a), events));
+        let id = RequestId::Made(0x2a).to_string();
+        assert!(
+            ours.lines().next().unwrap().ends_with(&format!(
+                " WARN request{{request_id={id}}}: sessiond::audit: refused event=login_failed user=\"a b\""
+            )),
+            "{ours}"
+        );
+        assert!(!logged(events).contains("request"));
     }
 
     #[test]
@@ -372,6 +539,40 @@ mod tests {
         assert_eq!(line["target"], "sessiond::audit");
         assert_eq!(line["level"], "INFO");
         assert!(line["timestamp"].as_str().unwrap().ends_with('Z'), "{line}");
+    }
+
+    /// The running request's id is a top-level `request_id` of each JSON line it writes, as
+    /// the outermost scope: a span's or the event's own `request_id` wins over it.
+    #[test]
+    fn json_lines_carry_the_request_id() {
+        let buf = Buffer::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || buf.clone())
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(FlatJson)
+            .finish();
+        let id = RequestId::Made(7);
+        tracing::subscriber::with_default(subscriber, || {
+            REQUEST_ID.sync_scope(id.clone(), || {
+                tracing::info!(target: "sessiond::audit", event = "login");
+                let span = tracing::info_span!("inner", request_id = "from-a-span");
+                let _span = span.enter();
+                tracing::info!(event = "in-span");
+                tracing::info!(event = "own", request_id = "from-the-event");
+            });
+            tracing::info!(event = "outside");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[0]["request_id"], id.to_string().as_str(), "{text}");
+        assert_eq!(lines[1]["request_id"], "from-a-span", "{text}");
+        assert_eq!(lines[2]["request_id"], "from-the-event", "{text}");
+        assert!(lines[3].get("request_id").is_none(), "{text}");
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn init_tracing(default: &str) {
         .with(env_filter);
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let _ = if env("SESSIOND_LOG_FORMAT").as_deref() == Some("json") {
-        // Span fields (a request's `request_id`) at the top level, beside the event's.
+        // Span fields and the request's `request_id` at the top level, beside the event's.
         registry
             .with(
                 layer
@@ -171,12 +171,14 @@ fn init_tracing(default: &str) {
             )
             .try_init()
     } else {
-        // Client-chosen values (a typed username) quoted, so they cannot plant fields.
+        // Client-chosen values (a typed username) quoted, so they cannot plant fields; the
+        // request's id as the line's outermost span.
         registry
             .with(
                 layer
                     .with_ansi(std::io::stderr().is_terminal())
-                    .fmt_fields(crate::logging::QuotedFields),
+                    .fmt_fields(crate::logging::QuotedFields)
+                    .event_format(crate::logging::Text),
             )
             .try_init()
     };
@@ -185,9 +187,9 @@ fn init_tracing(default: &str) {
 /// The log filter of `RUST_LOG` (else `default`): one of the two. A filter of targets and
 /// levels only (`warn`, `sessiond::audit=info,tower=off`), which is what anyone sets, is
 /// served by `Targets`, which decides at each call site once and keeps nothing per span;
-/// `EnvFilter` takes a shared lock on every span's creation, entry, exit and close, and a
-/// request's span (`routes/request_id.rs`) is entered and left on every poll
-/// (docs/performance.md, "The log filter"). A filter that needs `EnvFilter` (span and field
+/// `EnvFilter` takes a shared lock on every span's creation, entry, exit and close (the
+/// library's debug spans; a request used to have a span of its own, entered and left on every
+/// poll: docs/performance.md, "The log filter"). A filter that needs `EnvFilter` (span and field
 /// directives, `target[span{field=value}]=level`) gets it, and so does anything `Targets`
 /// does not read the same way: what `RUST_LOG` selects is unchanged.
 fn log_filter(

@@ -1,5 +1,5 @@
-//! Every request's id: in a span around all its work (so every log line and audit event it
-//! causes carries `request_id`), and echoed as `X-Request-Id` on its answer.
+//! Every request's id: set around all its work (`logging::in_request`, so every log line and
+//! audit event it causes carries `request_id`), and echoed as `X-Request-Id` on its answer.
 //!
 //! The id comes from `X-Request-Id` only when the socket's peer is a trusted proxy
 //! (`proxy.trusted`, as for `X-Forwarded-For`) and the value is sane
@@ -16,16 +16,15 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use pin_project_lite::pin_project;
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
-use tracing::instrument::Instrumented;
-use tracing::Instrument as _;
 
-use crate::logging::RequestId;
+use crate::logging::{in_request, RequestId};
 use crate::state::AppState;
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The outermost layer of [`super::app`]: the id, the span, the echoed header.
+/// The outermost layer of [`super::app`]: the id, for the logs and the echoed header.
 #[derive(Clone, Debug)]
 pub(super) struct RequestIdLayer {
     state: AppState,
@@ -78,26 +77,22 @@ where
             .flatten()
             .and_then(RequestId::given)
             .unwrap_or_else(RequestId::make);
-        // Formatted once: the answer's header, and the span's field as text (recorded as a
-        // `&str`, so the log's field formatter does not format it again).
+        // The header's value is written now; the logs write the id again only for a line
+        // they print (most requests print none).
         let value = id.header_value();
-        let text = value.to_str().unwrap_or("-");
-        // The audit target and the error level: the span is on whenever any of our logs is
-        // (`RUST_LOG=warn`, or `sessiond::audit=info` for the audit events alone), so no line
-        // of a request goes without its id; with logging off it costs nothing.
-        let span = tracing::error_span!(target: "sessiond::audit", "request", request_id = text);
         RequestIdFuture {
-            inner: self.inner.call(req).instrument(span),
+            inner: in_request(id, self.inner.call(req)),
             id: Some(value),
         }
     }
 }
 
 pin_project! {
-    /// The app's answer, produced inside the request's span, with `X-Request-Id` added.
+    /// The app's answer, produced as the request's (its id in every log line), with
+    /// `X-Request-Id` added.
     pub struct RequestIdFuture<F> {
         #[pin]
-        inner: Instrumented<F>,
+        inner: TaskLocalFuture<RequestId, F>,
         id: Option<HeaderValue>,
     }
 }
