@@ -81,6 +81,7 @@ where
         // Timed from here to the answer's head (the body streams after): a clock read and a
         // match on the path, no allocation.
         let started = Instant::now();
+        let req = limit_body(req);
         let group = RouteGroup::of(req.uri().path());
         match limits(&req).or_else(|| csrf_origin(&self.state, &req)) {
             Some(refused) => {
@@ -166,6 +167,23 @@ fn limits(req: &Request) -> Option<ApiError> {
         return Some(ApiError::HeadersTooLarge);
     }
     None
+}
+
+/// The body limit, [`MAX_BODY`](super::MAX_BODY): a body is read through
+/// `http_body_util::Limited`, which fails once more than that has arrived (at once when its
+/// `Content-Length` says so, chunked bodies included). Axum's body extractors find its error
+/// in theirs and answer `413`, which `extract.rs` turns into `payload_too_large`.
+///
+/// Here instead of axum's `DefaultBodyLimit` layer: that layer inserts an extension into
+/// every request, the fourth (with `ConnectInfo`, the session slot and the router's URL
+/// parameters), which regrew the extension map on every request, bodiless ones included
+/// (docs/performance.md, "Request extensions"). A request without a body (every `GET`:
+/// verification, forward auth) is passed as it is.
+fn limit_body(req: Request) -> Request {
+    if hyper::body::Body::is_end_stream(req.body()) {
+        return req;
+    }
+    req.map(|body| axum::body::Body::new(http_body_util::Limited::new(body, super::MAX_BODY)))
 }
 
 /// Refuses cross-site unsafe requests with `403 csrf_rejected`: the library's check

@@ -19,7 +19,7 @@ mod views;
 
 use std::convert::Infallible;
 
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::Request;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
@@ -32,8 +32,8 @@ use crate::state::AppState;
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 
 /// The whole application: the router inside the layers every request passes (outermost
-/// first): the request id (and the span every log line of the request is in), the session
-/// layer, the guard (limits, CSRF, security headers), the body limit.
+/// first): the request id (carried to every log line of the request), the session layer,
+/// the guard (limits, the body limit, CSRF, security headers).
 ///
 /// The layers wrap the router once rather than each route (`Router::layer`): a per-route
 /// layer boxes and clones every layered route on every request (docs/performance.md, "Layers
@@ -49,7 +49,6 @@ pub fn app(
         .layer(request_id::RequestIdLayer::new(state.clone()))
         .layer(state.sessions.layer())
         .layer(guards::GuardLayer::new(state.clone()))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .service(router(state))
 }
 

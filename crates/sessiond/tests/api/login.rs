@@ -460,6 +460,35 @@ async fn cross_site_unsafe_requests_are_refused() {
     );
 }
 
+/// A chunked body (no `Content-Length` to refuse it by) is cut off at the limit too: `413`
+/// with the JSON error body, after at most the limit has been read.
+#[tokio::test]
+async fn a_chunked_body_past_the_limit_is_refused() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app().await;
+    let host = app.base.trim_start_matches("http://").to_owned();
+    let mut s = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let head = format!(
+        "POST /api/login HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    // 70 chunks of 1 KiB: past 64 KiB before the end. The server may answer and close
+    // before all are sent; a write error then is the refusal, not a failure.
+    let chunk = format!("400\r\n{}\r\n", "x".repeat(1024));
+    for _ in 0..70 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains(r#""code":"payload_too_large""#), "{answer}");
+}
+
 #[tokio::test]
 async fn malformed_login_requests_get_4xx_json() {
     let app = spawn_app().await;
@@ -489,6 +518,21 @@ async fn malformed_login_requests_get_4xx_json() {
             c.post(app.url("/api/login"))
                 .header("content-type", "application/json")
                 .body(vec![b'x'; 70 * 1024]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            // Exactly the limit is read (and is not JSON).
+            c.post(app.url("/api/login"))
+                .header("content-type", "application/json")
+                .body(vec![b'x'; 64 * 1024]),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            c.post(app.url("/api/login"))
+                .header("content-type", "application/json")
+                .body(vec![b'x'; 64 * 1024 + 1]),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
