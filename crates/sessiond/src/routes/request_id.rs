@@ -68,13 +68,15 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let trusted = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(peer)| self.state.config.is_trusted_proxy(peer.ip()));
-        let id = trusted
-            .then(|| req.headers().get(&X_REQUEST_ID))
-            .flatten()
+        // The peer is looked up only for a request that sends an id (most send none).
+        let id = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .filter(|_| {
+                req.extensions()
+                    .get::<ConnectInfo<SocketAddr>>()
+                    .is_some_and(|ConnectInfo(peer)| self.state.config.is_trusted_proxy(peer.ip()))
+            })
             .and_then(RequestId::given)
             .unwrap_or_else(RequestId::make);
         // The header's value is written now; the logs write the id again only for a line
