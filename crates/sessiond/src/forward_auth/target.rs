@@ -2,6 +2,7 @@
 //! ours, the access rule that decides it; and the memo that keeps the answers.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use url::Url;
@@ -51,17 +52,42 @@ pub(crate) fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolv
 /// that does not change while the server runs, so a memo cannot answer differently from it.
 /// Bounded: emptied when full, and long targets (attacker-chosen URIs) are resolved every
 /// time, never kept.
+///
+/// In front of the shared memo, each thread remembers the last target it resolved: a proxy
+/// asking about the same URL again (a polled API, a health check, a benchmark) is answered by
+/// comparing the key, without hashing it or taking the memo's lock (docs/performance.md,
+/// "Forward auth in instructions").
 #[derive(Debug)]
-pub(crate) struct TargetCache(Memo<Box<str>, Arc<Resolved>>);
+pub(crate) struct TargetCache {
+    memo: Memo<Box<str>, Arc<Resolved>>,
+    /// This memo's own number, unique in the process: the thread's last target is used only
+    /// by the memo (so the configuration) it was resolved for.
+    id: u64,
+}
+
+/// The numbers of [`TargetCache`]s (one per server; tests make many).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's lookup key, and the last target it resolved.
+#[derive(Default)]
+struct Scratch {
+    /// The lookup key, built here to look up without allocating.
+    key: String,
+    /// The last target resolved on this thread: the number of the memo it came from, its
+    /// key, the answer.
+    last: Option<(u64, String, Arc<Resolved>)>,
+}
 
 thread_local! {
-    /// The lookup key, built here to look up without allocating.
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 impl Default for TargetCache {
     fn default() -> Self {
-        Self(Memo::new(Self::CAPACITY))
+        Self {
+            memo: Memo::new(Self::CAPACITY),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -78,8 +104,8 @@ impl TargetCache {
         if parts.proto.len() + parts.host.len() + parts.uri.len() + 2 > Self::MAX_KEY {
             return resolve(config, parts).map(Arc::new);
         }
-        KEY.with(|key| {
-            let mut key = key.borrow_mut();
+        SCRATCH.with(|scratch| {
+            let Scratch { key, last } = &mut *scratch.borrow_mut();
             key.clear();
             // Header values are visible ASCII: '\n' cannot occur in them, so the key is
             // unambiguous.
@@ -88,11 +114,28 @@ impl TargetCache {
             key.push_str(parts.host);
             key.push('\n');
             key.push_str(parts.uri);
-            if let Some(hit) = self.0.get(key.as_str(), |r| Some(Arc::clone(r))) {
-                return Ok(hit);
+            if let Some((id, last_key, resolved)) = last {
+                if *id == self.id && last_key == key {
+                    return Ok(Arc::clone(resolved));
+                }
             }
-            let resolved = Arc::new(resolve(config, parts)?);
-            self.0.insert(key.as_str().into(), Arc::clone(&resolved));
+            let resolved = match self.memo.get(key.as_str(), |r| Some(Arc::clone(r))) {
+                Some(hit) => hit,
+                None => {
+                    let resolved = Arc::new(resolve(config, parts)?);
+                    self.memo.insert(key.as_str().into(), Arc::clone(&resolved));
+                    resolved
+                }
+            };
+            // Reuses the last key's buffer: no allocation once it is long enough.
+            match last {
+                Some((id, last_key, last_resolved)) => {
+                    *id = self.id;
+                    last_key.clone_from(key);
+                    *last_resolved = Arc::clone(&resolved);
+                }
+                None => *last = Some((self.id, key.clone(), Arc::clone(&resolved))),
+            }
             Ok(resolved)
         })
     }
@@ -170,7 +213,7 @@ groups = ["ops"]
             }
         }
         // Every case but the one refused (not canonical) is kept.
-        assert_eq!(cache.0.len(), cases.len() - 1);
+        assert_eq!(cache.memo.len(), cases.len() - 1);
         let admin = cache
             .resolve(
                 &c,
@@ -194,7 +237,38 @@ groups = ["ops"]
             from_original_url: false,
         };
         assert!(cache.resolve(&c, &bad).is_err());
-        assert_eq!(cache.0.len(), cases.len() - 1);
+        assert_eq!(cache.memo.len(), cases.len() - 1);
+    }
+
+    /// A thread's last target answers only for the memo it came from: two servers' memos
+    /// (two configurations) used in turn on one thread each answer by their own rules.
+    #[test]
+    fn a_threads_last_target_is_used_only_by_its_own_memo() {
+        let ruled = ruled_config();
+        let plain = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        let (a, b) = (TargetCache::default(), TargetCache::default());
+        let parts = TargetParts {
+            proto: "https",
+            host: "app.example.com",
+            uri: "/admin",
+            from_original_url: false,
+        };
+        for _ in 0..2 {
+            let from_a = a.resolve(&ruled, &parts).unwrap();
+            assert!(from_a.ours);
+            assert_eq!(
+                ruled.access.decision(from_a.rule).policy,
+                crate::config::access::Policy::Deny
+            );
+            // The same key on the other memo: its own configuration decides (the host is
+            // not its public URL's), not the last answer of this thread.
+            let from_b = b.resolve(&plain, &parts).unwrap();
+            assert!(!from_b.ours);
+            assert_eq!(from_b.rule, None);
+            // And again on the first, right after the second answered.
+            assert!(Arc::ptr_eq(&from_a, &a.resolve(&ruled, &parts).unwrap()));
+        }
+        assert_eq!((a.memo.len(), b.memo.len()), (1, 1));
     }
 
     #[test]
@@ -210,10 +284,10 @@ groups = ["ops"]
                 from_original_url: false,
             };
             cache.resolve(&c, &parts).unwrap();
-            assert!(cache.0.len() <= TargetCache::CAPACITY);
+            assert!(cache.memo.len() <= TargetCache::CAPACITY);
         }
         let long = format!("/{}", "a".repeat(TargetCache::MAX_KEY));
-        let before = cache.0.len();
+        let before = cache.memo.len();
         let parts = TargetParts {
             proto: "https",
             host: "app.example.com",
@@ -221,6 +295,6 @@ groups = ["ops"]
             from_original_url: false,
         };
         assert!(cache.resolve(&c, &parts).unwrap().ours);
-        assert_eq!(cache.0.len(), before);
+        assert_eq!(cache.memo.len(), before);
     }
 }
