@@ -69,17 +69,34 @@ pub(crate) struct TargetCache {
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// A thread's lookup key, and the last target it resolved.
-#[derive(Default)]
 struct Scratch {
     /// The lookup key, built here to look up without allocating.
     key: String,
-    /// The last target resolved on this thread: the number of the memo it came from, its
-    /// key, the answer.
-    last: Option<(u64, String, Arc<Resolved>)>,
+    /// The last target resolved on this thread: its key, the number of the memo it came
+    /// from, the answer.
+    last_key: String,
+    last: Option<(u64, Arc<Resolved>)>,
+}
+
+/// Whether `key` is the memo key of `parts` (`proto '\n' host '\n' uri`), compared in place
+/// rather than built first.
+fn is_key_of(key: &str, parts: &TargetParts<'_>) -> bool {
+    key.len() == parts.proto.len() + parts.host.len() + parts.uri.len() + 2
+        && (key.strip_prefix(parts.proto))
+            .and_then(|k| k.strip_prefix('\n'))
+            .and_then(|k| k.strip_prefix(parts.host))
+            .and_then(|k| k.strip_prefix('\n'))
+            == Some(parts.uri)
 }
 
 thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            key: String::new(),
+            last_key: String::new(),
+            last: None,
+        })
+    };
 }
 
 impl Default for TargetCache {
@@ -105,7 +122,16 @@ impl TargetCache {
             return resolve(config, parts).map(Arc::new);
         }
         SCRATCH.with(|scratch| {
-            let Scratch { key, last } = &mut *scratch.borrow_mut();
+            let Scratch {
+                key,
+                last_key,
+                last,
+            } = &mut *scratch.borrow_mut();
+            if let Some((id, resolved)) = last {
+                if *id == self.id && is_key_of(last_key, parts) {
+                    return Ok(Arc::clone(resolved));
+                }
+            }
             key.clear();
             // Header values are visible ASCII: '\n' cannot occur in them, so the key is
             // unambiguous.
@@ -114,11 +140,6 @@ impl TargetCache {
             key.push_str(parts.host);
             key.push('\n');
             key.push_str(parts.uri);
-            if let Some((id, last_key, resolved)) = last {
-                if *id == self.id && last_key == key {
-                    return Ok(Arc::clone(resolved));
-                }
-            }
             let resolved = match self.memo.get(key.as_str(), |r| Some(Arc::clone(r))) {
                 Some(hit) => hit,
                 None => {
@@ -127,15 +148,9 @@ impl TargetCache {
                     resolved
                 }
             };
-            // Reuses the last key's buffer: no allocation once it is long enough.
-            match last {
-                Some((id, last_key, last_resolved)) => {
-                    *id = self.id;
-                    last_key.clone_from(key);
-                    *last_resolved = Arc::clone(&resolved);
-                }
-                None => *last = Some((self.id, key.clone(), Arc::clone(&resolved))),
-            }
+            // The key becomes the last one (the buffers trade places: no copy).
+            std::mem::swap(key, last_key);
+            *last = Some((self.id, Arc::clone(&resolved)));
             Ok(resolved)
         })
     }
@@ -199,6 +214,8 @@ groups = ["ops"]
                     continue;
                 };
                 let got = cache.resolve(&c, &parts).unwrap();
+                // Asked again at once: the thread's last target, the same answer.
+                assert!(Arc::ptr_eq(&got, &cache.resolve(&c, &parts).unwrap()));
                 assert_eq!(
                     (&got.url, &got.host, got.ours, got.rule),
                     (&want.url, &want.host, want.ours, want.rule),
@@ -238,6 +255,29 @@ groups = ["ops"]
         };
         assert!(cache.resolve(&c, &bad).is_err());
         assert_eq!(cache.memo.len(), cases.len() - 1);
+    }
+
+    #[test]
+    fn a_key_compared_in_place_is_the_key_built() {
+        let parts = TargetParts {
+            proto: "https",
+            host: "a.example.com",
+            uri: "/x?y",
+            from_original_url: false,
+        };
+        assert!(is_key_of("https\na.example.com\n/x?y", &parts));
+        for other in [
+            "",
+            "https\na.example.com\n/x?",
+            "https\na.example.com\n/x?yz",
+            "http\na.example.com\n/x?y",
+            "https\na.example.co\n\n/x?y",
+            "https\na.example.com/x?y\n",
+            "https\n\na.example.com/x?y",
+            "httpsXa.example.comX/x?y",
+        ] {
+            assert!(!is_key_of(other, &parts), "{other:?}");
+        }
     }
 
     /// A thread's last target answers only for the memo it came from: two servers' memos
