@@ -193,22 +193,29 @@ impl<'a> Forwarded<'a> {
 
     /// The header's value: present once, visible ASCII, trimmed, not empty, not oversized.
     fn get(&self, i: usize) -> Result<Option<&'a str>, TargetError> {
-        let name = [
-            &X_FORWARDED_PROTO,
-            &X_FORWARDED_HOST,
-            &X_FORWARDED_URI,
-            &X_FORWARDED_METHOD,
-            &X_ORIGINAL_URL,
-            &X_ORIGINAL_METHOD,
-        ][i]
-            .as_str();
+        let malformed = || {
+            TargetError::Malformed(
+                [
+                    &X_FORWARDED_PROTO,
+                    &X_FORWARDED_HOST,
+                    &X_FORWARDED_URI,
+                    &X_FORWARDED_METHOD,
+                    &X_ORIGINAL_URL,
+                    &X_ORIGINAL_METHOD,
+                ][i]
+                    .as_str(),
+            )
+        };
         match self.values[i] {
             None => Ok(None),
-            Some(Err(())) => Err(TargetError::Malformed(name)),
+            Some(Err(())) => Err(malformed()),
             Some(Ok(v)) => {
-                let v = v.to_str().map_err(|_| TargetError::Malformed(name))?.trim();
+                // `to_str` admits visible ASCII and tabs only, so `trim_ascii` trims exactly
+                // what `trim` would (no other white space can be left), without `trim`'s
+                // decoding of each end as a Unicode character.
+                let v = v.to_str().map_err(|_| malformed())?.trim_ascii();
                 if v.is_empty() || v.len() > MAX_TARGET {
-                    return Err(TargetError::Malformed(name));
+                    return Err(malformed());
                 }
                 Ok(Some(v))
             }
@@ -455,6 +462,40 @@ mod tests {
         ];
         for h in bad {
             assert!(forward_auth(&headers(h)).is_err(), "{h:?}");
+        }
+    }
+
+    /// Spaces and tabs around a forwarded value are trimmed (the only white space a header
+    /// value can hold); a value of white space alone is malformed, as an empty one is.
+    #[test]
+    fn forwarded_values_are_trimmed_of_spaces_and_tabs() {
+        let f_headers = headers(&[
+            ("x-forwarded-proto", " \thttps\t "),
+            ("x-forwarded-host", "\ta.com "),
+            ("x-forwarded-uri", "  /x?y "),
+            ("x-forwarded-method", "\tget"),
+        ]);
+        let f = Forwarded::scan(&f_headers);
+        let parts = f.forward_auth_parts().unwrap();
+        assert_eq!(
+            (parts.proto, parts.host, parts.uri),
+            ("https", "a.com", "/x?y")
+        );
+        assert_eq!(f.forward_auth_method().unwrap(), Some(Method::GET));
+        for name in ["x-forwarded-proto", "x-forwarded-host", "x-forwarded-uri"] {
+            let mut pairs = vec![
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "a.com"),
+                ("x-forwarded-uri", "/"),
+            ];
+            pairs.retain(|(n, _)| *n != name);
+            pairs.push((name, " \t "));
+            let h = headers(&pairs);
+            assert_eq!(
+                Forwarded::scan(&h).forward_auth_parts(),
+                Err(TargetError::Malformed(name)),
+                "{name}"
+            );
         }
     }
 

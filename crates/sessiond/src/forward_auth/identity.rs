@@ -1,6 +1,7 @@
 //! The identity headers forward auth answers with (`Remote-User`, `Remote-Groups`,
 //! `Remote-Email`, `Remote-Name`), and their memo by user object.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
@@ -59,8 +60,32 @@ impl Default for IdentityCache {
     }
 }
 
+thread_local! {
+    /// The last user object a thread answered for, and its headers: the same user asking
+    /// again (one person's browser loading a page and its assets) is answered by comparing a
+    /// pointer, without hashing the id or taking the memo's lock (docs/performance.md,
+    /// "Forward auth in instructions"). The same rule as the memo's: used only for the very
+    /// object it was built from, which it holds, so its address cannot be reused meanwhile.
+    /// The headers depend on the user alone, so any memo may answer from it.
+    static LAST: RefCell<Option<(Arc<User>, Arc<HeaderMap>)>> = const { RefCell::new(None) };
+}
+
 impl IdentityCache {
     pub(crate) fn of(&self, user: &Arc<User>) -> Arc<HeaderMap> {
+        LAST.with(|last| {
+            let mut last = last.borrow_mut();
+            if let Some((u, values)) = &*last {
+                if Arc::ptr_eq(u, user) {
+                    return Arc::clone(values);
+                }
+            }
+            let values = self.of_memo(user);
+            *last = Some((Arc::clone(user), Arc::clone(&values)));
+            values
+        })
+    }
+
+    fn of_memo(&self, user: &Arc<User>) -> Arc<HeaderMap> {
         let hit = self.0.get(&user.id, |(u, values)| {
             Arc::ptr_eq(u, user).then(|| Arc::clone(values))
         });
@@ -124,6 +149,15 @@ mod tests {
         assert_eq!(second["remote-groups"], "ops");
         assert_eq!(second["remote-name"], "Alice");
         assert!(!Arc::ptr_eq(&first, &second));
+        // The first object again, right after the second (the thread's last answer is the
+        // second's): its own headers, never the last ones.
+        let again = cache.of(&a);
+        assert_eq!(again["remote-groups"], "dev,ops");
+        assert_eq!(again["remote-name"], "Alice Injected: 1");
+        // Another memo on the same thread answers the same for the same object (the headers
+        // depend on the user alone).
+        let other = IdentityCache::default().of(&b);
+        assert_eq!(*other, *second);
         assert_eq!(
             identity_values(None),
             std::array::from_fn(|_| HeaderValue::from_static(""))

@@ -2,6 +2,7 @@
 //! ours, the access rule that decides it; and the memo that keeps the answers.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use url::Url;
@@ -51,17 +52,59 @@ pub(crate) fn resolve(config: &Config, parts: &TargetParts<'_>) -> Result<Resolv
 /// that does not change while the server runs, so a memo cannot answer differently from it.
 /// Bounded: emptied when full, and long targets (attacker-chosen URIs) are resolved every
 /// time, never kept.
+///
+/// In front of the shared memo, each thread remembers the last target it resolved: a proxy
+/// asking about the same URL again (a polled API, a health check, a benchmark) is answered by
+/// comparing the key, without hashing it or taking the memo's lock (docs/performance.md,
+/// "Forward auth in instructions").
 #[derive(Debug)]
-pub(crate) struct TargetCache(Memo<Box<str>, Arc<Resolved>>);
+pub(crate) struct TargetCache {
+    memo: Memo<Box<str>, Arc<Resolved>>,
+    /// This memo's own number, unique in the process: the thread's last target is used only
+    /// by the memo (so the configuration) it was resolved for.
+    id: u64,
+}
+
+/// The numbers of [`TargetCache`]s (one per server; tests make many).
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// A thread's lookup key, and the last target it resolved.
+struct Scratch {
+    /// The lookup key, built here to look up without allocating.
+    key: String,
+    /// The last target resolved on this thread: its key, the number of the memo it came
+    /// from, the answer.
+    last_key: String,
+    last: Option<(u64, Arc<Resolved>)>,
+}
+
+/// Whether `key` is the memo key of `parts` (`proto '\n' host '\n' uri`), compared in place
+/// rather than built first.
+fn is_key_of(key: &str, parts: &TargetParts<'_>) -> bool {
+    key.len() == parts.proto.len() + parts.host.len() + parts.uri.len() + 2
+        && (key.strip_prefix(parts.proto))
+            .and_then(|k| k.strip_prefix('\n'))
+            .and_then(|k| k.strip_prefix(parts.host))
+            .and_then(|k| k.strip_prefix('\n'))
+            == Some(parts.uri)
+}
 
 thread_local! {
-    /// The lookup key, built here to look up without allocating.
-    static KEY: RefCell<String> = const { RefCell::new(String::new()) };
+    static SCRATCH: RefCell<Scratch> = const {
+        RefCell::new(Scratch {
+            key: String::new(),
+            last_key: String::new(),
+            last: None,
+        })
+    };
 }
 
 impl Default for TargetCache {
     fn default() -> Self {
-        Self(Memo::new(Self::CAPACITY))
+        Self {
+            memo: Memo::new(Self::CAPACITY),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        }
     }
 }
 
@@ -78,8 +121,17 @@ impl TargetCache {
         if parts.proto.len() + parts.host.len() + parts.uri.len() + 2 > Self::MAX_KEY {
             return resolve(config, parts).map(Arc::new);
         }
-        KEY.with(|key| {
-            let mut key = key.borrow_mut();
+        SCRATCH.with(|scratch| {
+            let Scratch {
+                key,
+                last_key,
+                last,
+            } = &mut *scratch.borrow_mut();
+            if let Some((id, resolved)) = last {
+                if *id == self.id && is_key_of(last_key, parts) {
+                    return Ok(Arc::clone(resolved));
+                }
+            }
             key.clear();
             // Header values are visible ASCII: '\n' cannot occur in them, so the key is
             // unambiguous.
@@ -88,11 +140,17 @@ impl TargetCache {
             key.push_str(parts.host);
             key.push('\n');
             key.push_str(parts.uri);
-            if let Some(hit) = self.0.get(key.as_str(), |r| Some(Arc::clone(r))) {
-                return Ok(hit);
-            }
-            let resolved = Arc::new(resolve(config, parts)?);
-            self.0.insert(key.as_str().into(), Arc::clone(&resolved));
+            let resolved = match self.memo.get(key.as_str(), |r| Some(Arc::clone(r))) {
+                Some(hit) => hit,
+                None => {
+                    let resolved = Arc::new(resolve(config, parts)?);
+                    self.memo.insert(key.as_str().into(), Arc::clone(&resolved));
+                    resolved
+                }
+            };
+            // The key becomes the last one (the buffers trade places: no copy).
+            std::mem::swap(key, last_key);
+            *last = Some((self.id, Arc::clone(&resolved)));
             Ok(resolved)
         })
     }
@@ -156,6 +214,8 @@ groups = ["ops"]
                     continue;
                 };
                 let got = cache.resolve(&c, &parts).unwrap();
+                // Asked again at once: the thread's last target, the same answer.
+                assert!(Arc::ptr_eq(&got, &cache.resolve(&c, &parts).unwrap()));
                 assert_eq!(
                     (&got.url, &got.host, got.ours, got.rule),
                     (&want.url, &want.host, want.ours, want.rule),
@@ -170,7 +230,7 @@ groups = ["ops"]
             }
         }
         // Every case but the one refused (not canonical) is kept.
-        assert_eq!(cache.0.len(), cases.len() - 1);
+        assert_eq!(cache.memo.len(), cases.len() - 1);
         let admin = cache
             .resolve(
                 &c,
@@ -194,7 +254,61 @@ groups = ["ops"]
             from_original_url: false,
         };
         assert!(cache.resolve(&c, &bad).is_err());
-        assert_eq!(cache.0.len(), cases.len() - 1);
+        assert_eq!(cache.memo.len(), cases.len() - 1);
+    }
+
+    #[test]
+    fn a_key_compared_in_place_is_the_key_built() {
+        let parts = TargetParts {
+            proto: "https",
+            host: "a.example.com",
+            uri: "/x?y",
+            from_original_url: false,
+        };
+        assert!(is_key_of("https\na.example.com\n/x?y", &parts));
+        for other in [
+            "",
+            "https\na.example.com\n/x?",
+            "https\na.example.com\n/x?yz",
+            "http\na.example.com\n/x?y",
+            "https\na.example.co\n\n/x?y",
+            "https\na.example.com/x?y\n",
+            "https\n\na.example.com/x?y",
+            "httpsXa.example.comX/x?y",
+        ] {
+            assert!(!is_key_of(other, &parts), "{other:?}");
+        }
+    }
+
+    /// A thread's last target answers only for the memo it came from: two servers' memos
+    /// (two configurations) used in turn on one thread each answer by their own rules.
+    #[test]
+    fn a_threads_last_target_is_used_only_by_its_own_memo() {
+        let ruled = ruled_config();
+        let plain = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        let (a, b) = (TargetCache::default(), TargetCache::default());
+        let parts = TargetParts {
+            proto: "https",
+            host: "app.example.com",
+            uri: "/admin",
+            from_original_url: false,
+        };
+        for _ in 0..2 {
+            let from_a = a.resolve(&ruled, &parts).unwrap();
+            assert!(from_a.ours);
+            assert_eq!(
+                ruled.access.decision(from_a.rule).policy,
+                crate::config::access::Policy::Deny
+            );
+            // The same key on the other memo: its own configuration decides (the host is
+            // not its public URL's), not the last answer of this thread.
+            let from_b = b.resolve(&plain, &parts).unwrap();
+            assert!(!from_b.ours);
+            assert_eq!(from_b.rule, None);
+            // And again on the first, right after the second answered.
+            assert!(Arc::ptr_eq(&from_a, &a.resolve(&ruled, &parts).unwrap()));
+        }
+        assert_eq!((a.memo.len(), b.memo.len()), (1, 1));
     }
 
     #[test]
@@ -210,10 +324,10 @@ groups = ["ops"]
                 from_original_url: false,
             };
             cache.resolve(&c, &parts).unwrap();
-            assert!(cache.0.len() <= TargetCache::CAPACITY);
+            assert!(cache.memo.len() <= TargetCache::CAPACITY);
         }
         let long = format!("/{}", "a".repeat(TargetCache::MAX_KEY));
-        let before = cache.0.len();
+        let before = cache.memo.len();
         let parts = TargetParts {
             proto: "https",
             host: "app.example.com",
@@ -221,6 +335,6 @@ groups = ["ops"]
             from_original_url: false,
         };
         assert!(cache.resolve(&c, &parts).unwrap().ours);
-        assert_eq!(cache.0.len(), before);
+        assert_eq!(cache.memo.len(), before);
     }
 }
