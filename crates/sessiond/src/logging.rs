@@ -50,7 +50,15 @@ impl Visitor<'_> {
         let sep = if self.first { "" } else { " " };
         self.first = false;
         self.result = if field.name() == "message" {
-            write!(self.writer, "{sep}{}", value.escape_debug())
+            // As `str::escape_debug` (control characters, so no planted line; `"` and `\`,
+            // so a logfmt reader never sees a quoted value open in it) but for `'`, which
+            // it escaped too ("the public URL\'s host") and which no reader gives a meaning.
+            (self.writer.write_str(sep)).and_then(|()| {
+                value.chars().try_for_each(|c| match c {
+                    '\'' => self.writer.write_char(c),
+                    c => write!(self.writer, "{}", c.escape_debug()),
+                })
+            })
         } else if is_plain(value) {
             // Plain writes, no `fmt`: most values are tokens (ids, event names).
             (self.writer.write_str(sep))
@@ -499,12 +507,13 @@ mod tests {
             "{out}"
         );
 
-        // Plain values stay readable; the message is kept, its control characters escaped.
+        // Plain values stay readable; the message is kept, its control characters, `"` and
+        // `\` escaped, its `'` as it is.
         let out = logged(|| {
-            tracing::info!(target: "sessiond::audit", event = "revoke", user = %"carol", count = 3, "done\nforged");
+            tracing::info!(target: "sessiond::audit", event = "revoke", user = %"carol", count = 3, "done\nforged \"it's\"\t\u{1b}[31m");
         });
         assert!(
-            out.contains("done\\nforged event=revoke user=carol count=3"),
+            out.contains(r#"done\nforged \"it's\"\t\u{1b}[31m event=revoke user=carol count=3"#),
             "{out}"
         );
     }

@@ -107,7 +107,7 @@ fn with_passkeys(factors: SecondFactors, config: &Config) -> SecondFactors {
     if ip {
         tracing::warn!(
             public_url = %config.public_url,
-            "passkeys are off: the public URL's host is an IP address, which browsers refuse              as a relying party (use a host name, e.g. localhost)"
+            "passkeys are off: the public URL's host is an IP address, which browsers refuse as a relying party (use a host name, e.g. localhost)"
         );
         return factors;
     }
