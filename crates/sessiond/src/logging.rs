@@ -6,8 +6,11 @@
 //! writes any value that is not a plain token (letters, digits and `._-:/@+,[]()`) as a
 //! Rust string literal: in quotes, with `"`, `\` and control characters escaped. A log
 //! reader (logfmt, `grep 'user='`) then sees exactly one field per name, whatever the client
-//! sent. The message itself is code's text: kept unquoted, control characters escaped.
-//! (`SESSIOND_LOG_FORMAT=json` escapes by construction.)
+//! sent. The message itself is code's text: kept unquoted, control characters, `"` and `\`
+//! escaped. (`SESSIOND_LOG_FORMAT=json` escapes by construction.)
+//!
+//! Also here: the lines' formats ([`Text`], [`FlatJson`]), which add the running request's
+//! id from a task-local ([`in_request`]), and the request id itself ([`RequestId`]).
 
 use std::fmt::{self, Write as _};
 use std::future::Future;
@@ -93,9 +96,9 @@ fn is_plain(v: &str) -> bool {
 
 /// The JSON log (`SESSIOND_LOG_FORMAT=json`): one object a line, the event's fields at the
 /// top level beside `timestamp`, `level` and `target`, and the fields of the spans it happened
-/// in at the top level too (the request's `request_id`), so a log shipper finds them where it
-/// finds the rest. An event's own field wins over a span field of the same name; an inner
-/// span's over an outer one's. Every value is a JSON string, number or boolean, escaped by
+/// in and the running request's `request_id` ([`in_request`]) at the top level too, so a log
+/// shipper finds them where it finds the rest. An event's own field wins over a span field of
+/// the same name; an inner span's over an outer one's, any span's over the request's id. Every value is a JSON string, number or boolean, escaped by
 /// construction.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct FlatJson;
