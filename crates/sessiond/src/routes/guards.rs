@@ -177,8 +177,8 @@ fn limits(req: &Request) -> Option<ApiError> {
 /// Here instead of axum's `DefaultBodyLimit` layer: that layer inserts an extension into
 /// every request, the fourth (with `ConnectInfo`, the session slot and the router's URL
 /// parameters), which regrew the extension map on every request, bodiless ones included
-/// (docs/performance.md, "Request extensions"). A request without a body (every `GET`:
-/// verification, forward auth) is passed as it is.
+/// (docs/performance.md, "`/healthz` beside a bare axum route"). A request without a body
+/// (every `GET`: verification, forward auth) is passed as it is.
 fn limit_body(req: Request) -> Request {
     if hyper::body::Body::is_end_stream(req.body()) {
         return req;
