@@ -91,6 +91,10 @@ struct Args {
     /// prints, writes nothing)
     #[arg(long)]
     storage_only: bool,
+    /// Only SQLite's purge row, `N` runs (each on a fresh file of --sessions expired
+    /// sessions), with their medians (for tuning; prints, writes nothing)
+    #[arg(long, value_name = "N")]
+    purge_only: Option<usize>,
     /// Only the Redis bytes-per-session row, with --redis-sessions sessions (for tuning;
     /// prints, writes nothing; builds no sessiond)
     #[arg(long)]
@@ -154,6 +158,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             PeerSetup::Skip("--no-peers".into())
         } else if args.second_factor_only.is_some()
             || args.storage_only
+            || args.purge_only.is_some()
             || args.redis_bytes_only
             || args.coherence_only
             || args.ratio_only.is_some()
@@ -184,6 +189,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
     }
     if args.storage_only {
         return sessiond_bench::storage::storage_only(&cfg);
+    }
+    if let Some(times) = args.purge_only {
+        return sessiond_bench::storage::purge_only(&cfg, times);
     }
     if args.redis_bytes_only {
         return sessiond_bench::storage::redis_bytes_only(&cfg);
@@ -228,6 +236,7 @@ fn example_setup(args: &Args) -> ExampleSetup {
         || args.ratios_only.is_some()
         || args.second_factor_only.is_some()
         || args.storage_only
+        || args.purge_only.is_some()
         || args.redis_bytes_only
         || args.coherence_only
         || args.peers_only;

@@ -194,6 +194,44 @@ pub fn storage_only(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--purge-only N`: SQLite's purge row alone, `N` times (a fresh file each), with the
+/// medians of its rate and of its p99 ratio (for tuning; prints, writes nothing).
+pub fn purge_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (mut rates, mut ratios) = (Vec::new(), Vec::new());
+    for i in 1..=times.max(1) {
+        cfg.say(format!("[purge] SQLite, run {i}/{times} …"));
+        let p = sqlite_purge(cfg)?;
+        let rate = p.removed as f64 / p.seconds.max(1e-9);
+        let ratio = p.probe_during.p99_ms / p.probe_idle.p99_ms.max(1e-9);
+        println!(
+            "run {i}: removed {} of {} in {:.2} s ({rate:.0}/s), {} left; verify p99 {:.2} → {:.2} ms \
+             ({ratio:.1}×, max {:.2} ms), {} verifications during",
+            p.removed,
+            p.expired,
+            p.seconds,
+            p.left,
+            p.probe_idle.p99_ms,
+            p.probe_during.p99_ms,
+            p.probe_during.max_ms,
+            p.probe_during.count,
+        );
+        rates.push(rate);
+        ratios.push(ratio);
+    }
+    println!(
+        "median of {}: {:.0} sessions/s, verify p99 during ÷ idle {:.1}×",
+        rates.len(),
+        crate::report::median_of(rates),
+        crate::report::median_of(ratios)
+    );
+    eprintln!(
+        "sessiond-bench: purge rows in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// `--redis-bytes-only`: the Redis bytes-per-session row alone, printed (for tuning; writes
 /// nothing, needs no sessiond).
 pub fn redis_bytes_only(cfg: &Config) -> anyhow::Result<()> {

@@ -116,7 +116,10 @@ pub trait SessionStore: Send + Sync + Debug + 'static {
     }
 
     /// Deletes up to `limit` sessions whose `expires_at` is at or before `now`. Bounded so a
-    /// sweep never holds the store for long; call again while it returns `limit`.
+    /// sweep never holds the store for long; call again while it returns `limit` or more.
+    /// A store may remove more than `limit` in one call where a backlog goes faster at once
+    /// than in batches and still holds the store briefly (SQLite clears a table of long-expired
+    /// sessions beside few live ones that way: `sessiond-store-sqlite`, `purge_by_truncation`).
     ///
     /// Moves the [generation](SessionStore::generation) when it removes a session whose
     /// `expires_at` is later than the store's own clock less [`PURGE_GRACE`] (a `now` ahead of

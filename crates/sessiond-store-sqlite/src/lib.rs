@@ -11,7 +11,9 @@
 //!   writer connection on tokio's blocking pool**, since they may wait for the file lock or an
 //!   fsync.
 //! * Sessions live in a `WITHOUT ROWID` table keyed by the token hash, with indexes on the user
-//!   (per-user listing and revocation) and on the expiry (bounded sweeps).
+//!   (per-user listing and revocation) and on the expiry (bounded sweeps). A sweep that finds
+//!   a backlog of long-expired sessions beside few others clears the table at once and puts
+//!   the others back (`purge_by_truncation`).
 //! * **Second factors** ([`FactorStore`]) live beside the users: TOTP state, recovery-code
 //!   hashes, passkeys. Every change is one statement or one `IMMEDIATE` transaction, so two
 //!   requests racing on one code never both win; a trigger deletes a user's factors with the
@@ -64,6 +66,11 @@ struct Inner {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// When a purge may clear the table at once instead of row by row (`purge_by_truncation`).
+    bulk: BulkPurge,
+    /// The `now` of the last purge call that found no backlog to clear at once: the batches
+    /// of one sweep share their `now`, so the checks run once a sweep, not once a batch.
+    bulk_refused_for: Mutex<Option<i64>>,
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -104,6 +111,8 @@ impl SqliteStore {
                 path,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
+                bulk: BulkPurge::DEFAULT,
+                bulk_refused_for: Mutex::new(None),
             }),
         })
     }
@@ -219,6 +228,102 @@ const DEFAULT_AUTOCHECKPOINT: i64 = 1_000;
 /// another connection's commit that finds it longer than its own limit checkpoints it then
 /// (at most those 40 MiB, once).
 const PURGE_AUTOCHECKPOINT: i64 = 10_000;
+
+/// When [`purge_by_truncation`] may clear the sessions table at once.
+#[derive(Debug, Clone, Copy)]
+struct BulkPurge {
+    /// At most this many sessions may stay (they are copied out and back in).
+    max_survivors: i64,
+    /// At least this many long-expired sessions, and at least four per survivor.
+    min_expired: i64,
+    /// At most this many long-expired sessions: clearing the table's pages holds the write
+    /// lock for a time that grows with them (1,000,000 sessions: about 0.2 s here), and other
+    /// writers wait for it within their budget of [`WRITE_BUDGET`]. A larger backlog goes
+    /// row by row, oldest first, until what is left is below this.
+    max_expired: i64,
+}
+
+impl BulkPurge {
+    const DEFAULT: Self = Self {
+        max_survivors: 20_000,
+        min_expired: 20_000,
+        max_expired: 2_000_000,
+    };
+}
+
+/// Removes every session whose deadline is at or before `cut` in one go, when they are a
+/// backlog beside few others: copies the others out, clears the table and puts them back.
+/// `None` (nothing done) when [`BulkPurge`] says no, or when the table has a trigger besides
+/// ours (a trigger of the operator's would not see the rows go).
+///
+/// Why: a row-by-row `DELETE` costs each session a page of every random B-tree it is in (the
+/// table, keyed by the token hash, and the public id's index), and every batch's commit
+/// writes each page it dirtied to the WAL again: 10,000 to 40,000 sessions/s on this machine,
+/// whatever the batch size (docs/performance.md, "Purging expired sessions"). SQLite clears a
+/// table that has no trigger without visiting its rows one by one (its truncate
+/// optimisation): 1,000,000 sessions in about 0.2 s. So the trigger (`sessions_gone`,
+/// migration 7) is dropped and made again from its own stored SQL, in this transaction: no
+/// other connection ever sees the table without it. Leaving the generation alone is right
+/// because `cut` is at or before the purge's `quiet_until`: every session cleared had
+/// expired at least [`PURGE_GRACE`] ago, which the trigger would not have counted either.
+/// Readers (verification) are not held up: in WAL mode they read the snapshot before the
+/// commit, then the table after it.
+fn purge_by_truncation(
+    tx: &rusqlite::Transaction<'_>,
+    cut: i64,
+    limits: &BulkPurge,
+) -> rusqlite::Result<Option<u64>> {
+    // Each check is bounded by its own limit, so a refusal costs at most a walk of
+    // `max_survivors + min_expired` index entries, and the last (up to `max_expired`) is made
+    // only when the clearing follows.
+    let survivors: i64 = tx
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE expires_at > ?1 LIMIT ?2)",
+        )?
+        .query_row(params![cut, limits.max_survivors + 1], |r| r.get(0))?;
+    if survivors > limits.max_survivors {
+        return Ok(None);
+    }
+    let expired_beyond = |n: i64| -> rusqlite::Result<bool> {
+        tx.prepare_cached(
+            "SELECT 1 FROM sessions WHERE expires_at <= ?1 ORDER BY expires_at LIMIT 1 OFFSET ?2",
+        )?
+        .query_row(params![cut, n], |_| Ok(()))
+        .optional()
+        .map(|found| found.is_some())
+    };
+    let least = limits.min_expired.max(4 * survivors);
+    if !expired_beyond(least - 1)? || expired_beyond(limits.max_expired)? {
+        return Ok(None);
+    }
+    let triggers: Vec<(String, String)> = tx
+        .prepare_cached(
+            "SELECT name, sql FROM main.sqlite_master WHERE type = 'trigger' \
+             AND tbl_name = 'sessions'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let [(name, trigger)] = triggers.as_slice() else {
+        return Ok(None);
+    };
+    if name != "sessions_gone" {
+        return Ok(None);
+    }
+    tx.execute(
+        "CREATE TEMP TABLE purge_survivors AS SELECT * FROM main.sessions WHERE expires_at > ?1",
+        [cut],
+    )?;
+    tx.execute_batch("DROP TRIGGER main.sessions_gone")?;
+    // No WHERE, no trigger: the truncate optimisation (its count is still the rows removed).
+    let cleared = tx.execute("DELETE FROM main.sessions", [])?;
+    let restored = tx.execute(
+        "INSERT INTO main.sessions SELECT * FROM temp.purge_survivors",
+        [],
+    )?;
+    tx.execute_batch(trigger)?;
+    tx.execute_batch("DROP TABLE temp.purge_survivors")?;
+    Ok(Some(cleared.saturating_sub(restored) as u64))
+}
 
 fn set_autocheckpoint(c: &Connection, pages: i64) -> rusqlite::Result<()> {
     c.query_row(&format!("PRAGMA wal_autocheckpoint = {pages}"), [], |_| {
@@ -502,12 +607,25 @@ impl SessionStore for SqliteStore {
         // Sessions expired before this, by the clock of the machine that holds the file,
         // go without moving the generation (migration 7; `SessionStore::purge_expired`).
         let quiet_until = Timestamp::from_system_time(SystemTime::now()).minus(PURGE_GRACE);
-        // The sub-select walks the expiry index, so each batch costs O(limit), however many
-        // live sessions there are; the writer lock is held for one batch only.
+        // A backlog of long-expired sessions beside few others is cleared at once
+        // (`purge_by_truncation`); what it leaves, and every sweep without such a backlog, goes
+        // row by row: the sub-select walks the expiry index, so each batch costs O(limit),
+        // however many live sessions there are; the writer lock is held for one batch only.
+        let inner = Arc::clone(&self.inner);
+        let cut = now.as_millis().min(quiet_until.as_millis());
         self.write(move |c| {
             set_autocheckpoint(c, PURGE_AUTOCHECKPOINT)?;
             let purged = (|| {
                 let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                if *lock(&inner.bulk_refused_for) != Some(now.as_millis()) {
+                    match purge_by_truncation(&tx, cut, &inner.bulk)? {
+                        Some(n) => {
+                            tx.commit()?;
+                            return Ok(n);
+                        }
+                        None => *lock(&inner.bulk_refused_for) = Some(now.as_millis()),
+                    }
+                }
                 tx.prepare_cached("UPDATE generation SET quiet_until = ?1 WHERE id = 1")?
                     .execute([quiet_until.as_millis()])?;
                 let n = tx
@@ -1847,5 +1965,188 @@ mod tests {
                 r.iter().map(|x| x.round() as i64).collect::<Vec<_>>()
             );
         }
+    }
+}
+
+/// The purge's clearing of a backlog at once (`purge_by_truncation`), with small thresholds.
+#[cfg(test)]
+mod bulk_purge {
+    use super::*;
+    use sessiond_store_tests::sessions::{session_at, T0};
+
+    const SMALL: BulkPurge = BulkPurge {
+        max_survivors: 10,
+        min_expired: 50,
+        max_expired: 1_000,
+    };
+
+    fn open(dir: &tempfile::TempDir, limits: BulkPurge) -> SqliteStore {
+        let mut store = SqliteStore::open(dir.path().join("b.db")).unwrap();
+        Arc::get_mut(&mut store.inner).unwrap().bulk = limits;
+        store
+    }
+
+    fn wall_clock() -> Timestamp {
+        Timestamp::from_system_time(SystemTime::now())
+    }
+
+    /// `n` sessions whose deadline passed long ago (T0 is 2026-01-01).
+    async fn long_expired(store: &SqliteStore, n: usize) {
+        for _ in 0..n {
+            store.create(&session_at(1, T0).1).await.unwrap();
+        }
+    }
+
+    fn schema_of_sessions(store: &SqliteStore) -> Vec<(String, String)> {
+        store
+            .read(|c| {
+                c.prepare(
+                    "SELECT name, sql FROM sqlite_master WHERE tbl_name = 'sessions' ORDER BY name",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                })?
+                .collect()
+            })
+            .unwrap()
+    }
+
+    /// 200 long-expired sessions beside 3 live ones and 1 that expired within the grace:
+    /// the first call clears the 200 at once without moving the generation; the next removes
+    /// the recent one row by row and moves it. The live sessions come back whole (every
+    /// column, their data), the table keeps its indexes and its trigger, and the trigger
+    /// still counts a revoke.
+    #[tokio::test]
+    async fn a_backlog_of_long_expired_sessions_is_cleared_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SMALL);
+        long_expired(&store, 200).await;
+        let now = wall_clock();
+        let mut live = Vec::new();
+        for i in 0..3 {
+            let (token, mut rec) = session_at(2 + i, now);
+            if i == 1 {
+                rec.level = AuthLevel::TwoFactor;
+                rec.remember = true;
+                rec.user_agent = None;
+            }
+            store.create(&rec).await.unwrap();
+            live.push((token, rec));
+        }
+        let mut data = SessionData::new();
+        data.insert("cart".into(), serde_json::json!({"items": [1, 2, 3]}));
+        assert!(store.save_data(&live[0].0.hash(), &data).await.unwrap());
+        // Expired a second ago: inside the grace, so its removal must move the generation.
+        let (_, recent) = session_at(9, Timestamp::from_millis(now.as_millis() - 1_801_000));
+        assert!(recent.expires_at < now);
+        store.create(&recent).await.unwrap();
+        let schema = schema_of_sessions(&store);
+        assert!(
+            schema.iter().any(|(n, _)| n == "sessions_gone"),
+            "{schema:?}"
+        );
+
+        let before = store.generation().await.unwrap();
+        assert_eq!(store.purge_expired(now, 10).await.unwrap(), 200);
+        assert_eq!(store.generation().await.unwrap(), before);
+        assert_eq!(store.purge_expired(now, 10).await.unwrap(), 1);
+        let after_recent = store.generation().await.unwrap();
+        assert_ne!(after_recent, before);
+        assert_eq!(store.purge_expired(now, 10).await.unwrap(), 0);
+
+        for (token, rec) in &live {
+            assert_eq!(store.load(&token.hash()).await.unwrap().as_ref(), Some(rec));
+        }
+        assert_eq!(
+            store.load_data(&live[0].0.hash()).await.unwrap(),
+            Some(data)
+        );
+        assert_eq!(store.list_all().await.unwrap().len(), 3);
+        assert_eq!(schema_of_sessions(&store), schema);
+        let check: String = store
+            .read(|c| c.query_row("PRAGMA integrity_check", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(check, "ok");
+        let temp: i64 = store
+            .write(|c| c.query_row("SELECT count(*) FROM temp.sqlite_master", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert_eq!(temp, 0, "the survivors' copy is dropped");
+        assert!(store.delete(&live[2].0.hash()).await.unwrap());
+        assert_ne!(store.generation().await.unwrap(), after_recent);
+    }
+
+    /// Whatever is not a backlog beside few others goes row by row, `limit` at a time: too
+    /// many survivors, too few expired, more expired than one clearing may take, or a
+    /// trigger of the operator's (which then sees every row go).
+    #[tokio::test]
+    async fn anything_else_goes_row_by_row() {
+        let now = wall_clock();
+        let row_by_row = |store: SqliteStore| async move {
+            assert_eq!(store.purge_expired(now, 10).await.unwrap(), 10);
+            assert_eq!(store.purge_expired(now, 10).await.unwrap(), 10);
+        };
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SMALL);
+        long_expired(&store, 200).await;
+        for i in 0..11 {
+            store.create(&session_at(2 + i, now).1).await.unwrap();
+        }
+        row_by_row(store).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SMALL);
+        long_expired(&store, 49).await;
+        row_by_row(store).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(
+            &dir,
+            BulkPurge {
+                max_expired: 100,
+                ..SMALL
+            },
+        );
+        long_expired(&store, 200).await;
+        row_by_row(store).await;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SMALL);
+        long_expired(&store, 200).await;
+        store
+            .write(|c| {
+                c.execute_batch(
+                    "CREATE TABLE audit (id TEXT);
+                     CREATE TRIGGER sessions_audit AFTER DELETE ON sessions
+                         BEGIN INSERT INTO audit VALUES (old.id); END;",
+                )
+            })
+            .await
+            .unwrap();
+        row_by_row(store.clone()).await;
+        let audited: i64 = store
+            .read(|c| c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)))
+            .unwrap();
+        assert_eq!(audited, 20);
+    }
+
+    /// A sweep whose first batch found no backlog does not look again in its later batches
+    /// (they share its `now`); the next sweep does.
+    #[tokio::test]
+    async fn a_sweep_looks_for_a_backlog_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SMALL);
+        long_expired(&store, 40).await;
+        let now = wall_clock();
+        assert_eq!(store.purge_expired(now, 10).await.unwrap(), 10);
+        long_expired(&store, 100).await;
+        // The same sweep: row by row although there is a backlog now.
+        assert_eq!(store.purge_expired(now, 10).await.unwrap(), 10);
+        let next = Timestamp::from_millis(now.as_millis() + 1);
+        assert_eq!(store.purge_expired(next, 10).await.unwrap(), 120);
     }
 }

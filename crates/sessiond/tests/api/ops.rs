@@ -622,3 +622,62 @@ fn the_systemd_unit_verifies() {
         text(&out.stderr)
     );
 }
+
+/// `session purge` of a backlog (30,000 sessions long expired, more than the store's 20,000
+/// threshold) beside a live one: the store clears the table at once and puts the live one
+/// back (`purge_by_truncation` in sessiond-store-sqlite), so the command's one batch removes
+/// all 30,000; the live session comes back whole, and the table keeps its trigger, so a later
+/// revoke still moves the generation.
+#[tokio::test]
+async fn session_purge_clears_a_backlog_at_once_and_keeps_the_live_session() {
+    use sessiond_core::{SessionStore as _, Timestamp};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let store = sessiond_store_sqlite::SqliteStore::open(&path).unwrap();
+    let now = Timestamp::from_system_time(std::time::SystemTime::now());
+    let (live_token, live) = sessiond_store_tests::sessions::session_at(1, now);
+    store.create(&live).await.unwrap();
+    // The backlog in one statement (30,000 `create`s would take seconds): random hashes,
+    // 22-character ids, deadlines in 1970.
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    raw.execute_batch(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000)
+         INSERT INTO sessions (token_hash, id, user_id, created_at, last_seen_at,
+                               absolute_expires_at, expires_at, remember)
+         SELECT randomblob(32), hex(randomblob(11)), 1, i, i, i + 1000, i + 1000, 0 FROM n",
+    )
+    .unwrap();
+    // Moved by a change of the schema only: the trigger's drop and remake (a purge row by
+    // row leaves it).
+    let schema_version = || -> i64 {
+        raw.query_row("PRAGMA schema_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    let schema_before = schema_version();
+    let db = format!("sqlite://{}", path.display());
+    let out = sessiond(&["session", "purge", "--database", &db], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert_ne!(schema_version(), schema_before, "cleared at once");
+    assert!(
+        stdout.starts_with("removed 30000 expired session(s) in "),
+        "{stdout} / {stderr}"
+    );
+    assert_eq!(
+        store.load(&live_token.hash()).await.unwrap().as_ref(),
+        Some(&live)
+    );
+    let (sessions, trigger): (i64, i64) = raw
+        .query_row(
+            "SELECT (SELECT count(*) FROM sessions), \
+                    (SELECT count(*) FROM sqlite_master WHERE type = 'trigger' \
+                     AND name = 'sessions_gone')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((sessions, trigger), (1, 1));
+    let before = store.generation().await.unwrap();
+    assert!(store.delete(&live_token.hash()).await.unwrap());
+    assert_ne!(store.generation().await.unwrap(), before);
+}
