@@ -276,12 +276,12 @@ fn purge_by_truncation(
     // Each check is bounded by its own limit, so a refusal costs at most a walk of
     // `max_survivors + min_expired` index entries, and the last (up to `max_expired`) is made
     // only when the clearing follows.
-    let survivors: i64 = tx
+    let staying: i64 = tx
         .prepare_cached(
             "SELECT count(*) FROM (SELECT 1 FROM sessions WHERE expires_at > ?1 LIMIT ?2)",
         )?
         .query_row(params![cut, limits.max_survivors + 1], |r| r.get(0))?;
-    if survivors > limits.max_survivors {
+    if staying > limits.max_survivors {
         return Ok(None);
     }
     let expired_beyond = |n: i64| -> rusqlite::Result<bool> {
@@ -292,7 +292,7 @@ fn purge_by_truncation(
         .optional()
         .map(|found| found.is_some())
     };
-    let least = limits.min_expired.max(4 * survivors);
+    let least = limits.min_expired.max(4 * staying);
     if !expired_beyond(least - 1)? || expired_beyond(limits.max_expired)? {
         return Ok(None);
     }
