@@ -198,8 +198,9 @@ pub fn storage_only(cfg: &Config) -> anyhow::Result<()> {
 /// medians of its rate and of its p99 ratio (for tuning; prints, writes nothing).
 pub fn purge_only(cfg: &Config, times: usize) -> anyhow::Result<()> {
     let started = Instant::now();
+    let times = times.max(1);
     let (mut rates, mut ratios) = (Vec::new(), Vec::new());
-    for i in 1..=times.max(1) {
+    for i in 1..=times {
         cfg.say(format!("[purge] SQLite, run {i}/{times} …"));
         let p = sqlite_purge(cfg)?;
         let rate = p.removed as f64 / p.seconds.max(1e-9);
