@@ -268,6 +268,12 @@ pub trait ThrottleStore: Send + Sync + Debug + 'static {
     /// Changes to one key apply in the order given; changes to different keys are
     /// independent, so a store may reorder those (PostgreSQL sorts them, so concurrent calls
     /// lock rows in one order).
+    ///
+    /// For changes whose loss errs on the strict side only (refunds, the counters a right
+    /// password clears, device registrations): a store may commit them without waiting for
+    /// the disk, so a crash of the store's machine may lose the last of them (PostgreSQL
+    /// does, for at most 0.6 s; docs/deployment.md, "Durability"). Failures that must
+    /// count go through [`Self::throttle_reserve`] or [`Self::throttle_hit`].
     async fn throttle_apply(
         &self,
         changes: &[ThrottleChange<'_>],

@@ -76,6 +76,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use futures_util::future::{try_join, try_join_all};
 use sessiond_core::{
     AuthLevel, ChangeFeed, FactorStore, FactorSummary, Group, NewUser, RecoveryHash, SessionData,
     SessionId, SessionRecord, SessionStore, StoreError, StoredPasskey, ThrottleChange,
@@ -396,6 +397,9 @@ const INSERT_SESSION: &str = concat!(
     session_columns!(),
     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 );
+/// Makes the rest of the transaction's commit not wait for the disk (`SET LOCAL`, as a
+/// statement that can be prepared and pipelined).
+const RELAX_COMMIT: &str = "SELECT set_config('synchronous_commit', 'off', true)";
 const LOAD_SESSION: &str = concat!(
     "SELECT ",
     session_columns!(),
@@ -890,12 +894,28 @@ impl ThrottleStore for PostgresStore {
             changes.iter().map(|c| c.to_op_at(now)).collect();
         owned.sort_by(|a, b| a.0.cmp(&b.0));
         let now = now.as_millis();
-        // One transaction: one round trip of commit and one WAL flush per login instead of
-        // one per change (the server's CPU under a login flood is the machine's).
+        // One transaction: one round trip of commit per login instead of one per change
+        // (the server's CPU under a login flood is the machine's), and a commit that does not
+        // wait for the disk. The changes this is called with give back or forget (refunds,
+        // the counters a right password clears, a device's registration): lost in a crash of
+        // PostgreSQL or its machine (at most three `wal_writer_delay`s, 0.6 s by default),
+        // they leave a stricter throttle, never a laxer one. What would make it laxer, the
+        // failures an attempt reserves (`throttle_reserve`) and a new device counted
+        // (`throttle_hit`), still waits for the disk, and its flush takes every earlier
+        // change with it. The trait's contract allows it (`ThrottleStore::throttle_apply`).
+        // What it saves: one of the four disk flushes a login waited for, which bound logins
+        // below the hash rate on a disk with slow flushes (docs/performance.md, "Logins on
+        // PostgreSQL").
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(pg)?;
-                apply_throttle(&tx, &owned, now).await?;
+                let relax = tx.prepare_cached(RELAX_COMMIT).await.map_err(pg)?;
+                // Sent first (polled first), so it precedes the changes' statements.
+                try_join(
+                    async { tx.execute(&relax, &[]).await.map_err(pg) },
+                    apply_throttle(&tx, &owned, now),
+                )
+                .await?;
                 tx.commit().await.map_err(pg)
             })
         })
@@ -930,21 +950,29 @@ impl ThrottleStore for PostgresStore {
         self.run(move |c| {
             Box::pin(async move {
                 let tx = c.transaction().await.map_err(pg)?;
-                exec(
-                    &tx,
-                    "SELECT pg_advisory_xact_lock(hashtextextended('sessiond.throttle:' || k, 0))                      FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
-                    &[&lock_keys],
-                )
-                .await?;
-                for (key, want) in &expected {
-                    let got = query_opt(
-                        &tx,
-                        "SELECT count, last_at, expires_at FROM throttle WHERE key = $1 AND expires_at > $2",
-                        &[key, &now],
+                let lock = tx
+                    .prepare_cached(
+                        "SELECT pg_advisory_xact_lock(hashtextextended('sessiond.throttle:' || k, 0)) \
+                         FROM unnest($1::text[]) WITH ORDINALITY AS t(k, n) ORDER BY n",
                     )
-                    .await?
-                    .map(|r| throttle_from_row(&r))
-                    .transpose()?;
+                    .await
+                    .map_err(pg)?;
+                let read = tx.prepare_cached(THROTTLE_READ_MANY).await.map_err(pg)?;
+                let keys: Vec<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
+                // The locks and the read in one round trip (both prepared above, so each goes
+                // out when first polled, in `try_join`'s order; see `apply_throttle`). The
+                // read still runs after the locks are ours: PostgreSQL runs the statements in
+                // order, and at READ COMMITTED each takes its snapshot when it starts, so it
+                // sees every reservation committed before this one got the locks.
+                let (_, rows) = try_join(
+                    tx.execute(&lock, &[&lock_keys]),
+                    tx.query(&read, &[&keys, &now]),
+                )
+                .await
+                .map_err(pg)?;
+                let rows = throttle_rows(&rows)?;
+                for (key, want) in &expected {
+                    let got = rows.iter().find(|(k, _)| k == key).map(|(_, rec)| *rec);
                     if !want.holds(got) {
                         return Ok(false); // dropped: rolled back
                     }
@@ -991,16 +1019,7 @@ impl ThrottleStore for PostgresStore {
         let rows = self
             .run(move |c| {
                 Box::pin(async move {
-                    query(
-                        &*c,
-                        "SELECT count, last_at, expires_at, key FROM throttle \
-                         WHERE key = ANY($1) AND expires_at > $2",
-                        &[&owned, &now],
-                    )
-                    .await?
-                    .iter()
-                    .map(|r| Ok((col::<String>(r, 3)?, throttle_from_row(r)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
+                    throttle_rows(&query(&*c, THROTTLE_READ_MANY, &[&owned, &now]).await?)
                 })
             })
             .await?;
@@ -1047,36 +1066,44 @@ async fn apply_throttle<C: GenericClient>(
     owned: &[(String, ThrottleOp)],
     now: i64,
 ) -> Result<(), StoreError> {
+    // One round trip for all of them (a login's settlement is five to seven statements, and
+    // each round trip costs both processes a wake-up and a few system calls on a machine
+    // whose cores a login flood already gives to hashing; docs/performance.md, "Logins on
+    // PostgreSQL"). Every statement is prepared first (from the connection's cache after its
+    // first use there), so each request below goes out when its future is first polled, and
+    // `try_join_all` polls them in order: PostgreSQL runs one connection's statements in the
+    // order they arrive, the order of this loop (a refund's UPDATE before its DELETE). A
+    // failure aborts the transaction, the statements after it fail with it, and the first
+    // error is the one returned.
+    let hit = tx.prepare_cached(THROTTLE_HIT).await.map_err(pg)?;
+    let delete = tx.prepare_cached(THROTTLE_DELETE).await.map_err(pg)?;
+    let refund = tx.prepare_cached(THROTTLE_REFUND).await.map_err(pg)?;
+    let sweep = tx.prepare_cached(THROTTLE_SWEEP).await.map_err(pg)?;
+    let mut steps = Vec::with_capacity(owned.len() * 2);
     for (key, op) in owned {
+        let key: &(dyn ToSql + Sync) = key;
         match op {
-            ThrottleOp::Hit(until) => {
-                query_one(tx, THROTTLE_HIT, &[key, &now, until]).await?;
-            }
-            ThrottleOp::Delete => {
-                exec(tx, "DELETE FROM throttle WHERE key = $1", &[key]).await?;
-            }
+            ThrottleOp::Hit(until) => steps.push(tx.execute_raw(&hit, vec![key, &now, until])),
+            ThrottleOp::Delete => steps.push(tx.execute_raw(&delete, vec![key])),
             ThrottleOp::Refund => {
                 // Decrement first, then remove a counter that reached zero (or is over). The
                 // UPDATE locks the row until commit, so concurrent refunds of one counter
                 // queue behind each other; a DELETE-first order let two refunds at two both
                 // skip the delete and decrement once (one event never given back).
-                exec(
-                    tx,
-                    "UPDATE throttle SET count = count - 1 WHERE key = $1 AND expires_at > $2",
-                    &[key, &now],
-                )
-                .await?;
-                exec(
-                    tx,
-                    "DELETE FROM throttle WHERE key = $1 AND (count <= 0 OR expires_at <= $2)",
-                    &[key, &now],
-                )
-                .await?;
+                steps.push(tx.execute_raw(&refund, vec![key, &now]));
+                steps.push(tx.execute_raw(&sweep, vec![key, &now]));
             }
         }
     }
+    try_join_all(steps).await.map_err(pg)?;
     Ok(())
 }
+
+const THROTTLE_DELETE: &str = "DELETE FROM throttle WHERE key = $1";
+const THROTTLE_REFUND: &str =
+    "UPDATE throttle SET count = count - 1 WHERE key = $1 AND expires_at > $2";
+const THROTTLE_SWEEP: &str =
+    "DELETE FROM throttle WHERE key = $1 AND (count <= 0 OR expires_at <= $2)";
 
 /// One more event under $1 at $2 (a fresh window ends at $3), atomic under concurrency: a
 /// live counter is incremented, a missing or expired one starts again.
@@ -1087,6 +1114,17 @@ const THROTTLE_HIT: &str =
        expires_at = CASE WHEN throttle.expires_at > $2 THEN throttle.expires_at ELSE $3 END, \
        last_at = $2 \
      RETURNING count, last_at, expires_at";
+
+/// The live counters among the keys $1 at $2 (rows for [`throttle_rows`]).
+const THROTTLE_READ_MANY: &str = "SELECT count, last_at, expires_at, key FROM throttle \
+     WHERE key = ANY($1) AND expires_at > $2";
+
+/// [`THROTTLE_READ_MANY`]'s rows as (key, counter).
+fn throttle_rows(rows: &[Row]) -> Result<Vec<(String, ThrottleRecord)>, StoreError> {
+    rows.iter()
+        .map(|r| Ok((col::<String>(r, 3)?, throttle_from_row(r)?)))
+        .collect()
+}
 
 fn throttle_from_row(r: &Row) -> Result<ThrottleRecord, StoreError> {
     Ok(ThrottleRecord {

@@ -513,6 +513,37 @@ async fn the_sweeper_sweeps_expired_throttle_counters() {
     assert!(store.throttle_get("a:live", later).await.unwrap().is_some());
 }
 
+/// `throttle_apply` commits without waiting for the disk (`set_config(…, true)` in its
+/// transaction), and that must end with the transaction: a connection the pool hands out
+/// next, for a revoke, must wait for the flush again. Each round settles changes, then asks
+/// every connection the pool holds (all of them checked out at once) for its setting, and
+/// reads the changes back.
+#[tokio::test]
+async fn a_settlement_s_relaxed_commit_ends_with_its_transaction() {
+    let Some(store) = service_or_skip("PostgreSQL", fresh_store().await) else {
+        return;
+    };
+    let window = Duration::from_secs(60);
+    for round in 0..5 {
+        let key = format!("a:settle{round}");
+        store.throttle_hit(&key, T0, window).await.unwrap();
+        store.throttle_hit(&key, T0, window).await.unwrap();
+        let refund = [sessiond_core::ThrottleChange::Refund { key: &key }];
+        store.throttle_apply(&refund, T0).await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..crate::POOL_SIZE {
+            held.push(store.pool.get().await.unwrap());
+        }
+        for c in &held {
+            let row = c.query_one("SHOW synchronous_commit", &[]).await.unwrap();
+            assert_eq!(row.get::<_, String>(0), "on", "round {round}");
+        }
+        drop(held);
+        let left = store.throttle_get(&key, T0).await.unwrap().unwrap();
+        assert_eq!(left.count, 1, "the refund committed");
+    }
+}
+
 /// Waits for the feed's next notification, up to `within`; `None` if none came.
 async fn next_change(
     feed: &mut dyn ChangeFeed,
