@@ -421,12 +421,7 @@ impl Hasher {
     fn admit(&self) -> Result<Share, HashError> {
         let owners = OWNERS.try_with(|o| o.0.clone()).unwrap_or_default();
         let mut m = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
-        let half = (self.room / 2).max(1);
-        let cap = if self.busy.load(Ordering::Acquire) >= half {
-            self.small_share()
-        } else {
-            half
-        };
+        let cap = self.owner_cap();
         if owners.iter().any(|k| m.get(k).copied().unwrap_or(0) >= cap) {
             return Err(HashError::Overloaded);
         }
@@ -438,6 +433,34 @@ impl Hasher {
             shares: Arc::clone(&self.shares),
             keys: owners,
         })
+    }
+
+    /// The places an owner may hold now ([`Self::admit`]'s rule): half the pool, or only
+    /// its small share once the pool is half full.
+    fn owner_cap(&self) -> usize {
+        let half = (self.room / 2).max(1);
+        if self.busy.load(Ordering::Acquire) >= half {
+            self.small_share()
+        } else {
+            half
+        }
+    }
+
+    /// Whether a job for `owners` submitted now would be refused: the pool full
+    /// ([`Self::saturated`]), or one of them holding all the places [`Self::admit`] lets it
+    /// have. A hint for refusing a login before doing any other work for it (a login flood
+    /// of one account or address is refused here, before its throttle reservation costs the
+    /// store a write and its release another); the submission itself still decides.
+    pub(crate) fn would_refuse(&self, owners: &Owners) -> bool {
+        if self.saturated() {
+            return true;
+        }
+        let cap = self.owner_cap();
+        let m = self.shares.0.lock().unwrap_or_else(|e| e.into_inner());
+        owners
+            .0
+            .iter()
+            .any(|k| m.get(k).copied().unwrap_or(0) >= cap)
     }
 
     /// The server's pool: [`Self::for_this_machine`]'s size, in a worker process started
@@ -800,6 +823,47 @@ mod tests {
         assert_eq!(refused, 8, "the flood's owner gets half the pool, no more");
         // Shares are given back when the jobs are done.
         assert!(hasher.shares.0.lock().unwrap().is_empty());
+    }
+
+    /// The hint a login takes before its throttle reservation says what `admit` would:
+    /// below half full an owner may hold half the pool; from half full only its small share;
+    /// a full pool refuses everyone. Set on the pool's own counts (no jobs), so no timing.
+    #[tokio::test]
+    async fn the_early_refusal_follows_the_admission_rule() {
+        // Room 16: half is 8, a small share 2.
+        let hasher = Hasher::start(1, 15).unwrap();
+        let flood = Owners::new(["i:203.0.113.9".to_owned(), "a:mallory".to_owned()]);
+        let other = Owners::new(["i:198.51.100.1".to_owned(), "a:admin".to_owned()]);
+        let set = |busy: usize, mallory: usize| {
+            hasher.busy.store(busy, Ordering::Release);
+            let mut m = hasher.shares.0.lock().unwrap();
+            m.clear();
+            if mallory > 0 {
+                m.insert("a:mallory".to_owned(), mallory);
+            }
+        };
+        set(7, 7);
+        assert!(
+            !hasher.would_refuse(&flood),
+            "below half full: up to half the pool"
+        );
+        set(8, 8);
+        assert!(
+            hasher.would_refuse(&flood),
+            "half the pool is an owner's most"
+        );
+        set(8, 2);
+        assert!(hasher.would_refuse(&flood), "half full: the small share");
+        set(8, 1);
+        assert!(!hasher.would_refuse(&flood));
+        assert!(!hasher.would_refuse(&other), "another owner still gets in");
+        set(16, 0);
+        assert!(hasher.would_refuse(&other), "a full pool refuses everyone");
+        // What the hint says, the submission does.
+        set(8, 2);
+        let r = with_owners(flood.clone(), hasher.hash(pw("correct horse"))).await;
+        assert!(matches!(r, Err(HashError::Overloaded)), "{r:?}");
+        set(0, 0);
     }
 
     #[tokio::test]

@@ -168,6 +168,14 @@ struct Fixture<B: UserBackend> {
 }
 
 fn fixture<B: UserBackend>(backend: impl FnOnce(Table) -> B) -> Fixture<B> {
+    fixture_hashing_on(backend, Hasher::start(2, 8).unwrap()).0
+}
+
+/// [`fixture`] with the hashing pool given, and its throttle store.
+fn fixture_hashing_on<B: UserBackend>(
+    backend: impl FnOnce(Table) -> B,
+    hasher: Hasher,
+) -> (Fixture<B>, Arc<MemoryStore>) {
     let table = Table::seeded();
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(AtomicI64::new(
@@ -177,11 +185,11 @@ fn fixture<B: UserBackend>(backend: impl FnOnce(Table) -> B) -> Fixture<B> {
     let cookie = CookieConfig::new("t", false, None, SameSite::Lax);
     let sessions = SessionManager::new(store.clone(), cookie, ExpiryPolicy::default())
         .with_clock(move || Timestamp::from_millis(now.load(Ordering::SeqCst)));
-    let auth = Auth::builder(backend(table.clone()), sessions, store)
-        .hasher(Hasher::start(2, 8).unwrap())
+    let auth = Auth::builder(backend(table.clone()), sessions, store.clone())
+        .hasher(hasher)
         .build()
         .unwrap();
-    Fixture { auth, table, clock }
+    (Fixture { auth, table, clock }, store)
 }
 
 impl<B: UserBackend> Fixture<B> {
@@ -484,4 +492,49 @@ async fn an_outdated_hash_is_upgraded_through_the_backend_at_login() {
         .await
         .expect("the same password against the upgraded hash");
     assert_invalid_credentials(f.log_in("alice", "not alice's", "192.0.2.9").await, "wrong");
+}
+
+/// A login the hashing pool would refuse (here: its one place taken by another login) is
+/// refused before the throttle is read, so it reserves nothing (a flood of refusals costs
+/// the store nothing and counts against no one), and its answer waits (`OVERLOADED_PAUSE`,
+/// 50 ms) so a client that sends the next attempt as soon as it has the answer cannot
+/// spin (docs/performance.md, "Refusals in a login flood").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_reserves_nothing_and_its_answer_waits() {
+    let (f, store) = fixture_hashing_on(ReadOnly, Hasher::start(1, 0).unwrap());
+    let f = Arc::new(f);
+    let first = {
+        let f = Arc::clone(&f);
+        tokio::spawn(async move { f.log_in("alice", ALICE_PW, "192.0.2.1").await.map(|_| ()) })
+    };
+    let waited = std::time::Instant::now();
+    while f.auth.hasher().in_flight() == 0 {
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the first login never hashed"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let asked = std::time::Instant::now();
+    let refused = f.log_in("mallory", "a guess", "198.51.100.7").await;
+    let took = asked.elapsed();
+    assert!(
+        matches!(
+            refused,
+            Err(AuthError::Hash(sessiond_axum::HashError::Overloaded))
+        ),
+        "{refused:?}"
+    );
+    assert!(took >= Duration::from_millis(50), "answered after {took:?}");
+    first.await.unwrap().unwrap();
+    let now = Timestamp::from_millis(f.clock.load(Ordering::SeqCst));
+    let counters = sessiond_axum::core::ThrottleStore::throttle_list(&*store, now)
+        .await
+        .unwrap();
+    assert!(
+        counters
+            .iter()
+            .all(|(key, _)| !key.contains("mallory") && !key.contains("198.51.100.7")),
+        "the refused attempt reserved {counters:?}"
+    );
 }

@@ -12,6 +12,18 @@ use crate::metrics::{AuthMethod, AuthResult};
 use crate::password::HashError;
 use crate::ActiveSession;
 
+/// How long a login the hashing pool refuses (`503 overloaded`) waits before its answer.
+///
+/// A refusal costs next to nothing, and a client that sends the next attempt as soon as
+/// the answer comes (a guessing tool on a few connections; the benchmark's login flood)
+/// then makes them as fast as the server can answer: 190,000 refusals a second here, whose
+/// handling took the cores from verification (its p99 in the flood rose from about 1× idle
+/// to 10×) and from hashing itself, which runs below requests (logins hashed fell by four
+/// fifths; docs/performance.md, "Refusals in a login flood"). Waiting costs a sleeping task,
+/// not CPU, and bounds such a client to one attempt per pause per connection. A client that
+/// honours `Retry-After: 1` waits longer anyway; one that ignores it gets no faster turn.
+const OVERLOADED_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Checks a username and password. Unknown users, disabled users and wrong passwords all
 /// cost one argon2 verification and give the same [`AuthError::InvalidCredentials`], so
 /// neither the answer nor its timing tells an attacker which usernames exist. Also gives
@@ -147,7 +159,9 @@ impl<B: UserBackend> Auth<B> {
     /// Logs in: checks the throttles, then the credentials, and starts a session with a fresh
     /// secret (rotating the presented one).
     ///
-    /// 1. A full hashing pool refuses at once ([`HashError::Overloaded`]).
+    /// 1. A login the hashing pool would refuse (full, or its account or address holding
+    ///    all the places its fair share allows) is refused before anything else
+    ///    ([`HashError::Overloaded`], answered after a pause of 50 ms: `OVERLOADED_PAUSE`).
     /// 2. The throttle's counters are read and the attempt reserved atomically, before any
     ///    password work ([`AuthError::Throttled`] while a back-off holds).
     /// 3. The password is verified on the pool, tagged with the attempt's account and address
@@ -179,6 +193,10 @@ impl<B: UserBackend> Auth<B> {
             .counters
             .outcome
             .record(AuthMethod::Password, AuthResult::of(&r));
+        if matches!(r, Err(AuthError::Hash(HashError::Overloaded))) {
+            // See `OVERLOADED_PAUSE`.
+            tokio::time::sleep(OVERLOADED_PAUSE).await;
+        }
         r
     }
 }
@@ -197,19 +215,22 @@ async fn log_in<B: UserBackend>(
 ) -> Result<LoggedIn<B::User>, AuthError> {
     let core = auth.core();
     let counters = &core.counters;
-    // A full hashing pool refuses at once, before the throttle reads: under a login flood
-    // each refusal must cost as little as possible, so verification keeps its CPU.
-    if core.hasher.saturated() {
+    let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
+    let owners = attempt.owners(None);
+    // What the hashing pool would refuse (full, or this account or address holding all the
+    // places its fairness allows) is refused here, before the throttle's read, its
+    // reservation and, once the pool said no, its release (a read and two writes in the
+    // store): under a login flood a refusal must cost as little as possible, so verification
+    // keeps its CPU. The counters are not touched, as before: the attempt never reached the
+    // password. (Its answer still waits: see `OVERLOADED_PAUSE`.)
+    if core.hasher.would_refuse(&owners) {
         counters.hash_overloaded.fetch_add(1, Ordering::Relaxed);
         return Err(HashError::Overloaded.into());
     }
-    let attempt = throttle::Attempt::new(username, client.ip.as_deref(), device_cookie);
     // Reserved atomically before any password work.
     let reserved = throttle::check(core, &attempt).await?;
-    let authenticated = crate::password::with_owners(
-        attempt.owners(None),
-        authenticate_verified(auth, username, password),
-    );
+    let authenticated =
+        crate::password::with_owners(owners, authenticate_verified(auth, username, password));
     let (user, verified_phc) = match authenticated.await {
         Ok(u) => u,
         Err(e) => {
