@@ -3,7 +3,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -639,18 +642,121 @@ async fn drive<C: Graceful>(
     permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _permit = permit;
-    let mut conn = std::pin::pin!(conn);
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = close.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+    let side = Arc::new(Side::default());
+    let events = {
+        let side = Arc::clone(&side);
+        async move {
+            tokio::select! {
+                _ = close.changed() => side.closing.store(true, Relaxed),
+                // Dropping the connection closes its socket.
+                () = watchdog.expired() => return,
             }
-            // Dropping the connection closes its socket.
-            () = watchdog.expired() => return,
+            // Finishing its requests, it is still watched (a client that stops reading).
+            watchdog.expired().await;
         }
+    };
+    Supervised::new(conn, events, side).await;
+}
+
+/// What a connection's side events (the shutdown, its watchdog) share with it.
+#[derive(Debug, Default)]
+struct Side {
+    /// Set by the side events' own waker: they have something to look at.
+    woken: AtomicBool,
+    /// Set once the server shuts down.
+    closing: AtomicBool,
+    /// The connection task's waker, which a side event wakes.
+    task: std::sync::Mutex<Option<Waker>>,
+}
+
+impl std::task::Wake for Side {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Set before the task is woken: the poll it leads to sees it.
+        self.woken.store(true, Release);
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(w) = task.as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection with its side events, each polled only when its own waker fired.
+    ///
+    /// `tokio::select!` polls every branch on every wake of the task, and a connection's task
+    /// wakes for each request: its shutdown receiver (a lock in `Notify`) and its watchdog's
+    /// timer (an `AtomicWaker`) were polled each time, about 2 % of the server's CPU on
+    /// `/healthz` (docs/performance.md, "A connection's side events"). Here the side events
+    /// get a waker of their own ([`Side`]), and a request costs one relaxed load for them.
+    struct Supervised<C, E> {
+        #[pin]
+        conn: C,
+        #[pin]
+        events: E,
+        side: Arc<Side>,
+        // The side events' waker, made once.
+        side_waker: Waker,
+        // The task waker last handed to `side`.
+        task: Option<Waker>,
+        closing: bool,
+    }
+}
+
+impl<C: Graceful, E: Future<Output = ()>> Supervised<C, E> {
+    fn new(conn: C, events: E, side: Arc<Side>) -> Self {
+        // The first poll polls the side events (they register their wakers then).
+        side.woken.store(true, Relaxed);
+        Self {
+            conn,
+            events,
+            side_waker: Waker::from(Arc::clone(&side)),
+            side,
+            task: None,
+            closing: false,
+        }
+    }
+}
+
+impl<C: Graceful, E: Future<Output = ()>> Future for Supervised<C, E> {
+    type Output = ();
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        if !this.task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // First poll, or the future moved to another task (a spawned task's waker never
+            // changes): side events wake this one from now on, and are looked at now in case
+            // one woke the old one.
+            *this
+                .side
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cx.waker().clone());
+            *this.task = Some(cx.waker().clone());
+            this.side.woken.store(true, Relaxed);
+        }
+        // A plain load first: the swap (a locked instruction) only when it is set.
+        if this.side.woken.load(Relaxed) && this.side.woken.swap(false, Acquire) {
+            if this
+                .events
+                .poll(&mut Context::from_waker(this.side_waker))
+                .is_ready()
+            {
+                // The watchdog expired: the connection is dropped with this future.
+                return Poll::Ready(());
+            }
+            if !*this.closing && this.side.closing.load(Relaxed) {
+                *this.closing = true;
+                this.conn.as_mut().graceful_shutdown();
+            }
+        }
+        this.conn.poll(cx).map(|_| ())
     }
 }
 
@@ -1062,5 +1168,123 @@ mod tests {
             Some("b.example.com")
         );
         assert_eq!(req("/login", None), None);
+    }
+
+    /// A served connection that stays open until asked to finish, counting its polls.
+    struct FakeConn {
+        polls: Arc<std::sync::atomic::AtomicUsize>,
+        finishing: bool,
+    }
+
+    impl Future for FakeConn {
+        type Output = ();
+        fn poll(self: std::pin::Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            self.polls.fetch_add(1, Relaxed);
+            if self.finishing {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl Graceful for FakeConn {
+        fn graceful_shutdown(self: std::pin::Pin<&mut Self>) {
+            self.get_mut().finishing = true;
+        }
+    }
+
+    fn fake_conn() -> (FakeConn, Arc<std::sync::atomic::AtomicUsize>) {
+        let polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conn = FakeConn {
+            polls: Arc::clone(&polls),
+            finishing: false,
+        };
+        (conn, polls)
+    }
+
+    /// The connection is polled on every wake, its side events only when their own waker
+    /// fired; a side event that asks the connection to finish gets `graceful_shutdown`.
+    #[test]
+    fn side_events_are_polled_only_when_they_wake() {
+        let (conn, conn_polls) = fake_conn();
+        let side = Arc::new(Side::default());
+        let side_polls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let side_waker = Arc::new(std::sync::Mutex::new(None::<Waker>));
+        let events = {
+            let (polls, waker) = (Arc::clone(&side_polls), Arc::clone(&side_waker));
+            std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Relaxed);
+                *waker.lock().unwrap() = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })
+        };
+        let mut s = std::pin::pin!(Supervised::new(conn, events, Arc::clone(&side)));
+        // A waker of our own: clones of `Waker::noop()` need not `will_wake` each other, as a
+        // task's do.
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: Arc<Self>) {}
+        }
+        let task = Waker::from(Arc::new(Task));
+        let mut cx = Context::from_waker(&task);
+        for _ in 0..50 {
+            assert!(s.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(conn_polls.load(Relaxed), 50);
+        assert_eq!(
+            side_polls.load(Relaxed),
+            1,
+            "the side events: polled once, at first"
+        );
+
+        // Their waker fires: they are polled at the next wake, once.
+        side_waker.lock().unwrap().as_ref().unwrap().wake_by_ref();
+        assert!(s.as_mut().poll(&mut cx).is_pending());
+        assert!(s.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(side_polls.load(Relaxed), 2);
+        assert_eq!(conn_polls.load(Relaxed), 52);
+
+        // The shutdown: the connection is asked to finish, and here finishes.
+        side.closing.store(true, Relaxed);
+        side_waker.lock().unwrap().as_ref().unwrap().wake_by_ref();
+        assert!(s.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(side_polls.load(Relaxed), 3);
+    }
+
+    /// The task is woken by a side event (the server's shutdown), though it is its own
+    /// waker that they hold: a waiting connection finishes.
+    #[tokio::test]
+    async fn a_shutdown_reaches_a_waiting_connection() {
+        let (conn, _) = fake_conn();
+        let (close_tx, close_rx) = watch::channel(());
+        let activity = Arc::new(Activity::default());
+        let watchdog = Watchdog::new(activity, Duration::from_secs(3600));
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let task = tokio::spawn(drive(conn, close_rx, watchdog, permit));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!task.is_finished());
+        close_tx.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the connection finished on the shutdown")
+            .unwrap();
+    }
+
+    /// A connection that shows no activity is dropped by its watchdog after three quiet
+    /// quarters of the timeout, though nothing but the watchdog's timer wakes its task.
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_connection_is_dropped_by_its_watchdog() {
+        let (conn, conn_polls) = fake_conn();
+        let (_close_tx, close_rx) = watch::channel(());
+        let activity = Arc::new(Activity::default());
+        let watchdog = Watchdog::new(Arc::clone(&activity), Duration::from_secs(4));
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let started = tokio::time::Instant::now();
+        drive(conn, close_rx, watchdog, permit).await;
+        // Ticks every second from 1 s; quiet at each (nothing since the start): the third.
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+        // Polled at first, then once for each tick's wake.
+        assert!(conn_polls.load(Relaxed) <= 5, "{conn_polls:?}");
     }
 }
