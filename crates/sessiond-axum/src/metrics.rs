@@ -133,10 +133,11 @@ pub const HASH_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 
 /// recording thread's own shard.
 ///
 /// Sharded because it is written on every request from every worker thread: with one set of
-/// counters, each observation took the counters' cache line from the other core (a contended
-/// locked addition costs about as much as the rest of the observation put together). Each
-/// shard has cache lines of its own; a reader adds the shards up. The count is the buckets'
-/// sum, so `+Inf` and the count always agree.
+/// counters each observation could find their cache line on the other core (under `perf`, the
+/// request histogram was the largest sessiond symbol on `/healthz`, most of it on one locked
+/// addition; half that sharded: docs/performance.md, "A connection's side events, and
+/// histograms in shards"). Each shard has cache lines of its own; a reader adds the shards
+/// up. The count is the buckets' sum, so `+Inf` and the count always agree.
 #[derive(Debug)]
 pub struct Histogram {
     bounds: &'static [f64],

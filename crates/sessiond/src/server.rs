@@ -693,8 +693,9 @@ pin_project_lite::pin_project! {
     /// `tokio::select!` polls every branch on every wake of the task, and a connection's task
     /// wakes for each request: its shutdown receiver (a lock in `Notify`) and its watchdog's
     /// timer (an `AtomicWaker`) were polled each time, about 2 % of the server's CPU on
-    /// `/healthz` (docs/performance.md, "A connection's side events"). Here the side events
-    /// get a waker of their own ([`Side`]), and a request costs one relaxed load for them.
+    /// `/healthz` (docs/performance.md, "A connection's side events, and histograms in
+    /// shards"). Here the side events get a waker of their own ([`Side`]), and a request
+    /// costs one relaxed load for them.
     struct Supervised<C, E> {
         #[pin]
         conn: C,
