@@ -486,7 +486,7 @@ where
                 activity: Arc::clone(&activity),
             };
             let service = Connection {
-                app: app.clone(),
+                app: std::cell::RefCell::new(app.clone()),
                 remote,
                 body_timeout: limits.header_read_timeout,
                 activity: Arc::clone(&activity),
@@ -935,9 +935,16 @@ impl<F: Future> Future for Answer<F> {
 }
 
 /// One accepted connection's hyper service: the app, told the peer's address.
+///
+/// The connection keeps its own copy of the app and calls it in place (`RefCell`: hyper
+/// calls a connection's service from that connection's task only, one call at a time, and the
+/// call returns before the request runs). The usual way, a clone of the app per request for
+/// `oneshot`, incremented and decremented the reference counts of every layer's shared state
+/// (the app state, the session manager, the router), counters both worker threads write, on
+/// every request (docs/performance.md, "The app called in place").
 #[derive(Debug)]
 struct Connection<S> {
-    app: S,
+    app: std::cell::RefCell<S>,
     remote: SocketAddr,
     /// How long a request body may take to arrive, from its head (see [`BodyDeadline`]).
     body_timeout: Duration,
@@ -954,7 +961,7 @@ where
 {
     type Response = axum::response::Response;
     type Error = Infallible;
-    type Future = Answer<tower::util::Oneshot<S, axum::extract::Request>>;
+    type Future = Answer<InPlace<S>>;
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let in_flight = InFlight::start(&self.activity);
@@ -974,9 +981,46 @@ where
         if req.version() == hyper::Version::HTTP_2 {
             host_from_authority(&mut req);
         }
+        // Every service of the app is always ready (the router, and layers that only pass
+        // readiness on); should one ever not be, the request takes the usual way (a clone,
+        // driven to readiness by `oneshot`) rather than being called unready.
+        let mut app = self.app.borrow_mut();
+        let inner = match app.poll_ready(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(())) => InPlace::Called {
+                inner: app.call(req),
+            },
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => InPlace::Waiting {
+                inner: app.clone().oneshot(req),
+            },
+        };
         Answer {
-            inner: self.app.clone().oneshot(req),
+            inner,
             _in_flight: in_flight,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's call of the app: called in place (the usual case), or through a clone
+    /// driven to readiness first (see [`Connection`]).
+    #[project = InPlaceProj]
+    enum InPlace<S: tower::Service<axum::extract::Request>> {
+        Called { #[pin] inner: S::Future },
+        Waiting { #[pin] inner: tower::util::Oneshot<S, axum::extract::Request> },
+    }
+}
+
+impl<S> Future for InPlace<S>
+where
+    S: tower::Service<axum::extract::Request>,
+{
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            InPlaceProj::Called { inner } => inner.poll(cx),
+            InPlaceProj::Waiting { inner } => inner.poll(cx),
         }
     }
 }
@@ -1251,6 +1295,105 @@ mod tests {
         side_waker.lock().unwrap().as_ref().unwrap().wake_by_ref();
         assert!(s.as_mut().poll(&mut cx).is_ready());
         assert_eq!(side_polls.load(Relaxed), 3);
+    }
+
+    /// A connection calls its app in place: no clone of it per request. An app that is not
+    /// ready still gets the request, through a clone driven to readiness first.
+    #[tokio::test]
+    async fn the_app_is_called_in_place_and_an_unready_app_still_answers() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+        /// Counts its clones; says "not yet" (and wakes the caller) `unready` more times.
+        #[derive(Debug)]
+        struct App {
+            clones: Arc<std::sync::atomic::AtomicUsize>,
+            unready: Arc<std::sync::atomic::AtomicUsize>,
+            called: Arc<std::sync::atomic::AtomicUsize>,
+        }
+        impl Clone for App {
+            fn clone(&self) -> Self {
+                self.clones.fetch_add(1, Relaxed);
+                Self {
+                    clones: Arc::clone(&self.clones),
+                    unready: Arc::clone(&self.unready),
+                    called: Arc::clone(&self.called),
+                }
+            }
+        }
+        impl tower::Service<axum::extract::Request> for App {
+            type Response = axum::response::Response;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+            fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                let left = self.unready.load(Relaxed);
+                if left > 0 {
+                    self.unready.store(left - 1, Relaxed);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, _: axum::extract::Request) -> Self::Future {
+                self.called.fetch_add(1, Relaxed);
+                std::future::ready(Ok("ok".into_response()))
+            }
+        }
+
+        let counter = || Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let app = App {
+            clones: counter(),
+            unready: counter(),
+            called: counter(),
+        };
+        let (clones, unready, called) = (
+            Arc::clone(&app.clones),
+            Arc::clone(&app.unready),
+            Arc::clone(&app.called),
+        );
+        let activity = Arc::new(Activity::default());
+        let service = Connection {
+            app: std::cell::RefCell::new(app),
+            remote: SocketAddr::from(([127, 0, 0, 1], 1)),
+            body_timeout: Duration::from_secs(5),
+            activity,
+        };
+        let (mut client, server) = tokio::io::duplex(4096);
+        let conn = tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(server), service),
+        );
+        let mut ask = async |n: usize| {
+            let before = called.load(Relaxed);
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.ends_with(b"\r\n\r\nok") {
+                let k = client.read(&mut buf).await.unwrap();
+                assert!(k > 0, "the connection closed before answering request {n}");
+                got.extend_from_slice(&buf[..k]);
+            }
+            assert!(got.starts_with(b"HTTP/1.1 200 OK"), "request {n}");
+            assert_eq!(called.load(Relaxed), before + 1, "request {n}");
+        };
+        for n in 1..=3 {
+            ask(n).await;
+        }
+        assert_eq!(clones.load(Relaxed), 0, "no clone of the app per request");
+        // Not ready twice: this request goes to a clone, which `oneshot` polls until ready.
+        unready.store(2, Relaxed);
+        ask(4).await;
+        assert_eq!(clones.load(Relaxed), 1);
+        assert_eq!(unready.load(Relaxed), 0);
+        // Ready again: in place again.
+        ask(5).await;
+        assert_eq!(clones.load(Relaxed), 1);
+        drop(client);
+        conn.await.unwrap().unwrap();
     }
 
     /// The task is woken by a side event (the server's shutdown), though it is its own
