@@ -266,7 +266,7 @@ fn write_queued_patches(inner: &Inner) {
         drop(writer);
         // Other writes first. A mutex lets whoever asks first after an unlock have it, and
         // this thread asks again at once, while the write it woke still has to be scheduled:
-        // under a steady stream of patches a session insert waited up to 250 ms for the
+        // under a steady stream of patches a session insert waited 260 to 412 ms for the
         // writer (test `a_stream_of_patches_leaves_the_writer_to_other_writes`), and a write
         // that waits past its budget fails. So the thread waits (yielding its core) until the
         // writes waiting now have had the connection, at most 2 ms a batch so that a stream of
