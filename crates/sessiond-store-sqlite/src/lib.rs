@@ -306,7 +306,7 @@ fn write_patches(c: &mut Connection, batch: Vec<PatchJob>) {
     }
     match c
         .busy_timeout(left)
-        .and_then(|()| patch_in_one_transaction(c, &live))
+        .and_then(|()| patch_in_one_transaction(c, &mut live))
     {
         Ok(outcomes) => {
             for (job, outcome) in live.into_iter().zip(outcomes) {
@@ -336,7 +336,7 @@ fn write_patches(c: &mut Connection, batch: Vec<PatchJob>) {
 /// committed once: the outcome of each, or SQLite's error (the transaction then undone).
 fn patch_in_one_transaction(
     c: &mut Connection,
-    jobs: &[PatchJob],
+    jobs: &mut [PatchJob],
 ) -> rusqlite::Result<Vec<Result<bool, StoreError>>> {
     // IMMEDIATE: it holds the database's write lock from the first read on, so no other
     // connection (of this process or another) can write a row between a patch's read and its
@@ -366,7 +366,8 @@ fn patch_in_one_transaction(
             };
             // Merged here rather than with SQLite's `json_patch`, which would treat a JSON
             // `null` value as "remove the key".
-            data.extend(job.set.clone());
+            // Taken, not copied: the patch is not needed again whatever the batch comes to.
+            data.extend(std::mem::take(&mut job.set));
             for k in &job.remove {
                 data.remove(k);
             }
